@@ -17,7 +17,8 @@ def _add_source_checkout_path() -> None:
 
     here = Path(__file__).resolve().parent
     root = here.parent
-    if not (here / "operator").exists() and (root / "operator").is_dir() and (root / "pyproject.toml").is_file():
+    beside = (root / "operator").is_dir() and (root / "pyproject.toml").is_file()
+    if beside and not (here / "operator").exists():
         __path__.append(str(root))
 
 
