@@ -1,0 +1,253 @@
+"""Label-space presets: exact class lists and templates, their sources, and no torch at import."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthrec.presets import (
+    PRESET_ALIASES,
+    PRESET_NAMES,
+    LabelClass,
+    PresetError,
+    canonical_preset_name,
+    get_preset,
+)
+
+CLASS_COUNTS = {
+    "caltech101": 102,  # 101 categories plus 'background', the folder order clip_benchmark's loader uses
+    "cifar10": 10,
+    "cifar100": 100,
+    "dtd": 47,
+    "eurosat": 10,
+    "fgvc_aircraft": 100,
+    "flowers102": 102,
+    "food101": 101,
+    "imagenet1k": 1000,
+    "oxford_pets": 37,
+    "stanford_cars": 196,
+    "sun397": 397,
+    "tiny": 4,
+}
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "synthrec" / "presets"
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.origin is not None, f"{package} must be installed for this test"
+    return Path(spec.origin).parent.joinpath(*parts)
+
+
+def _open_clip_metadata() -> dict:
+    # Read the source independently of synthrec's loader (and without importing open_clip, i.e. torch).
+    return runpy.run_path(str(_package_file("open_clip", "zero_shot_metadata.py")))
+
+
+def _clip_benchmark(filename: str) -> dict:
+    return json.loads(_package_file("clip_benchmark", "datasets", filename).read_text())
+
+
+def test_preset_names_are_exactly_the_papers_datasets_plus_tiny():
+    assert set(PRESET_NAMES) == set(CLASS_COUNTS)
+    assert list(PRESET_NAMES) == sorted(PRESET_NAMES)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_every_preset_loads_with_the_exact_class_count_and_unique_names(name):
+    preset = get_preset(name)
+    assert preset.name == name
+    assert len(preset.classes) == CLASS_COUNTS[name]
+    assert len(set(preset.names)) == len(preset.names)
+    for label in preset.classes:
+        assert label.name and label.name == label.name.strip()
+        assert label.head_name and label.head_name == label.head_name.strip()
+    assert set(preset.provenance) >= {"classes", "head_names", "templates", "prompts"}
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_head_names_are_unique_except_where_imagenets_source_repeats_one(name):
+    heads = get_preset(name).head_names
+    repeated = sorted({h for h in heads if heads.count(h) > 1})
+    # open_clip, CLIP's notebook and the official code all name 657/744 and 836/837 alike.
+    assert repeated == (["missile", "sunglasses"] if name == "imagenet1k" else [])
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_templates_and_prompt_formats_each_hold_exactly_one_placeholder(name):
+    preset = get_preset(name)
+    assert preset.templates
+    for template in preset.templates:
+        assert template.count("{c}") == 1
+        assert template.format(c="X").count("X") == 1
+    assert preset.prompt_template.count("{}") == 1
+    assert preset.le_input.count("{}") == 1
+    assert preset.prompt_wrapper is None or preset.prompt_wrapper.count("{}") == 1
+
+
+def test_head_templates_are_the_papers_head_initialisation_sets():
+    # Official code: src/classifier-tuning/src/templates/transfer_ds_template.py.
+    assert get_preset("eurosat").templates == ("a centered satellite photo of {c}.",)
+    assert get_preset("dtd").templates == ("{c} texture.",)
+    assert get_preset("fgvc_aircraft").templates == ("a photo of a {c}, a type of aircraft.",)
+    assert get_preset("food101").templates == ("a photo of a {c}, a type of food.",)
+    assert get_preset("flowers102").templates == ("a photo of a {c}, a type of flower.",)
+    assert get_preset("oxford_pets").templates == ("a photo of a {c}, a type of pet.",)
+    assert get_preset("sun397").templates == ("a photo of a {c}.", "a photo of the {c}.")
+    cars = get_preset("stanford_cars").templates
+    assert len(cars) == 8 and "a photo of my dirty {c}." in cars
+    for cifar in ("cifar10", "cifar100"):
+        templates = get_preset(cifar).templates
+        assert len(templates) == 18 and "a blurry photo of a {c}." in templates
+    imagenet = get_preset("imagenet1k").templates
+    assert imagenet[0] == "itap of a {c}." and len(imagenet) == 7
+    assert len(get_preset("caltech101").templates) == 34  # no paper set: clip_benchmark's
+
+
+def test_eurosat_generation_names_line_up_with_coops_head_names():
+    eurosat = get_preset("eurosat")
+    pairs = [(c.name, c.head_name) for c in eurosat.classes]
+    assert pairs[0] == ("Annual Crop Land", "annual crop land")
+    assert pairs[1] == ("Forest", "forest")
+    assert pairs[2] == ("Herbaceous Vegetation Land", "brushland or shrubland")
+    assert pairs[3] == ("Highway or Road", "highway or road")
+    assert pairs[4] == ("Industrial Buildings", "industrial buildings or commercial buildings")
+    assert pairs[5] == ("Pasture Land", "pasture land")
+    assert pairs[6] == ("Permanent Crop Land", "permanent crop land")
+    assert pairs[7] == ("Residential Buildings", "residential buildings or homes or apartments")
+    assert pairs[8] == ("River", "river")
+    assert pairs[9] == ("Sea or Lake", "lake or sea")
+    assert eurosat.prompt_template.format("Forest") == "a centered satellite photo of Forest."
+    assert eurosat.prompt_wrapper == "a centered satellite photo of {}"
+    assert eurosat.le_input.format("Sea or Lake") == "a Sea or Lake"
+
+
+def test_other_presets_use_the_plain_prompt_and_no_wrapper():
+    for name in PRESET_NAMES:
+        if name != "eurosat":
+            preset = get_preset(name)
+            assert preset.prompt_template == "a photo of a {}."
+            assert preset.prompt_wrapper is None
+            assert preset.le_input == "a {}"
+            assert preset.head_names == preset.names or name == "imagenet1k"
+
+
+def test_imagenet_is_open_clips_list_and_templates_not_a_copy():
+    source = _open_clip_metadata()
+    imagenet = get_preset("imagenet1k")
+    original = list(source["IMAGENET_CLASSNAMES"])
+    assert list(imagenet.head_names) == original
+    differing = {i: n for i, (n, s) in enumerate(zip(imagenet.names, original, strict=True)) if n != s}
+    # Only the second of each repeated pair takes another WordNet lemma of its synset.
+    assert differing == {744: "projectile", 836: "sunglass"}
+    assert list(imagenet.templates) == [t("{c}") for t in source["SIMPLE_IMAGENET_TEMPLATES"]]
+    # Nothing under synthrec/presets carries ImageNet's names itself.
+    for path in PRESETS_DIR.iterdir():
+        if path.is_file() and path.suffix in {".txt", ".json", ".py"}:
+            assert "great white shark" not in path.read_text(), path
+
+
+def test_clip_benchmark_lists_are_taken_as_shipped():
+    names = _clip_benchmark("en_classnames.json")
+    templates = _clip_benchmark("en_zeroshot_classification_templates.json")
+    assert list(get_preset("eurosat").head_names) == names["eurosat"]
+    for preset, key in [("oxford_pets", "pets"), ("flowers102", "flowers"), ("caltech101", "caltech101")]:
+        assert list(get_preset(preset).names) == names[key]
+    for preset, key in [("cifar10", "cifar10"), ("sun397", "sun397"), ("stanford_cars", "cars")]:
+        assert list(get_preset(preset).templates) == templates[key]
+
+
+def test_written_lists_follow_the_datasets_canonical_label_order():
+    def underscored(names):
+        return [n.replace(" ", "_") for n in names]
+
+    assert get_preset("cifar10").names[:3] == ("airplane", "automobile", "bird")
+    cifar100 = underscored(get_preset("cifar100").names)
+    assert cifar100 == sorted(cifar100)  # fine labels are alphabetical by their underscored names
+    food = underscored(get_preset("food101").names)
+    assert food == sorted(food) and food.index("cheese_plate") < food.index("cheesecake")
+    dtd = list(get_preset("dtd").names)
+    assert dtd == sorted(dtd) and dtd[30] == "polka-dotted"
+    aircraft = list(get_preset("fgvc_aircraft").names)
+    assert aircraft == sorted(aircraft)  # variants.txt happens to be in code-point order
+    assert aircraft[37:40] == ["BAE 146-200", "BAE 146-300", "BAE-125"]
+    cars = get_preset("stanford_cars").names
+    assert (cars[0], cars[195]) == ("AM General Hummer SUV 2000", "smart fortwo Convertible 2012")
+    sun = get_preset("sun397").names
+    assert (sun[0], sun[206], sun[207], sun[396]) == ("abbey", "jail indoor", "jail cell", "youth hostel")
+    pets = get_preset("oxford_pets").names
+    assert pets[:3] == ("Abyssinian", "American Bulldog", "American Pit Bull Terrier")  # class-id order
+    assert get_preset("caltech101").names[:3] == ("background", "off-center face", "centered face")
+
+
+def test_tiny_preset_matches_the_offline_demo_dataset():
+    tiny = get_preset("tiny")
+    assert tiny.names == ("red circle", "green square", "blue triangle", "yellow cross")
+    assert tiny.head_names == tiny.names
+    assert tiny.templates == ("a photo of a {c}.", "a drawing of a {c}.")
+    assert tiny.prompt_template == "a photo of a {}."
+
+
+def test_names_resolve_through_aliases_case_and_dashes():
+    assert all(target in PRESET_NAMES for target in PRESET_ALIASES.values())
+    assert canonical_preset_name("ImageNet") == "imagenet1k"
+    assert canonical_preset_name("FGVC-Aircraft") == "fgvc_aircraft"
+    assert canonical_preset_name(" pets ") == "oxford_pets"
+    assert canonical_preset_name("EuroSAT") == "eurosat"
+    assert get_preset("cars") is get_preset("stanford_cars")
+
+
+def test_unknown_preset_names_every_valid_one_and_a_close_match():
+    with pytest.raises(PresetError) as caught:
+        get_preset("imagnet")
+    message = str(caught.value)
+    assert "'imagnet'" in message and "Did you mean 'imagenet1k'?" in message
+    assert all(name in message for name in PRESET_NAMES)
+    with pytest.raises(ValueError, match="unknown label preset 'mnist'"):
+        canonical_preset_name("mnist")
+
+
+def test_label_class_head_name_defaults_to_the_name():
+    assert LabelClass("Forest").head_name == "Forest"
+    assert LabelClass("Forest", "forest").head_name == "forest"
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_loading_every_preset_leaves_torch_and_the_source_packages_unimported():
+    result = _run(
+        "import sys\n"
+        "from synthrec.presets import PRESET_NAMES, get_preset\n"
+        "for name in PRESET_NAMES: get_preset(name)\n"
+        "print(sorted(m for m in ('torch', 'open_clip', 'clip_benchmark') if m in sys.modules))\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_without_the_workers_extra_presets_that_need_it_say_what_to_install():
+    result = _run(
+        "import sys\n"
+        "sys.modules['open_clip'] = None; sys.modules['clip_benchmark'] = None  # as if not installed\n"
+        "from synthrec.presets import PRESET_NAMES, PresetError, get_preset\n"
+        "print(len(PRESET_NAMES), len(get_preset('tiny').classes))\n"
+        "for name in ('imagenet1k', 'cifar10', 'eurosat'):\n"
+        "    try:\n"
+        "        get_preset(name)\n"
+        "    except PresetError as error:\n"
+        "        print(name, error)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "13 4"
+    assert [line.split()[0] for line in lines[1:]] == ["imagenet1k", "cifar10", "eurosat"]
+    assert "'open_clip'" in lines[1] and "'clip_benchmark'" in lines[2]
+    assert all("synthrec[workers]" in line for line in lines[1:])
