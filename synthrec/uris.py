@@ -16,10 +16,17 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _HF_REVISION = re.compile(r"^[A-Za-z0-9_.\-/]{1,200}$")
 
+# Built-in tiny random-weight models and a tiny drawn dataset (synthrec/tiny.py), built offline on first
+# use: tiny://sd, tiny://clip, tiny://t5 as models and tiny://real/train, tiny://real/test as real data.
+# They make the quickstart run anywhere (a laptop, a cluster without a model hub); accuracy is meaningless.
+TINY_MODELS = ("sd", "clip", "t5")
+
 # Used by the CRD schema (and by pydantic) so that both layers reject the same strings.
-STORAGE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*)$"
+OUTPUT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*)$"
+STORAGE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*|tiny://real(/.*)?)$"
 MODEL_REF_PATTERN = (
-    r"^(hf://[^\s@]+(@[^\s]+)?|s3://[^\s]+|file:///[^\s]*|[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+)$"
+    r"^(hf://[^\s@]+(@[^\s]+)?|s3://[^\s]+|file:///[^\s]*|tiny://(sd|clip|t5)/?"
+    r"|[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+)$"
 )
 
 
@@ -29,18 +36,21 @@ class URIError(ValueError):
 
 @dataclass(frozen=True)
 class StorageURI:
-    scheme: Literal["s3", "file"]
-    bucket: str  # empty for file://
-    path: str  # s3: key prefix without leading slash ('' for the bucket root); file: absolute path
+    scheme: Literal["s3", "file", "tiny"]
+    bucket: str  # empty for file:// and tiny://
+    # s3: key prefix without leading slash ('' for the bucket root); file: absolute path; tiny: real/...
+    path: str
 
     def __str__(self) -> str:
+        if self.scheme == "tiny":
+            return f"tiny://{self.path}"
         if self.scheme == "s3":
             return f"s3://{self.bucket}/{self.path}" if self.path else f"s3://{self.bucket}/"
         return f"file://{self.path}"
 
 
-def parse_storage_uri(uri: str) -> StorageURI:
-    """Parse ``s3://bucket/prefix`` or ``file:///abs/path``; reject anything else with a clear message."""
+def parse_storage_uri(uri: str, *, allow_tiny: bool = True) -> StorageURI:
+    """Parse ``s3://bucket/prefix`` or ``file:///abs/path`` (or read-only ``tiny://real/...``)."""
     if not isinstance(uri, str) or not uri.strip():
         raise URIError("a storage URI is required, e.g. s3://bucket/prefix/ or file:///abs/path/")
     uri = uri.strip()
@@ -60,6 +70,14 @@ def parse_storage_uri(uri: str) -> StorageURI:
             raise URIError(f"{uri!r}: file URIs need an absolute path, e.g. file:///data/out/")
         _check_segments(uri, path)
         return StorageURI("file", "", path)
+    if uri.startswith("tiny://"):
+        path = uri[len("tiny://") :].strip("/")
+        if not allow_tiny:
+            raise URIError(f"{uri!r}: tiny:// is built-in read-only data; write to s3:// or file:// instead")
+        if path.split("/")[0] != "real":
+            raise URIError(f"{uri!r}: the built-in tiny data is tiny://real/train and tiny://real/test")
+        _check_segments(uri, path)
+        return StorageURI("tiny", "", path)
     raise URIError(f"{uri!r}: unsupported storage URI; use s3://bucket/prefix/ or file:///abs/path/")
 
 
@@ -82,8 +100,10 @@ def join(uri: str, *parts: str) -> str:
 class ModelRef:
     """A parsed model reference. ``kind`` says how to fetch it; ``location`` is what to fetch."""
 
-    kind: Literal["hf", "s3", "file", "name"]
-    location: str  # hf: repo id; s3: s3:// folder URI; file: absolute path; name: builtin name
+    kind: Literal["hf", "s3", "file", "name", "tiny"]
+    location: (
+        str  # hf: repo id; s3: s3:// folder URI; file: absolute path; name: builtin name; tiny: sd|clip|t5
+    )
     revision: str | None = None
 
     def __str__(self) -> str:
@@ -91,6 +111,8 @@ class ModelRef:
             return f"hf://{self.location}" + (f"@{self.revision}" if self.revision else "")
         if self.kind == "file":
             return f"file://{self.location}"
+        if self.kind == "tiny":
+            return f"tiny://{self.location}"
         return self.location
 
 
@@ -120,8 +142,17 @@ def parse_model_ref(ref: str, *, allow_name: bool = False) -> ModelRef:
     if ref.startswith("file://"):
         path = parse_storage_uri(ref).path
         return ModelRef("file", path.rstrip("/") or "/")
+    if ref.startswith("tiny://"):
+        name = ref[len("tiny://") :].strip("/")
+        if name not in TINY_MODELS:
+            raise URIError(
+                f"{ref!r}: the built-in tiny models are " + ", ".join(f"tiny://{m}" for m in TINY_MODELS)
+            )
+        return ModelRef("tiny", name)
     if "://" in ref:
-        raise URIError(f"{ref!r}: unsupported scheme; use hf://, s3:// or file://")
+        raise URIError(
+            f"{ref!r}: unsupported scheme; use hf://, s3://, file:// (or tiny:// for the demo models)"
+        )
     if _HF_ID.match(ref):
         return ModelRef("hf", ref)
     if allow_name and re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]*$", ref):

@@ -1,0 +1,35 @@
+# Two entry points a new machine needs: `make demo` (the main job on the embedded default) and `make test`.
+# Both create the virtual environment on first use (torch 2.14.1 + torchvision 0.29.1, then synthrec[all]).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.synthrec-installed
+TINY ?= .synthrec/tiny-models
+
+.PHONY: env demo test lint crds clean-demo
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[all]'
+	touch $(STAMP)
+
+# The embedded default: build the tiny offline models, then run the quickstart on this machine.
+demo: $(STAMP)
+	$(BIN)/synthrec tiny-models $(TINY)
+	$(BIN)/synthrec validate examples/quickstart.yaml
+	$(BIN)/synthrec plan examples/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/synthrec crds --check --out crds/
+
+crds: $(STAMP)
+	$(BIN)/synthrec crds --out crds/

@@ -1,0 +1,102 @@
+"""Conditions are the source of truth of a resource's state; ``phase`` is derived from them here, once.
+
+Rules (operator anchors §3.2): at most one of Complete/Failed is True and terminal states are sticky;
+``lastTransitionTime`` changes only when a condition's status changes; every condition carries the
+``observedGeneration`` it was computed for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from synthrec.api import Condition, Phase
+
+TERMINAL = ("Complete", "Failed")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _as_dicts(conditions: Iterable[Condition | dict[str, Any]] | None) -> list[dict[str, Any]]:
+    out = []
+    for c in conditions or []:
+        out.append(c.wire() if isinstance(c, Condition) else dict(c))
+    return out
+
+
+def get(conditions: Iterable[Condition | dict[str, Any]] | None, ctype: str) -> dict[str, Any] | None:
+    for c in _as_dicts(conditions):
+        if c.get("type") == ctype:
+            return c
+    return None
+
+
+def is_true(conditions: Iterable[Condition | dict[str, Any]] | None, ctype: str) -> bool:
+    c = get(conditions, ctype)
+    return bool(c and c.get("status") == "True")
+
+
+def is_terminal(conditions: Iterable[Condition | dict[str, Any]] | None) -> bool:
+    return any(is_true(conditions, t) for t in TERMINAL)
+
+
+def set_condition(
+    conditions: Iterable[Condition | dict[str, Any]] | None,
+    ctype: str,
+    status: bool | str,
+    reason: str,
+    message: str = "",
+    *,
+    generation: int | None = None,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """Return a new condition list with ``ctype`` set; other conditions are kept in order.
+
+    Setting Complete or Failed to True makes the other one False: exactly one terminal condition.
+    """
+    status_str = status if isinstance(status, str) else ("True" if status else "False")
+    stamp = now or now_iso()
+    out = _as_dicts(conditions)
+    updated = {
+        "type": ctype,
+        "status": status_str,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": stamp,
+    }
+    if generation is not None:
+        updated["observedGeneration"] = generation
+    for i, c in enumerate(out):
+        if c.get("type") == ctype:
+            if c.get("status") == status_str:
+                updated["lastTransitionTime"] = c.get("lastTransitionTime", stamp)
+            out[i] = updated
+            break
+    else:
+        out.append(updated)
+    if ctype in TERMINAL and status_str == "True":
+        other = "Failed" if ctype == "Complete" else "Complete"
+        if is_true(out, other):
+            out = set_condition(
+                out, other, False, "Superseded", f"{ctype} is terminal", generation=generation, now=stamp
+            )
+    return out
+
+
+def derive_phase(conditions: Iterable[Condition | dict[str, Any]] | None) -> Phase:
+    """The one place that maps conditions to the printed phase."""
+    conds = _as_dicts(conditions)
+    if is_true(conds, "Failed"):
+        return "Failed"
+    if is_true(conds, "Complete"):
+        return "Succeeded"
+    if is_true(conds, "Suspended"):
+        return "Suspended"
+    if is_true(conds, "Running"):
+        return "Running"
+    if is_true(conds, "Queued"):
+        return "Queued"
+    return "Pending"

@@ -1,0 +1,234 @@
+"""The API models, conditions -> phase, and the pure planner shared by the operator and local mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from synthrec import api, conditions, contract, plan
+from synthrec.tasks import ResourceRef, dump_task, load_task
+
+
+def dataset_spec(**over: object) -> api.SyntheticDatasetSpec:
+    body = {
+        "labels": {"preset": "eurosat"},
+        "generator": {"model": "hf://org/m"},
+        "output": {"uri": "s3://bkt/ds/"},
+    }
+    body.update(over)
+    return api.SyntheticDatasetSpec.model_validate(body)
+
+
+def experiment_spec(**over: object) -> api.RecognitionExperimentSpec:
+    body = {
+        "labels": {"preset": "eurosat"},
+        "data": {
+            "synthetic": [{"datasetRef": "ds"}],
+            "realTrain": {"uri": "s3://bkt/train/"},
+            "test": {"uri": "s3://bkt/test/"},
+        },
+        "output": {"uri": "s3://bkt/exp/"},
+    }
+    body.update(over)
+    return api.RecognitionExperimentSpec.model_validate(body)
+
+
+# ------------------------------------------------------------------------------------------- API
+
+
+def test_defaults_are_the_papers_values() -> None:
+    spec = dataset_spec()
+    assert spec.generator.guidance_scale == 3.0 and spec.generator.images_per_prompt == 10
+    assert spec.generator.resolution == 256
+    assert spec.prompts.sentences_per_class == 200 and spec.prompts.oversample == 50
+    assert spec.prompts.model == "hf://mrm8488/t5-base-finetuned-common_gen"
+    assert spec.prompts.decoding.do_sample and spec.prompts.decoding.top_k == 50
+    assert spec.filter.clip.model == "RN50" and spec.filter.clip.pretrained == "openai"
+    assert (
+        spec.filter.threshold is None
+        and spec.filter.keep_per_class == 800
+        and spec.filter.selection == "random"
+    )
+    assert spec.filter.soft_target_temperature == 2.0
+    ct = experiment_spec().method.classifier_tuning
+    assert (ct.epochs, ct.weight_decay, ct.warmup_steps, ct.grad_clip) == (30, 0.1, 0, 1.0)
+    assert (ct.batch_size_real, ct.batch_size_synthetic) == (32, 512)
+    assert (ct.soft_target.weight, ct.soft_target.temperature) == (0.5, 2.0)
+    assert ct.mixing == "mixed" and ct.freeze_batch_norm and ct.trainable_scope == "head"
+
+
+@pytest.mark.parametrize(
+    ("shots", "strength"), [(16, 0.14), (8, 0.19), (4, 0.34), (2, 0.39), (1, 0.49), (12, 0.19), (32, 0.14)]
+)
+def test_real_guidance_strength_follows_the_papers_shots_table(shots: int, strength: float) -> None:
+    rg = api.RealGuidance.model_validate({"source": {"uri": "s3://bkt/r/"}, "shots": shots})
+    assert rg.resolved_strength() == strength
+    assert (
+        api.RealGuidance.model_validate(
+            {"source": {"uri": "s3://bkt/r/"}, "strength": 0.3}
+        ).resolved_strength()
+        == 0.3
+    )
+
+
+def test_wire_format_is_camel_case_and_round_trips() -> None:
+    spec = dataset_spec(sharding={"shards": 4, "maxFailedShards": 1})
+    wire = spec.wire()
+    assert wire["sharding"]["maxFailedShards"] == 1 and "max_failed_shards" not in wire["sharding"]
+    assert api.SyntheticDatasetSpec.model_validate(wire) == spec
+
+
+def test_preset_aliases_resolve_to_canonical_names() -> None:
+    assert dataset_spec(labels={"preset": "imagenet"}).labels.preset == "imagenet1k"
+
+
+def test_explicit_classes_with_awkward_names_are_data() -> None:
+    names = ['a "quoted" cat', "a/b", "..", "café ☕", "x" * 300]
+    spec = dataset_spec(labels={"classes": [{"name": n} for n in names]})
+    assert [c.name for c in spec.labels.classes] == names
+
+
+# -------------------------------------------------------------------------------------- conditions
+
+
+def test_phase_is_derived_from_conditions_in_one_place() -> None:
+    conds: list = []
+    assert conditions.derive_phase(conds) == "Pending"
+    conds = conditions.set_condition(conds, "Queued", True, "WaitingForQuota", generation=1)
+    assert conditions.derive_phase(conds) == "Queued"
+    conds = conditions.set_condition(conds, "Running", True, "ShardsRunning", generation=1)
+    assert conditions.derive_phase(conds) == "Running"
+    conds = conditions.set_condition(conds, "Suspended", True, "UserSuspended", generation=2)
+    assert conditions.derive_phase(conds) == "Suspended"
+    conds = conditions.set_condition(conds, "Complete", True, "AllShardsSucceeded", generation=2)
+    assert conditions.derive_phase(conds) == "Succeeded"
+    conds = conditions.set_condition(conds, "Failed", True, "DeadlineExceeded", generation=2)
+    assert conditions.derive_phase(conds) == "Failed"
+    assert not conditions.is_true(conds, "Complete"), "exactly one terminal condition is True"
+
+
+def test_transition_time_changes_only_with_status() -> None:
+    a = conditions.set_condition([], "Running", True, "A", now="2026-01-01T00:00:00Z")
+    b = conditions.set_condition(a, "Running", True, "B", "new message", now="2026-01-02T00:00:00Z")
+    assert b[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z" and b[0]["reason"] == "B"
+    c = conditions.set_condition(b, "Running", False, "Done", now="2026-01-03T00:00:00Z")
+    assert c[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
+    api.Condition.model_validate(c[0])
+
+
+# ------------------------------------------------------------------------------------------ planning
+
+
+def test_stage_hashes_are_chained() -> None:
+    base = plan.dataset_hashes(dataset_spec())
+    other_filter = plan.dataset_hashes(dataset_spec(filter={"keepPerClass": 10}))
+    assert other_filter["generate"] == base["generate"] and other_filter["filter"] != base["filter"]
+    other_gen = plan.dataset_hashes(dataset_spec(generator={"model": "hf://org/m", "steps": 10}))
+    assert other_gen["prompts"] == base["prompts"]
+    assert other_gen["generate"] != base["generate"] and other_gen["filter"] != base["filter"]
+    assert plan.dataset_hashes(dataset_spec()) == base, "hashes are deterministic"
+    # Mutable knobs (parallelism, resources) never invalidate artifacts.
+    assert plan.dataset_hashes(dataset_spec(sharding={"shards": 1}, resources={"gpus": 2})) == base
+
+
+def test_dataset_stages_in_dependency_order() -> None:
+    stages = plan.dataset_stages(dataset_spec(sharding={"shards": 8}, filter={"enabled": False}))
+    assert [(s.stage, s.shards, s.enabled) for s in stages] == [
+        ("prompts", 1, True),
+        ("generate", 8, True),
+        ("filter", 8, False),
+        ("reduce", 1, True),
+    ]
+
+
+def test_matrix_expands_into_runs_with_resolved_learning_rates() -> None:
+    spec = experiment_spec(
+        matrix={
+            "shots": [0, 16],
+            "seeds": [1, 2],
+            "variants": [
+                {"name": "ct-init", "synthetic": []},
+                {"name": "fast", "classifierTuning": {"epochs": 3}},
+            ],
+        }
+    )
+    runs = plan.experiment_runs(spec)
+    assert len(runs) == 8
+    assert [r.index for r in runs] == list(range(8))
+    first = runs[0]
+    assert (first.name, first.shots, first.seed, first.variant, first.synthetic) == (
+        "shots0-seed1-ct-init",
+        0,
+        1,
+        "ct-init",
+        (),
+    )
+    assert first.lr == plan.ZERO_SHOT_LR and runs[-1].lr == plan.FEW_SHOT_LR
+    fast = [r for r in runs if r.variant == "fast"]
+    assert all(r.classifier_tuning.epochs == 3 and r.synthetic[0].dataset_ref == "ds" for r in fast)
+    assert len({r.name for r in runs}) == 8
+
+
+def test_tasks_round_trip_and_map_completion_indexes(tmp_path: Path) -> None:
+    spec = dataset_spec(sharding={"shards": 6})
+    ref = ResourceRef(kind="SyntheticDataset", name="ds", namespace="team-a")
+    task = plan.dataset_task(spec, "generate", ref, attempt=2, shard_ids=[1, 4])
+    path = tmp_path / "task.json"
+    path.write_text(dump_task(task))
+    loaded = load_task(path)
+    assert loaded == task and loaded.stage == "generate"
+    assert [loaded.shard_for_index(i) for i in range(2)] == [1, 4]
+    assert loaded.attempt_size() == 2
+    with pytest.raises(IndexError):
+        loaded.shard_for_index(2)
+
+
+def test_train_task_carries_the_run(tmp_path: Path) -> None:
+    spec = experiment_spec(matrix={"shots": [4], "seeds": [7]})
+    run = plan.experiment_runs(spec)[0]
+    from synthrec.tasks import DatasetInput
+
+    inputs = [DatasetInput(name="ds", uri="s3://bkt/ds/", digest="abc")]
+    task = plan.train_task(spec, run, inputs, ResourceRef(kind="RecognitionExperiment", name="e"))
+    other = plan.train_task(
+        spec, run, [DatasetInput(name="ds", uri="s3://bkt/ds/", digest="def")], task.resource
+    )
+    assert task.spec_hash != other.spec_hash, "a new dataset digest means a new run"
+    path = tmp_path / "t.json"
+    path.write_text(dump_task(task))
+    assert load_task(path).run.shots == 4
+
+
+def test_bad_task_files_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read task file"):
+        load_task(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="is not JSON"):
+        load_task(bad)
+
+
+@pytest.mark.parametrize(
+    ("values", "text"), [([], ""), ([3], "3"), ([0, 1, 2, 3, 5], "0-3,5"), ([7, 1, 2, 9, 8], "1-2,7-9")]
+)
+def test_range_strings_match_job_status_format(values: list[int], text: str) -> None:
+    assert plan.format_ranges(values) == text
+    assert plan.parse_ranges(text) == set(values)
+
+
+def test_termination_summary_fits_the_kubelet_limit() -> None:
+    huge = {
+        "stage": "generate",
+        "shard": 3,
+        "images": 10,
+        "note": "x" * 10_000,
+        "manifest": "s3://bkt/" + "k" * 5000,
+    }
+    line = contract.summary_line(huge)
+    assert len(line.encode()) <= contract.TERMINATION_LOG_LIMIT
+    parsed = contract.parse_summary(line)
+    assert parsed["images"] == 10 and parsed["shard"] == 3
+    assert contract.parse_summary("not json") is None
+    assert json.loads(contract.summary_line({"a": 1})) == {"a": 1}
