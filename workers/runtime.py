@@ -1,0 +1,209 @@
+"""What every worker stage shares: task loading, shard selection, exit codes, the termination summary,
+progress reporting and the mapping of failures onto the contract in synthrec/contract.py.
+
+A stage is a plain function ``run(ctx: StageContext) -> dict`` returning its summary (counts, URIs).
+It raises ConfigError / DataError / RetryableError for failures the operator must treat differently;
+anything unexpected is logged with its traceback and treated as retryable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthrec import contract
+from synthrec.storage import Storage, StorageConflict, StorageError, TransientStorageError, open_storage
+from synthrec.tasks import load_task
+
+log = logging.getLogger("synthrec.workers")
+
+
+class WorkerError(Exception):
+    """A failure with a meaning for the scheduler; the message is written for the user."""
+
+    exit_code = contract.EXIT_RETRYABLE
+    kind = "retryable"
+
+
+class RetryableError(WorkerError):
+    pass
+
+
+class ConfigError(WorkerError):
+    """The task cannot succeed anywhere (bad model reference, unusable spec): fail the whole Job."""
+
+    exit_code = contract.EXIT_CONFIG_ERROR
+    kind = "config"
+
+
+class DataError(WorkerError):
+    """This shard's input is bad (corrupt images, prompts from another spec): fail this index only."""
+
+    exit_code = contract.EXIT_DATA_ERROR
+    kind = "data"
+
+
+class Terminated(RetryableError):
+    """SIGTERM (pod eviction, Ctrl-C in local mode): stop cleanly, nothing half-committed."""
+
+
+@dataclass
+class Progress:
+    """In-flight progress: a small JSON file (for the local mode's bars) and a log line now and then."""
+
+    stage: str
+    shard: int | None
+    total: int = 0
+    done: int = 0
+    path: Path | None = None
+    log_every_s: float = 10.0
+    _last_log: float = field(default=0.0, repr=False)
+    _last_write: float = field(default=0.0, repr=False)
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self._write(force=True)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        self._write()
+
+    def finish(self) -> None:
+        self.done = max(self.done, self.total)
+        self._write(force=True)
+
+    def _write(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.path is not None and (force or now - self._last_write >= 0.5):
+            self._last_write = now
+            payload = {
+                "stage": self.stage,
+                "shard": self.shard,
+                "done": self.done,
+                "total": self.total,
+                "time": time.time(),
+            }
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            try:
+                tmp.write_text(json.dumps(payload))
+                os.replace(tmp, self.path)
+            except OSError:
+                pass  # progress is best effort; never fail a shard over it
+        if force or now - self._last_log >= self.log_every_s:
+            self._last_log = now
+            log.info("%s shard %s: %d/%d", self.stage, self.shard, self.done, self.total)
+
+
+@dataclass
+class StageContext:
+    task: Any  # one of synthrec.tasks' task models
+    shard: int  # the shard id this process produces (0 for single-pod stages)
+    storage: Storage  # the resource's output root
+    progress: Progress
+
+    @property
+    def stage(self) -> str:
+        return str(self.task.stage)
+
+    def open(self, uri: str) -> Storage:
+        """Open another location (real data, a referenced dataset) with the task's storage settings."""
+        return open_storage(uri, endpoint=self.task.output.endpoint, region=self.task.output.region)
+
+
+def select_device() -> str:
+    """SYNTHREC_DEVICE if set, else cuda when available, else cpu."""
+    forced = os.environ.get(contract.ENV_DEVICE)
+    if forced:
+        return forced
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_shard(task: Any, explicit: int | None) -> int:
+    """The shard id to produce: --shard, else $SYNTHREC_SHARD, else the Job completion index mapped through
+    the task's shard map, else 0."""
+    if explicit is not None:
+        return explicit
+    if os.environ.get(contract.ENV_SHARD):
+        return int(os.environ[contract.ENV_SHARD])
+    index = int(os.environ.get(contract.ENV_COMPLETION_INDEX, "0"))
+    return task.shard_for_index(index)
+
+
+def write_termination_log(summary: dict[str, Any]) -> None:
+    path = os.environ.get(contract.ENV_TERMINATION_LOG, contract.DEFAULT_TERMINATION_LOG)
+    try:
+        Path(path).write_text(contract.summary_line(summary) + "\n")
+    except OSError as exc:  # e.g. /dev/termination-log outside a pod
+        log.debug("no termination log at %s: %s", path, exc)
+
+
+def _install_sigterm() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated("received SIGTERM; stopping before committing anything else")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_stage(
+    stage: str, fn: Callable[[StageContext], dict[str, Any]], task_path: str, shard: int | None
+) -> int:
+    """Run one stage function under the worker contract; returns the process exit code."""
+    _install_sigterm()
+    summary: dict[str, Any] = {"stage": stage}
+    started = time.monotonic()
+    try:
+        try:
+            task = load_task(task_path)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if task.stage != stage:
+            raise ConfigError(f"task file {task_path} is for stage {task.stage!r}, not {stage!r}")
+        try:
+            shard_id = resolve_shard(task, shard)
+        except (IndexError, ValueError) as exc:
+            raise ConfigError(f"cannot pick a shard: {exc}") from None
+        summary["shard"] = shard_id
+        storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
+        progress_path = os.environ.get(contract.ENV_PROGRESS_FILE)
+        progress = Progress(stage, shard_id, path=Path(progress_path) if progress_path else None)
+        ctx = StageContext(task=task, shard=shard_id, storage=storage, progress=progress)
+        result = fn(ctx)
+        progress.finish()
+        summary.update(result or {})
+        summary["ok"] = True
+        summary["seconds"] = round(time.monotonic() - started, 2)
+        write_termination_log(summary)
+        log.info("%s shard %s done: %s", stage, shard_id, contract.summary_line(summary))
+        return contract.EXIT_OK
+    except WorkerError as exc:
+        return _fail(summary, exc.kind, str(exc), exc.exit_code)
+    except StorageConflict as exc:
+        return _fail(summary, "config", str(exc), contract.EXIT_CONFIG_ERROR)
+    except TransientStorageError as exc:
+        return _fail(summary, "retryable", str(exc), contract.EXIT_RETRYABLE)
+    except StorageError as exc:
+        return _fail(summary, "config", str(exc), contract.EXIT_CONFIG_ERROR)
+    except KeyboardInterrupt:
+        return _fail(summary, "retryable", "interrupted", contract.EXIT_RETRYABLE)
+    except Exception as exc:  # a bug or an unforeseen environment problem: retrying is the safe default
+        log.error("unexpected error in %s:\n%s", stage, traceback.format_exc())
+        return _fail(summary, "retryable", f"{type(exc).__name__}: {exc}", contract.EXIT_RETRYABLE)
+
+
+def _fail(summary: dict[str, Any], kind: str, message: str, code: int) -> int:
+    summary.update(ok=False, error=kind, message=message)
+    write_termination_log(summary)
+    print(f"synthrec {summary.get('stage')}: {kind} error: {message}", file=sys.stderr)
+    return code
