@@ -1,0 +1,43 @@
+"""Label spaces resolve to one ordered class list that every stage shares."""
+
+from __future__ import annotations
+
+import pytest
+
+from synthrec.api import LabelSpace
+from synthrec.labels import class_slug, normalise_folder_name, resolve_labels
+
+
+def test_preset_resolves_with_generation_and_head_names() -> None:
+    labels = resolve_labels(LabelSpace(preset="eurosat"))
+    assert len(labels) == 10
+    assert labels.classes[0].name == "Annual Crop Land" and labels.classes[0].head_name == "annual crop land"
+    assert labels.templates == ("a centered satellite photo of {c}.",)
+    assert labels.prompt_wrapper == "a centered satellite photo of {}"
+    assert [c.index for c in labels.classes] == list(range(10))
+
+
+def test_subset_keeps_preset_order_and_rejects_unknown_names() -> None:
+    labels = resolve_labels(LabelSpace(preset="cifar10", subset=["truck", "airplane"]))
+    assert labels.names == ["airplane", "truck"]
+    with pytest.raises(ValueError, match="'unicorn' not in preset 'cifar10'"):
+        resolve_labels(LabelSpace(preset="cifar10", subset=["unicorn"]))
+
+
+def test_explicit_classes_and_overrides() -> None:
+    labels = resolve_labels(
+        LabelSpace(classes=[{"name": "Cat", "headName": "cat"}, {"name": "Dog"}], templates=["{c} art."])
+    )
+    assert labels.head_names == ["cat", "Dog"] and labels.templates == ("{c} art.",)
+    assert labels.prompt_template == "a photo of a {}." and labels.source == "explicit"
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "café ☕", 'quote"d', "x" * 300, "..", ""])
+def test_class_slugs_are_safe_keys(name: str) -> None:
+    slug = class_slug(name, 7)
+    assert slug.startswith("0007-") and "/" not in slug and ".." not in slug and len(slug) <= 53
+    assert slug.isascii()
+
+
+def test_folder_names_match_class_names_loosely() -> None:
+    assert normalise_folder_name("Annual_Crop-Land") == normalise_folder_name("annual crop land")
