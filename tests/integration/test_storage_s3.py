@@ -27,6 +27,7 @@ from synthrec.storage import (
     upload_tree,
     write_marker,
 )
+from tests.fixtures.s3 import FAST_RETRIES
 
 MiB = 1024 * 1024
 # Our retry layer only, with tiny waits: keeps fault tests fast and the request counts exact.
@@ -331,7 +332,12 @@ def test_s3_a_failed_multipart_part_is_retried(s3_faults, tmp_path: Path) -> Non
     assert storage.sha256("b") == hashlib.sha256(data).hexdigest()
 
 
-def test_s3_botocore_retries_inside_one_operation_with_the_default_policy(s3_faults, caplog) -> None:
+def test_s3_botocore_retries_inside_one_operation_with_the_default_policy(
+    s3_faults, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in FAST_RETRIES:
+        monkeypatch.delenv(name)
+    assert RetryPolicy.from_env() == RetryPolicy()
     # Non-throttling 5xx: botocore's own (adaptive mode) retries absorb two failures within one call.
     storage = open_storage(s3_faults.uri)
     s3_faults.proxy.fail(2, status=500, code="InternalError")
