@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.synthrec-installed
-TINY ?= .synthrec/tiny-models
 
 .PHONY: env demo test lint crds clean-demo
 
@@ -20,7 +19,7 @@ $(STAMP): pyproject.toml
 
 # The embedded default: build the tiny offline models, then run the quickstart on this machine.
 demo: $(STAMP)
-	$(BIN)/synthrec tiny-models $(TINY)
+	$(BIN)/synthrec tiny-models
 	$(BIN)/synthrec validate examples/quickstart.yaml
 	$(BIN)/synthrec plan examples/quickstart.yaml
 

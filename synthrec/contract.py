@@ -7,6 +7,8 @@ variables, exits with one of these codes, and writes one line of JSON (≤ 4 KiB
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 # Exit codes. The operator maps them onto the Job's podFailurePolicy.
@@ -25,12 +27,22 @@ ENV_PROGRESS_FILE = "SYNTHREC_PROGRESS_FILE"  # optional local JSON file with in
 ENV_CACHE = "SYNTHREC_CACHE"  # model cache folder
 ENV_DEVICE = "SYNTHREC_DEVICE"  # force a torch device (cpu, cuda, cuda:1)
 
+ENV_TINY_MODELS = (
+    "SYNTHREC_TINY_MODELS"  # where tiny:// models and data are built (default: <cache>/tiny-models)
+)
+
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_LIMIT = 4096
 
 # Where the operator mounts the task ConfigMap in worker pods.
 TASK_MOUNT_DIR = "/etc/synthrec/task"
 TASK_FILE_NAME = "task.json"
+
+
+def cache_root() -> Path:
+    """$SYNTHREC_CACHE, else ~/.cache/synthrec: models, the tiny demo models and feature caches live below."""
+    base = os.environ.get(ENV_CACHE)
+    return Path(base) if base else Path.home() / ".cache" / "synthrec"
 
 
 def summary_line(summary: dict[str, Any]) -> str:

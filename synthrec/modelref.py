@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synthrec import contract
 from synthrec.storage import (
     ObjectInfo,
     Storage,
@@ -59,8 +60,7 @@ class ResolvedModel:
 
 def default_cache_dir() -> Path:
     """``$SYNTHREC_CACHE/models`` if SYNTHREC_CACHE is set, else ``~/.cache/synthrec/models``."""
-    base = os.environ.get("SYNTHREC_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "synthrec") / "models"
+    return contract.cache_root() / "models"
 
 
 def resolve_model(
@@ -79,6 +79,11 @@ def resolve_model(
         return ResolvedModel(parsed, None, None, parsed.location)
     if parsed.kind == "file":
         return ResolvedModel(parsed, _local_folder(ref, Path(parsed.location)), None, None)
+    if parsed.kind == "tiny":
+        from synthrec.tiny import BUILDER_VERSION, ensure_tiny_models
+
+        path = getattr(ensure_tiny_models(), parsed.location)
+        return ResolvedModel(parsed, path, f"tiny-v{BUILDER_VERSION}", None)
     if parsed.kind == "hf":
         path, revision = _snapshot(ref, parsed, Path(cache_dir) / "hf" if cache_dir else None)
         return ResolvedModel(parsed, path, revision, None)

@@ -319,6 +319,10 @@ def open_storage(
         raise StorageError(str(e)) from e
     if parsed.scheme == "file":
         return FileStorage(Path(parsed.path))
+    if parsed.scheme == "tiny":  # the built-in demo data, built offline on first use
+        from synthrec.tiny import ensure_tiny_models
+
+        return FileStorage(ensure_tiny_models().root / parsed.path)
     return S3Storage.connect(
         parsed.bucket, parsed.path, endpoint=endpoint, region=region, retry=retry, tuning=tuning
     )

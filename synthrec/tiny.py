@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -107,6 +108,19 @@ class TinyModels:
             and data.get("versions") == _library_versions()
             and all(getattr(self, name).is_dir() for name in _COMPONENTS)
         )
+
+
+def default_tiny_dir() -> Path:
+    """Where tiny:// references are built: $SYNTHREC_TINY_MODELS, else <cache root>/tiny-models."""
+    from synthrec import contract
+
+    override = os.environ.get(contract.ENV_TINY_MODELS)
+    return Path(override) if override else contract.cache_root() / "tiny-models"
+
+
+def ensure_tiny_models() -> TinyModels:
+    """The tiny models behind tiny://sd, tiny://clip, tiny://t5 and tiny://real/..., built on first use."""
+    return build_tiny_models(default_tiny_dir())
 
 
 def build_tiny_models(out_dir: Path | str, *, force: bool = False, seed: int = 0) -> TinyModels:
