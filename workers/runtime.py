@@ -141,6 +141,42 @@ def resolve_shard(task: Any, explicit: int | None) -> int:
     return task.shard_for_index(index)
 
 
+def spec_document(task: Any) -> dict[str, Any]:
+    """What spec.json at a resource's output root holds: the resolved spec and its hashes, so the artifacts
+    alone say what they are (synthrec status, synthrec report, a later run with the same storage)."""
+    from synthrec import __version__, plan
+
+    doc: dict[str, Any] = {
+        "apiVersion": "synthrec.io/v1alpha1",
+        "kind": task.resource.kind,
+        "metadata": {"name": task.resource.name, "namespace": task.resource.namespace},
+        "synthrec": __version__,
+    }
+    if task.stage == "train":
+        spec = task.experiment
+        doc["spec"] = spec.wire()
+        doc["specHash"] = plan.experiment_hash(spec)
+        doc["runs"] = [r.name for r in plan.experiment_runs(spec)]
+    else:
+        doc["spec"] = task.dataset.wire()
+        doc["hashes"] = dict(task.hashes)
+        doc["specHash"] = task.hashes["reduce"]
+    return doc
+
+
+def write_spec_json(task: Any, storage: Storage) -> None:
+    from synthrec.layout import DatasetLayout
+
+    doc = spec_document(task)
+    key = DatasetLayout.spec  # same key for experiments (ExperimentLayout.spec)
+    try:
+        if storage.exists(key) and storage.read_json(key) == doc:
+            return
+        storage.write_json(key, doc)
+    except StorageError as exc:  # descriptive only: never fail a stage over it
+        log.warning("could not write %s: %s", storage.url(key), exc)
+
+
 def write_termination_log(summary: dict[str, Any]) -> None:
     path = os.environ.get(contract.ENV_TERMINATION_LOG, contract.DEFAULT_TERMINATION_LOG)
     try:
@@ -179,6 +215,8 @@ def run_stage(
         progress_path = os.environ.get(contract.ENV_PROGRESS_FILE)
         progress = Progress(stage, shard_id, path=Path(progress_path) if progress_path else None)
         ctx = StageContext(task=task, shard=shard_id, storage=storage, progress=progress)
+        if stage in ("prompts", "train"):  # the first stage of a resource describes it at its root
+            write_spec_json(task, storage)
         result = fn(ctx)
         progress.finish()
         summary.update(result or {})
