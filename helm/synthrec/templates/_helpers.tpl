@@ -1,0 +1,126 @@
+{{/* Names. */}}
+{{- define "synthrec.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "synthrec.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "synthrec.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels. */}}
+{{- define "synthrec.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "synthrec.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "synthrec.labels" -}}
+helm.sh/chart: {{ include "synthrec.chart" . }}
+app.kubernetes.io/name: {{ include "synthrec.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: synthrec
+{{- end }}
+
+{{/* ServiceAccounts. */}}
+{{- define "synthrec.operatorServiceAccount" -}}
+{{- default (printf "%s-operator" (include "synthrec.fullname" .)) .Values.operator.serviceAccount.name }}
+{{- end }}
+
+{{- define "synthrec.workerServiceAccount" -}}
+{{- default (printf "%s-worker" (include "synthrec.fullname" .)) .Values.workers.serviceAccount.name }}
+{{- end }}
+
+{{/* Images: repository[:tag][@digest]. */}}
+{{- define "synthrec.imageRef" -}}
+{{- $ref := .repository }}
+{{- if .digest }}
+{{- $ref = printf "%s@%s" $ref .digest }}
+{{- else }}
+{{- $ref = printf "%s:%s" $ref .tag }}
+{{- end }}
+{{- $ref }}
+{{- end }}
+
+{{- define "synthrec.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- include "synthrec.imageRef" (dict "repository" .Values.image.repository "tag" $tag "digest" .Values.image.digest) }}
+{{- end }}
+
+{{- define "synthrec.workerImage" -}}
+{{- $w := .Values.workers.image }}
+{{- if or $w.repository $w.tag $w.digest }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) $w.tag }}
+{{- include "synthrec.imageRef" (dict "repository" (default .Values.image.repository $w.repository) "tag" $tag "digest" $w.digest) }}
+{{- else }}
+{{- include "synthrec.image" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Watched namespaces as a JSON list: namespaced scope -> watchNamespaces (default: the release namespace);
+cluster scope -> [] (every namespace). Callers use `include ... | fromJsonArray`.
+*/}}
+{{- define "synthrec.watchNamespaces" -}}
+{{- if eq .Values.rbac.scope "namespaced" }}
+{{- if .Values.watchNamespaces }}
+{{- .Values.watchNamespaces | uniq | toJson }}
+{{- else }}
+{{- list .Release.Namespace | toJson }}
+{{- end }}
+{{- else }}
+{{- if .Values.watchNamespaces }}
+{{- fail (printf "watchNamespaces (%s) is only for rbac.scope=namespaced: with rbac.scope=cluster the operator watches every namespace. Set rbac.scope=namespaced or remove watchNamespaces." (join ", " .Values.watchNamespaces)) }}
+{{- end }}
+{{- list | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces that get the worker ServiceAccount, as a JSON list. */}}
+{{- define "synthrec.workerNamespaces" -}}
+{{- $ns := include "synthrec.watchNamespaces" . | fromJsonArray }}
+{{- if eq .Values.rbac.scope "cluster" }}
+{{- $ns = list .Release.Namespace }}
+{{- end }}
+{{- concat $ns .Values.workers.serviceAccount.namespaces | uniq | toJson }}
+{{- end }}
+
+{{/* The operator's API permissions (the same rules for a ClusterRole and for each namespaced Role). */}}
+{{- define "synthrec.operatorRules" -}}
+# The two custom resources: watch, patch (Kopf finalizer and progress annotations; never spec), status.
+- apiGroups: ["synthrec.io"]
+  resources: ["syntheticdatasets", "recognitionexperiments"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["synthrec.io"]
+  resources: ["syntheticdatasets/status", "recognitionexperiments/status"]
+  verbs: ["get", "patch", "update"]
+# Worker Jobs and the ConfigMaps holding their task JSON.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# Pods are only read: scheduling problems and termination messages of the workers.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Kubernetes Events on the resources.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
