@@ -1,0 +1,193 @@
+"""Loading a diffusers text-to-image pipeline (and its image-to-image twin for Real Guidance) the way the
+generate stage runs it: the right dtype per device, an optional scheduler swap, SDPA attention (diffusers'
+default on torch 2), channels-last and optional torch.compile of the denoiser on CUDA, no safety checker
+(it would silently replace images with black ones), no progress bars.
+
+Imports torch and diffusers: only the generate stage's model path imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from synthrec.workers.models import (
+    first_line,
+    quiet_hub_progress,
+    quiet_library_loggers,
+    resolve_model_folder,
+)
+from synthrec.workers.runtime import ConfigError, select_device
+
+from synthrec.api import Generator
+
+log = logging.getLogger("synthrec.workers.diffusion")
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class Pipelines:
+    text2image: Any
+    image2image: Any | None  # only with Real Guidance
+    device: str
+    dtype: str
+    pipeline_class: str
+    scheduler_class: str
+    revision: str | None
+    path: Path
+    compiled: bool
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    """auto: float16 on CUDA, float32 elsewhere. float16 on CPU is slow and partly unsupported: float32."""
+    if requested == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if requested == "float16" and not device.startswith("cuda"):
+        log.warning("generator.dtype float16 is not usable on %s; running in float32", device)
+        return torch.float32
+    return _DTYPES[requested]
+
+
+def pipeline_class(name: str) -> Any:
+    """``auto`` -> AutoPipelineForText2Image; else the diffusers pipeline class of that name."""
+    import diffusers
+
+    if name == "auto":
+        return diffusers.AutoPipelineForText2Image
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        raise ConfigError(
+            f"generator.pipeline {name!r} is not a diffusers pipeline class (diffusers "
+            f"{diffusers.__version__}); use 'auto' or a class such as StableDiffusionPipeline, "
+            "StableDiffusionXLPipeline, PixArtAlphaPipeline"
+        )
+    return cls
+
+
+def scheduler_class(name: str) -> Any:
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ConfigError(
+            f"generator.scheduler {name!r} is not a diffusers scheduler class; use e.g. "
+            "DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, DDIMScheduler, DDPMScheduler"
+        )
+    return cls
+
+
+def _dtype_keyword() -> str:
+    # diffusers renamed torch_dtype to dtype (the old name still works, with a FutureWarning).
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+
+
+def load_pipelines(
+    gen: Generator, *, real_guidance: bool, storage_opts: dict[str, Any] | None = None
+) -> Pipelines:
+    """Resolve ``generator.model`` and load it ready to run; ConfigError for anything the spec got wrong."""
+    path, revision = resolve_model_folder(gen.model, "generator.model", storage_opts)
+    cls = pipeline_class(gen.pipeline)
+    sched_cls = scheduler_class(gen.scheduler) if gen.scheduler else None
+    device = select_device()
+    dtype = resolve_dtype(gen.dtype, device)
+    quiet_library_loggers()
+    kwargs: dict[str, Any] = {_dtype_keyword(): dtype}
+    if _has_component(path, "safety_checker"):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        with quiet_hub_progress():
+            t2i = cls.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError) as exc:
+        raise ConfigError(
+            f"generator.model {gen.model!r}: cannot load a diffusers text-to-image pipeline from {path}: "
+            f"{type(exc).__name__}: {first_line(exc)}. The folder must hold a diffusers pipeline "
+            "(model_index.json and its component folders); set generator.pipeline to the pipeline class "
+            "if 'auto' cannot tell"
+        ) from exc
+    if sched_cls is not None:
+        t2i.scheduler = sched_cls.from_config(t2i.scheduler.config)
+    t2i = t2i.to(device)
+    t2i.set_progress_bar_config(disable=True)
+    compiled = False
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolutions
+        denoiser_name = "unet" if getattr(t2i, "unet", None) is not None else "transformer"
+        denoiser = getattr(t2i, denoiser_name, None)
+        if denoiser is not None and denoiser_name == "unet":
+            denoiser.to(memory_format=torch.channels_last)
+        if gen.compile and denoiser is not None:
+            setattr(t2i, denoiser_name, torch.compile(denoiser))
+            compiled = True
+    elif gen.compile:
+        log.info("generator.compile applies on CUDA only; running eagerly on %s", device)
+    i2i = None
+    if real_guidance:
+        from diffusers import AutoPipelineForImage2Image
+
+        try:
+            i2i = AutoPipelineForImage2Image.from_pipe(t2i)  # shares every component: no extra memory
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"generator.model {gen.model!r}: its pipeline {type(t2i).__name__} has no image-to-image "
+                f"variant in diffusers ({first_line(exc)}); Real Guidance needs one (e.g. Stable Diffusion, "
+                "SDXL, Kandinsky, PixArt via their Img2Img pipelines)"
+            ) from exc
+        i2i.set_progress_bar_config(disable=True)
+    log.info(
+        "loaded %s (%s) from %s on %s in %s%s",
+        type(t2i).__name__,
+        type(t2i.scheduler).__name__,
+        gen.model,
+        device,
+        str(dtype).removeprefix("torch."),
+        ", denoiser compiled" if compiled else "",
+    )
+    return Pipelines(
+        text2image=t2i,
+        image2image=i2i,
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        pipeline_class=type(t2i).__name__,
+        scheduler_class=type(t2i.scheduler).__name__,
+        revision=revision,
+        path=path,
+        compiled=compiled,
+    )
+
+
+def _has_component(path: Path, name: str) -> bool:
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    value = index.get(name)
+    return isinstance(value, list) and any(v is not None for v in value)
+
+
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image: initial noise is drawn per image on the CPU, so an image does not
+    depend on its batch, and it is the same on any GPU."""
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def center_square(image: Any, size: int) -> Any:
+    """Center-crop to a square and resize to ``size`` (bicubic): the Real Guidance input."""
+    from PIL import Image
+
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    if side != size:
+        square = square.resize((size, size), Image.Resampling.BICUBIC)
+    return square

@@ -1,0 +1,319 @@
+"""The generate stage: one shard of images as one WebDataset tar, then its commit marker.
+
+For shard ``s`` of ``S``: check the shard's marker (same generate hash -> done, at once and without
+importing torch; another hash -> StorageConflict), check that prompts.jsonl was committed by this spec's
+prompts stage, take the shard's contiguous slice of the work items (workers/workitems.py), load the
+pipeline, and run batches across prompts, each image with its own seeded generator. JPEG encoding and tar
+writing happen on a background thread (workers/shardio.py); the finished tar is uploaded and the marker
+written last (synthrec.storage.commit_file).
+
+Real Guidance (few-shot, paper §3.2): the same items run through the image-to-image twin of the pipeline
+(shared weights), each starting from its class's real shot (center-cropped to a square, resized to the
+resolution) at ``realGuidance.resolved_strength()``; images_per_class / shots images per real shot.
+
+Tar members per sample: ``<key>.jpg`` and ``<key>.json``; keys are built from indexes only
+(``c00003-p00012-i00004``: class, prompt row, image), so names with quotes, slashes, '..' or any unicode
+never reach a file name. The JSON holds class, class_name, prompt, seed, item and the generation settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from synthrec.workers.runtime import ConfigError, DataError, StageContext
+from synthrec.workers.workitems import PromptRow, WorkItem, parse_rows, per_class_counts, shard_items
+
+from synthrec.layout import DatasetLayout
+from synthrec.storage import ObjectNotFound, StorageConflict, commit_file, read_marker
+
+log = logging.getLogger("synthrec.workers.generate")
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    started = time.perf_counter()
+    task = ctx.task
+    layout = DatasetLayout(task.output.uri)
+    stage_hash = task.hashes["generate"]
+    shard = ctx.shard
+    if not 0 <= shard < task.shards:
+        raise ConfigError(f"shard {shard} is outside 0..{task.shards - 1} of this generate stage")
+    done = read_marker(ctx.storage, layout.shard_marker(shard))
+    if done is not None:  # checked before anything heavy is imported
+        if done["spec_hash"] != stage_hash:
+            raise StorageConflict(
+                f"{ctx.storage.url(layout.shard(shard))} was committed by another spec (generate hash "
+                f"{done['spec_hash']}, this spec {stage_hash}); nothing was overwritten. Use a new output "
+                "URI for a changed spec, or delete the old output to redo it"
+            )
+        log.info("shard %d already committed for this spec; nothing to do", shard)
+        return {
+            "images": done.get("count"),
+            "shard": shard,
+            "tar": ctx.storage.url(layout.shard(shard)),
+            "sha256": done.get("sha256"),
+            "skipped": True,
+            "seconds_model": 0.0,
+            "seconds_total": round(time.perf_counter() - started, 3),
+        }
+
+    spec = task.dataset
+    rows = load_prompts(ctx, layout)
+    rg = spec.real_guidance
+    items = list(
+        shard_items(
+            rows, shard=shard, shards=task.shards, stage_hash=stage_hash, shots=rg.shots if rg else None
+        )
+    )
+    if rg is not None:
+        strength = rg.resolved_strength()
+        if int(spec.generator.steps * strength) < 1:
+            raise ConfigError(
+                f"realGuidance strength {strength} x generator.steps {spec.generator.steps} is less than one "
+                f"denoising step; raise generator.steps to at least {int(1 / strength) + 1}"
+            )
+    ctx.progress.start(len(items))
+    generator = ShardGenerator(ctx, layout, items, started=started)
+    return generator.run()
+
+
+def load_prompts(ctx: StageContext, layout: DatasetLayout) -> list[PromptRow]:
+    """prompts.jsonl of THIS spec: DataError when it is missing, from another spec, or damaged."""
+    expected = ctx.task.hashes["prompts"]
+    marker = read_marker(ctx.storage, layout.prompts_marker)
+    if marker is None:
+        raise DataError(
+            f"{ctx.storage.url(layout.prompts_marker)} does not exist: the prompts stage has not completed "
+            "for this output; run it first"
+        )
+    if marker["spec_hash"] != expected:
+        raise DataError(
+            f"prompts from another spec: {ctx.storage.url(layout.prompts)} has prompts hash "
+            f"{marker['spec_hash']}, this spec needs {expected}; use a new output URI or delete the old "
+            "prompts to redo them"
+        )
+    try:
+        data = ctx.storage.read_bytes(layout.prompts)
+    except ObjectNotFound:
+        raise DataError(
+            f"{ctx.storage.url(layout.prompts)} is missing although its marker exists; delete "
+            f"{ctx.storage.url(layout.prompts_marker)} and re-run the prompts stage"
+        ) from None
+    digest = marker.get("sha256")
+    if digest and hashlib.sha256(data).hexdigest() != digest:
+        raise DataError(
+            f"{ctx.storage.url(layout.prompts)} does not match the sha256 in its marker (changed after "
+            "it was committed); delete both and re-run the prompts stage"
+        )
+    try:
+        return parse_rows(data, ctx.storage.url(layout.prompts))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"damaged prompts file: {exc}") from None
+
+
+class ShardGenerator:
+    """Runs one shard: pipelines, batches, the background writer, the upload and the commit."""
+
+    def __init__(self, ctx: StageContext, layout: DatasetLayout, items: list[WorkItem], *, started: float):
+        self.ctx = ctx
+        self.layout = layout
+        self.items = items
+        self.started = started
+        self.spec = ctx.task.dataset
+        self.gen = self.spec.generator
+        self.rg = self.spec.real_guidance
+        self.stage_hash = ctx.task.hashes["generate"]
+        self.storage_opts = {"endpoint": ctx.task.output.endpoint, "region": ctx.task.output.region}
+        self.pipes: Any = None
+        self.shots: RealShots | None = None
+        self.seconds_model = 0.0
+        self.real_sources: dict[int, str] = {}  # item index -> real shot URI, set before the batch is queued
+
+    def run(self) -> dict[str, Any]:
+        if self.rg is not None and self.items:
+            self.shots = RealShots.sample(self.ctx, self.spec)
+        load_started = time.perf_counter()
+        if self.items:
+            from synthrec.workers.diffusion import load_pipelines
+
+            self.pipes = load_pipelines(
+                self.gen, real_guidance=self.rg is not None, storage_opts=self.storage_opts
+            )
+        seconds_load = time.perf_counter() - load_started
+        with tempfile.TemporaryDirectory(prefix="synthrec-gen-") as tmp:
+            tar_path = Path(tmp) / "shard.tar"
+            gen_started = time.perf_counter()
+            writer_stats = self._write(tar_path)
+            seconds_generate = time.perf_counter() - gen_started
+            upload_started = time.perf_counter()
+            marker = commit_file(
+                self.ctx.storage,
+                tar_path,
+                self.layout.shard(self.ctx.shard),
+                self.layout.shard_marker(self.ctx.shard),
+                spec_hash=self.stage_hash,
+                count=len(self.items),
+                shard=self.ctx.shard,
+                first_item=self.items[0].index if self.items else None,
+                last_item=self.items[-1].index if self.items else None,
+                classes=per_class_counts(self.items),
+                model=self.gen.model,
+                revision=self.pipes.revision if self.pipes else None,
+                real_skipped=self.shots.skipped if self.shots else 0,
+            )
+            seconds_upload = time.perf_counter() - upload_started
+        total = time.perf_counter() - self.started
+        n = len(self.items)
+        return {
+            "images": n,
+            "shard": self.ctx.shard,
+            "tar": self.ctx.storage.url(self.layout.shard(self.ctx.shard)),
+            "sha256": marker["sha256"],
+            "size": marker["size"],
+            "skipped": False,
+            "device": self.pipes.device if self.pipes else None,
+            "dtype": self.pipes.dtype if self.pipes else None,
+            "batch_size": self.gen.batch_size,
+            "seconds_load": round(seconds_load, 3),
+            "seconds_model": round(self.seconds_model, 3),
+            "seconds_generate": round(seconds_generate, 3),
+            "seconds_upload": round(seconds_upload, 3),
+            "seconds_total": round(total, 3),
+            "seconds_writer_wait": round(writer_stats["waiting"], 3),
+            "model_busy": round(self.seconds_model / seconds_generate, 4) if n and seconds_generate else None,
+            "images_per_s": round(n / seconds_generate, 3) if n and seconds_generate else None,
+            "real_skipped": self.shots.skipped if self.shots else 0,
+        }
+
+    def _write(self, tar_path: Path) -> dict[str, float]:
+        from synthrec.workers.shardio import BackgroundShardWriter
+
+        writer = BackgroundShardWriter(
+            tar_path,
+            key=lambda item: item.key,
+            metadata=self._metadata,
+            quality=self.gen.jpeg_quality,
+            on_written=self.ctx.progress.advance,
+        )
+        try:
+            size = self.gen.batch_size
+            for start in range(0, len(self.items), size):
+                batch = self.items[start : start + size]
+                t = time.perf_counter()
+                images = self._generate(batch)
+                self.seconds_model += time.perf_counter() - t
+                writer.put(batch, images)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        return {"waiting": writer.seconds_waiting, "busy": writer.seconds_busy}
+
+    def _generate(self, batch: list[WorkItem]) -> Any:
+        from synthrec.workers.diffusion import generators
+
+        gen = self.gen
+        common: dict[str, Any] = {
+            "prompt": [i.prompt for i in batch],
+            "num_inference_steps": gen.steps,
+            "guidance_scale": gen.guidance_scale,
+            "generator": generators([i.seed for i in batch]),
+            "output_type": "np",
+        }
+        if gen.negative_prompt:
+            common["negative_prompt"] = [gen.negative_prompt] * len(batch)
+        if self.shots is None:
+            out = self.pipes.text2image(height=gen.resolution, width=gen.resolution, **common)
+        else:
+            images = []
+            for item in batch:
+                image, uri = self.shots.image(item)
+                images.append(image)
+                self.real_sources[item.index] = uri
+            out = self.pipes.image2image(image=images, strength=self.rg.resolved_strength(), **common)
+        return out.images
+
+    def _metadata(self, item: WorkItem) -> dict[str, Any]:
+        gen = self.gen
+        return {
+            "class": item.class_index,
+            "class_name": item.class_name,
+            "prompt": item.prompt,
+            "prompt_index": item.prompt_index,
+            "prompt_source": item.prompt_source,
+            "image": item.image,
+            "item": item.index,
+            "seed": item.seed,
+            "real_source": self.real_sources.get(item.index),
+            "strength": self.rg.resolved_strength() if self.rg else None,
+            "model": gen.model,
+            "revision": self.pipes.revision,
+            "pipeline": self.pipes.pipeline_class,
+            "scheduler": self.pipes.scheduler_class,
+            "steps": gen.steps,
+            "guidance": gen.guidance_scale,
+            "negative_prompt": gen.negative_prompt,
+            "resolution": gen.resolution,
+            "shard": self.ctx.shard,
+        }
+
+
+class RealShots:
+    """The real shots of each class, chosen exactly as ``realdata.load_shots`` chooses them (the classes'
+    ``shot_order``, an unreadable image under on_bad_image 'skip' replaced by the next one), but loaded
+    lazily: a shard reads only the shots of its own classes, each once, center-cropped and resized.
+
+    Under 'fail' the first unreadable image is a DataError; a class with fewer than ``shots`` readable
+    images is a DataError. ``skipped`` counts the unreadable images passed over.
+    """
+
+    def __init__(self, ctx: StageContext, order: dict[int, list[Any]], shots: int, on_bad: str, size: int):
+        self.ctx = ctx
+        self.order = order
+        self.shots = shots
+        self.on_bad = on_bad
+        self.size = size
+        self._picked: dict[int, list[tuple[str, Any]]] = {}
+        self._position: dict[int, int] = {}
+        self.skipped = 0
+
+    @classmethod
+    def sample(cls, ctx: StageContext, spec: Any) -> RealShots:
+        from synthrec.workers.prompts import labels_of
+        from synthrec.workers.realdata import index_real_data, sample_shots, shot_order
+
+        rg = spec.real_guidance
+        index = index_real_data(rg.source, labels_of(spec), ctx.open)
+        sample_shots(index, rg.shots, rg.seed)  # DataError up front when a class has too few images
+        order = shot_order(index, rg.seed)
+        return cls(ctx, order, rg.shots, rg.source.on_bad_image, spec.generator.resolution)
+
+    def image(self, item: WorkItem) -> tuple[Any, str]:
+        """The prepared real image an item starts from, and its URI."""
+        from synthrec.workers.diffusion import center_square
+        from synthrec.workers.realdata import load_rgb
+
+        assert item.shot is not None
+        c = item.class_index
+        picked = self._picked.setdefault(c, [])
+        candidates = self.order[c]
+        while len(picked) <= item.shot:
+            position = self._position.get(c, 0)
+            if position >= len(candidates):
+                raise DataError(
+                    f"class {c}: only {len(picked)} of its {len(candidates)} real images are readable, "
+                    f"{self.shots} shots are needed; replace the damaged images"
+                )
+            self._position[c] = position + 1
+            real = candidates[position]
+            rgb = load_rgb(real, self.ctx.open, on_bad=self.on_bad)
+            if rgb is None:
+                self.skipped += 1
+                continue
+            picked.append((str(real.uri), center_square(rgb, self.size)))
+        uri, image = picked[item.shot]
+        return image, uri

@@ -1,0 +1,199 @@
+"""Prompt rows and generation work items: what the prompts stage writes and the generate stage splits.
+
+Pure Python (no torch), so a finished shard can be recognised without loading anything heavy.
+
+A *work item* is one image to make: (class, prompt row, image number), plus the real shot it starts
+from under Real Guidance. Items are numbered in one global order (class, then prompt row, then image),
+shard ``s`` of ``S`` takes the contiguous slice ``[s*T//S, (s+1)*T//S)`` of the ``T`` items (as the
+official code splits its flat prompt list), and every item's seed is derived from the generate stage hash
+and the item's key, so an image never depends on the shard count at run time, the batch it landed in or
+how often the shard was retried.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+PromptSource = Literal["basic", "le", "fill"]
+_SOURCES = ("basic", "le", "fill")
+
+
+def even_split(total: int, parts: int) -> list[int]:
+    """``total`` spread over ``parts`` as evenly as possible, the first ones taking the remainder."""
+    if parts <= 0:
+        return []
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts (hash-based, so nearby inputs give unrelated seeds)."""
+    text = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+
+
+# ------------------------------------------------------------------------------------- prompt rows
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One line of prompts.jsonl."""
+
+    class_index: int
+    class_name: str
+    index: int  # position among the class's prompts
+    prompt: str
+    images: int  # images wanted from this prompt
+    source: PromptSource  # basic template, language enhancement, or a fill for missing LE sentences
+
+    def to_json(self) -> str:
+        row = asdict(self)
+        row["class"] = row.pop("class_index")
+        return json.dumps(row, ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> PromptRow:
+        """Parse one line; raises ValueError saying what is wrong."""
+        raw = json.loads(line)
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        try:
+            row = cls(
+                class_index=raw["class"],
+                class_name=raw["class_name"],
+                index=raw["index"],
+                prompt=raw["prompt"],
+                images=raw["images"],
+                source=raw["source"],
+            )
+        except KeyError as exc:
+            raise ValueError(f"missing field {exc.args[0]!r}") from None
+        for name in ("class_index", "index", "images"):
+            value = getattr(row, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(row.prompt, str) or not isinstance(row.class_name, str):
+            raise ValueError("prompt and class_name must be strings")
+        if row.source not in _SOURCES:
+            raise ValueError(f"source must be one of {', '.join(_SOURCES)}, got {row.source!r}")
+        return row
+
+
+def dump_rows(rows: Iterable[PromptRow]) -> bytes:
+    return "".join(r.to_json() + "\n" for r in rows).encode()
+
+
+def parse_rows(data: bytes, where: str) -> list[PromptRow]:
+    """Rows of a prompts.jsonl; raises ValueError naming ``where`` and the line."""
+    rows = []
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(PromptRow.from_json(line))
+        except ValueError as exc:
+            raise ValueError(f"{where} line {number}: {exc}") from None
+    return rows
+
+
+# -------------------------------------------------------------------------------------- work items
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    index: int  # global position over the whole dataset
+    key: str  # WebDataset key: made of indexes only, never of class names or prompts
+    class_index: int
+    class_name: str
+    prompt_index: int
+    image: int  # image number among the prompt's images
+    prompt: str
+    prompt_source: str
+    seed: int
+    shot: int | None  # Real Guidance: index into the class's sampled shots
+
+
+def item_key(class_index: int, prompt_index: int, image: int) -> str:
+    # No '.', so WebDataset cannot mistake part of the key for an extension.
+    return f"c{class_index:05d}-p{prompt_index:05d}-i{image:05d}"
+
+
+def item_seed(stage_hash: str, key: str) -> int:
+    return derive_seed("synthrec-image", stage_hash, key)
+
+
+def total_items(rows: Iterable[PromptRow]) -> int:
+    return sum(r.images for r in rows)
+
+
+def shard_range(total: int, shard: int, shards: int) -> tuple[int, int]:
+    """Global item range ``[lo, hi)`` of ``shard``: contiguous, sizes differing by at most one."""
+    return shard * total // shards, (shard + 1) * total // shards
+
+
+def shard_items(
+    rows: list[PromptRow],
+    *,
+    shard: int,
+    shards: int,
+    stage_hash: str,
+    shots: int | None = None,
+) -> Iterator[WorkItem]:
+    """The work items of ``shard``, in global order, built without materialising the other shards.
+
+    With ``shots`` (Real Guidance), each class's images are spread evenly over its shots in order:
+    images_per_class / shots per real image, as in the paper.
+    """
+    lo, hi = shard_range(total_items(rows), shard, shards)
+    per_class: dict[int, int] = {}
+    for r in rows:
+        per_class[r.class_index] = per_class.get(r.class_index, 0) + r.images
+    start = 0  # global index of the row's first image
+    class_offset: dict[int, int] = {}  # images of the class before this row
+    for row in rows:
+        offset = class_offset.get(row.class_index, 0)
+        class_offset[row.class_index] = offset + row.images
+        first, start = start, start + row.images
+        if start <= lo or first >= hi:
+            continue
+        bounds = _shot_bounds(per_class[row.class_index], shots) if shots else None
+        for image in range(max(0, lo - first), min(row.images, hi - first)):
+            key = item_key(row.class_index, row.index, image)
+            shot = _shot_of(offset + image, bounds) if bounds else None
+            yield WorkItem(
+                index=first + image,
+                key=key,
+                class_index=row.class_index,
+                class_name=row.class_name,
+                prompt_index=row.index,
+                image=image,
+                prompt=row.prompt,
+                prompt_source=row.source,
+                seed=item_seed(stage_hash, key),
+                shot=shot,
+            )
+
+
+def _shot_bounds(images: int, shots: int) -> list[int]:
+    bounds, acc = [], 0
+    for n in even_split(images, shots):
+        acc += n
+        bounds.append(acc)
+    return bounds
+
+
+def _shot_of(position: int, bounds: list[int]) -> int:
+    return bisect.bisect_right(bounds, position)
+
+
+def per_class_counts(items: Iterable[Any], attr: str = "class_index") -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        k = str(getattr(item, attr))
+        counts[k] = counts.get(k, 0) + 1
+    return counts
