@@ -56,7 +56,7 @@ import tarfile
 import tempfile
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,6 +275,14 @@ def wds_key(member_name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
+def tar_members(tar: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo]]:
+    """(key, field, member) of every regular file of a WebDataset tar, in tar order."""
+    for member in tar:
+        if member.isfile():
+            key, ext = wds_key(member.name)
+            yield key, ext, member
+
+
 @dataclass
 class _WdsSample:
     key: str
@@ -288,10 +296,7 @@ def _tar_samples(path: Path, tar_uri: str) -> list[_WdsSample]:
     from_cls: set[str] = set()
     try:
         with tarfile.open(path) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = wds_key(member.name)
+            for key, ext, member in tar_members(tar):
                 sample = samples.setdefault(key, _WdsSample(key))
                 if ext in WDS_IMAGE_FIELDS and sample.image is None:
                     sample.image = member

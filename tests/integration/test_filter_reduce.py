@@ -1,0 +1,238 @@
+"""filter + reduce stages end to end on a small dataset written here (a WebDataset shard of drawn images
+with the documented json fields and a generate marker), with the tiny open_clip model."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw
+
+from synthrec import contract
+from synthrec.api import SyntheticDatasetSpec
+from synthrec.layout import DatasetLayout
+from synthrec.plan import dataset_task
+from synthrec.storage import commit_file, open_storage, read_marker
+from synthrec.tasks import ResourceRef, dump_task
+from synthrec.workers import filter as filter_stage
+from synthrec.workers import reduce as reduce_stage
+from synthrec.workers.runtime import run_stage
+from synthrec.workers.shards import read_features, soft_targets
+
+COLOURS = [(220, 40, 40), (40, 180, 60), (40, 70, 220), (230, 210, 40)]
+
+
+def drawn_jpeg(cls: int, rng: random.Random) -> bytes:
+    """A 64 px picture of the tiny class ``cls`` (colour + shape) on a light background."""
+    img = Image.new("RGB", (64, 64), tuple(rng.randint(150, 235) for _ in range(3)))
+    draw = ImageDraw.Draw(img)
+    s = rng.randint(20, 40)
+    x, y = rng.randint(2, 62 - s), rng.randint(2, 62 - s)
+    box = (x, y, x + s, y + s)
+    [
+        draw.ellipse,
+        draw.rectangle,
+        lambda b, fill: draw.polygon([(x + s / 2, y), (x, y + s), (x + s, y + s)], fill=fill),
+        lambda b, fill: draw.rectangle((x + s // 3, y, x + 2 * s // 3, y + s), fill=fill),
+    ][cls](box, fill=COLOURS[cls])
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def write_shard(
+    storage: Any,
+    shard: int,
+    generate_hash: str,
+    per_class: int,
+    *,
+    seed: int = 0,
+    corrupt: set[str] = frozenset(),
+) -> list[str]:
+    """Write shards/gen-NNNNN.tar (+ marker) the way the generate stage does; returns the keys."""
+    rng = random.Random(seed * 1000 + shard)
+    keys = []
+    path = Path(storage.root) / f"tmp-{shard}.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for cls in range(4):
+            for i in range(per_class):
+                key = f"c{cls:05d}-p{shard:05d}-i{i:05d}"
+                jpg = drawn_jpeg(cls, rng)
+                if key in corrupt:
+                    jpg = jpg[: len(jpg) // 3]  # truncated JPEG
+                meta = {
+                    "class": cls,
+                    "class_name": ["red circle", "green square", "blue triangle", "yellow cross"][cls],
+                    "prompt": "a photo",
+                    "seed": i,
+                    "item": i,
+                    "real_source": None,
+                    "model": "tiny://sd",
+                    "revision": "r0",
+                }
+                for ext, data in (("jpg", jpg), ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                keys.append(key)
+    commit_file(
+        storage,
+        path,
+        DatasetLayout.shard(shard),
+        DatasetLayout.shard_marker(shard),
+        spec_hash=generate_hash,
+        count=len(keys),
+    )
+    path.unlink()
+    return keys
+
+
+def dataset_spec(out_uri: str, clip_uri: str, **filter_kw: Any) -> SyntheticDatasetSpec:
+    return SyntheticDatasetSpec.model_validate(
+        {
+            "labels": {"preset": "tiny"},
+            "generator": {"model": "tiny://sd", "resolution": 64},
+            "filter": {"clip": {"model": clip_uri}, "keepPerClass": 3, "batchSize": 8, **filter_kw},
+            "sharding": {"shards": 2},
+            "output": {"uri": out_uri},
+        }
+    )
+
+
+def run_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: SyntheticDatasetSpec, stage: str, shard: int = 0
+) -> tuple[int, dict[str, Any]]:
+    task = dataset_task(spec, stage, ResourceRef(kind="SyntheticDataset", name="t"))  # type: ignore[arg-type]
+    task_file = tmp_path / f"{stage}-task.json"
+    task_file.write_text(dump_task(task))
+    log = tmp_path / f"{stage}-{shard}.log"
+    monkeypatch.setenv(contract.ENV_TERMINATION_LOG, str(log))
+    module = {"filter": filter_stage, "reduce": reduce_stage}[stage]
+    code = run_stage(stage, module.run, str(task_file), shard)
+    return code, json.loads(log.read_text())
+
+
+def make_dataset(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    clip_uri: str,
+    per_class: int = 5,
+    corrupt: set[str] = frozenset(),
+    **filter_kw: Any,
+) -> tuple[SyntheticDatasetSpec, Any]:
+    out = tmp_path / "ds"
+    out.mkdir()
+    spec = dataset_spec(out.as_uri() + "/", clip_uri, **filter_kw)
+    storage = open_storage(spec.output.uri)
+    task = dataset_task(spec, "filter", ResourceRef(kind="SyntheticDataset", name="t"))
+    for shard in range(2):
+        write_shard(storage, shard, task.hashes["generate"], per_class, corrupt=corrupt)
+    return spec, storage
+
+
+def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = "c00002-p00001-i00003"
+    spec, storage = make_dataset(tmp_path, monkeypatch, tiny_models.clip.as_uri(), corrupt={bad})
+    hashes = dataset_task(spec, "filter", ResourceRef(kind="SyntheticDataset", name="t")).hashes
+    for shard in range(2):
+        code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", shard)
+        assert code == 0, summary
+        assert summary["images"] == (20 if shard == 0 else 19) and summary["skipped"] is False
+    assert summary["corrupt"] == 1
+
+    # the features file: one row per decodable image, logits = 100 * cos, probs = softmax(logits)
+    local = tmp_path / "f1.safetensors"
+    storage.download_file(DatasetLayout.features(1), local)
+    feats = read_features(local)
+    assert feats.features.shape == (19, 32) and str(feats.features.dtype) == "float16"
+    assert feats.logits.shape == feats.probs.shape == (19, 4)
+    assert bad not in feats.keys and feats.corrupt == [
+        {"key": bad, "class": 2, "reason": "undecodable image"}
+    ]
+    assert abs(float(feats.meta["logit_scale"]) - 100.0) < 1e-3
+    assert read_marker(storage, DatasetLayout.features_marker(1))["spec_hash"] == hashes["filter"]
+
+    # a second run of a committed shard returns at once
+    code, again = run_worker(tmp_path, monkeypatch, spec, "filter", 1)
+    assert code == 0 and again["skipped"] is True
+
+    code, summary = run_worker(tmp_path, monkeypatch, spec, "reduce")
+    assert code == 0, summary
+    assert summary["generated"] == 40 and summary["kept"] == 12 and summary["rejected"] == 28
+    manifest_raw = storage.read_bytes("manifest.json")
+    import hashlib
+
+    assert summary["digest"] == hashlib.sha256(manifest_raw).hexdigest()
+    manifest = json.loads(manifest_raw)
+    assert manifest["spec_hash"] == hashes["reduce"] and manifest["counts"]["corrupt"] == 1
+    assert [c["generated"] for c in manifest["per_class"]] == [10, 10, 10, 10]
+    assert [c["kept"] for c in manifest["per_class"]] == [3, 3, 3, 3]
+    assert manifest["per_class"][2]["corrupt"] == 1
+    assert manifest["filter"]["threshold"] == 0.25 and manifest["filter"]["threshold_rule"] == "1/C"
+    assert {s["shard"] for s in manifest["shards"]} == {0, 1}
+    assert all(s["tar_sha256"] and s["features_sha256"] for s in manifest["shards"])
+    assert manifest["models"]["filter_clip"]["model"] == tiny_models.clip.as_uri()
+
+    rows = [json.loads(line) for line in storage.read_bytes("index/kept.jsonl").decode().splitlines()]
+    assert (
+        len(rows) == 12
+        and manifest["index"]["sha256"] == hashlib.sha256(storage.read_bytes("index/kept.jsonl")).hexdigest()
+    )
+    assert rows == sorted(rows, key=lambda r: (r["shard"], r["key"]))
+    row = rows[0]
+    assert set(row) == {"shard", "key", "class", "class_name", "score", "passed", "features", "row"}
+    # the pointer gives the soft target softmax(logits / T) and the score is p(class)
+    storage.download_file(row["features"], local)
+    f = read_features(local)
+    assert f.keys[row["row"]] == row["key"]
+    assert abs(float(f.probs[row["row"], row["class"]]) - row["score"]) < 1e-5
+    target = soft_targets(f.logits[row["row"]], manifest["soft_targets"]["temperature"])
+    assert abs(float(target.sum()) - 1) < 1e-5
+
+    # reduce again: the committed manifest is the answer
+    code, again = run_worker(tmp_path, monkeypatch, spec, "reduce")
+    assert code == 0 and again["digest"] == summary["digest"] and again["skipped"] is True
+
+
+def test_filter_refuses_a_shard_of_another_spec(
+    tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, storage = make_dataset(tmp_path, monkeypatch, tiny_models.clip.as_uri(), per_class=1)
+    storage.write_json(DatasetLayout.shard_marker(0), {"spec_hash": "someone-else", "sha256": None})
+    code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", 0)
+    assert code == contract.EXIT_DATA_ERROR
+    assert summary["error"] == "data" and "written by another spec" in summary["message"]
+    storage.delete(DatasetLayout.shard_marker(1))
+    code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", 1)
+    assert code == contract.EXIT_DATA_ERROR and "has no commit marker" in summary["message"]
+
+
+def test_filter_detects_a_damaged_tar(tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, storage = make_dataset(tmp_path, monkeypatch, tiny_models.clip.as_uri(), per_class=1)
+    raw = bytearray(storage.read_bytes(DatasetLayout.shard(0)))
+    raw[700] ^= 0xFF
+    storage.write_bytes(DatasetLayout.shard(0), bytes(raw))
+    code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", 0)
+    assert code == contract.EXIT_DATA_ERROR and "does not match the sha256" in summary["message"]
+
+
+def test_reduce_with_the_filter_disabled_keeps_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, storage = make_dataset(tmp_path, monkeypatch, "RN50", per_class=2, enabled=False)
+    code, summary = run_worker(tmp_path, monkeypatch, spec, "reduce")
+    assert code == 0, summary
+    assert summary["generated"] == summary["kept"] == summary["passed"] == 16 and summary["rejected"] == 0
+    manifest = storage.read_json("manifest.json")
+    assert (
+        manifest["filter"]["enabled"] is False
+        and "every generated image is kept" in manifest["filter"]["note"]
+    )
+    assert manifest["soft_targets"] is None
+    row = json.loads(storage.read_bytes("index/kept.jsonl").decode().splitlines()[0])
+    assert row["score"] is None and row["passed"] is None and "features" not in row

@@ -1,0 +1,275 @@
+"""open_clip models for the filter and train stages: loading, the text-initialised zero-shot head, and
+batched image features with JPEG decoding in DataLoader workers.
+
+A model reference is an open_clip architecture name with a pretrained tag (``RN50`` + ``openai``; a tag of
+None gives random weights), or a folder holding ``open_clip_config.json`` and the weights (``file://``,
+``s3://``, ``hf://``, ``tiny://``), resolved with ``synthrec.modelref.resolve_model`` and loaded with
+open_clip's ``local-dir:`` schema. Built-in pretrained weights are cached under ``$SYNTHREC_CACHE``.
+
+Images are preprocessed with the model's own validation transform (bicubic resize of the short side,
+centre crop, CLIP mean/std), as the paper's CLIP Filter and Classifier Tuning do. Image features are
+L2-normalised; on CUDA they are computed under float16 autocast (the official code runs CLIP in fp16).
+
+The zero-shot head (paper §1.7 "CT w. init"): for each class, every template is filled with the class's
+head name, encoded, L2-normalised; the mean is L2-normalised again. Zero-shot logits are
+``logit_scale * <image feature, class embedding>`` with the model's learned scale (100 for CLIP).
+
+torch and open_clip are imported inside functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synthrec.workers.runtime import ConfigError, Progress
+
+from synthrec.modelref import ModelRefError, default_cache_dir, resolve_model
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+# Small datasets are decoded in the main process: starting workers costs more than it saves.
+MIN_ITEMS_FOR_WORKERS = 512
+MAX_LOADER_WORKERS = 16
+
+
+# ------------------------------------------------------------------------------------------ CPUs
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the cgroup CPU limit (a pod's ``cpu`` limit) if any, else the affinity
+    mask. ``os.cpu_count()`` would report the whole node inside a container."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    return max(1, cpus)
+
+
+def loader_workers(items: int) -> int:
+    """DataLoader workers for ``items`` images: none for tiny sets, else all CPUs but one (the main
+    process feeds the accelerator), at most MAX_LOADER_WORKERS."""
+    cpus = available_cpus()
+    if items < MIN_ITEMS_FOR_WORKERS or cpus < 2:
+        return 0
+    return min(cpus - 1, MAX_LOADER_WORKERS)
+
+
+def set_torch_threads() -> None:
+    """Match torch's intra-op threads to the CPUs we may use (a pod sees the node's cores)."""
+    import torch
+
+    torch.set_num_threads(available_cpus())
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class ClipModel:
+    model: Any  # open_clip CLIP
+    preprocess: Callable[[Any], Any]  # PIL image -> CHW float tensor
+    tokenizer: Callable[[list[str]], Any]
+    ref: str
+    pretrained: str | None
+    revision: str
+    device: str
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp().item())
+
+    @property
+    def visual(self) -> Any:
+        return self.model.visual
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.ref, "pretrained": self.pretrained, "revision": self.revision}
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def text_head(
+        self, class_names: Sequence[str], templates: Sequence[str], batch: int = 256
+    ) -> torch.Tensor:
+        """[C, D] float32: per class the renormalised mean of L2-normalised template embeddings."""
+        import torch
+
+        if not templates:
+            raise ConfigError("the zero-shot head needs at least one template with {c}")
+        texts = [t.replace("{c}", name) for name in class_names for t in templates]
+        chunks = []
+        with torch.inference_mode(), self.autocast():
+            for start in range(0, len(texts), batch):
+                tokens = self.tokenizer(texts[start : start + batch]).to(self.device)
+                emb = self.model.encode_text(tokens).float()
+                chunks.append(torch.nn.functional.normalize(emb, dim=-1))
+        emb = torch.cat(chunks).view(len(class_names), len(templates), -1).mean(dim=1)
+        return torch.nn.functional.normalize(emb, dim=-1)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 features of a preprocessed batch (no gradients)."""
+        import torch
+
+        with torch.inference_mode(), self.autocast():
+            feats = self.model.encode_image(images.to(self.device, non_blocking=True)).float()
+        return torch.nn.functional.normalize(feats, dim=-1)
+
+    def image_shape(self) -> tuple[int, ...]:
+        from PIL import Image
+
+        return tuple(self.preprocess(Image.new("RGB", (8, 8))).shape)
+
+
+def load_clip(
+    ref: str,
+    pretrained: str | None,
+    device: str,
+    *,
+    storage_opts: dict[str, Any] | None = None,
+    cache_dir: Path | None = None,
+) -> ClipModel:
+    """Load an open_clip model in eval mode on ``device``; ConfigError for a reference that cannot load."""
+    import open_clip
+
+    try:
+        resolved = resolve_model(ref, allow_name=True, storage_opts=storage_opts, cache_dir=cache_dir)
+    except ModelRefError as e:
+        raise ConfigError(f"CLIP model: {e}") from e
+    if resolved.path is None:
+        name, tag = resolved.name or ref, pretrained
+        weights_cache = (cache_dir or default_cache_dir()) / "open_clip"
+        revision = f"open_clip:{name}:{tag or 'random'}"
+        kwargs: dict[str, Any] = {"pretrained": tag, "cache_dir": str(weights_cache)}
+    else:
+        if not (resolved.path / "open_clip_config.json").is_file():
+            raise ConfigError(
+                f"CLIP model {ref!r}: {resolved.path} has no open_clip_config.json; save the model with "
+                "open_clip (config + weights), or give an open_clip architecture name"
+            )
+        name, tag = f"local-dir:{resolved.path}", None
+        revision = resolved.revision or folder_digest(resolved.path)
+        kwargs = {}
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
+        tokenizer = open_clip.get_tokenizer(name)
+    except (RuntimeError, ValueError, OSError, KeyError) as e:
+        raise ConfigError(f"CLIP model {ref!r} (pretrained {pretrained!r}) cannot be loaded: {e}") from e
+    model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    log.info("loaded CLIP %s (%s) on %s", ref, revision, device)
+    return ClipModel(
+        model, preprocess, tokenizer, ref, pretrained if resolved.path is None else None, revision, device
+    )
+
+
+def folder_digest(path: Path) -> str:
+    """sha256 over the relative paths and contents of a model folder: its revision when it has none."""
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def zero_shot_logits(features: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * cos(image, class)`` for L2-normalised features and head rows."""
+    return scale * features.float() @ head.float().T
+
+
+# ------------------------------------------------------------------------------------- image data
+
+
+class ImageDataset:
+    """Map-style dataset: item i -> (preprocessed image, i, ok). ``read(item)`` returns the encoded image
+    bytes; undecodable bytes give a zero image and ok False (the caller applies its bad-image policy).
+    Readers run in DataLoader workers, so ``read`` must be a module-level function or a picklable object."""
+
+    def __init__(
+        self, items: Sequence[Any], read: Callable[[Any], bytes], preprocess: Callable, shape: tuple
+    ):
+        self.items = list(items)
+        self.read = read
+        self.preprocess = preprocess
+        self.shape = shape
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Any, int, bool]:
+        import torch
+        from PIL import Image
+        from synthrec.workers.realdata import decode_rgb
+
+        try:
+            return self.preprocess(decode_rgb(self.read(self.items[i]))), i, True
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            log.warning("cannot decode image %s: %s", self.items[i], e)
+            return torch.zeros(self.shape), i, False
+
+
+def image_loader(
+    dataset: ImageDataset,
+    *,
+    batch_size: int | None = None,
+    batch_sampler: Any = None,
+    device: str = "cpu",
+    workers: int | None = None,
+) -> Any:
+    """A DataLoader over ``dataset`` in order (``batch_size``), or following ``batch_sampler`` (lists of
+    indices, e.g. a training plan); decoding runs in ``workers`` processes (default: loader_workers)."""
+    import torch
+
+    workers = loader_workers(len(dataset)) if workers is None else workers
+    kwargs: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": device.startswith("cuda"),
+        "prefetch_factor": 4 if workers else None,
+    }
+    if batch_sampler is not None:
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
+
+
+def encode_dataset(
+    clip: ClipModel,
+    dataset: ImageDataset,
+    batch_size: int,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [N, D] float32 (on CPU) and an ok mask [N] for every item of ``dataset``, in order."""
+    import torch
+
+    ok = torch.zeros(len(dataset), dtype=torch.bool)
+    chunks: list[torch.Tensor] = []
+    for images, index, good in image_loader(
+        dataset, batch_size=batch_size, device=clip.device, workers=workers
+    ):
+        chunks.append(clip.encode(images).cpu())
+        ok[index] = good
+        if progress is not None:
+            progress.advance(len(index))
+    if not chunks:
+        return torch.zeros((0, 0)), ok
+    return torch.cat(chunks), ok
