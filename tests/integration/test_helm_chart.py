@@ -188,6 +188,24 @@ def test_watch_namespaces_with_cluster_scope_is_refused_with_a_hint() -> None:
 
 
 @pytest.mark.parametrize("path", CI_VALUES, ids=lambda p: p.name)
+def test_the_operator_reads_the_environment_the_chart_sets(path: Path) -> None:
+    settings = pytest.importorskip("synthrec.operator.settings", reason="operator/settings.py (issue 5)")
+    values = load_values(path)
+    objects = render_chart(values)
+    env = env_of(one(objects, "Deployment"))
+    config = settings.OperatorConfig.from_env(env)  # raises SettingsError naming a bad variable
+    assert config.namespaces == tuple(values.get("watchNamespaces", ()))
+    workers = values.get("workers", {})
+    assert config.worker.queue_name == (workers.get("queueName") or None)
+    assert config.worker.node_selector == workers.get("nodeSelector", {})
+    assert config.worker.tolerations == workers.get("tolerations", [])
+    assert config.worker.service_account == "synthrec-worker"
+    assert config.worker.image == env["SYNTHREC_WORKER_IMAGE"]
+    assert config.metrics_port == (values["metrics"]["port"] if values["metrics"]["enabled"] else 0)
+    assert config.liveness_port == 8081
+
+
+@pytest.mark.parametrize("path", CI_VALUES, ids=lambda p: p.name)
 def test_every_rendered_object_is_valid_kubernetes_1_33_strict(path: Path) -> None:
     for values in ({}, load_values(path)):
         for obj in render_chart(values):
@@ -367,40 +385,68 @@ def test_worker_pods_get_no_api_token_and_the_operator_needs_its_own() -> None:
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
 
 
-# The operator's end-to-end test (issue 5) records every API request it makes with RealisticEmulator's
-# api_calls() and commits them as JSON: [{"verb", "group", "resource", "subresource", "namespaced"}, ...].
-API_CALLS_FILE = Path(
-    os.environ.get("SYNTHREC_API_CALLS_JSON", ROOT / "tests" / "data" / "operator-api-calls.json")
-)
-# Grants the end-to-end run does not exercise, each with the reason it stays (must be kept short).
+# The operator's tests (issue 5) merge every API request they make, as RealisticEmulator.api_calls() records
+# them, into tests/operator_api_calls.json (tests/integration/test_operator_harness.py record_api_calls):
+#   {"calls": [{"call": [verb, group, resource, subresource, "namespaced" | ""], "scenarios": [...]}, ...]}
+API_CALLS_FILE = Path(os.environ.get("SYNTHREC_API_CALLS_JSON", ROOT / "tests" / "operator_api_calls.json"))
+# Grants the recorded runs do not exercise, each with the reason it stays.
 UNEXERCISED_GRANTS: dict[tuple[str, str, str, str], str] = {}
 
 
-def _recorded_calls() -> list[dict[str, Any]]:
+def _recorded_calls() -> list[tuple[str, str, str, str, bool]]:
+    """(verb, group, resource, subresource, namespaced) of every recorded operator API request."""
     if not API_CALLS_FILE.exists():
         pytest.skip(
-            f"{API_CALLS_FILE.relative_to(ROOT) if API_CALLS_FILE.is_relative_to(ROOT) else API_CALLS_FILE} "
-            "is missing: the operator's end-to-end test must write the API calls it recorded "
-            "(RealisticEmulator.api_calls() as JSON) for this comparison"
+            f"{API_CALLS_FILE} is missing: the operator's end-to-end tests must record the API calls they "
+            "make (RealisticEmulator.api_calls()) there for this comparison"
         )
-    return json.loads(API_CALLS_FILE.read_text())
+    calls = json.loads(API_CALLS_FILE.read_text())["calls"]
+    if not calls:
+        pytest.skip(f"{API_CALLS_FILE} records no API calls yet")
+    out = []
+    for entry in calls:
+        verb, group, resource, subresource, scope = entry["call"]
+        out.append((verb, group, resource, subresource or "", scope == "namespaced"))
+    return out
+
+
+def rbac_gaps(
+    rules: list[dict[str, Any]], calls: list[tuple[str, str, str, str, bool]], scope: str
+) -> tuple[set[tuple[str, str, str, str]], set[tuple[str, str, str, str]]]:
+    """(calls the rules do not grant, grants no call uses and UNEXERCISED_GRANTS does not explain)."""
+    used, missing = set(), set()
+    for verb, group, resource, subresource, namespaced in calls:
+        key = (verb, group, resource, subresource)
+        if (
+            scope == "namespaced"
+            and not namespaced
+            and resource in ("customresourcedefinitions", "namespaces")
+        ):
+            continue  # Kopf's cluster scanning, disabled in namespaced mode
+        (used if allows(rules, *key) else missing).add(key)
+    return missing, grants(rules) - used - set(UNEXERCISED_GRANTS)
+
+
+def test_the_rbac_comparison_finds_missing_and_unused_grants() -> None:
+    rules = [r for role in operator_roles(render_chart()) for r in role["rules"]]
+    everything = [(*g, True) for g in grants(rules)]
+    assert rbac_gaps(rules, everything, "cluster") == (set(), set())
+    missing, unused = rbac_gaps(rules, [*everything[1:], ("get", "", "secrets", "", True)], "cluster")
+    assert missing == {("get", "", "secrets", "")}
+    assert unused == {everything[0][:4]} - set(UNEXERCISED_GRANTS)
+    crd_watch = ("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", False)
+    ns_rules = [
+        r for role in operator_roles(render_chart({"rbac": {"scope": "namespaced"}})) for r in role["rules"]
+    ]
+    assert crd_watch[:4] not in rbac_gaps(ns_rules, [crd_watch], "namespaced")[0]
 
 
 @pytest.mark.parametrize("scope", ["cluster", "namespaced"])
 def test_rbac_covers_every_api_call_of_the_operator_end_to_end_test_and_no_more(scope: str) -> None:
     calls = _recorded_calls()
-    objects = render_chart({"rbac": {"scope": scope}})
-    rules = [rule for role in operator_roles(objects) for rule in role["rules"]]
-    used = set()
-    for call in calls:
-        key = (call["verb"], call["group"], call["resource"], call.get("subresource") or "")
-        if (
-            scope == "namespaced"
-            and not call["namespaced"]
-            and key[2] in ("customresourcedefinitions", "namespaces")
-        ):
-            continue  # cluster-wide Kopf scanning: disabled in namespaced mode
-        assert allows(rules, *key), f"{scope}: the operator's call {key} is not granted"
-        used.add(key)
-    unused = grants(rules) - used - set(UNEXERCISED_GRANTS)
+    rules = [
+        rule for role in operator_roles(render_chart({"rbac": {"scope": scope}})) for rule in role["rules"]
+    ]
+    missing, unused = rbac_gaps(rules, calls, scope)
+    assert not missing, f"{scope}: the operator makes API calls its RBAC does not grant: {sorted(missing)}"
     assert not unused, f"{scope}: granted but never used by the operator: {sorted(unused)}"
