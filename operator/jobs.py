@@ -1,0 +1,336 @@
+"""Render the batch/v1 Jobs and task ConfigMaps of a stage attempt or an experiment run. Pure: no I/O.
+
+One Indexed Job per attempt of a stage (completion index i runs the attempt's i-th shard), one per run of
+an experiment. The task JSON lives in a ConfigMap owned by the resource and mounted at
+``synthrec.contract.TASK_MOUNT_DIR``; workers never talk to the API. Pods follow the restricted Pod
+Security Standard with writable emptyDirs for /tmp, /cache and /dev/shm only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from synthrec.operator.observed import (
+    ANNOTATION_RUN_INDEX,
+    ANNOTATION_SHARDS,
+    LABEL_ATTEMPT,
+    LABEL_KIND,
+    LABEL_MANAGED_BY,
+    LABEL_RESOURCE,
+    LABEL_RUN,
+    LABEL_STAGE,
+    MANAGED_BY,
+    WORKER_CONTAINER,
+)
+
+from synthrec import contract
+from synthrec.api import API_VERSION
+from synthrec.plan import format_ranges
+from synthrec.tasks import dump_task
+
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+TASK_VOLUME = "task"
+DEFAULT_IMAGE = "ghcr.io/synthrec/synthrec:latest"
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+WORKER_UID = 1000  # the image's non-root user (runAsNonRoot needs a numeric user)
+
+# Environment every worker gets (contracts: only /tmp, /cache and /dev/shm are writable).
+CACHE_ENV = {
+    "HOME": "/tmp",
+    "XDG_CACHE_HOME": "/cache",
+    "HF_HOME": "/cache/huggingface",
+    "TORCH_HOME": "/cache/torch",
+    "SYNTHREC_CACHE": "/cache/synthrec",
+    "MPLCONFIGDIR": "/tmp/matplotlib",
+}
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class WorkerDefaults:
+    """Operator-wide defaults for worker pods (from the operator's environment, see settings.py)."""
+
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str | None = None
+    service_account: str | None = None
+    queue_name: str | None = None
+    gpu_resource: str | None = None  # overrides the spec's default nvidia.com/gpu only when set here
+    s3_endpoint: str | None = None
+    s3_secret: str | None = None
+    hf_token_secret: str | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The custom resource that owns the Jobs and ConfigMaps."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """How one Job spreads and retries its work."""
+
+    completions: int
+    parallelism: int
+    retries_per_index: int
+    max_failed_indexes: int
+    shard_ids: tuple[int, ...] | None = None  # None: completion index == shard id
+    active_deadline_seconds: int | None = None
+
+
+def stage_job_name(resource: str, stage: str, attempt: int) -> str:
+    return f"{resource}-{stage}-a{attempt}"
+
+
+def run_job_name(resource: str, run_index: int, attempt: int) -> str:
+    return f"{resource}-r{run_index}-a{attempt}"
+
+
+def label_value(value: str) -> str:
+    """A valid label value (<= 63 chars, alphanumeric ends); long or odd values get a hash suffix."""
+    if len(value) <= 63 and _LABEL_VALUE.match(value):
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", value)[:54].strip("-_.")
+    return f"{cleaned}-{digest}" if cleaned else digest
+
+
+def child_labels(owner: Owner, stage: str, attempt: int, run: str | None = None) -> dict[str, str]:
+    labels = {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_RESOURCE: owner.name,
+        LABEL_KIND: owner.kind,
+        LABEL_STAGE: stage,
+        LABEL_ATTEMPT: str(attempt),
+    }
+    if run is not None:
+        labels[LABEL_RUN] = label_value(run)
+    return labels
+
+
+def render_configmap(owner: Owner, name: str, labels: dict[str, str], task: Any) -> dict[str, Any]:
+    """The ConfigMap holding a task's JSON (``dump_task``), owned by the resource."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": dict(labels),
+            "ownerReferences": [owner.reference()],
+        },
+        "data": {contract.TASK_FILE_NAME: dump_task(task)},
+    }
+
+
+def render_job(
+    owner: Owner,
+    *,
+    name: str,
+    stage: str,
+    labels: dict[str, str],
+    shape: JobShape,
+    spec: Any,
+    defaults: WorkerDefaults,
+    run_index: int | None = None,
+) -> dict[str, Any]:
+    """The Indexed Job of one attempt; ``spec`` is the resource's parsed spec (resources, scheduling,
+    output, modelHub). The task ConfigMap has the same name as the Job."""
+    queue = spec.scheduling.queue_name or defaults.queue_name
+    job_labels = dict(labels)
+    if queue:
+        job_labels[KUEUE_QUEUE_LABEL] = queue
+    annotations: dict[str, str] = {}
+    if shape.shard_ids is not None:
+        annotations[ANNOTATION_SHARDS] = format_ranges(list(shape.shard_ids))
+    if run_index is not None:
+        annotations[ANNOTATION_RUN_INDEX] = str(run_index)
+    completions = shape.completions
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": completions,
+        "parallelism": max(1, min(shape.parallelism, completions)),
+        "backoffLimitPerIndex": shape.retries_per_index,
+        "maxFailedIndexes": max(0, min(shape.max_failed_indexes, completions)),
+        "podFailurePolicy": {
+            "rules": [
+                # Preemption, eviction, node drain: not the shard's fault, do not burn a retry.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                # A configuration error cannot succeed anywhere: stop the whole Job.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": WORKER_CONTAINER,
+                        "operator": "In",
+                        "values": [contract.EXIT_CONFIG_ERROR],
+                    },
+                },
+                # Bad input of this shard: retrying the same pod cannot help.
+                {
+                    "action": "FailIndex",
+                    "onExitCodes": {
+                        "containerName": WORKER_CONTAINER,
+                        "operator": "In",
+                        "values": [contract.EXIT_DATA_ERROR],
+                    },
+                },
+            ]
+        },
+        "podReplacementPolicy": "Failed",  # never two pods of one index (and no double Kueue quota)
+        "template": {
+            "metadata": {"labels": dict(labels)},
+            "spec": _pod_spec(name, stage, spec, defaults),
+        },
+    }
+    if shape.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = max(1, int(shape.active_deadline_seconds))
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": job_labels,
+        "ownerReferences": [owner.reference()],
+    }
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def _pod_spec(name: str, stage: str, spec: Any, defaults: WorkerDefaults) -> dict[str, Any]:
+    scheduling, resources = spec.scheduling, spec.resources
+    container: dict[str, Any] = {
+        "name": WORKER_CONTAINER,
+        "image": scheduling.image or defaults.image,
+        "command": [
+            "python",
+            "-m",
+            "synthrec.workers",
+            stage,
+            "--task",
+            f"{contract.TASK_MOUNT_DIR}/{contract.TASK_FILE_NAME}",
+        ],
+        "env": _env(spec, defaults),
+        "resources": _resources(resources, defaults),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePath": contract.DEFAULT_TERMINATION_LOG,
+        # A crash before the worker wrote its summary still explains itself with the log tail.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": TASK_VOLUME, "mountPath": contract.TASK_MOUNT_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "cache", "mountPath": "/cache"},
+        ],
+    }
+    pull_policy = scheduling.image_pull_policy or defaults.image_pull_policy
+    if pull_policy:
+        container["imagePullPolicy"] = pull_policy
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": TASK_VOLUME,
+            "configMap": {
+                "name": name,
+                "items": [{"key": contract.TASK_FILE_NAME, "path": contract.TASK_FILE_NAME}],
+            },
+        },
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    if resources.shared_memory:
+        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append(
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": resources.shared_memory}}
+        )
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # workers never talk to the Kubernetes API
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    service_account = scheduling.service_account_name or defaults.service_account
+    if service_account:
+        pod["serviceAccountName"] = service_account
+    node_selector = (
+        scheduling.node_selector if scheduling.node_selector is not None else defaults.node_selector
+    )
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    if scheduling.tolerations is not None:
+        tolerations = [t.wire() for t in scheduling.tolerations]
+    else:
+        tolerations = [dict(t) for t in defaults.tolerations]
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if scheduling.priority_class_name:
+        pod["priorityClassName"] = scheduling.priority_class_name
+    return pod
+
+
+def _resources(resources: Any, defaults: WorkerDefaults) -> dict[str, Any]:
+    amounts: dict[str, str] = {"cpu": resources.cpu, "memory": resources.memory}
+    if resources.gpus > 0:
+        gpu_name = resources.gpu_resource_name
+        # The CRD fills in nvidia.com/gpu, so the operator's default wins only over that built-in value.
+        if defaults.gpu_resource and gpu_name == DEFAULT_GPU_RESOURCE:
+            gpu_name = defaults.gpu_resource
+        amounts[gpu_name] = str(resources.gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _env(spec: Any, defaults: WorkerDefaults) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in CACHE_ENV.items()]
+    output = spec.output
+    secret = output.credentials_secret or defaults.s3_secret
+    if secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    endpoint = output.endpoint or defaults.s3_endpoint
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
+    if output.region:
+        env.append({"name": "AWS_REGION", "value": output.region})
+        env.append({"name": "AWS_DEFAULT_REGION", "value": output.region})
+    hub = spec.model_hub
+    token_secret = (hub.token_secret if hub else None) or defaults.hf_token_secret
+    if token_secret:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "HF_TOKEN", "optional": True}},
+            }
+        )
+    if hub and hub.endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": hub.endpoint})
+    return env
