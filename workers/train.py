@@ -712,29 +712,27 @@ def _curve(result: Any) -> dict[str, Any]:
 
 
 def _plot(curve: dict[str, Any], name: str) -> bytes | None:
-    """A PNG of the loss and learning rate per step (and validation top-1 per epoch), or None."""
+    """A PNG of the loss and learning rate per step, or None (no steps, or no matplotlib). Uses the
+    Figure API directly: importing pyplot costs seconds and a GUI backend lookup."""
     if not curve["steps"]:
         return None
     try:
         import io
 
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     steps = [s["step"] for s in curve["steps"]]
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    fig = Figure(figsize=(7, 3.5), dpi=100)
+    ax = fig.add_subplot()
     ax.plot(steps, [s["loss"] for s in curve["steps"]], label="loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     lr_ax = ax.twinx()
     lr_ax.plot(steps, [s["lr"] for s in curve["steps"]], color="tab:orange", label="lr")
     lr_ax.set_ylabel("learning rate")
-    ax.set_title(f"{name}")
+    ax.set_title(name)
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png")
-    plt.close(fig)
     return out.getvalue()

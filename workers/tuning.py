@@ -202,7 +202,7 @@ def trainable_encoder_parameters(visual: nn.Module, scope: str) -> list[nn.Param
         modules += [
             getattr(visual, n) for n in ("ln_post",) if isinstance(getattr(visual, n, None), nn.Module)
         ]
-        direct = [p for n, p in visual.named_parameters(recurse=False)]
+        direct = [visual.proj] if isinstance(getattr(visual, "proj", None), nn.Parameter) else []
     elif hasattr(visual, "layer4"):
         modules = [visual.layer4] + ([visual.attnpool] if hasattr(visual, "attnpool") else [])
     else:

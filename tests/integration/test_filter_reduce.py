@@ -12,6 +12,10 @@ from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
+from synthrec.workers import filter as filter_stage
+from synthrec.workers import reduce as reduce_stage
+from synthrec.workers.runtime import run_stage
+from synthrec.workers.shards import read_features, soft_targets
 
 from synthrec import contract
 from synthrec.api import SyntheticDatasetSpec
@@ -19,10 +23,6 @@ from synthrec.layout import DatasetLayout
 from synthrec.plan import dataset_task
 from synthrec.storage import commit_file, open_storage, read_marker
 from synthrec.tasks import ResourceRef, dump_task
-from synthrec.workers import filter as filter_stage
-from synthrec.workers import reduce as reduce_stage
-from synthrec.workers.runtime import run_stage
-from synthrec.workers.shards import read_features, soft_targets
 
 COLOURS = [(220, 40, 40), (40, 180, 60), (40, 70, 220), (230, 210, 40)]
 
@@ -50,6 +50,7 @@ def write_shard(
     shard: int,
     generate_hash: str,
     per_class: int,
+    scratch: Path,
     *,
     seed: int = 0,
     corrupt: set[str] = frozenset(),
@@ -57,7 +58,7 @@ def write_shard(
     """Write shards/gen-NNNNN.tar (+ marker) the way the generate stage does; returns the keys."""
     rng = random.Random(seed * 1000 + shard)
     keys = []
-    path = Path(storage.root) / f"tmp-{shard}.tar"
+    path = scratch / f"shard-{shard}.tar"
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for cls in range(4):
             for i in range(per_class):
@@ -123,15 +124,18 @@ def make_dataset(
     clip_uri: str,
     per_class: int = 5,
     corrupt: set[str] = frozenset(),
+    out_uri: str | None = None,
     **filter_kw: Any,
 ) -> tuple[SyntheticDatasetSpec, Any]:
-    out = tmp_path / "ds"
-    out.mkdir()
-    spec = dataset_spec(out.as_uri() + "/", clip_uri, **filter_kw)
+    """A 2-shard dataset of the tiny label space with ``per_class`` images per class and shard."""
+    if out_uri is None:
+        (tmp_path / "ds").mkdir()
+        out_uri = (tmp_path / "ds").as_uri() + "/"
+    spec = dataset_spec(out_uri, clip_uri, **filter_kw)
     storage = open_storage(spec.output.uri)
     task = dataset_task(spec, "filter", ResourceRef(kind="SyntheticDataset", name="t"))
     for shard in range(2):
-        write_shard(storage, shard, task.hashes["generate"], per_class, corrupt=corrupt)
+        write_shard(storage, shard, task.hashes["generate"], per_class, tmp_path, corrupt=corrupt)
     return spec, storage
 
 
@@ -236,3 +240,28 @@ def test_reduce_with_the_filter_disabled_keeps_everything(
     assert manifest["soft_targets"] is None
     row = json.loads(storage.read_bytes("index/kept.jsonl").decode().splitlines()[0])
     assert row["score"] is None and row["passed"] is None and "features" not in row
+
+
+def test_reduce_with_real_filtering_drops_before_selecting(
+    tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = {"uri": (tiny_models.real / "train").as_uri(), "onBadImage": "skip"}
+    rf = {"enabled": True, "source": real, "shots": 2, "k": 1, "rule": "nearest", "seed": 3}
+    spec, storage = make_dataset(
+        tmp_path, monkeypatch, tiny_models.clip.as_uri(), per_class=4, realFiltering=rf
+    )
+    for shard in range(2):
+        assert run_worker(tmp_path, monkeypatch, spec, "filter", shard)[0] == 0
+    code, summary = run_worker(tmp_path, monkeypatch, spec, "reduce")
+    assert code == 0, summary
+    manifest = storage.read_json("manifest.json")
+    info = manifest["filter"]["real_filtering"]
+    assert info["rule"] == "nearest" and info["k"] == 1 and info["shots"] == 2 and info["seed"] == 3
+    assert len(info["shot_uris"]) == 8 and info["dropped"] == manifest["counts"]["real_filtered"] > 0
+    for c in manifest["per_class"]:
+        survivors = c["generated"] - c["corrupt"] - c["real_filtered"]
+        assert c["kept"] == min(3, survivors)  # the CLIP Filter keeps K of what Real Filtering left
+    dropped = {
+        r["key"] for r in map(json.loads, storage.read_bytes("index/kept.jsonl").decode().splitlines())
+    }
+    assert len(dropped) == manifest["counts"]["kept"]
