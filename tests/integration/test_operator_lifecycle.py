@@ -1,0 +1,254 @@
+# ruff: noqa: F811 - the k8s_op fixture is imported from the harness and named as a parameter
+"""Lifecycle of a SyntheticDataset under the operator: restart mid-run, suspend and resume, deletion (cascade
+and onDelete: Delete), an invalid spec, pods stuck Pending (unschedulable, image pulls, Kueue quota), and
+namespaced mode."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synthrec.operator.settings import FINALIZER
+
+from tests.fixtures.k8s import running_operator, wait_for
+from tests.integration.test_operator_harness import (
+    CONFIGMAPS,
+    DATASETS,
+    FAST,
+    JOBS,
+    NS,
+    PODS,
+    dataset_body,
+    fake_worker,
+    k8s_op,  # noqa: F401 - fixture
+    operator_harness,
+    operator_in_thread,
+    record_api_calls,
+    shard_of,
+    stage_of,
+)
+from tests.k8s.emulator import ApiCall
+from tests.k8s.runners import FakeRunner
+
+
+class Gate:
+    """A fake worker whose generate shards in ``held`` wait until ``release()``."""
+
+    def __init__(self, held: set[int]) -> None:
+        self.held = held
+        self.open = asyncio.Event()
+        self.started: set[int] = set()
+        self.ok = fake_worker(images_per_shard=10)
+
+    def release(self) -> None:
+        self.open.set()
+
+    async def __call__(self, job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
+        shard = shard_of(job, index)
+        if stage_of(job) == "generate" and shard in self.held:
+            self.started.add(shard)
+            await self.open.wait()
+        return self.ok(job, index, attempt)
+
+
+async def test_operator_restarted_mid_run_converges_without_duplicate_jobs(k8s_op, tmp_path: Path) -> None:
+    gate = Gate(held={0, 1, 2, 3})
+    async with operator_harness(k8s_op, FakeRunner(gate), tmp_path, start_operator=False) as h:
+        async with operator_in_thread(FAST):
+            await h.create(dataset_body("ds", shards=4))
+            await wait_for(lambda: gate.started == {0, 1, 2, 3}, 15, message="generate shards running")
+            await h.wait_condition(DATASETS, "ds", "Running")
+        # The operator is gone (task cancelled, as on a crash); the shards finish meanwhile.
+        gate.release()
+        await wait_for(lambda: "Complete" in str(h.obj(JOBS, "ds-generate-a1").get("status")), 10)
+        async with operator_in_thread(FAST):
+            status = await h.wait_phase(DATASETS, "ds", "Succeeded")
+        assert status["images"]["generated"] == 40  # each shard counted once, across the restart
+        assert sorted(h.job_names("ds")) == [
+            "ds-filter-a1",
+            "ds-generate-a1",
+            "ds-prompts-a1",
+            "ds-reduce-a1",
+        ]
+        assert k8s_op.operator_calls[ApiCall("create", "batch", "jobs", "", NS)] == 4
+        assert h.validate_children() == 8
+    record_api_calls(k8s_op, "operator-restart")
+
+
+async def test_suspend_deletes_the_attempt_and_resume_runs_only_the_missing_shards(
+    k8s_op, tmp_path: Path
+) -> None:
+    gate = Gate(held={2, 3})
+    async with operator_harness(k8s_op, FakeRunner(gate), tmp_path) as h:
+        await h.create(dataset_body("ds", shards=4))
+        await wait_for(lambda: gate.started == {2, 3}, 15, message="held shards running")
+        await wait_for(
+            lambda: h.status(DATASETS, "ds")["stages"]["generate"]["shards"]["succeededIndexes"] == "0-1"
+        )
+        await k8s_op.api.patch(DATASETS, "ds", {"spec": {"runPolicy": {"suspend": True}}}, NS)
+        await h.wait_phase(DATASETS, "ds", "Suspended")
+        await wait_for(lambda: h.obj(JOBS, "ds-generate-a1") is None, 10, message="attempt Job deleted")
+        await wait_for(
+            lambda: (
+                not [
+                    p
+                    for p in k8s_op.list_objects(PODS, NS)
+                    if "generate" in p["metadata"]["name"] and p["status"].get("phase") == "Running"
+                ]
+            ),
+            10,
+            message="pods stopped",
+        )
+        suspended = h.condition(DATASETS, "ds", "Suspended")
+        assert suspended["reason"] == "UserSuspended"
+        assert h.condition(DATASETS, "ds", "Running")["status"] == "False"
+        await asyncio.sleep(0.3)
+        assert h.obj(JOBS, "ds-generate-a1") is None  # stays stopped
+
+        gate.release()
+        await k8s_op.api.patch(DATASETS, "ds", {"spec": {"runPolicy": {"suspend": False}}}, NS)
+        status = await h.wait_phase(DATASETS, "ds", "Succeeded")
+        # the same attempt, re-created for shards 2-3 only
+        recreated = [
+            b for b in k8s_op.created if b["kind"] == "Job" and b["metadata"]["name"] == "ds-generate-a1"
+        ]
+        assert len(recreated) == 2
+        assert recreated[1]["metadata"]["annotations"]["synthrec.io/shards"] == "2-3"
+        assert recreated[1]["spec"]["completions"] == 2
+        assert status["images"]["generated"] == 40
+        assert h.condition(DATASETS, "ds", "Suspended")["status"] == "False"
+        assert h.validate_children() >= 10
+    record_api_calls(k8s_op, "suspend-resume")
+
+
+async def test_deleting_a_dataset_cascades_and_keeps_artifacts_by_default(k8s_op, tmp_path: Path) -> None:
+    gate = Gate(held={0, 1})
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "spec.json").write_text("{}")
+    async with operator_harness(k8s_op, FakeRunner(gate), tmp_path) as h:
+        await h.create(dataset_body("ds", shards=2, output={"uri": f"file://{output}/"}))
+        await wait_for(lambda: gate.started == {0, 1}, 15)
+        assert FINALIZER not in (h.obj(DATASETS, "ds")["metadata"].get("finalizers") or [])
+        await k8s_op.api.delete(DATASETS, "ds", NS)
+        await wait_for(lambda: h.obj(DATASETS, "ds") is None, 5, message="deleted without waiting for anyone")
+        await wait_for(lambda: not h.job_names("ds"), 10, message="Jobs garbage-collected")
+        await wait_for(
+            lambda: not k8s_op.list_objects(CONFIGMAPS, NS, label_selector="synthrec.io/resource=ds"), 10
+        )
+        await wait_for(
+            lambda: not k8s_op.list_objects(PODS, NS, label_selector="synthrec.io/resource=ds"), 10
+        )
+        assert (output / "spec.json").exists()  # artifacts are retained
+        gate.release()
+    record_api_calls(k8s_op, "delete-cascade")
+
+
+async def test_on_delete_delete_removes_the_artifacts_through_an_optional_finalizer(
+    k8s_op, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
+        await h.create(
+            dataset_body("ds", shards=2, output={"uri": f"file://{output}/", "onDelete": "Delete"})
+        )
+        await h.wait_phase(DATASETS, "ds", "Succeeded")
+        await wait_for(lambda: FINALIZER in (h.obj(DATASETS, "ds")["metadata"].get("finalizers") or []), 5)
+        (output / "shards").mkdir(parents=True)
+        (output / "shards" / "gen-00000.tar").write_bytes(b"x")
+        (output / "manifest.json").write_text("{}")
+        await k8s_op.api.delete(DATASETS, "ds", NS)
+        await wait_for(lambda: h.obj(DATASETS, "ds") is None, 10, message="finalizer released")
+        assert not [p for p in output.rglob("*") if p.is_file()]
+    record_api_calls(k8s_op, "delete-artifacts")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"sharding": {"shards": 2, "parallelism": 5}},
+            "sharding.parallelism must not exceed sharding.shards",
+        ),
+        ({"generator": {"model": "file:///models/sd", "steps": 0}}, "spec.generator.steps"),
+        ({"bogusField": 1}, "spec.bogusField: Extra inputs are not permitted"),
+    ],
+)
+async def test_an_invalid_spec_fails_with_invalid_spec_and_creates_nothing(
+    k8s_op, tmp_path: Path, spec: dict[str, Any], message: str
+) -> None:
+    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
+        await h.create(dataset_body("ds", **spec))  # the emulator has no CRD schema: it slips through
+        await h.wait_phase(DATASETS, "ds", "Failed")
+        failed = h.condition(DATASETS, "ds", "Failed")
+        assert failed["reason"] == "InvalidSpec" and message in failed["message"], failed
+        assert h.condition(DATASETS, "ds", "Accepted")["status"] == "False"
+        await asyncio.sleep(0.3)
+        assert not h.job_names("ds")
+        assert not k8s_op.created
+    record_api_calls(k8s_op, "invalid-spec")
+
+
+async def test_pods_stuck_pending_show_the_schedulers_message_not_running(k8s_op, tmp_path: Path) -> None:
+    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
+        h.kubelet.block_scheduling("ds-prompts-a1")
+        await h.create(dataset_body("ds", shards=2))
+        queued = await wait_for(
+            lambda: (c := h.condition(DATASETS, "ds", "Queued")) and c["reason"] == "Unschedulable" and c, 10
+        )
+        assert "Insufficient nvidia.com/gpu" in queued["message"]
+        assert h.status(DATASETS, "ds")["phase"] == "Queued"
+        running = h.condition(DATASETS, "ds", "Running")
+        assert running is None or running["status"] == "False"
+
+        h.kubelet.unblock("ds-prompts-a1")
+        h.kubelet.fail_image_pull("ds-generate-a1", message='Back-off pulling image "ghcr.io/x/y:bad"')
+        degraded = await h.wait_condition(DATASETS, "ds", "Degraded")
+        assert degraded["reason"] == "ImagePullBackOff" and "Back-off pulling image" in degraded["message"]
+        assert h.condition(DATASETS, "ds", "Queued")["reason"] == "ImagePullBackOff"
+
+        h.kubelet.unblock("ds-generate-a1")
+        await h.wait_phase(DATASETS, "ds", "Succeeded")
+        assert h.condition(DATASETS, "ds", "Degraded")["status"] == "False"
+
+
+async def test_a_job_held_by_kueue_shows_waiting_for_quota(k8s_op, tmp_path: Path) -> None:
+    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
+        h.kubelet.block_scheduling("ds-prompts-a1")
+        await h.create(dataset_body("ds", shards=2, scheduling={"queueName": "team-a"}))
+        await wait_for(lambda: h.obj(JOBS, "ds-prompts-a1"), 10)
+        assert h.obj(JOBS, "ds-prompts-a1")["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        # What Kueue does with a Job that has no quota yet: suspend it.
+        await k8s_op.api.patch(JOBS, "ds-prompts-a1", {"spec": {"suspend": True}}, NS)
+        queued = await wait_for(
+            lambda: (c := h.condition(DATASETS, "ds", "Queued")) and c["reason"] == "WaitingForQuota" and c,
+            10,
+        )
+        assert "waiting for Kueue to admit it" in queued["message"]
+        h.kubelet.unblock("ds-prompts-a1")
+        await k8s_op.api.patch(JOBS, "ds-prompts-a1", {"spec": {"suspend": False}}, NS)  # admitted
+        await h.wait_phase(DATASETS, "ds", "Succeeded")
+
+
+async def test_namespaced_mode_serves_only_its_namespaces(k8s_op, tmp_path: Path) -> None:
+    from synthrec.operator.handlers import register
+
+    await k8s_op.api.create("v1/namespaces", {"metadata": {"name": "other"}})
+    config = FAST.with_overrides(namespaces=("default",))
+    setup = lambda registry: register(registry, config, login=False)  # noqa: E731
+    async with (
+        operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path, start_operator=False) as h,
+        running_operator(setup, namespaces=["default"]),
+    ):
+        await h.create(dataset_body("ds", shards=2))
+        other = dataset_body("ds2", shards=2)
+        other["metadata"]["namespace"] = "other"
+        await k8s_op.api.create(DATASETS, other, "other")
+        await h.wait_phase(DATASETS, "ds", "Succeeded")
+        await asyncio.sleep(0.3)
+        assert not k8s_op.get_object(DATASETS, "ds2", "other").get("status")
+    cluster_calls = {c for c in k8s_op.operator_calls if c.namespace is None}
+    assert not cluster_calls, cluster_calls  # no cluster-wide list/watch: a Role is enough
+    record_api_calls(k8s_op, "namespaced")
