@@ -99,28 +99,33 @@ cluster scope -> [] (every namespace). Callers use `include ... | fromJsonArray`
 {{- concat $ns .Values.workers.serviceAccount.namespaces | uniq | toJson }}
 {{- end }}
 
-{{/* The operator's API permissions (the same rules for a ClusterRole and for each namespaced Role). */}}
+{{/*
+The operator's API permissions (the same rules for a ClusterRole and for each namespaced Role): exactly the
+calls its tests record (tests/operator_api_calls.json; tests/integration/test_helm_chart.py compares).
+Reads come from watches (list + watch), never single GETs; writes are create, merge-patch and delete.
+*/}}
 {{- define "synthrec.operatorRules" -}}
-# The two custom resources: watch, patch (Kopf finalizer and progress annotations; never spec), status.
+# The two custom resources: watched; patched only for the finalizer (never spec); status via /status.
 - apiGroups: ["synthrec.io"]
   resources: ["syntheticdatasets", "recognitionexperiments"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["synthrec.io"]
   resources: ["syntheticdatasets/status", "recognitionexperiments/status"]
-  verbs: ["get", "patch", "update"]
-# Worker Jobs and the ConfigMaps holding their task JSON.
+  verbs: ["patch"]
+# Worker Jobs (watched for progress, patched for TTL after results are folded, deleted on suspend).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# The ConfigMaps holding the task JSON of each Job.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-# Pods are only read: scheduling problems and termination messages of the workers.
+  verbs: ["create", "delete"]
+# Pods are only watched: scheduling problems and the workers' termination messages.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # Kubernetes Events on the resources.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
