@@ -148,6 +148,12 @@ def test_custom_values_set_every_operator_setting_of_the_contract() -> None:
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
     assert (env["SYNTHREC_METRICS_PORT"], env["SYNTHREC_STATUS_INTERVAL"], env["TZ"]) == ("9090", "10", "UTC")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert secret_env == {
+        key: {"name": "synthrec-s3-operator", "key": key}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    }
     workers = [sa for sa in of_kind(objects, "ServiceAccount") if sa["metadata"]["name"] == "synthrec-worker"]
     assert sorted(sa["metadata"]["namespace"] for sa in workers) == [NAMESPACE, "team-nlp", "team-vision"]
     for sa in workers:
@@ -389,15 +395,10 @@ def test_worker_pods_get_no_api_token_and_the_operator_needs_its_own() -> None:
 # tests/operator_api_calls.json (tests/integration/test_operator_*.py with SYNTHREC_UPDATE_API_CALLS=1):
 #   {"calls": [{"verb", "apiGroup", "resource", "subresource", "scope": "namespaced" | "cluster"}, ...]}
 API_CALLS_FILE = Path(os.environ.get("SYNTHREC_API_CALLS_JSON", ROOT / "tests" / "operator_api_calls.json"))
-# Grants the recorded runs do not exercise yet, each with the reason it stays. (The recorded scenarios drive
-# SyntheticDatasets; experiments go through the same reconcile and write paths.)
+# Grants the recorded runs do not exercise, each with the reason it stays.
 UNEXERCISED_GRANTS: dict[tuple[str, str, str, str], str] = {
-    (
-        "patch",
-        "synthrec.io",
-        "recognitionexperiments",
-        "status",
-    ): "experiment status, patched like a dataset's",
+    # operator/handlers.py registers the same onDelete=Delete handler (and so finalizer) for both kinds;
+    # only the dataset's is exercised (scenario 'delete-artifacts').
     ("patch", "synthrec.io", "recognitionexperiments", ""): "the finalizer of spec.output.onDelete=Delete",
 }
 
