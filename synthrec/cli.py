@@ -9,10 +9,13 @@ import sys
 from collections.abc import Sequence
 
 # Module names under synthrec.commands, in the order --help lists them.
-COMMANDS = ("validate", "plan", "crds", "tiny_models")
+COMMANDS = ("run", "status", "report", "validate", "plan", "crds", "tiny_models", "operator")
 
 EPILOG = """\
 examples:
+  synthrec run examples/quickstart.yaml          # the whole pipeline on this machine -> ./synthrec-out/
+  synthrec status synthrec-out/                  # what is done and what is missing
+  synthrec report synthrec-out/                  # the HTML report (also written at the end of run)
   synthrec validate examples/eurosat-zero-shot.yaml
   synthrec plan examples/quickstart.yaml
   synthrec crds --out crds/

@@ -103,3 +103,30 @@ class ExperimentLayout:
     @staticmethod
     def progress(run: str) -> str:
         return f"progress/{run}.json"
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    """A storage root shared by several resources (``synthrec run --storage URI``, ``synthrec status``).
+
+    Each resource lives below it as ``datasets/<name>/`` or ``experiments/<name>/``; the combined report of
+    everything in it is ``report/index.html``.
+    """
+
+    root: str
+
+    datasets: str = "datasets/"
+    experiments: str = "experiments/"
+    report: str = "report/index.html"
+
+    def url(self, key: str) -> str:
+        return join(self.root, key)
+
+    def dataset_root(self, name: str) -> str:
+        return join(self.root, self.datasets, name) + "/"
+
+    def experiment_root(self, name: str) -> str:
+        return join(self.root, self.experiments, name) + "/"
+
+    def resource_root(self, kind: str, name: str) -> str:
+        return self.dataset_root(name) if kind == "SyntheticDataset" else self.experiment_root(name)
