@@ -386,11 +386,23 @@ def plan_dataset(
         allowed = 0
         if sd.stage in ("generate", "filter"):
             allowed = spec.sharding.max_failed_shards - (len(generate_failed) if sd.stage == "filter" else 0)
+        prev: api.StageStatus = getattr(old.stages, sd.stage)
+        if prev.state == "Succeeded":
+            # Final once persisted: its Jobs may be gone (TTL), never re-run it.
+            result = StageResult(
+                state="done",
+                wanted=wanted,
+                union=parse_ranges(prev.shards.succeeded_indexes),
+                failed=parse_ranges(prev.shards.failed_indexes),
+            )
+            if sd.stage == "generate":
+                generate_union, generate_failed = set(result.union), set(result.failed)
+            continue
         result = _advance_stage(
             owner,
             spec,
             sd,
-            getattr(old.stages, sd.stage),
+            prev,
             ss,
             wanted,
             allowed,
@@ -617,7 +629,7 @@ def _advance_stage(
         else:
             actions.requeue(1.0)  # only completed shards whose pods have not arrived yet
         return res
-    ss.job = current.name
+    ss.job, ss.state = current.name, "Running"
     if current.deleting:
         running_counts(None)
         actions.requeue(1.0)
@@ -893,7 +905,7 @@ def plan_experiment(
             config_error = f"run {run.name} failed with a configuration error (not retried): {detail}"
         elif reason == "DeadlineExceeded" and deadline is None:
             deadline = ("DeadlineExceeded", f"run {run.name} ran longer than runPolicy.activeDeadlineSeconds")
-    if may_start:
+    if may_start and config_error is None and deadline is None:
         slots = spec.execution.parallelism - active
         for run in to_start[: max(0, slots)]:
             actions.create.append(_run_create(owner, spec, run, status, observed, ctx))

@@ -1,0 +1,241 @@
+"""Rendering of worker Jobs and task ConfigMaps: valid (kubernetes-validate strict), restricted pod security,
+scheduling knobs, GPU resources, secrets by reference, deterministic names and labels."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from synthrec.operator.jobs import (
+    JobShape,
+    Owner,
+    WorkerDefaults,
+    child_labels,
+    label_value,
+    render_configmap,
+    render_job,
+    run_job_name,
+    stage_job_name,
+)
+from synthrec.operator.observed import JobView
+
+from synthrec import api
+from synthrec.plan import dataset_task
+from synthrec.tasks import ResourceRef
+
+K8S = "1.33.0"
+OWNER = Owner("SyntheticDataset", "ds", "team-a", "0b5e0c1e-0000-4000-8000-000000000001")
+
+
+def spec(**changes: Any) -> api.SyntheticDatasetSpec:
+    wire: dict[str, Any] = {
+        "labels": {"preset": "tiny"},
+        "generator": {"model": "hf://org/sd@main"},
+        "sharding": {"shards": 8, "parallelism": 3, "retriesPerShard": 2, "maxFailedShards": 1},
+        "output": {"uri": "s3://bucket/ds/"},
+    }
+    wire.update(changes)
+    return api.SyntheticDatasetSpec.model_validate(wire)
+
+
+def render(
+    s: api.SyntheticDatasetSpec, defaults: WorkerDefaults | None = None, **shape: Any
+) -> dict[str, Any]:
+    values = {"completions": 8, "parallelism": 3, "retries_per_index": 2, "max_failed_indexes": 1, **shape}
+    return render_job(
+        OWNER,
+        name="ds-generate-a1",
+        stage="generate",
+        labels=child_labels(OWNER, "generate", 1),
+        shape=JobShape(**values),
+        spec=s,
+        defaults=defaults or WorkerDefaults(),
+    )
+
+
+FULL = dict(
+    resources={"gpus": 2, "cpu": "8", "memory": "48Gi", "sharedMemory": "8Gi"},
+    scheduling={
+        "image": "registry.example/synthrec:1.2",
+        "imagePullPolicy": "IfNotPresent",
+        "nodeSelector": {"gpu": "a100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "batch-low",
+        "queueName": "team-a",
+        "serviceAccountName": "synthrec-writer",
+    },
+    output={
+        "uri": "s3://bucket/ds/",
+        "endpoint": "https://minio.example",
+        "region": "eu-1",
+        "credentialsSecret": "s3",
+    },
+    modelHub={"tokenSecret": "hf", "endpoint": "https://hf-mirror.example"},
+    runPolicy={"activeDeadlineSeconds": 3600},
+)
+
+
+def test_a_job_with_every_option_passes_kubernetes_validate_strict() -> None:
+    job = render(spec(**FULL), active_deadline_seconds=3600, shard_ids=(1, 4, 5))
+    assert kubernetes_validate.validate(job, K8S, strict=True)
+    task = dataset_task(
+        spec(**FULL), "generate", ResourceRef(kind="SyntheticDataset", name="ds"), shard_ids=[1]
+    )
+    configmap = render_configmap(OWNER, "ds-generate-a1", child_labels(OWNER, "generate", 1), task)
+    assert kubernetes_validate.validate(configmap, K8S, strict=True)
+    assert json.loads(configmap["data"]["task.json"])["shard_ids"] == [1]
+
+
+def test_the_job_maps_the_shard_contract_onto_an_indexed_job() -> None:
+    job = render(spec(), shard_ids=(1, 4, 5), completions=3)
+    js = job["spec"]
+    assert (js["completionMode"], js["completions"], js["parallelism"]) == ("Indexed", 3, 3)
+    assert (js["backoffLimitPerIndex"], js["maxFailedIndexes"]) == (2, 1)
+    assert js["podReplacementPolicy"] == "Failed"
+    assert "ttlSecondsAfterFinished" not in js  # set only once the results are in status
+    rules = js["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    assert [(r["action"], r["onExitCodes"]["values"]) for r in rules[1:]] == [
+        ("FailJob", [3]),
+        ("FailIndex", [42]),
+    ]
+    assert job["metadata"]["annotations"]["synthrec.io/shards"] == "1,4-5"
+    assert JobView.from_obj(job).shard_ids == (1, 4, 5)
+    container = js["template"]["spec"]["containers"][0]
+    assert container["command"] == [
+        "python",
+        "-m",
+        "synthrec.workers",
+        "generate",
+        "--task",
+        "/etc/synthrec/task/task.json",
+    ]
+
+
+def test_pods_follow_the_restricted_pod_security_standard() -> None:
+    pod = render(spec(**FULL))["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp", "/cache", "/dev/shm"}
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+
+
+def test_scheduling_knobs_reach_the_pod_and_the_kueue_label_the_job() -> None:
+    job = render(spec(**FULL))
+    pod = job["spec"]["template"]["spec"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "batch-low"
+    assert pod["serviceAccountName"] == "synthrec-writer"
+    container = pod["containers"][0]
+    assert (container["image"], container["imagePullPolicy"]) == (
+        "registry.example/synthrec:1.2",
+        "IfNotPresent",
+    )
+    assert container["resources"] == {
+        "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "2"},
+        "limits": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "2"},
+    }
+
+
+def test_secrets_are_referenced_never_copied() -> None:
+    env = {e["name"]: e for e in render(spec(**FULL))["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+        "secretKeyRef": {"name": "s3", "key": "AWS_ACCESS_KEY_ID"}
+    }
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3"
+    assert env["HF_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "hf", "key": "HF_TOKEN", "optional": True}
+    }
+    assert env["AWS_ENDPOINT_URL"]["value"] == "https://minio.example"
+    assert env["AWS_REGION"]["value"] == "eu-1"
+    assert env["HF_ENDPOINT"]["value"] == "https://hf-mirror.example"
+    assert {
+        k: env[k]["value"]
+        for k in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_HOME", "SYNTHREC_CACHE", "MPLCONFIGDIR")
+    } == {
+        "HOME": "/tmp",
+        "XDG_CACHE_HOME": "/cache",
+        "HF_HOME": "/cache/huggingface",
+        "TORCH_HOME": "/cache/torch",
+        "SYNTHREC_CACHE": "/cache/synthrec",
+        "MPLCONFIGDIR": "/tmp/matplotlib",
+    }
+
+
+def test_operator_defaults_apply_where_the_spec_is_silent() -> None:
+    defaults = WorkerDefaults(
+        image="registry.example/default:9",
+        image_pull_policy="Always",
+        service_account="workers",
+        queue_name="default-queue",
+        gpu_resource="amd.com/gpu",
+        s3_endpoint="http://minio:9000",
+        s3_secret="default-s3",
+        hf_token_secret="default-hf",
+        node_selector={"pool": "gpu"},
+        tolerations=[{"key": "gpu", "operator": "Exists"}],
+    )
+    job = render(spec(), defaults)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert container["image"] == "registry.example/default:9" and container["imagePullPolicy"] == "Always"
+    assert pod["serviceAccountName"] == "workers"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "default-queue"
+    assert container["resources"]["limits"]["amd.com/gpu"] == "1"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "default-s3"
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "default-hf"
+    assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"] == [
+        {"key": "gpu", "operator": "Exists"}
+    ]
+    assert kubernetes_validate.validate(job, K8S, strict=True)
+
+
+def test_no_gpu_resources_when_the_spec_asks_for_none() -> None:
+    resources = render(spec(resources={"gpus": 0}))["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["limits"] == {"cpu": "4", "memory": "16Gi"}
+
+
+def test_names_are_deterministic_and_fit_kubernetes_limits() -> None:
+    longest = "a" * api.MAX_RESOURCE_NAME
+    assert stage_job_name("ds", "generate", 2) == "ds-generate-a2"
+    assert run_job_name("exp", 17, 1) == "exp-r17-a1"
+    assert len(stage_job_name(longest, "generate", 10)) <= 63
+    assert len(run_job_name(longest, api.MAX_RUNS - 1, 1)) <= 63
+
+
+@pytest.mark.parametrize(
+    "value", ["shots1024-seed2147483647-" + "v" * 63, "bad/value with spaces", "-leading", "x" * 64]
+)
+def test_label_values_are_always_valid(value: str) -> None:
+    label = label_value(value)
+    assert len(label) <= 63 and label[0].isalnum() and label[-1].isalnum()
+    assert label_value(value) == label  # stable
+    meta = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labels": {"a": label}}}
+    assert kubernetes_validate.validate(meta, K8S, strict=True)
+
+
+def test_short_run_names_are_kept_as_label_values() -> None:
+    labels = child_labels(
+        Owner("RecognitionExperiment", "exp", "ns", "u"), "train", 1, run="shots16-seed1-ct"
+    )
+    assert labels["synthrec.io/run"] == "shots16-seed1-ct"
+    assert labels["app.kubernetes.io/managed-by"] == "synthrec"
+    assert labels["synthrec.io/kind"] == "RecognitionExperiment"
