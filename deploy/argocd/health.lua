@@ -101,20 +101,14 @@ if conditions == nil then
   return hs
 end
 
-if isTrue(conditions, "Failed") then
-  hs.status = "Degraded"
-  hs.message = describe(find(conditions, "Failed"), "Failed")
-  return hs
-end
-if isTrue(conditions, "Complete") then
-  hs.status = "Healthy"
-  hs.message = describe(find(conditions, "Complete"), "Complete")
-  return hs
-end
-if isTrue(conditions, "Suspended") then
-  hs.status = "Suspended"
-  hs.message = describe(find(conditions, "Suspended"), "Suspended")
-  return hs
+-- Terminal and suspended states first, in derive_phase's order.
+local settled = { { "Failed", "Degraded" }, { "Complete", "Healthy" }, { "Suspended", "Suspended" } }
+for _, pair in ipairs(settled) do
+  if isTrue(conditions, pair[1]) then
+    hs.status = pair[2]
+    hs.message = describe(find(conditions, pair[1]), pair[1])
+    return hs
+  end
 end
 
 -- A spec change (e.g. runPolicy.suspend) the operator has not seen yet: the conditions are stale.

@@ -13,18 +13,10 @@ from pathlib import Path
 
 import pytest
 from packaging.specifiers import SpecifierSet
+from synthrec.operator.jobs import CACHE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
-# /work/contracts.md: HOME and caches of worker pods (the image sets the same for `docker run`).
-CONTRACT_ENV = {
-    "HOME": "/tmp",
-    "XDG_CACHE_HOME": "/cache",
-    "HF_HOME": "/cache/huggingface",
-    "TORCH_HOME": "/cache/torch",
-    "SYNTHREC_CACHE": "/cache/synthrec",
-    "MPLCONFIGDIR": "/tmp/matplotlib",
-}
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -171,17 +163,10 @@ def test_the_final_stage_has_no_build_tools_and_runs_as_a_numeric_non_root_user(
     assert users == ["10001:10001"]
     assert "--uid 10001" in runs and "--gid 10001" in runs
     env = env_of(final)
-    assert {k: env.get(k) for k in CONTRACT_ENV} == CONTRACT_ENV
+    # HOME and the caches exactly as the operator sets them for worker pods (/work/contracts.md).
+    assert {k: env.get(k) for k in CACHE_ENV} == dict(CACHE_ENV)
     assert env["PATH"].startswith("/opt/venv/bin:")
     assert env.get("PYTHONDONTWRITEBYTECODE") == "1", "the root filesystem is read-only in pods"
-
-
-def test_the_image_env_matches_what_the_operator_gives_worker_pods(dockerfile: str) -> None:
-    jobs = pytest.importorskip(
-        "synthrec.operator.jobs", reason="synthrec.operator.jobs (issue 5) is not there"
-    )
-    env = env_of(stages(dockerfile)[-1])
-    assert {k: env.get(k) for k in jobs.CACHE_ENV} == dict(jobs.CACHE_ENV)
 
 
 def test_the_default_command_runs_the_operator_and_has_no_entrypoint(
