@@ -38,15 +38,14 @@ import asyncio
 import base64
 import collections
 import contextlib
-import copy
 import datetime
+import functools
 import json
 import math
 import random
-import re
 import uuid
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -56,8 +55,8 @@ import kmock
 from kmock._internal import apps, rendering
 
 from tests.k8s.admission import Invalid, admit
-from tests.k8s.client import K8sClient
-from tests.k8s.patching import PatchError, json_patch, merge_patch, strategic_merge_patch
+from tests.k8s.client import K8sClient, split_resource
+from tests.k8s.patching import PatchError, clone, json_patch, merge_patch, strategic_merge_patch
 from tests.k8s.selectors import SelectorError, parse_field_selector, parse_label_selector
 
 Key = tuple[kmock.resource, str | None, str]
@@ -85,8 +84,14 @@ IMMUTABLE_METADATA = (
 )
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-# kmock 0.8 cannot parse these paths (G8); the emulator parses them itself.
-_NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+)(?:/(status|finalize))?)?/?$")
+_ACTIONS = {
+    "watch": kmock.action.WATCH,
+    "list": kmock.action.LIST,
+    "get": kmock.action.FETCH,
+    "create": kmock.action.CREATE,
+    "patch": kmock.action.UPDATE,
+    "delete": kmock.action.DELETE,
+}
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # what the API server uses for generateName suffixes
 
 
@@ -192,6 +197,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     _crds: set[kmock.resource] = attrs.field(factory=set, init=False)
     _api_calls: collections.Counter[ApiCall] = attrs.field(factory=collections.Counter, init=False)
     _client: K8sClient | None = attrs.field(default=None, init=False)
+    _user_payloads: tuple[tuple[int, ...], list[Any]] = attrs.field(factory=lambda: ((), []), init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -227,14 +233,14 @@ class RealisticEmulator(kmock.KubernetesEmulator):
 
     def get_object(self, resource: str, name: str, namespace: str | None = None) -> Obj | None:
         """The live object (no HTTP, no copy: do not mutate), or None."""
-        return self._store.get(kmock.resource(resource), {}).get((namespace, name))
+        return self._store.get(_resource(*_split(resource)), {}).get((namespace, name))
 
     def list_objects(
         self, resource: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[Obj]:
         """Live objects of a resource (all namespaces when ``namespace`` is None), sorted by ns/name."""
         labels = parse_label_selector(label_selector)
-        bucket = self._store.get(kmock.resource(resource), {})
+        bucket = self._store.get(_resource(*_split(resource)), {})
         return [
             obj
             for (ns, _), obj in sorted(bucket.items(), key=_sort_key)
@@ -353,11 +359,13 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     # ---------------------------------------------------------------- request routing
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        match = _NAMESPACE_PATH.match(raw_request.path)
-        if match is None:
-            return await super().__call__(raw_request)
+        # Resource paths are parsed here: kmock 0.8 crashes on /api/v1/namespaces (G8), and its parser
+        # spends most of a request's CPU time in runtime-Protocol isinstance checks.
+        parsed = parse_resource_path(raw_request.path)
+        if parsed is None:
+            return await super().__call__(raw_request)  # discovery and non-Kubernetes paths
         try:
-            request = await _parse_namespace_request(raw_request, match, id=len(self._requests))
+            request = await _parse_request(raw_request, parsed, id=len(self._requests))
             self._requests.append(request)
             return await self._handle(request)
         except Exception as exc:
@@ -382,9 +390,12 @@ class RealisticEmulator(kmock.KubernetesEmulator):
 
     async def _user_reaction(self, request: rendering.Request) -> aiohttp.web.StreamResponse | None:
         """Serve with a reaction a test added via the kmock DSL (not kmock's own fallbacks), if any."""
-        payloads = [p for p in self._payloads if not any(math.isinf(x) and x < 0 for x in p.priorities)]
-        payloads.sort(key=lambda p: tuple(p.priorities), reverse=True)
-        for payload in payloads:
+        signature = tuple(map(id, self._payloads))
+        if self._user_payloads[0] != signature:  # recompute only when reactions were added or replaced
+            payloads = [p for p in self._payloads if not any(math.isinf(x) and x < 0 for x in p.priorities)]
+            payloads.sort(key=lambda p: tuple(p.priorities), reverse=True)
+            self._user_payloads = (signature, payloads)
+        for payload in self._user_payloads[1]:
             if request in payload._source and not payload._disabled.is_set():
                 try:
                     return await payload(request)
@@ -452,9 +463,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         )
 
     def _info(self, resource: kmock.resource) -> kmock.ResourceInfo | None:
-        if resource in self.resources:
-            return self.resources[resource]
-        return None
+        # The private dict: ResourcesArray's public lookups re-parse the key with a runtime Protocol check.
+        return self.resources._resources.get(resource)
 
     # ---------------------------------------------------------------- reads
 
@@ -568,7 +578,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 if remaining is not None and remaining <= 0:
                     break
                 try:
-                    event = await asyncio.wait_for(watch.queue.get(), remaining)
+                    async with asyncio.timeout(remaining):  # not wait_for: it can eat a cancel in 3.11
+                        event = await watch.queue.get()
                 except TimeoutError:
                     break
                 events = [event]
@@ -633,7 +644,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 f'{_group_resource(resource)} "{name}" already exists',
                 {"name": name, "group": resource.group, "kind": resource.plural},
             )
-        obj = copy.deepcopy(body)
+        obj = clone(body)
         obj["apiVersion"] = (
             f"{resource.group}/{resource.version}" if resource.group else str(resource.version)
         )
@@ -644,7 +655,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             new_meta["namespace"] = namespace
         else:
             new_meta.pop("namespace", None)
-        obj["metadata"] = copy.deepcopy(new_meta)
+        obj["metadata"] = clone(new_meta)
         if "status" in info.subresources:
             obj["status"] = _initial_status(resource)
             if obj["status"] is None:
@@ -687,17 +698,16 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 "the object has been modified; please apply your changes to the latest version and try again",
                 {"name": name, "group": resource.group, "kind": resource.plural},
             )
+        # Stored objects are never mutated in place, so unchanged parts may be shared with ``cur``.
         if subresource == "status":
-            new = copy.deepcopy(cur)
-            if candidate.get("status") is None:
-                new.pop("status", None)
-            else:
-                new["status"] = copy.deepcopy(candidate["status"])
+            new = {k: v for k, v in cur.items() if k != "status"}
+            if candidate.get("status") is not None:
+                new["status"] = clone(candidate["status"])
         else:
-            new = copy.deepcopy(candidate)
+            new = clone(candidate)
             if "status" in info.subresources:  # the main resource cannot change status
                 if "status" in cur:
-                    new["status"] = copy.deepcopy(cur["status"])
+                    new["status"] = cur["status"]
                 else:
                     new.pop("status", None)
         meta = new["metadata"] = dict(new.get("metadata") or {})
@@ -707,6 +717,9 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             else:
                 meta.pop(key, None)
         meta.pop("managedFields", None)
+        for key in ("finalizers", "ownerReferences", "labels", "annotations"):
+            if key in meta and not meta[key]:
+                del meta[key]  # empty lists/maps are omitted, as in the API server's JSON
         meta["resourceVersion"] = cur_meta["resourceVersion"]
         new["apiVersion"], new["kind"] = cur["apiVersion"], cur["kind"]
         if cur_meta.get("deletionTimestamp") and set(meta.get("finalizers") or []) - set(
@@ -761,8 +774,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         elif policy == "Foreground":  # approximation: dependents go first, synchronously
             self._collect_garbage(cur_meta["uid"])
         if cur_meta.get("finalizers"):
-            new = copy.deepcopy(cur)
-            new["metadata"].update(deletionTimestamp=now_rfc3339(), deletionGracePeriodSeconds=0)
+            new = _with_metadata(cur, deletionTimestamp=now_rfc3339(), deletionGracePeriodSeconds=0)
             new["metadata"]["resourceVersion"] = self._next_rv()
             self._commit(key, new, cur, "MODIFIED")
             return new
@@ -770,8 +782,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
 
     def _remove(self, key: Key, cur: Obj) -> Obj:
         resource, _, name = key
-        final = copy.deepcopy(cur)
-        final["metadata"]["resourceVersion"] = self._next_rv()
+        final = _with_metadata(cur, resourceVersion=self._next_rv())
         self._commit(key, final, cur, "DELETED")
         self._collect_garbage(cur["metadata"]["uid"])
         if resource == NAMESPACES:
@@ -801,7 +812,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         cur = self._store.get(key[0], {}).get((key[1], key[2]))
         if cur is None:
             return
-        new = copy.deepcopy(cur)
+        new = _with_metadata(cur)
         refs = [ref for ref in new["metadata"].get("ownerReferences") or [] if ref.get("uid") != owner_uid]
         if refs:
             new["metadata"]["ownerReferences"] = refs
@@ -830,12 +841,12 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             bucket.pop((namespace, name), None)
         else:
             bucket[(namespace, name)] = new
-        if key in self.objects:
-            history = self.objects[key].history
-            history.append(new)
+        mirrored = self._objects._objects.get(key)  # private dict: the public view re-parses keys (slow)
+        if mirrored is None:
+            mirrored = self._objects._objects[key] = kmock.Object(new)
         else:
-            self.objects[key] = new
-            history = self.objects[key].history
+            mirrored.history.append(new)
+        history = mirrored.history
         if event_type == "DELETED":
             history.append(None)
         if self.keep_history is not None and len(history) > self.keep_history:
@@ -878,6 +889,11 @@ def declare_crd(
     return emulator.declare_crd(group, version, plural, kind, short_names, namespaced)
 
 
+def _with_metadata(obj: Obj, **changes: Any) -> Obj:
+    """A new object sharing everything with ``obj`` except a changed copy of its metadata."""
+    return {**obj, "metadata": {**obj["metadata"], **changes}}
+
+
 def _object_sort_key(obj: Obj) -> tuple[str, str]:
     return obj["metadata"].get("namespace") or "", obj["metadata"]["name"]
 
@@ -896,9 +912,13 @@ def _initial_status(resource: kmock.resource) -> Obj | None:
 
 def _rbac_verb(request: rendering.Request) -> str:
     method = request.method.value if hasattr(request.method, "value") else str(request.method)
-    has_name = request.name is not None
+    return _verb(method, request.params, request.name is not None)
+
+
+def _verb(method: str, params: Mapping[str, str], has_name: bool) -> str:
+    """The RBAC verb of an HTTP request on a resource path."""
     if method == "GET":
-        if str(request.params.get("watch", "")).lower() in ("true", "1"):
+        if str(params.get("watch", "")).lower() in ("true", "1"):
             return "watch"
         return "get" if has_name else "list"
     if method == "POST":
@@ -992,28 +1012,60 @@ def _jsonline(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode() + b"\n"
 
 
-async def _parse_namespace_request(
-    raw_request: aiohttp.web.BaseRequest, match: re.Match[str], id: int
+@functools.lru_cache(maxsize=1024)
+def _resource(group: str, version: str, plural: str) -> kmock.resource:
+    return kmock.resource(group=group, version=version, plural=plural)
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(resource: str) -> tuple[str, str, str]:
+    return split_resource(resource)
+
+
+def parse_resource_path(path: str) -> tuple[kmock.resource, str | None, str | None, str | None] | None:
+    """``/apis/g/v/namespaces/ns/plural/name/sub`` -> (resource, namespace, name, subresource), or None."""
+    parts = path.strip("/").split("/")
+    if len(parts) >= 3 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace = None
+    namespace_subresource = group == "" and len(rest) == 3 and rest[2] in ("status", "finalize")
+    if rest[0] == "namespaces" and len(rest) >= 3 and not namespace_subresource:
+        namespace, rest = rest[1], rest[2:]
+    name = rest[1] if len(rest) > 1 else None
+    return _resource(group, version, rest[0]), namespace, name, "/".join(rest[2:]) or None
+
+
+async def _parse_request(
+    raw_request: aiohttp.web.BaseRequest,
+    parsed: tuple[kmock.resource, str | None, str | None, str | None],
+    id: int,
 ) -> rendering.Request:
+    """A kmock Request for a resource path (what kmock's own ``Request._parse`` builds, but cheaper)."""
+    resource, namespace, name, subresource = parsed
     body = await raw_request.read()
     try:
         data = json.loads(body) if body else None
     except ValueError:
         data = None
-    name, subresource = match.groups()
+    params = dict(raw_request.query)
     return rendering.Request(
         id=id,
         raw_request=raw_request,
         url=raw_request.url,
         method=raw_request.method,
-        params=dict(raw_request.query),
+        params=params,
         headers=dict(raw_request.headers),
         cookies=dict(raw_request.cookies),
         body=body,
         text=body.decode(errors="replace"),
         data=data,
-        resource=NAMESPACES,
-        namespace=None,
+        resource=resource,
+        namespace=namespace,
         name=name,
         subresource=subresource,
+        action=_ACTIONS.get(_verb(raw_request.method, params, name is not None)),  # for kmock's DSL filters
     )

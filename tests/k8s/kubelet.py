@@ -280,7 +280,8 @@ class FakeKubelet:
             ),
             asyncio.create_task(self._control()),
         ]
-        await asyncio.wait_for(asyncio.gather(jobs_synced.wait(), pods_synced.wait()), 10)
+        async with asyncio.timeout(10):
+            await asyncio.gather(jobs_synced.wait(), pods_synced.wait())
 
     async def stop(self) -> None:
         """Stop everything and kill all processes (no API writes)."""
@@ -290,7 +291,13 @@ class FakeKubelet:
         pod_tasks = [rec.task for rec in self._pods.values() if rec.task is not None and not rec.task.done()]
         for task in pod_tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *pod_tasks, return_exceptions=True)
+        pending = {*self._tasks, *pod_tasks}
+        for _ in range(10):  # re-cancel whatever survived a cancellation (defensive)
+            _, pending = await asyncio.wait(pending, timeout=1.0) if pending else (set(), set())
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
         self._tasks = []
         await self.api.close()
 
@@ -467,8 +474,7 @@ class FakeKubelet:
 
     async def _control(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.interval)
+            await _wait_event(self._wakeup, self.interval)
             await asyncio.sleep(0.005)  # coalesce bursts of pod events into one sync
             self._wakeup.clear()
             for st in list(self._jobs.values()):
@@ -681,8 +687,7 @@ class FakeKubelet:
             name, st.namespace, st.name, index, st.attempts[index], asyncio.get_running_loop().time()
         )
         st.attempts[index] += 1
-        rec.pod_dir = self.workdir / st.namespace / name
-        rec.pod_dir.mkdir(parents=True, exist_ok=True)
+        rec.pod_dir = self.workdir / st.namespace / name  # created by runners that need it
         st.pods[name] = rec
         self._pods[(st.namespace, name)] = rec
         rec.task = asyncio.create_task(self._run_pod(st, rec, pod))
@@ -757,16 +762,24 @@ class FakeKubelet:
         if not self.tracking_finalizer or rec.gone:
             rec.released = True
             return
-        pod = await self.api.get_or_none("v1/pods", rec.name, rec.namespace)
-        if pod is not None:
-            finalizers = [f for f in pod["metadata"].get("finalizers") or [] if f != TRACKING_FINALIZER]
-            try:
-                await self.api.patch(
-                    "v1/pods", rec.name, {"metadata": {"finalizers": finalizers or None}}, rec.namespace
-                )
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
+        # One request in the usual case: the finalizer we added first is still the first one.
+        remove_first = [
+            {"op": "test", "path": "/metadata/finalizers/0", "value": TRACKING_FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ]
+        try:
+            await self.api.patch("v1/pods", rec.name, remove_first, rec.namespace, patch_type="json")
+        except ApiError as exc:
+            if exc.status == 422:  # someone reordered the finalizers: read, then write them back without ours
+                pod = await self.api.get_or_none("v1/pods", rec.name, rec.namespace)
+                finalizers = [f for f in ((pod or {}).get("metadata") or {}).get("finalizers") or []]
+                if TRACKING_FINALIZER in finalizers:
+                    rest = [f for f in finalizers if f != TRACKING_FINALIZER] or None
+                    await self.api.patch(
+                        "v1/pods", rec.name, {"metadata": {"finalizers": rest}}, rec.namespace
+                    )
+            elif exc.status != 404:
+                raise
         rec.released = True
 
     # ------------------------------------------------------------ the kubelet
@@ -1078,6 +1091,12 @@ def _terminal_status(pod: dict[str, Any], rec: PodRecord, phase: str, started: s
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` passes; True if set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that arrives as the
+    inner wait completes, which left a cancelled kubelet looping for ever.
+    """
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
     return event.is_set()

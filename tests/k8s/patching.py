@@ -85,12 +85,21 @@ def _merge_keyed_list(target: list[Any], patch: list[Any], merge_key: str) -> li
     return result
 
 
+def clone(value: Any) -> Any:
+    """A deep copy of JSON data (several times faster than ``copy.deepcopy``)."""
+    if type(value) is dict:
+        return {k: clone(v) for k, v in value.items()}
+    if type(value) is list:
+        return [clone(v) for v in value]
+    return value
+
+
 def json_patch(target: Any, operations: Any) -> Any:
     """RFC 6902 JSON patch; a failed ``test`` or a missing path raises :class:`PatchError`."""
     if not isinstance(operations, list):
         raise PatchError("a JSON patch must be a list of operations")
     try:
-        return jsonpatch.apply_patch(target, operations, in_place=False)
+        return jsonpatch.apply_patch(clone(target), operations, in_place=True)  # faster than its deepcopy
     except jsonpatch.JsonPatchTestFailed as exc:
         raise PatchError(f"the JSON patch test operation failed: {exc}") from exc
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, KeyError, TypeError) as exc:

@@ -106,6 +106,7 @@ class SubprocessRunner:
     async def start(self, launch: ContainerLaunch) -> ContainerProcess:
         container = launch.container
         name = container["name"]
+        launch.pod_dir.mkdir(parents=True, exist_ok=True)
         env = await resolve_env(launch)
         mounts = await materialise_volumes(launch)
         termination_log = launch.pod_dir / f"{name}.termination-log"
@@ -191,7 +192,8 @@ class _Subprocess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(self.process.wait(), grace_period)
+            async with asyncio.timeout(grace_period):  # not wait_for: it can eat a cancel in 3.11
+                await self.process.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
