@@ -93,9 +93,9 @@ def load_pipelines(
     gen: Generator, *, real_guidance: bool, storage_opts: dict[str, Any] | None = None
 ) -> Pipelines:
     """Resolve ``generator.model`` and load it ready to run; ConfigError for anything the spec got wrong."""
-    path, revision = resolve_model_folder(gen.model, "generator.model", storage_opts)
-    cls = pipeline_class(gen.pipeline)
+    cls = pipeline_class(gen.pipeline)  # checked before a possibly long model download
     sched_cls = scheduler_class(gen.scheduler) if gen.scheduler else None
+    path, revision = resolve_model_folder(gen.model, "generator.model", storage_opts)
     device = select_device()
     dtype = resolve_dtype(gen.dtype, device)
     quiet_library_loggers()
