@@ -12,7 +12,15 @@ import pytest
 
 from tests.fixtures.k8s import running_operator, wait_for
 from tests.k8s.emulator import RealisticEmulator, declare_crd
-from tests.k8s.kubelet import FakeKubelet, FakeRunner, parse_ranges
+from tests.k8s.kubelet import (
+    ContainerResult,
+    FakeKubelet,
+    FakeRunner,
+    PodRecord,
+    _pod_failure_action,
+    format_ranges,
+    parse_ranges,
+)
 
 # A worker that follows a per-index plan of exit codes, one per attempt ("wait": run until the test
 # creates STATE_DIR/release). It records its pid per attempt and writes a JSON termination message.
@@ -401,12 +409,12 @@ async def test_fake_runner_runs_many_shards_quickly(k8s: RealisticEmulator, tmp_
         return 0, json.dumps({"index": index, "attempt": attempt})
 
     async with FakeKubelet(k8s.url, FakeRunner(shard), workdir=tmp_path / "kubelet") as fake:
-        body = worker_job("many", tmp_path, **indexed(200, 50, backoffLimitPerIndex=1))
+        body = worker_job("many", tmp_path, **indexed(100, 25, backoffLimitPerIndex=1))
         await k8s.api.create("batch/v1/jobs", body)
         job = await finished(k8s, "many", "Complete", timeout=30)
         fake.check()
-    assert (job["status"]["completedIndexes"], job["status"]["failed"]) == ("0-199", 1)
-    assert fake.max_active("many") <= 50
+    assert (job["status"]["completedIndexes"], job["status"]["failed"]) == ("0-99", 1)
+    assert fake.max_active("many") <= 25
 
 
 async def test_a_kopf_operator_runs_in_process_against_the_emulator(
@@ -471,3 +479,35 @@ async def test_a_kopf_operator_runs_in_process_against_the_emulator(
     await wait_for(lambda: not pods_of(k8s, "w1-job"), message="the Job's pods went with it")
     posts = [call for call in k8s.api_calls() if call.verb == "create" and call.resource == "jobs"]
     assert k8s.api_call_counts()[posts[0]] == 1  # the create handler ran exactly once
+
+
+def test_index_ranges_round_trip() -> None:
+    assert format_ranges({5, 0, 1, 2, 3, 9, 10}) == "0-3,5,9-10"
+    assert format_ranges(set()) == ""
+    assert parse_ranges("0-3,5,9-10") == {0, 1, 2, 3, 5, 9, 10}
+
+
+def test_pod_failure_policy_rules_match_in_order() -> None:
+    def record(exit_code: int, *conditions: str) -> PodRecord:
+        rec = PodRecord("p", "ns", "j", 0, 0, 0.0, phase="Failed")
+        rec.results = [("main", ContainerResult(exit_code))]
+        rec.conditions = [{"type": c, "status": "True"} for c in conditions]
+        return rec
+
+    policy = {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [3]}},
+            {"action": "Count", "onExitCodes": {"operator": "In", "values": [1]}},
+            {"action": "FailIndex", "onExitCodes": {"operator": "NotIn", "values": [1, 3]}},
+        ]
+    }
+    assert _pod_failure_action(policy, record(3, "DisruptionTarget"))[0] == "Ignore"
+    action, message = _pod_failure_action(policy, record(3))
+    assert (action, message) == (
+        "FailJob",
+        "Container main for pod ns/p failed with exit code 3 matching FailJob rule at index 1",
+    )
+    assert _pod_failure_action(policy, record(1))[0] == "Count"
+    assert _pod_failure_action(policy, record(42))[0] == "FailIndex"
+    assert _pod_failure_action(None, record(42))[0] == "Count"

@@ -38,6 +38,24 @@ def widgets(k8s: RealisticEmulator) -> str:
     return WIDGETS
 
 
+def owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+    }
+
+
+def pod_body(name: str, owner: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "default", "ownerReferences": [owner_ref(owner)]},
+        "spec": {"containers": [{"name": "c", "image": "i"}]},
+    }
+
+
 async def expect_error(status: int, call: Any) -> ApiError:
     with pytest.raises(ApiError) as info:
         await call
@@ -253,31 +271,10 @@ async def test_watch_honours_timeout_seconds(k8s: RealisticEmulator) -> None:
 
 async def test_owner_deletion_cascades_recursively(k8s: RealisticEmulator, widgets: str) -> None:
     owner = await k8s.api.create(widgets, {"metadata": {"name": "w", "namespace": "default"}})
-    ref = {
-        "apiVersion": "example.dev/v1alpha1",
-        "kind": "Widget",
-        "name": "w",
-        "uid": owner["metadata"]["uid"],
-        "controller": True,
-    }
-    job = await k8s.api.create(
-        "batch/v1/jobs",
-        {**job_body("j"), "metadata": {"name": "j", "namespace": "default", "ownerReferences": [ref]}},
-    )
-    job_ref = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "name": "j",
-        "uid": job["metadata"]["uid"],
-        "controller": True,
-    }
-    await k8s.api.create(
-        "v1/pods",
-        {
-            "metadata": {"name": "p", "namespace": "default", "ownerReferences": [job_ref]},
-            "spec": {"containers": [{"name": "c", "image": "i"}]},
-        },
-    )
+    body = job_body("j")
+    body["metadata"]["ownerReferences"] = [owner_ref(owner)]
+    job = await k8s.api.create("batch/v1/jobs", body)
+    await k8s.api.create("v1/pods", pod_body("p", job))
     await k8s.api.delete(widgets, "w", "default")
     assert k8s.get_object("batch/v1/jobs", "j", "default") is None
     assert k8s.get_object("v1/pods", "p", "default") is None
@@ -285,23 +282,8 @@ async def test_owner_deletion_cascades_recursively(k8s: RealisticEmulator, widge
 
 async def test_a_job_deleted_without_propagation_policy_orphans_its_pods(k8s: RealisticEmulator) -> None:
     job = await k8s.api.create("batch/v1/jobs", job_body("j"))
-    job_ref = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "name": "j",
-        "uid": job["metadata"]["uid"],
-        "controller": True,
-    }
-    await k8s.api.create(
-        "v1/pods",
-        {
-            "metadata": {"name": "p", "namespace": "default", "ownerReferences": [job_ref]},
-            "spec": {"containers": [{"name": "c", "image": "i"}]},
-        },
-    )
-    await k8s.api.delete(
-        "batch/v1/jobs", "j", "default"
-    )  # a real API server's default for batch/v1 Jobs: Orphan
+    await k8s.api.create("v1/pods", pod_body("p", job))
+    await k8s.api.delete("batch/v1/jobs", "j", "default")  # a real API server's default for Jobs: Orphan
     orphan = k8s.get_object("v1/pods", "p", "default")
     assert orphan is not None and "ownerReferences" not in orphan["metadata"]
 
@@ -408,6 +390,29 @@ async def test_declared_crds_are_discoverable_with_their_status_subresource(
     assert crd["spec"]["names"]["shortNames"] == ["wd"]
 
 
+async def test_crd_manifests_declare_every_served_version(k8s: RealisticEmulator) -> None:
+    manifest = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.example.dev"},
+        "spec": {
+            "group": "example.dev",
+            "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget", "shortNames": ["gd"]},
+            "versions": [
+                {"name": "v1", "served": True, "storage": True, "subresources": {"status": {}}},
+                {"name": "v0", "served": False, "storage": False},
+            ],
+        },
+    }
+    assert [str(r.version) for r in k8s.declare_crd_manifest(manifest)] == ["v1"]
+    created = await k8s.api.create(
+        "example.dev/v1/gadgets", {"metadata": {"name": "g", "namespace": "default"}}
+    )
+    assert created["kind"] == "Gadget"
+    await expect_error(404, k8s.api.list("example.dev/v0/gadgets"))
+
+
 async def test_api_calls_record_rbac_verbs(k8s: RealisticEmulator, widgets: str) -> None:
     k8s.reset_api_calls()
     await k8s.api.create(widgets, {"metadata": {"name": "a", "namespace": "default"}})
@@ -422,6 +427,8 @@ async def test_api_calls_record_rbac_verbs(k8s: RealisticEmulator, widgets: str)
         ApiCall("update", "example.dev", "widgets", "", "default"),
         ApiCall("delete", "example.dev", "widgets", "", "default"),
     }
+    assert k8s.api_calls(user_agent="k8s-test-client") == k8s.api_calls()
+    assert k8s.api_calls(user_agent="kopf/") == []
 
 
 async def test_keep_requests_bounds_the_request_log(k8s: RealisticEmulator) -> None:
@@ -496,3 +503,33 @@ async def test_open_watches_end_when_the_emulator_closes_them(k8s: RealisticEmul
     finally:
         with contextlib.suppress(Exception):
             await client.close()
+
+
+async def test_kopf_namespace_scanning_works_against_it(k8s: RealisticEmulator) -> None:
+    """G8 closed: Kopf in namespaced mode lists and watches /api/v1/namespaces (here with a glob)."""
+    import kopf
+
+    from tests.fixtures.k8s import running_operator
+
+    declare_crd(k8s, "example.dev", "v1", "widgets", "Widget")
+    seen: list[tuple[str, str]] = []
+
+    def widget_operator(registry: kopf.OperatorRegistry) -> None:
+        @kopf.on.create("example.dev", "v1", "widgets", registry=registry)
+        def created(name: str, namespace: str, **_: Any) -> None:
+            seen.append((namespace, name))
+
+    await k8s.api.create("v1/namespaces", {"metadata": {"name": "team-a"}})
+    scanning = {"settings_hook": lambda settings: setattr(settings.scanning, "disabled", False)}
+    async with running_operator(widget_operator, namespaces=["team-*"], **scanning):
+        for namespace, name in [
+            ("team-a", "w1"),
+            ("default", "w0"),
+            ("team-b", "w2"),
+        ]:  # team-b appears later
+            await k8s.api.create(
+                "example.dev/v1/widgets", {"metadata": {"name": name, "namespace": namespace}}
+            )
+        await wait_for(lambda: len(seen) == 2, timeout=10)
+    assert sorted(seen) == [("team-a", "w1"), ("team-b", "w2")]
+    assert ApiCall("watch", "", "namespaces", "", None) in k8s.api_calls(user_agent="kopf/")

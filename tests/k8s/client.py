@@ -63,9 +63,16 @@ def resource_path(
 class K8sClient:
     """Async JSON client for the Kubernetes REST API (only what tests and the fake kubelet need)."""
 
-    def __init__(self, base_url: str | yarl.URL, *, token: str = "kmock-dummy-token") -> None:
+    def __init__(
+        self,
+        base_url: str | yarl.URL,
+        *,
+        token: str = "kmock-dummy-token",
+        user_agent: str = "k8s-test-client",
+    ) -> None:
         self.base_url = str(base_url).rstrip("/")
         self._token = token
+        self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> K8sClient:
@@ -79,7 +86,7 @@ class K8sClient:
         # Created lazily: aiohttp sessions must be created inside the running loop.
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {self._token}"},
+                headers={"Authorization": f"Bearer {self._token}", "User-Agent": self._user_agent},
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
             )
         return self._session

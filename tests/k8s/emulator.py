@@ -195,7 +195,9 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     )
     _event_floor: dict[kmock.resource, int] = attrs.field(factory=dict, init=False)
     _crds: set[kmock.resource] = attrs.field(factory=set, init=False)
-    _api_calls: collections.Counter[ApiCall] = attrs.field(factory=collections.Counter, init=False)
+    _api_calls: dict[str, collections.Counter[ApiCall]] = attrs.field(
+        factory=dict, init=False
+    )  # by User-Agent
     _client: K8sClient | None = attrs.field(default=None, init=False)
     _user_payloads: tuple[tuple[int, ...], list[Any]] = attrs.field(factory=lambda: ((), []), init=False)
 
@@ -247,12 +249,22 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             if (namespace is None or ns == namespace) and labels(obj["metadata"].get("labels") or {})
         ]
 
-    def api_calls(self) -> list[ApiCall]:
-        """Distinct API calls served so far, in first-seen order (compare as a set for RBAC checks)."""
-        return list(self._api_calls)
+    def api_calls(self, user_agent: str | None = None) -> list[ApiCall]:
+        """Distinct API calls served so far, in first-seen order (compare as a set for RBAC checks).
 
-    def api_call_counts(self) -> dict[ApiCall, int]:
-        return dict(self._api_calls)
+        ``user_agent``: only calls whose User-Agent starts with it (Kopf sends ``kopf/<version>``, the
+        ``kubernetes`` client ``OpenAPI-Generator/...``, the fake kubelet ``fake-kubelet``, the tests'
+        client ``k8s-test-client``).
+        """
+        return list(self.api_call_counts(user_agent))
+
+    def api_call_counts(self, user_agent: str | None = None) -> dict[ApiCall, int]:
+        """How often each API call was made (optionally only by clients whose User-Agent starts so)."""
+        counts: collections.Counter[ApiCall] = collections.Counter()
+        for agent, calls in self._api_calls.items():
+            if user_agent is None or agent.startswith(user_agent):
+                counts.update(calls)
+        return dict(counts)
 
     def reset_api_calls(self) -> None:
         self._api_calls.clear()
@@ -410,7 +422,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         assert resource is not None
         verb = _rbac_verb(request)
         namespace, name, sub = request.namespace, request.name, request.subresource
-        self._api_calls[ApiCall(verb, resource.group or "", str(resource.plural), sub or "", namespace)] += 1
+        calls = self._api_calls.setdefault(str(request.headers.get("User-Agent", "")), collections.Counter())
+        calls[ApiCall(verb, resource.group or "", str(resource.plural), sub or "", namespace)] += 1
         info = self._info(resource)
         if info is None:
             raise Reject(

@@ -238,7 +238,7 @@ class FakeKubelet:
         :param report_running: write the Running pod status (off: fewer writes in big benchmarks).
         :param tracking_finalizer: put the Job controller's finalizer on pods (off: fewer writes).
         """
-        self.api = K8sClient(api.base_url if isinstance(api, K8sClient) else api)
+        self.api = K8sClient(api.base_url if isinstance(api, K8sClient) else api, user_agent="fake-kubelet")
         self.runner: Runner = runner if runner is not None else SubprocessRunner()
         self.namespace = namespace
         self.workdir = (
@@ -718,18 +718,7 @@ class FakeKubelet:
             status["conditions"] = copy.deepcopy(st.conditions)
         if status == st.last_status:
             return
-        try:
-            await self.api.patch(
-                "batch/v1/jobs",
-                st.name,
-                [{"op": "add", "path": "/status", "value": status}],
-                st.namespace,
-                subresource="status",
-                patch_type="json",
-            )
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        if not await self._replace_status("batch/v1/jobs", st.name, st.namespace, status):
             st.deleted = True
             return
         st.last_status = status
@@ -809,6 +798,14 @@ class FakeKubelet:
             names = [c["name"] for c in pod["spec"]["containers"]]
             await self._finish(rec, pod, phase, list(zip(names, results, strict=True)), started)
         except asyncio.CancelledError:
+            if not self._stopping:  # Kopf's shutdown cancels every task created after it started
+                logger.warning(
+                    "FakeKubelet: pod %s/%s was cancelled from outside (an in-process Kopf operator "
+                    "stopping?); its containers are killed and the pod stays %s",
+                    rec.namespace,
+                    rec.name,
+                    rec.phase,
+                )
             for process in processes:
                 with contextlib.suppress(Exception):
                     await process.terminate(0.5)
@@ -923,19 +920,25 @@ class FakeKubelet:
         if rec.gone:
             return
         status["conditions"] = [*status.get("conditions", []), *rec.conditions]
+        if not await self._replace_status("v1/pods", rec.name, rec.namespace, status):
+            rec.gone = rec.released = True
+
+    async def _replace_status(self, resource: str, name: str, namespace: str, status: dict[str, Any]) -> bool:
+        """Write the whole ``.status`` through the status subresource; False if the object is gone."""
         try:
             await self.api.patch(
-                "v1/pods",
-                rec.name,
+                resource,
+                name,
                 [{"op": "add", "path": "/status", "value": status}],
-                rec.namespace,
+                namespace,
                 subresource="status",
                 patch_type="json",
             )
         except ApiError as exc:
             if exc.status != 404:
                 raise
-            rec.gone = rec.released = True
+            return False
+        return True
 
 
 # ---------------------------------------------------------------- pod failure policy and pod status
