@@ -27,6 +27,11 @@ Differences from a real cluster, on purpose: no retry back-off delay unless ``re
 (real: 10 s doubling), a pod deleted by the controller is killed with ``grace_period`` (real: 30 s),
 pods start in one poll interval, ``ready`` = running, and multi-container pods finish when all
 containers exit. Start the kubelet before creating Jobs: it adopts no pre-existing pods.
+
+With an in-process Kopf operator: stopping it cancels every task of the loop created after it started
+(Kopf's hung-task sweep), which includes the pods this kubelet started meanwhile (their processes are
+killed and the pods stay as they were; a warning is logged). Stop the operator only at the end of a
+test, or run it in its own thread/loop when a test restarts it.
 """
 
 from __future__ import annotations
