@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.k8s.client import ApiError, K8sClient
+from tests.k8s.client import K8sClient
 
 MAX_TERMINATION_MESSAGE = 4096  # bytes, as the kubelet truncates it
 FALLBACK_LOG_BYTES, FALLBACK_LOG_LINES = 2048, 80  # terminationMessagePolicy: FallbackToLogsOnError
@@ -269,15 +269,6 @@ def rewrite_paths(text: str, mounts: Mapping[str, Path]) -> str:
     return pattern.sub(lambda match: targets[match.group(1)], text)
 
 
-async def _fetch(api: K8sClient, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return await api.get(resource, name, namespace)
-    except ApiError as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 def _decoded(obj: dict[str, Any], resource: str) -> dict[str, str]:
     if resource == "v1/secrets":
         return {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("data") or {}).items()}
@@ -286,7 +277,7 @@ def _decoded(obj: dict[str, Any], resource: str) -> dict[str, str]:
 
 async def _key_ref(api: K8sClient, resource: str, namespace: str, ref: dict[str, Any]) -> str | None:
     kind = "secret" if resource == "v1/secrets" else "configmap"
-    obj = await _fetch(api, resource, namespace, ref["name"])
+    obj = await api.get_or_none(resource, ref["name"], namespace)
     if obj is None:
         if ref.get("optional"):
             return None
@@ -321,7 +312,7 @@ async def resolve_env(launch: ContainerLaunch) -> dict[str, str]:
         for key, resource in (("configMapRef", "v1/configmaps"), ("secretRef", "v1/secrets")):
             if key in source:
                 ref = source[key]
-                obj = await _fetch(api, resource, namespace, ref["name"])
+                obj = await api.get_or_none(resource, ref["name"], namespace)
                 if obj is None and not ref.get("optional"):
                     kind = "secret" if key == "secretRef" else "configmap"
                     raise ContainerConfigError(
@@ -382,7 +373,7 @@ async def _volume_folder(launch: ContainerLaunch, volume: dict[str, Any]) -> Pat
     ):
         if key in volume:
             source = volume[key]
-            obj = await _fetch(launch.api, resource, namespace, source[ref_field])
+            obj = await launch.api.get_or_none(resource, source[ref_field], namespace)
             if obj is None and not source.get("optional"):
                 raise ContainerConfigError(
                     "ContainerCreating",
