@@ -593,7 +593,7 @@ class LocalRunner:
             if not stage.enabled:
                 self.ui.note(f"{name} {stage.stage}: disabled")
                 continue
-            failure = self._run_dataset_stage(res, stage, storage, ref)
+            failure = _with_hint(self._run_dataset_stage(res, stage, storage, ref))
             if failure:
                 self.ui.error(f"{name} {stage.stage}: {failure}")
                 return DatasetOutcome(name, False, f"{stage.stage}: {failure}")
@@ -770,7 +770,7 @@ class LocalRunner:
                 already_done=len(runs) - len(todo),
             )
             if result.config_error:
-                msg = f"stopped: {result.config_error}"
+                msg = _with_hint(f"stopped: {result.config_error}")
                 self.ui.error(f"{name}: {msg}")
                 return ExperimentOutcome(name, False, msg, self._final_state(storage, res, hashes))
             if result.failed:
@@ -795,6 +795,12 @@ class LocalRunner:
         except StorageError as exc:
             self.ui.warn(f"{res.metadata.name}: could not write summary.json: {exc}")
         return state
+
+
+def _with_hint(message: str | None) -> str | None:
+    if message and "no space left" in message.lower():
+        return message + "; free some space and run the same command again (committed shards are kept)"
+    return message
 
 
 def _os_reason(exc: OSError) -> str:

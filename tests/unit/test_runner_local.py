@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -77,6 +78,7 @@ class Harness:
         self.state.mkdir()
         self.plan_file = tmp / "plan.json"
         self.plan_file.write_text("{}")
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # the runner's work folders stay in tmp
         monkeypatch.setenv("FAKE_STATE", str(self.state))
         monkeypatch.setenv("FAKE_PLAN", str(self.plan_file))
         monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
