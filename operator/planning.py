@@ -24,6 +24,8 @@ Two rules make it safe to lose the operator at any moment:
 
 from __future__ import annotations
 
+import functools
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -143,13 +145,19 @@ def plan(body: dict[str, Any], observed: Observed, ctx: Context) -> Actions:
     persisted = body.get("status") or {}
     try:
         api.ObjectMeta.model_validate({"name": owner.name})
-        spec_model = api.KIND_INFO[kind].spec
-        spec = spec_model.model_validate(body.get("spec") or {})
+        spec = parse_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True))
     except (ValidationError, ValueError, KeyError) as exc:
         return _invalid(kind, owner, generation, persisted, observed, ctx, describe_error(exc))
     if kind == "SyntheticDataset":
         return plan_dataset(owner, generation, spec, persisted, observed, ctx)
     return plan_experiment(owner, generation, spec, persisted, observed, ctx)
+
+
+@functools.lru_cache(maxsize=512)
+def parse_spec(kind: str, spec_json: str) -> Any:
+    """The validated spec model (CEL rules included: the costly part of a plan, hence the cache; the planner
+    never mutates it)."""
+    return api.KIND_INFO[kind].spec.model_validate(json.loads(spec_json))
 
 
 def describe_error(exc: Exception) -> str:
@@ -238,11 +246,14 @@ def _pods_by_job(pods: Iterable[PodView]) -> dict[str, list[PodView]]:
     return out
 
 
-def _successful_pod(pods: list[PodView], index: int) -> PodView | None:
-    found = None
+def _successful_pods(pods: Iterable[PodView]) -> dict[int, PodView]:
+    """Completion index -> a succeeded pod of it (one with a summary when there are several)."""
+    found: dict[int, PodView] = {}
     for pod in pods:
-        if pod.index == index and pod.succeeded:
-            found = pod if found is None or (found.summary is None and pod.summary is not None) else found
+        if pod.index is not None and pod.succeeded:
+            best = found.get(pod.index)
+            if best is None or (best.summary is None and pod.summary is not None):
+                found[pod.index] = pod
     return found
 
 
@@ -556,7 +567,7 @@ def _advance_stage(
     pending_fold: set[int] = set()
     completed_all: set[int] = set()
     for job in sorted(jobs, key=lambda j: j.attempt):
-        pods = pods_by_job.get(job.uid, [])
+        succeeded = _successful_pods(pods_by_job.get(job.uid, []))
         for index in sorted(parse_ranges(job.completed_indexes)):
             shard = job.shard_of(index)
             if shard not in wanted:
@@ -564,7 +575,7 @@ def _advance_stage(
             completed_all.add(shard)
             if shard in persisted_union or shard in res.newly:
                 continue
-            pod = _successful_pod(pods, index)
+            pod = succeeded.get(index)
             if pod is None:
                 age = _age(job.finished_at, ctx) if job.finished else None
                 if age is None or age < ctx.fold_grace_seconds:
@@ -883,7 +894,7 @@ def plan_experiment(
             result.state = "Running" if not job.deleting else result.state
             continue
         if job.complete:
-            pod = _successful_pod(pods, 0)
+            pod = _successful_pods(pods).get(0)
             age = _age(job.finished_at, ctx)
             if pod is None and (age is None or age < ctx.fold_grace_seconds):
                 actions.requeue(1.0)

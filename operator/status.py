@@ -227,8 +227,8 @@ class StatusThrottle:
         last = self._last.get(key)
         if target == comparable(persisted) or (last is not None and target == last[1]):
             return False, None
-        if last is None or not persisted:
-            return True, None
+        if last is None:
+            return True, None  # the first patch of this operator process
         wait = last[0] + self.interval - now
         if wait <= 0:
             return True, None

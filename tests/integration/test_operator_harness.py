@@ -12,15 +12,14 @@ import collections
 import contextlib
 import json
 import os
-import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import attrs
-import kmock
 import kubernetes_validate
 import pytest
 import pytest_asyncio
@@ -30,7 +29,7 @@ from synthrec.operator.reconciler import Reconciler
 from synthrec.operator.settings import OperatorConfig
 
 from synthrec.plan import parse_ranges
-from tests.fixtures.k8s import running_operator, wait_for, write_kubeconfig
+from tests.fixtures.k8s import running_operator, serving, wait_for
 from tests.k8s.emulator import ApiCall, RealisticEmulator, _rbac_verb
 from tests.k8s.kubelet import FakeKubelet
 from tests.k8s.runners import Runner
@@ -63,15 +62,21 @@ OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
 
 @attrs.define(kw_only=True)
 class RecordingEmulator(RealisticEmulator):
-    """The RealisticEmulator, also counting the API calls of the operator alone (by User-Agent), so the
-    chart's RBAC can be compared with exactly what the operator does."""
+    """The RealisticEmulator, also keeping what the operator alone (by User-Agent) sent: the Jobs and
+    ConfigMaps it created (to validate them as sent) and when it made each call (for rates)."""
 
-    operator_calls: collections.Counter[ApiCall] = attrs.field(factory=collections.Counter, init=False)
     created: list[dict[str, Any]] = attrs.field(factory=list, init=False)  # bodies the operator POSTed
+    timeline: list[tuple[float, ApiCall]] = attrs.field(factory=list, init=False)  # (monotonic s, call)
+
+    @property
+    def operator_calls(self) -> collections.Counter[ApiCall]:
+        counts: collections.Counter[ApiCall] = collections.Counter()
+        for agent in OPERATOR_AGENTS:
+            counts.update(self.api_call_counts(agent))
+        return counts
 
     async def _serve(self, request: Any) -> Any:
-        agent = str(request.headers.get("User-Agent", ""))
-        if agent.startswith(OPERATOR_AGENTS) and request.resource is not None:
+        if str(request.headers.get("User-Agent", "")).startswith(OPERATOR_AGENTS):
             call = ApiCall(
                 _rbac_verb(request),
                 request.resource.group or "",
@@ -79,7 +84,7 @@ class RecordingEmulator(RealisticEmulator):
                 request.subresource or "",
                 request.namespace,
             )
-            self.operator_calls[call] += 1
+            self.timeline.append((time.monotonic(), call))
             if call.verb == "create" and call.resource in ("jobs", "configmaps"):
                 self.created.append(json.loads(request.body or b"{}"))
         return await super()._serve(request)
@@ -88,21 +93,8 @@ class RecordingEmulator(RealisticEmulator):
 @pytest_asyncio.fixture
 async def k8s_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RecordingEmulator]:
     """Like the ``k8s`` fixture, with a RecordingEmulator (and a short request log for long runs)."""
-    emulator = RecordingEmulator(keep_requests=200)
-    async with emulator, kmock.Server(emulator):
-        try:
-            await emulator.api.create("v1/namespaces", {"metadata": {"name": NS}})
-            kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(emulator.url).rstrip("/"))
-            monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-            if "kubernetes.config.kube_config" in sys.modules:
-                monkeypatch.setattr(
-                    sys.modules["kubernetes.config.kube_config"],
-                    "KUBE_CONFIG_DEFAULT_LOCATION",
-                    str(kubeconfig),
-                )
-            yield emulator
-        finally:
-            emulator.close_watches()
+    async with serving(RecordingEmulator(keep_requests=200), tmp_path, monkeypatch) as emulator:
+        yield emulator
 
 
 def declare_crds(k8s: RealisticEmulator) -> None:
