@@ -6,9 +6,12 @@ namespaced mode."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import kmock
 import pytest
 from synthrec.operator.settings import FINALIZER
 
@@ -16,11 +19,13 @@ from tests.fixtures.k8s import running_operator, wait_for
 from tests.integration.test_operator_harness import (
     CONFIGMAPS,
     DATASETS,
+    EXPERIMENTS,
     FAST,
     JOBS,
     NS,
     PODS,
     dataset_body,
+    experiment_body,
     fake_worker,
     k8s_op,  # noqa: F401 - fixture
     operator_harness,
@@ -252,3 +257,77 @@ async def test_namespaced_mode_serves_only_its_namespaces(k8s_op, tmp_path: Path
     cluster_calls = {c for c in k8s_op.operator_calls if c.namespace is None}
     assert not cluster_calls, cluster_calls  # no cluster-wide list/watch: a Role is enough
     record_api_calls(k8s_op, "namespaced")
+
+
+async def test_a_job_the_api_server_rejects_fails_the_dataset_instead_of_retrying_for_ever(
+    k8s_op, tmp_path: Path
+) -> None:
+    denied = {
+        "kind": "Status",
+        "status": "Failure",
+        "code": 422,
+        "message": "admission webhook denied: no GPUs",
+    }
+    k8s_op["post", kmock.resource("batch/v1/jobs")] << 422 << denied
+    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
+        await h.create(dataset_body("ds", shards=2))
+        await h.wait_phase(DATASETS, "ds", "Failed")
+        failed = h.condition(DATASETS, "ds", "Failed")
+        assert failed["reason"] == "JobRejected" and "admission webhook denied: no GPUs" in failed["message"]
+
+
+async def test_transient_api_errors_are_retried_with_backoff(k8s_op, tmp_path: Path) -> None:
+    k8s_op["post", kmock.resource("batch/v1/jobs")][:2] << 503
+    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
+        await h.create(dataset_body("ds", shards=2))
+        await h.wait_phase(DATASETS, "ds", "Succeeded", timeout=30)
+        reasons = [e["reason"] for e in h.events("ds")]
+        assert "ReconcileError" in reasons  # said once, in an Event, not silently
+        assert sorted(h.job_names("ds")) == [
+            "ds-filter-a1",
+            "ds-generate-a1",
+            "ds-prompts-a1",
+            "ds-reduce-a1",
+        ]
+
+
+async def test_liveness_endpoint_reports_the_age_of_the_last_watch_event(k8s_op, tmp_path: Path) -> None:
+    from synthrec.operator.handlers import register
+
+    port = free_port()
+    async with (
+        operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path, start_operator=False) as h,
+        running_operator(
+            lambda registry: register(registry, FAST, login=False),
+            liveness_endpoint=f"http://127.0.0.1:{port}/healthz",
+        ),
+    ):
+        await h.create(dataset_body("ds", shards=1))
+        await h.wait_phase(DATASETS, "ds", "Succeeded")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/healthz") as resp,
+        ):
+            assert resp.status == 200
+            health = await resp.json()
+        assert 0 <= health["lastWatchEventAgeSeconds"] < 5 and health["resources"] == 1
+
+
+async def test_an_experiment_with_on_delete_delete_removes_its_artifacts(k8s_op, tmp_path: Path) -> None:
+    output = tmp_path / "exp"
+    body = experiment_body("exp", dataset=None, output={"uri": f"file://{output}/", "onDelete": "Delete"})
+    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
+        await h.create(body)
+        await h.wait_phase(EXPERIMENTS, "exp", "Succeeded")
+        (output / "runs" / "shots0-seed1").mkdir(parents=True)
+        (output / "runs" / "shots0-seed1" / "metrics.json").write_text("{}")
+        await k8s_op.api.delete(EXPERIMENTS, "exp", NS)
+        await wait_for(lambda: h.obj(EXPERIMENTS, "exp") is None, 10, message="finalizer released")
+        assert not [p for p in output.rglob("*") if p.is_file()]
+    record_api_calls(k8s_op, "delete-artifacts")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

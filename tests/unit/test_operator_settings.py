@@ -131,3 +131,17 @@ def test_the_operator_command_refuses_a_bad_environment(
     monkeypatch.setenv("SYNTHREC_WORKER_TOLERATIONS", "not json")
     assert main(["operator"]) == 2
     assert "SYNTHREC_WORKER_TOLERATIONS is not valid JSON" in capsys.readouterr().err
+
+
+def test_metrics_are_served_over_http() -> None:
+    import urllib.request
+
+    metrics = Metrics()
+    metrics.status_patches.labels("SyntheticDataset").inc()
+    port = metrics.serve(0, addr="127.0.0.1")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    finally:
+        metrics.stop()
+    assert 'synthrec_operator_status_patches_total{kind="SyntheticDataset"} 1.0' in text
