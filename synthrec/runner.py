@@ -100,8 +100,6 @@ def storage_root(value: str | None, cwd: Path | None = None) -> str | None:
         parsed = parse_storage_uri(value, allow_tiny=False)
     except URIError as exc:
         raise RunError(f"--storage {value}: {exc}") from None
-    if parsed.scheme == "tiny":
-        raise RunError("--storage: tiny:// is read-only demo data; use file:///path/ or s3://bucket/prefix/")
     return str(parsed).rstrip("/") + "/"
 
 
