@@ -92,31 +92,21 @@ class KubeApi:
             raise ApiFailure(verb, what, 0, f"{type(exc).__name__}: {exc}") from None
 
     async def create_configmap(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create it; if it exists, bring its data in line (an attempt re-run after suspend reuses the name).
-        Returns True when created."""
+        """Create it. A ConfigMap of that name from an earlier try (an attempt re-run after suspend, a
+        crash between two creates) is replaced, so the task always matches the Job about to be created.
+        Returns True when created on the first try."""
         name = body["metadata"]["name"]
-        created = await self._call(
-            "create",
-            f"ConfigMap {namespace}/{name}",
-            lambda: self.core.create_namespaced_config_map(
+        what = f"ConfigMap {namespace}/{name}"
+
+        def create() -> Any:
+            return self.core.create_namespaced_config_map(
                 namespace, body, _request_timeout=self.timeout, _preload_content=False
-            ),
-            ok=(409,),
-        )
-        if created is not None:
+            )
+
+        if await self._call("create", what, create, ok=(409,)) is not None:
             return True
-        await self._call(
-            "patch",
-            f"ConfigMap {namespace}/{name}",
-            lambda: self.core.patch_namespaced_config_map(
-                name,
-                namespace,
-                {"data": body["data"]},
-                _content_type=MERGE_PATCH,
-                _request_timeout=self.timeout,
-                _preload_content=False,
-            ),
-        )
+        await self.delete_configmap(namespace, name)
+        await self._call("create", what, create)
         return False
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:

@@ -331,3 +331,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_a_stale_task_configmap_of_the_same_name_is_replaced(k8s_op, tmp_path: Path) -> None:
+    stale = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "ds-prompts-a1", "namespace": NS},
+        "data": {"task.json": '{"stage": "prompts", "shard_ids": [7]}'},
+    }
+    await k8s_op.api.create(CONFIGMAPS, stale, NS)
+    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
+        await h.create(dataset_body("ds", shards=2, runPolicy={"ttlSecondsAfterFinished": None}))
+        await h.wait_phase(DATASETS, "ds", "Succeeded")
+        task = h.obj(CONFIGMAPS, "ds-prompts-a1")["data"]["task.json"]
+        assert '"shard_ids": null' in task and '"spec_hash"' in task
+    record_api_calls(k8s_op, "stale-configmap")
