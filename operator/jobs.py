@@ -35,7 +35,7 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TASK_VOLUME = "task"
 DEFAULT_IMAGE = "ghcr.io/synthrec/synthrec:latest"
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
-WORKER_UID = 1000  # the image's non-root user (runAsNonRoot needs a numeric user)
+WORKER_UID = 10001  # the image's non-root user (Dockerfile: USER 10001), numeric for runAsNonRoot
 
 # Environment every worker gets (contracts: only /tmp, /cache and /dev/shm are writable).
 CACHE_ENV = {

@@ -1117,11 +1117,6 @@ def _run_create(
     )
 
 
-def now_context(defaults: WorkerDefaults | None = None, **kw: Any) -> Context:
-    """A Context for the current time (the reconciler's; tests pass explicit times)."""
-    return Context(now=datetime.now(UTC), defaults=defaults or WorkerDefaults(), **kw)
-
-
 def fail_status(
     kind: str, status: dict[str, Any], body: dict[str, Any], reason: str, message: str, stamp: str
 ) -> dict[str, Any]:

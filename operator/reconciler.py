@@ -28,7 +28,7 @@ from synthrec.operator.kube import ApiFailure, KubeApi, merge_diff
 from synthrec.operator.metrics import Metrics
 from synthrec.operator.observed import DatasetView, JobView, OwnerKey, PodView
 from synthrec.operator.settings import OperatorConfig
-from synthrec.operator.status import Conditions, Event, StatusThrottle, transitions
+from synthrec.operator.status import Event, StatusThrottle, transitions
 
 from synthrec import api
 
@@ -356,9 +356,3 @@ def _referenced(body: Mapping[str, Any]) -> list[str]:
         if ref and ref not in refs:
             refs.append(ref)
     return refs
-
-
-def describe_conditions(status: Mapping[str, Any]) -> str:
-    """'Accepted=True(Valid) Running=False(...)' for logs and test failure messages."""
-    conds = Conditions(status.get("conditions"), None, "")
-    return " ".join(f"{c['type']}={c['status']}({c.get('reason')})" for c in conds.items)

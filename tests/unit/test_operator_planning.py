@@ -442,3 +442,40 @@ def test_a_referenced_dataset_failing_fails_the_experiment(view: DatasetView, re
     actions = plan(experiment(), Observed(datasets={"ds": view}), CTX)
     failed = condition(actions.status, "Failed")
     assert (failed["reason"] if failed else None) == reason
+
+
+def test_a_parallelism_change_is_applied_to_the_running_job() -> None:
+    gen = job("ds-generate-a1", "generate", completions=4)
+    persisted = {"stages": {"prompts": {"state": "Succeeded", "attempt": 1}, "generate": {"attempt": 1}}}
+    body = with_status(dataset(sharding={"shards": 4, "parallelism": 2}), persisted)
+    actions = plan(body, Observed(jobs=[gen]), CTX)
+    assert actions.patch_jobs == [("ds-generate-a1", {"spec": {"parallelism": 2}})]
+
+
+def test_pods_queued_longer_than_the_startup_deadline_fail_the_run() -> None:
+    spec = dict(runPolicy={"startupDeadlineSeconds": 300})
+    prompts = job("ds-prompts-a1", "prompts")
+    queued_since = (NOW - timedelta(seconds=600)).isoformat().replace("+00:00", "Z")
+    persisted = {
+        "conditions": [
+            {
+                "type": "Queued",
+                "status": "True",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available",
+                "lastTransitionTime": queued_since,
+            }
+        ]
+    }
+    pending = PodView(
+        name="p",
+        job_uid=prompts.uid,
+        job_name=prompts.name,
+        index=0,
+        phase="Pending",
+        unschedulable="0/3 nodes are available",
+    )
+    actions = plan(with_status(dataset(**spec), persisted), Observed(jobs=[prompts], pods=[pending]), CTX)
+    failed = condition(actions.status, "Failed")
+    assert failed["reason"] == "StartupDeadlineExceeded" and "0/3 nodes are available" in failed["message"]
+    assert actions.delete_jobs == ["ds-prompts-a1"]
