@@ -6,7 +6,10 @@ namespaced mode."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -347,3 +350,48 @@ async def test_a_stale_task_configmap_of_the_same_name_is_replaced(k8s_op, tmp_p
         task = h.obj(CONFIGMAPS, "ds-prompts-a1")["data"]["task.json"]
         assert '"shard_ids": null' in task and '"spec_hash"' in task
     record_api_calls(k8s_op, "stale-configmap")
+
+
+async def test_the_synthrec_operator_command_runs_the_operator(k8s_op, tmp_path: Path) -> None:
+    """`python -m synthrec.operator` as its own process: reconciles, serves /healthz and /metrics, and stops
+    cleanly on SIGTERM."""
+    liveness, metrics = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SYNTHREC_STATUS_INTERVAL": "0.1",
+        "SYNTHREC_RESYNC_INTERVAL": "0.5",
+        "SYNTHREC_RECONCILE_MIN_INTERVAL": "0.05",
+        "SYNTHREC_NAMESPACES": NS,
+    }
+    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path, start_operator=False) as h:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "synthrec.operator",
+            "--liveness",
+            str(liveness),
+            "--metrics-port",
+            str(metrics),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            await h.create(dataset_body("ds", shards=2))
+            await h.wait_phase(DATASETS, "ds", "Succeeded", timeout=60)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{liveness}/healthz") as resp:
+                    assert resp.status == 200 and "lastWatchEventAgeSeconds" in await resp.json()
+                async with session.get(f"http://127.0.0.1:{metrics}/metrics") as resp:
+                    text = await resp.text()
+            assert (
+                'synthrec_operator_jobs_created_total{kind="SyntheticDataset",stage="generate"} 1.0' in text
+            )
+            process.send_signal(signal.SIGTERM)
+            output, _ = await asyncio.wait_for(process.communicate(), 30)
+            assert process.returncode == 0, output.decode()[-3000:]
+            assert "synthrec operator starting (namespaces default)" in output.decode()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
