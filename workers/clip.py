@@ -263,13 +263,12 @@ def encode_dataset(
 
     ok = torch.zeros(len(dataset), dtype=torch.bool)
     chunks: list[torch.Tensor] = []
-    for images, index, good in image_loader(
-        dataset, batch_size=batch_size, device=clip.device, workers=workers
-    ):
-        chunks.append(clip.encode(images).cpu())
+    loader = image_loader(dataset, batch_size=batch_size, device=clip.device, workers=workers)
+    for images, index, good in loader:
+        chunks.append(clip.encode(images))  # stays on the device: no sync per batch
         ok[index] = good
         if progress is not None:
             progress.advance(len(index))
     if not chunks:
         return torch.zeros((0, 0)), ok
-    return torch.cat(chunks), ok
+    return torch.cat(chunks).cpu(), ok

@@ -27,12 +27,13 @@ left out of the test set and counted in metrics.json.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 MAX_CURVE_POINTS = 2000
+SINGLE_THREAD_MACS = 50_000_000  # head-only steps below this many multiply-adds run on one CPU thread
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -302,6 +304,8 @@ class _Run:
         ``items()`` read by ``reader``) and cached. ``items()`` is called only when images are needed."""
         import torch
 
+        if not ids:
+            raise DataError(f"{name}: the data has no images")
         key = self._cache_key(name, material)
         need_items = self.ct.trainable_scope != "head"
         hit = self._cached(key, ids)
@@ -585,17 +589,20 @@ class _Run:
                 for p in plan_phases(cfg.mixing, n_syn, n_real, cfg.epochs)
             )
         )
-        result = tune(
-            head,
-            teacher,
-            source,
-            syn.features if syn else None,
-            syn.labels if syn else None,
-            real.labels if real else None,
-            cfg,
-            validate=validate,
-            on_step=self.ctx.progress.advance,
-        )
+        with small_kernel_threads(
+            self.device, encoder is None, head.weight.numel() * cfg.batch_size_synthetic
+        ):
+            result = tune(
+                head,
+                teacher,
+                source,
+                syn.features if syn else None,
+                syn.labels if syn else None,
+                real.labels if real else None,
+                cfg,
+                validate=validate,
+                on_step=self.ctx.progress.advance,
+            )
         return result, encoder
 
     # ----------------------------------------------------------------------------------- artifacts
@@ -701,6 +708,23 @@ class _Run:
             top1=metrics["top1"],
             zero_shot_top1=metrics["zero_shot_top1"],
         )
+
+
+@contextlib.contextmanager
+def small_kernel_threads(device: str, head_only: bool, macs_per_step: int) -> Iterator[None]:
+    """Head-only tuning on a CPU runs tiny matmuls; with several OpenMP threads each kernel waits at a
+    barrier, which on a shared host made it ~20x slower (bench/train_features.py). One thread then."""
+    import torch
+
+    if device != "cpu" or not head_only or macs_per_step > SINGLE_THREAD_MACS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _curve(result: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import tarfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from synthrec import contract
 from synthrec.api import SyntheticDatasetSpec
 from synthrec.layout import DatasetLayout
 from synthrec.plan import dataset_task
-from synthrec.storage import commit_file, open_storage, read_marker
+from synthrec.storage import commit_file, open_storage, read_marker, write_marker
 from synthrec.tasks import ResourceRef, dump_task
 
 COLOURS = [(220, 40, 40), (40, 180, 60), (40, 70, 220), (230, 210, 40)]
@@ -265,3 +266,31 @@ def test_reduce_with_real_filtering_drops_before_selecting(
         r["key"] for r in map(json.loads, storage.read_bytes("index/kept.jsonl").decode().splitlines())
     }
     assert len(dropped) == manifest["counts"]["kept"]
+
+
+def test_committed_stages_return_at_once_without_importing_torch(tmp_path: Path) -> None:
+    """The worker CLI on a shard whose marker carries this spec's hash: done, and torch never loads."""
+    import subprocess
+    import sys
+
+    spec = dataset_spec((tmp_path / "ds").as_uri() + "/", "RN50")
+    storage = open_storage(spec.output.uri)
+    hashes = dataset_task(spec, "filter", ResourceRef(kind="SyntheticDataset", name="t")).hashes
+    write_marker(storage, DatasetLayout.features_marker(1), spec_hash=hashes["filter"], images=7, corrupt=0)
+    task_file = tmp_path / "task.json"
+    task_file.write_text(
+        dump_task(dataset_task(spec, "filter", ResourceRef(kind="SyntheticDataset", name="t")))
+    )
+    log = tmp_path / "log"
+    code = (
+        "import sys\n"
+        "from synthrec.workers.__main__ import main\n"
+        f"rc = main(['filter', '--task', {str(task_file)!r}, '--shard', '1'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, contract.ENV_TERMINATION_LOG: str(log)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(log.read_text())
+    assert summary["skipped"] is True and summary["images"] == 7
