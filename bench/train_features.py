@@ -30,24 +30,13 @@ from features_gpu import shard_dataset, write_jpeg_tar
 
 
 def _tune_config(epochs: int, batch: int) -> Any:
+    """The paper's Classifier Tuning settings (synthrec.api defaults) at this size."""
     from synthrec.workers.tuning import TuneConfig
 
-    return TuneConfig(
-        epochs=epochs,
-        lr=2e-3,
-        weight_decay=0.1,
-        batch_size_synthetic=batch,
-        batch_size_real=32,
-        warmup_steps=0,
-        grad_clip=1.0,
-        soft_weight=0.5,
-        temperature=2.0,
-        real_loss_weight=1.0,
-        synthetic_loss_weight=1.0,
-        label_smoothing=0.0,
-        mixing="mixed",
-        seed=0,
-    )
+    from synthrec.api import ClassifierTuning
+
+    ct = ClassifierTuning(epochs=epochs, batch_size_synthetic=batch)
+    return TuneConfig.from_spec(ct, lr=2e-3, seed=0)
 
 
 def bench_model(

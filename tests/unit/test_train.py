@@ -3,6 +3,7 @@ schedule, the mixing orders step by step, batch-norm freezing and the evaluation
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -24,25 +25,14 @@ from synthrec.workers.tuning import (
 )
 from torch import nn
 
+from synthrec.api import ClassifierTuning
+
 
 def config(**kw) -> TuneConfig:
-    base = dict(
-        epochs=3,
-        lr=1e-2,
-        weight_decay=0.1,
-        batch_size_synthetic=8,
-        batch_size_real=4,
-        warmup_steps=0,
-        grad_clip=1.0,
-        soft_weight=0.5,
-        temperature=2.0,
-        real_loss_weight=1.0,
-        synthetic_loss_weight=1.0,
-        label_smoothing=0.0,
-        mixing="mixed",
-        seed=0,
-    )
-    return TuneConfig(**{**base, **kw})
+    """Small batches and a higher LR than the paper's defaults, so that a few steps show something."""
+    ct = ClassifierTuning(batch_size_synthetic=8, batch_size_real=4, epochs=3)
+    base = TuneConfig.from_spec(ct, lr=1e-2, seed=0)
+    return dataclasses.replace(base, **kw)
 
 
 def test_sce_matches_the_formula_on_known_logits() -> None:
