@@ -217,14 +217,12 @@ class _Run:
         C = len(self.labels)
         teacher = LinearHead.from_text(text, scale).to(self.device)
         zero_shot = evaluate(self._logits(teacher, test), test.labels, C)
-        if self.ct.head_init == "text":
+        trained = bool(syn or real)  # 0 shots and no synthetic data: the zero-shot head is the result
+        if self.ct.head_init == "text" or not trained:
             head = LinearHead.from_text(text, scale).to(self.device)
         else:
             head = LinearHead.random(C, text.shape[1], self.plan.seed, self.device)
-        n_syn = len(syn) if syn else 0
-        n_real = len(real) if real else 0
         t = time.monotonic()
-        trained = bool(n_syn or n_real)
         result = None
         encoder = None
         if trained:
