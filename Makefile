@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[all]'
 	touch $(STAMP)
 
-# The embedded default: build the tiny offline models, then run the quickstart on this machine.
+# The embedded default: build the tiny offline models (random weights, once), then run the whole quickstart
+# on this machine (`synthrec run`: prompts, generation, CLIP filter, classifier tuning) into $(DEMO_STORAGE)/;
+# it prints a summary and where the HTML report is. Re-running continues from the committed shards.
+DEMO_STORAGE ?= synthrec-out
+
 demo: $(STAMP)
 	$(BIN)/synthrec tiny-models
-	$(BIN)/synthrec validate examples/quickstart.yaml
-	$(BIN)/synthrec plan examples/quickstart.yaml
+	$(BIN)/synthrec run examples/quickstart.yaml --storage $(DEMO_STORAGE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -32,3 +35,6 @@ lint: $(STAMP)
 
 crds: $(STAMP)
 	$(BIN)/synthrec crds --out crds/
+
+clean-demo:
+	rm -rf $(DEMO_STORAGE)

@@ -198,6 +198,44 @@ def cpu_slots(parallel: int) -> list[list[int]]:
     return [cpus[k * n // parallel : (k + 1) * n // parallel] for k in range(parallel)]
 
 
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: $CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return (
+        [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()]
+        if out.returncode == 0
+        else []
+    )
+
+
+def gpu_slots(parallel: int, per_worker: int, gpus: list[str]) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each worker slot: ``per_worker`` GPUs each (shared round-robin when there are
+    too few); "" hides the GPUs from a resource that asks for none; None leaves the environment alone (a
+    resource asks for GPUs but there are none here: the workers fall back to the CPU)."""
+    if per_worker == 0:
+        return [""] * parallel
+    if not gpus:
+        return [None] * parallel
+    return [
+        ",".join(gpus[(k * per_worker + j) % len(gpus)] for j in range(per_worker)) for k in range(parallel)
+    ]
+
+
 def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -221,12 +259,14 @@ class WorkerPool:
         title: str,
         total: int,
         already_done: int,
+        gpus_per_worker: int = 0,
     ) -> BatchResult:
         ui = self.runner.ui
         result = BatchResult()
         pending: deque[WorkItem] = deque(items)
         running: list[_Running] = []
         slots = cpu_slots(parallel)
+        devices = gpu_slots(parallel, gpus_per_worker, self.runner.gpus() if gpus_per_worker else [])
         free = list(range(parallel))
         stage_bar = ui.add_stage(title, total=total, completed=already_done)
         stop_reason: str | None = None
@@ -238,7 +278,7 @@ class WorkerPool:
                 while pending and free and stop_reason is None:
                     item = pending.popleft()
                     slot = free.pop(0)
-                    running.append(self._start(item, slot, slots[slot]))
+                    running.append(self._start(item, slot, slots[slot], devices[slot]))
                 for job in list(running):
                     code = job.proc.poll()
                     if code is None:
@@ -263,7 +303,7 @@ class WorkerPool:
             ui.finish_stage(stage_bar)
         return result
 
-    def _start(self, item: WorkItem, slot: int, cpus: list[int]) -> _Running:
+    def _start(self, item: WorkItem, slot: int, cpus: list[int], gpus: str | None) -> _Running:
         runner = self.runner
         item.tries += 1
         stem = f"{item.stage}-{item.shard:05d}-try{item.tries}"
@@ -280,6 +320,8 @@ class WorkerPool:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         for name in THREAD_VARIABLES:
             env[name] = str(len(cpus))
+        if gpus is not None:  # the worker's own GPUs, as a pod gets its nvidia.com/gpu (none: hidden)
+            env["CUDA_VISIBLE_DEVICES"] = gpus
         cmd = [sys.executable, "-m", runner.worker_module, item.stage, "--task", str(item.task_path)]
         log = runner.open_log(log_path)
         try:
@@ -490,6 +532,12 @@ class LocalRunner:
         self.kill_now = False
         self.pool = WorkerPool(self)
         self._logs_kept = False
+        self._gpus: list[str] | None = None
+
+    def gpus(self) -> list[str]:
+        if self._gpus is None:
+            self._gpus = visible_gpus()
+        return self._gpus
 
     # ---- the whole run
 
@@ -576,9 +624,18 @@ class LocalRunner:
             raise RunError(f"cannot write the task file {path}: {_os_reason(exc)}") from None
         return path
 
-    def default_parallel(self, count: int, cap: int | None = None) -> int:
-        limit = self.parallel or min(available_cpus(), cap or count)
-        return max(1, min(count, limit))
+    def default_parallel(self, count: int, cap: int | None = None, gpus_per_worker: int = 0) -> int:
+        """--parallel, else as many workers as the machine holds: one per GPU share for resources that
+        ask for GPUs (one at a time without GPUs: the models are large), else one per CPU; never more than
+        the spec's own parallelism."""
+        if self.parallel:
+            return max(1, min(count, self.parallel))
+        if gpus_per_worker > 0:
+            gpus = self.gpus()
+            limit = max(1, len(gpus) // gpus_per_worker) if gpus else 1
+        else:
+            limit = available_cpus()
+        return max(1, min(count, limit, cap or count))
 
     # ---- datasets
 
@@ -632,9 +689,10 @@ class LocalRunner:
             cap = sharding.parallelism or stage.shards
             result = self.pool.run(
                 items,
-                parallel=self.default_parallel(len(items), cap),
+                parallel=self.default_parallel(len(items), cap, spec.resources.gpus),
                 retries=sharding.retries_per_shard,
                 max_failed=max(0, sharding.max_failed_shards - len(upstream_failed)),
+                gpus_per_worker=spec.resources.gpus,
                 title=title if attempt == 1 else f"{title} (attempt {attempt})",
                 total=stage.shards,
                 already_done=len(current.committed),
@@ -760,9 +818,10 @@ class LocalRunner:
                 items.append(WorkItem("train", path, 0, run.index, f"run {run.name}"))
             result = self.pool.run(
                 items,
-                parallel=self.default_parallel(len(items), spec.execution.parallelism),
+                parallel=self.default_parallel(len(items), spec.execution.parallelism, spec.resources.gpus),
                 retries=spec.execution.retries_per_run,
                 max_failed=len(items),  # a failed run does not stop the others
+                gpus_per_worker=spec.resources.gpus,
                 title=f"{name} train",
                 total=len(runs),
                 already_done=len(runs) - len(todo),

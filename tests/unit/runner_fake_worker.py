@@ -50,6 +50,7 @@ def _record(ctx: StageContext, action: str, **extra: Any) -> None:
         "shard_ids": ctx.task.shard_ids,
         "omp": os.environ.get("OMP_NUM_THREADS"),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "action": action,
         **extra,
     }

@@ -179,6 +179,25 @@ def test_each_worker_gets_its_share_of_the_cpus(h: Harness) -> None:
     assert all(c["cpus"] == int(c["omp"]) for c in generate)
 
 
+def test_each_worker_of_a_gpu_resource_gets_its_own_gpu_and_cpu_resources_see_none(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # what this machine may use
+    assert h.run(parallel=None, only=DATASET)[0] == 0  # resources.gpus defaults to 1
+    generate = [c for c in h.calls() if c["stage"] == "generate"]
+    assert {c["cuda"] for c in generate} == {"3", "5"}  # one worker per GPU, 3 shards
+    h.write_file(
+        text=FILE.replace(
+            '  output: {uri: "file:///nonexistent/cats/"}',
+            '  resources: {gpus: 0}\n  output: {uri: "file:///nonexistent/cats/"}',
+        )
+    )
+    for path in h.storage.rglob("*.done.json"):
+        path.unlink()
+    assert h.run(parallel=None, only=DATASET)[0] == 0
+    assert {c["cuda"] for c in h.calls()} == {""}  # a pod without GPUs sees none
+
+
 def test_a_retryable_failure_is_retried_within_retries_per_shard(h: Harness) -> None:
     h.behave(generate_1=["retry", "ok"])
     code, ui = h.run(only=DATASET)
