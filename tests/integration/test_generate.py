@@ -229,6 +229,35 @@ def test_a_finished_shard_reruns_as_a_noop_without_importing_torch(
     assert (tar.stat().st_mtime_ns, tar.read_bytes()) == before
 
 
+def test_an_empty_shard_commits_an_empty_tar_without_loading_a_model(
+    tiny_models: TinyModels, tmp_path: Path, termination_log: Path
+) -> None:
+    spec = make_spec(
+        tiny_models,
+        (tmp_path / "out").as_uri() + "/",
+        labels={"classes": [{"name": "only"}]},
+        prompts={"templates": ["{}"]},
+        generator={"imagesPerPrompt": 1},
+        sharding={"shards": 2},  # one item for two shards: shard 0 gets none
+    )
+    assert run_in_process("prompts", write_task(spec, "prompts", tmp_path))[0] == 0
+    task = write_task(spec, "generate", tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_HEAVY, "generate", "--task", str(task), "--shard", "0"],
+        env=worker_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = parse_summary((tmp_path / "subprocess-termination-log").read_text())
+    assert (summary["images"], summary["skipped"], summary["device"]) == (0, False, None)
+    with tarfile.open(tmp_path / "out" / "shards" / "gen-00000.tar") as tar:
+        assert tar.getmembers() == []
+    marker = json.loads((tmp_path / "out" / "shards" / "gen-00000.done.json").read_text())
+    assert marker["count"] == 0 and marker["sha256"] == summary["sha256"]
+
+
 def test_transient_s3_failures_are_survived_and_give_the_same_bytes(
     tiny_models: TinyModels,
     basic_dataset: dict[str, Any],

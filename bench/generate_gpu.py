@@ -1,0 +1,377 @@
+"""Generate-stage throughput on a GPU with an SD-class model, as a share of the FLOP ceiling.
+
+Builds a Stable Diffusion 1.5 (or 2.1-base) architecture with RANDOM weights directly on the device (no
+download; random weights cost the same FLOPs as trained ones), saves it as a diffusers folder, and runs
+the real generate worker on it (prompts + generate stages, run_stage with task files, file:// output):
+batched across prompts, fp16 + SDPA, optional torch.compile, background JPEG/tar writer.
+
+The FLOP ceiling follows performance-anchors.md §2.5:
+
+    FLOPs_per_image = unet_evals x (2 if CFG else 1) x UNet_FLOPs(res) + VAE_decoder_FLOPs(res)
+                      + (2 if CFG else 1) x text_encoder_FLOPs
+    ceiling_img_per_s = peak_dense_fp16_FLOPS / FLOPs_per_image
+    share = measured_img_per_s / ceiling_img_per_s
+
+FLOPs are counted with torch.utils.flop_counter (2 per multiply-accumulate; convolutions, linear layers
+and attention matmuls) for one forward at batch 1 on the meta device; unet_evals is the scheduler's number
+of timesteps for ``--steps``. The peak comes from a small table keyed by the device name (or --peak-tflops).
+SD 1.5 at 512 px counts 803 GFLOPs per UNet forward and 2,515 per VAE decode, as in the anchors.
+
+    python bench/generate_gpu.py                                   # SD 1.5, 512 px, fp16, batch 16, 20 steps
+    python bench/generate_gpu.py --batch-size 32 --compile --images 512
+    python bench/generate_gpu.py --arch sd21 --batch-size 8
+    python bench/generate_gpu.py --smoke                           # tiny config on the CPU: checks the path
+
+Two runs of the worker: a warm-up (cuDNN autotuning, compilation caches) with two batches and a measured
+one with ``--images``. Reported: images/s over the generation (pipeline loaded, first batch to last image
+written), the steady rate from the difference of the two runs (fixed costs cancel), images/s end to end
+(including loading the model and uploading), and the share of wall time inside pipeline calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generate_cpu import dataset_spec, run_stage_in_process
+
+# Dense FP16/BF16 tensor-core peaks, TFLOPS (performance-anchors.md §2.4; vendor datasheets otherwise).
+# The first key contained in torch.cuda.get_device_name() wins, so the specific names come first.
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("RTX 4090", 165.2),  # FP32 accumulate
+    ("V100", 125.0),
+    ("T4", 65.0),
+)
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "sd15": {
+        "unet": {
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            "block_out_channels": (320, 640, 1280, 1280),
+            "layers_per_block": 2,
+            "cross_attention_dim": 768,
+            "attention_head_dim": 8,
+        },
+        "text": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "hidden_act": "quick_gelu",
+            "projection_dim": 768,
+        },
+    },
+    "sd21": {  # SD 2.1-base (512 px)
+        "unet": {
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            "block_out_channels": (320, 640, 1280, 1280),
+            "layers_per_block": 2,
+            "cross_attention_dim": 1024,
+            "attention_head_dim": (5, 10, 20, 20),
+            "use_linear_projection": True,
+        },
+        "text": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 23,
+            "num_attention_heads": 16,
+            "hidden_act": "gelu",
+            "projection_dim": 512,
+        },
+    },
+    "tiny": {  # the --smoke configuration (synthrec.tiny's)
+        "unet": {
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "block_out_channels": (32, 64),
+            "layers_per_block": 1,
+            "norm_num_groups": 32,
+            "cross_attention_dim": 32,
+            "attention_head_dim": 8,
+        },
+        "text": {
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "projection_dim": 32,
+        },
+    },
+}
+SD_VAE = {
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 2,
+}
+TINY_VAE = {
+    "block_out_channels": (32, 64),
+    "down_block_types": ("DownEncoderBlock2D",) * 2,
+    "up_block_types": ("UpDecoderBlock2D",) * 2,
+    "layers_per_block": 1,
+    "norm_num_groups": 32,
+}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key, value in PEAK_TFLOPS:
+        if key in device_name:
+            return value
+    return None
+
+
+def build_components(arch: str, resolution: int, device: str, dtype: Any) -> dict[str, Any]:
+    """Random-weight UNet, VAE, text encoder, tokenizer and scheduler, created on ``device``."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from synthrec.tiny import _write_tiny_clip_bpe  # the offline tokenizer the tiny models use
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_tiny_clip_bpe(Path(tmp), 1000)  # a consistent prefix of OpenAI's BPE; ids fit any vocab
+        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+    vae_cfg = TINY_VAE if arch == "tiny" else SD_VAE
+    scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=resolution // scale, in_channels=4, out_channels=4, **ARCHS[arch]["unet"]
+        )
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, sample_size=resolution, **vae_cfg
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **ARCHS[arch]["text"],
+            )
+        )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return {
+        "unet": unet.to(dtype),
+        "vae": vae.to(dtype),
+        "text_encoder": text_encoder.to(dtype),
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+    }
+
+
+def count_flops(components: dict[str, Any], resolution: int) -> dict[str, float]:
+    """FLOPs of one forward at batch 1 (meta device: no memory, no time), by module."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextModel
+
+    unet_cfg, vae_cfg = components["unet"].config, components["vae"].config
+    text_cfg = components["text_encoder"].config
+    latent = resolution // (2 ** (len(vae_cfg.block_out_channels) - 1))
+    out: dict[str, float] = {}
+    with torch.device("meta"), torch.no_grad():
+        unet = UNet2DConditionModel.from_config(unet_cfg)
+        vae = AutoencoderKL.from_config(vae_cfg)
+        text = CLIPTextModel(text_cfg)
+        runs = {
+            "unet": lambda: unet(
+                torch.randn(1, 4, latent, latent),
+                torch.tensor([500]),
+                encoder_hidden_states=torch.randn(1, 77, unet_cfg.cross_attention_dim),
+            ),
+            "vae_decode": lambda: vae.decode(torch.randn(1, 4, latent, latent)),
+            "text_encoder": lambda: text(torch.zeros(1, 77, dtype=torch.long)),
+        }
+        for name, fn in runs.items():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                fn()
+            out[name] = float(counter.get_total_flops())
+    return out
+
+
+def unet_evaluations(model_dir: Path, scheduler: str | None, steps: int) -> int:
+    """UNet calls per image for ``steps`` (one per scheduler timestep; Heun-type schedulers make more)."""
+    import diffusers
+
+    config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    cls = getattr(diffusers, scheduler or config["_class_name"])
+    sched = cls.from_config(config)
+    sched.set_timesteps(steps)
+    return len(sched.timesteps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", choices=["sd15", "sd21"], default="sd15")
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--scheduler", default="DPMSolverMultistepScheduler")
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--images", type=int, default=128, help="images in the measured run")
+    parser.add_argument("--dtype", default="auto", help="generator.dtype (auto: float16 on CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (generator.compile)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="override the device's dense peak")
+    parser.add_argument("--workdir", type=Path, default=None, help="model and outputs (default: a temp dir)")
+    parser.add_argument("--smoke", action="store_true", help="tiny config, 64 px, 2 steps, 8 images, CPU ok")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.arch, args.resolution, args.steps, args.images, args.batch_size = "tiny", 64, 2, 16, 4
+
+    import logging
+
+    import diffusers.utils.logging
+    import torch
+    import transformers.utils.logging
+    from synthrec.workers.diffusion import resolve_dtype
+    from synthrec.workers.runtime import select_device
+
+    logging.basicConfig(level=logging.WARNING)
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()  # random weights cast with .to(): expected notices
+    transformers.utils.logging.disable_progress_bar()
+    device = select_device()
+    dtype = resolve_dtype(args.dtype, device)
+    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({_cpu_name()})"
+    peak = args.peak_tflops or peak_tflops(device_name)
+
+    with tempfile.TemporaryDirectory(prefix="synthrec-bench-gpu-") as tmp:
+        work = args.workdir or Path(tmp)
+        model_dir = work / "model"
+        started = time.perf_counter()
+        components = build_components(args.arch, args.resolution, device, dtype)
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+        pipe.save_pretrained(model_dir, safe_serialization=True)
+        build_s = time.perf_counter() - started
+        flops = count_flops(components, args.resolution)
+        del pipe, components
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+        evals = unet_evaluations(model_dir, args.scheduler, args.steps)
+        cfg = 2 if args.guidance > 1 else 1
+        per_image = evals * cfg * flops["unet"] + flops["vae_decode"] + cfg * flops["text_encoder"]
+
+        prompts_per_run = 8  # the tiny label space: 4 classes x 2 templates
+        warm_args = argparse.Namespace(**vars(args))
+        warm_args.images_per_prompt = max(1, math.ceil(2 * args.batch_size / prompts_per_run))  # 2 batches
+        args.images_per_prompt = max(1, math.ceil(args.images / prompts_per_run))
+        runs = {}
+        for name, run_args in (("warm-up", warm_args), ("measured", args)):
+            spec = dataset_spec(model_dir.as_uri(), (work / f"out-{name}").as_uri() + "/", run_args)
+            run_stage_in_process(spec, "prompts", work / f"tasks-{name}")
+            t = time.perf_counter()
+            summary = run_stage_in_process(spec, "generate", work / f"tasks-{name}", 0)
+            summary["wall_s"] = time.perf_counter() - t
+            runs[name] = summary
+            print(
+                f"{name}: {summary['images']} images, generation {summary['seconds_generate']:.2f} s, "
+                f"model {summary['seconds_model']:.2f} s, load {summary['seconds_load']:.2f} s",
+                file=sys.stderr,
+            )
+
+    m, w = runs["measured"], runs["warm-up"]
+    gen_ips = m["images"] / m["seconds_generate"]
+    extra_s = m["seconds_generate"] - w["seconds_generate"]
+    steady = (m["images"] - w["images"]) / extra_s if m["images"] > w["images"] and extra_s > 0 else None
+    ceiling = peak * 1e12 / per_image if peak else None
+    result = {
+        "bench": "generate_gpu",
+        "smoke": args.smoke,
+        "device": device_name,
+        "arch": args.arch,
+        "weights": "random",
+        "dtype": m.get("dtype"),
+        "resolution": args.resolution,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "scheduler": args.scheduler,
+        "guidance": args.guidance,
+        "compile": args.compile,
+        "images": m["images"],
+        "images_per_s": round(gen_ips, 3),
+        "steady_images_per_s": round(steady, 3) if steady else None,
+        "end_to_end_images_per_s": round(m["images"] / m["wall_s"], 3),
+        "model_busy": m["model_busy"],
+        "writer_wait_s": m["seconds_writer_wait"],
+        "seconds_load": m["seconds_load"],
+        "build_s": round(build_s, 1),
+        "formula": {
+            "unet_gflops": round(flops["unet"] / 1e9, 2),
+            "vae_decode_gflops": round(flops["vae_decode"] / 1e9, 2),
+            "text_encoder_gflops": round(flops["text_encoder"] / 1e9, 2),
+            "unet_evals_per_image": evals,
+            "cfg_factor": cfg,
+            "tflops_per_image": round(per_image / 1e12, 4),
+            "peak_tflops": peak,
+        },
+        "ceiling_images_per_s": round(ceiling, 3) if ceiling else None,
+        "share_of_ceiling": round(gen_ips / ceiling, 4) if ceiling else None,
+        "steady_share_of_ceiling": round(steady / ceiling, 4) if ceiling and steady else None,
+    }
+    f = result["formula"]
+    print(
+        f"FLOPs/image = {evals} UNet evals x {cfg} (CFG) x {f['unet_gflops']} GF + VAE decode "
+        f"{f['vae_decode_gflops']} GF + {cfg} x text {f['text_encoder_gflops']} GF "
+        f"= {f['tflops_per_image']} TF"
+    )
+    steady_text = f"{steady:.2f} img/s" if steady else "n/a"
+    if ceiling:
+        steady_text += f" = {steady / ceiling:.1%}" if steady else ""
+        print(
+            f"{device_name}: peak {peak} TFLOPS -> ceiling {ceiling:.2f} img/s; measured {gen_ips:.2f} img/s "
+            f"= {gen_ips / ceiling:.1%} of the ceiling (steady {steady_text}); "
+            f"end to end {result['end_to_end_images_per_s']:.2f} img/s; model busy {m['model_busy']:.0%}"
+        )
+    else:
+        print(
+            f"{device_name}: no dense-peak entry (pass --peak-tflops); measured {gen_ips:.2f} img/s, "
+            f"steady {steady_text}, model busy {m['model_busy']:.0%}"
+        )
+    print(json.dumps(result))
+    return 0
+
+
+def _cpu_name() -> str:
+    from generate_cpu import _cpu_name as name
+
+    return name()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
