@@ -122,7 +122,7 @@ class RichUI(QuietUI):
 
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -174,7 +174,7 @@ class RichUI(QuietUI):
         if self.progress is not None:
             task = self.progress.tasks[self.progress.task_ids.index(handle)]
             self.progress.stop_task(handle)
-            self.progress.update(handle, description=f"{task.description} [done]")
+            self.progress.update(handle, description=f"{task.description} (done)")
 
     def add_shard(self, label: str) -> Any:
         if self.progress is None:

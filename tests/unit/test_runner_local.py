@@ -19,6 +19,7 @@ import pytest
 from synthrec import plan
 from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.runner import LocalRunner, QuietUI, RunError, RunRequest, execute, load_resources, rehome
+from synthrec.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # a few worker processes per test: seconds each, more on a busy machine
@@ -386,3 +387,17 @@ def test_dataset_stage_hashes_ignore_the_output_so_rehomed_artifacts_stay_valid(
     assert moved[1].spec.output.uri == "s3://bucket/prefix/experiments/cats-ct/"
     assert plan.dataset_hashes(moved[0].spec) == plan.dataset_hashes(original[0].spec)
     assert original[0].spec.output.uri == "file:///nonexistent/cats/"  # the input is not modified
+
+
+def test_s3_storage_works_the_same(h: Harness, s3_bucket: Any) -> None:
+    root = s3_bucket.uri + "team/"
+    code, ui = h.run(storage=root)
+    assert code == 0, ui.text
+    dataset = open_storage(root + "datasets/cats/")
+    assert dataset.exists("manifest.json") and dataset.exists(DatasetLayout.shard_marker(2))
+    train = [c for c in h.calls() if c["stage"] == "train"]
+    assert {c["synthetic"][0]["uri"] for c in train} == {root + "datasets/cats/"}
+    assert {c["synthetic"][0]["digest"] for c in train} == {dataset.sha256("manifest.json")}
+    assert open_storage(root + "experiments/cats-ct/").exists("summary.json")
+    assert h.run(storage=root)[0] == 0
+    assert h.calls() == []
