@@ -665,6 +665,7 @@ class LocalRunner:
         sharding = spec.sharding
         title = f"{name} {stage.stage}"
         started = time.monotonic()
+        tolerated: set[int] = set()
         for attempt in range(1, sharding.max_attempts + 1):
             state = artifacts.dataset_state(storage, spec, name=name)
             current = state.stage(stage.stage)
@@ -702,14 +703,15 @@ class LocalRunner:
             failed = set(result.failed) | set(upstream_failed)
             if not failed:
                 break
-            tolerated = len(failed) <= sharding.max_failed_shards and not result.exhausted
-            if tolerated:
+            last = attempt == sharding.max_attempts
+            if len(failed) <= sharding.max_failed_shards and (last or not result.exhausted):
+                tolerated = failed
                 self.ui.warn(
                     f"{title}: shard(s) {plan.format_ranges(failed)} failed; tolerated "
                     f"(sharding.maxFailedShards={sharding.max_failed_shards})"
                 )
                 break
-            if attempt == sharding.max_attempts:
+            if last:
                 first = next(iter(result.failed.values()), "its images were not generated")
                 return (
                     f"shard(s) {plan.format_ranges(failed)} failed after {attempt} attempt(s) "
@@ -717,6 +719,16 @@ class LocalRunner:
                 )
             self.ui.warn(
                 f"{title}: attempt {attempt} left shard(s) {plan.format_ranges(failed)}; retrying them"
+            )
+        # A worker that exits 0 without its commit marker must not let the next stage start on a gap.
+        final = artifacts.dataset_state(storage, spec, name=name)
+        gap = final.stage(stage.stage).missing - tolerated
+        if stage.stage == "filter":  # shards without images are the generate stage's tolerated failures
+            gap &= final.stage("generate").committed
+        if gap:
+            return (
+                f"shard(s) {plan.format_ranges(gap)} have no commit marker although their workers exited "
+                f"0; see the worker logs in {self.keep_logs()}"
             )
         self.ui.note(f"{title}: done in {time.monotonic() - started:.1f} s")
         return None

@@ -8,6 +8,7 @@ per try of that stage and shard (the last one repeats; missing keys mean "ok"):
   ok      commit the shard's artifacts      retry   exit 1 (RetryableError)
   data    exit 42 (DataError)               config  exit 3 (ConfigError)
   hang    wait for SIGTERM, commit nothing  crash   die without a summary (os._exit(1))
+  noop    exit 0 without committing (a worker bug)
 
 Every call appends one JSON line to $FAKE_STATE/calls.jsonl (stage, shard, completion index, task attempt
 and shard_ids, thread variables), so tests can see exactly what ran.
@@ -73,6 +74,8 @@ def fake_stage(ctx: StageContext) -> dict[str, Any]:
         raise ConfigError("fake configuration error: the model does not exist")
     if action == "crash":
         os._exit(1)
+    if action == "noop":  # a buggy worker: exits 0 without committing
+        return {"ok": True}
     if action == "hang":
         ctx.progress.start(10)
         marker = Path(os.environ["FAKE_STATE"]) / f"hanging-{ctx.stage}-{ctx.shard}"

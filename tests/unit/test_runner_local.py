@@ -226,6 +226,14 @@ def test_a_crash_without_a_summary_counts_as_retryable(h: Harness) -> None:
     assert shards_of(h.calls(), "generate") == [0, 1, 2, 2]
 
 
+def test_a_worker_that_exits_0_without_committing_does_not_let_the_next_stage_start(h: Harness) -> None:
+    h.behave(generate_1=["noop"])
+    code, ui = h.run(only=DATASET)
+    assert code == 1
+    assert "shard(s) 1 have no commit marker although their workers exited 0" in ui.text
+    assert not [c for c in h.calls() if c["stage"] == "filter"]
+
+
 def test_a_data_error_fails_the_shard_without_retrying(h: Harness) -> None:
     h.behave(generate_2=["data"])
     code, ui = h.run(only=DATASET)
