@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -71,10 +72,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     if rg is not None:
         strength = rg.resolved_strength()
-        if int(spec.generator.steps * strength) < 1:
+        if int(spec.generator.steps * strength) < 1:  # diffusers runs int(steps x strength) steps
+            needed = math.ceil(1 / strength)
+            while int(needed * strength) < 1:
+                needed += 1
             raise ConfigError(
                 f"realGuidance strength {strength} x generator.steps {spec.generator.steps} is less than one "
-                f"denoising step; raise generator.steps to at least {int(1 / strength) + 1}"
+                f"denoising step; raise generator.steps to at least {needed}"
             )
     ctx.progress.start(len(items))
     generator = ShardGenerator(ctx, layout, items, started=started)
