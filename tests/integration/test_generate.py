@@ -372,8 +372,16 @@ def sampled_shots(spec: SyntheticDatasetSpec) -> dict[int, list[str]]:
     return {c: [img.uri for img in imgs] for c, imgs in sample_shots(index, rg.shots, rg.seed).items()}
 
 
+@pytest.mark.parametrize(
+    ("strength", "expected"), [(None, 0.39), (0.75, 0.75)], ids=["paper-table-2-shots", "explicit"]
+)
 def test_real_guidance_starts_from_exactly_the_sampled_shots_at_the_configured_strength(
-    tiny_models: TinyModels, tmp_path: Path, termination_log: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_models: TinyModels,
+    tmp_path: Path,
+    termination_log: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    strength: float | None,
+    expected: float,
 ) -> None:
     from diffusers import StableDiffusionImg2ImgPipeline
     from synthrec.workers.diffusion import center_square
@@ -387,17 +395,18 @@ def test_real_guidance_starts_from_exactly_the_sampled_shots_at_the_configured_s
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(StableDiffusionImg2ImgPipeline, "__call__", recording_call)
-    spec = rg_spec(tiny_models, tmp_path / "out", tiny_models.real / "train")
+    extra = {"strength": strength} if strength is not None else {}
+    spec = rg_spec(tiny_models, tmp_path / "out", tiny_models.real / "train", **extra)
     (summary,) = run_both(spec, tmp_path / "tasks", [0])
     assert summary["images"] == 16 and summary["real_skipped"] == 0
 
-    assert calls and {c["strength"] for c in calls} == {0.39}  # the paper's table for 2 shots
+    assert calls and {c["strength"] for c in calls} == {expected}
     passed = [image for c in calls for image in c["image"]]
     samples = read_samples((tmp_path / "out" / "shards" / "gen-00000.tar").read_bytes())
     assert len(passed) == len(samples) == 16
     shots = sampled_shots(spec)
     for (_, _, meta), image in zip(samples, passed, strict=True):
-        assert meta["strength"] == 0.39
+        assert meta["strength"] == expected
         assert meta["real_source"] in shots[meta["class"]]
         source = load_rgb(RealImage(meta["class"], meta["real_source"]), lambda uri: open_storage(uri))
         assert np.array_equal(np.asarray(image), np.asarray(center_square(source, 64)))
