@@ -264,7 +264,6 @@ class LanguageEnhancer:
         from synthrec.api import Decoding
 
         path, revision = resolve_model_folder(ref, "prompts.model", storage_opts)
-        import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         device = select_device()
@@ -279,7 +278,6 @@ class LanguageEnhancer:
                 "seq2seq model (config.json, weights, tokenizer files), e.g. a copy of "
                 "mrm8488/t5-base-finetuned-common_gen"
             ) from exc
-        torch.set_grad_enabled(False)
         return cls(tokenizer, model, device, decoding or Decoding(), batch_size, revision)
 
     def sentences(self, text: str, count: int, *, seed: int) -> list[str]:
@@ -289,7 +287,7 @@ class LanguageEnhancer:
         d = self.decoding
         devices = [self.device] if self.device.startswith("cuda") else []
         out: list[str] = []
-        with torch.random.fork_rng(devices=devices):  # leave the caller's RNG alone
+        with torch.random.fork_rng(devices=devices), torch.no_grad():  # leave the caller's RNG alone
             torch.manual_seed(seed)
             encoded = self.tokenizer([text], return_tensors="pt").to(self.device)
             remaining = count if d.do_sample else min(count, d.num_beams)  # beam search repeats itself
