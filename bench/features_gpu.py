@@ -20,13 +20,15 @@ import argparse
 import io
 import json
 import os
-import platform
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name
 
 
 def write_jpeg_tar(path: Path, images: int, size: int, seed: int = 0, classes: int = 4) -> None:
@@ -63,16 +65,6 @@ def shard_dataset(clip: Any, tar: Path, classes: int = 4) -> Any:
     samples = scan_shard(tar, classes).samples
     items = [(str(tar), s.offset, s.size) for s in samples]
     return ImageDataset(items, read_range, clip.preprocess, clip.image_shape())
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: str) -> None:

@@ -26,7 +26,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -37,6 +36,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from machine import cpu_name
 
 RESOURCE_NAME = "bench-generate"
 
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "storage": "moto S3" if args.moto else ("s3" if (args.storage or "").startswith("s3://") else "file"),
         "worker_images_per_s": round(worker_ips, 3),
         "naive_images_per_s": round(naive_ips, 3),
@@ -280,16 +281,6 @@ def _storage(args: argparse.Namespace, tmp: Path) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

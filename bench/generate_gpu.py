@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu_name() -> str:
-    from generate_cpu import _cpu_name as name
+    from machine import cpu_name as name
 
     return name()
 
