@@ -475,7 +475,12 @@ class RealFiltering(ApiModel):
     shots: int | None = Field(
         default=None, ge=1, le=1000, description="Shots per class (default: realGuidance.shots)."
     )
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="Seed for picking the shots (default: realGuidance.seed: RF sees the shots RG used).",
+    )
 
 
 class Filter(ApiModel):

@@ -53,11 +53,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from synthrec.workers.runtime import ConfigError, DataError, StageContext
-
 from synthrec.labels import ResolvedLabels, resolve_labels
 from synthrec.layout import DatasetLayout
 from synthrec.storage import ObjectNotFound, Storage, StorageConflict, read_marker, sha256_file
+from synthrec.workers.runtime import ConfigError, DataError, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +326,7 @@ def _real_filtering(
     ctx: StageContext, collected: _Collected, labels: ResolvedLabels
 ) -> tuple[Any, dict[str, Any]]:
     import numpy as np
+
     from synthrec.workers.clip import load_clip, set_torch_threads
     from synthrec.workers.realdata import index_real_data, load_shots
     from synthrec.workers.runtime import select_device
@@ -342,7 +342,8 @@ def _real_filtering(
         )
     set_torch_threads()
     index = index_real_data(source, labels, ctx.open)
-    loaded, bad = load_shots(index, shots, rf.seed, ctx.open, source.on_bad_image)
+    seed = rf.seed if rf.seed is not None else (rg.seed if rg else 0)
+    loaded, bad = load_shots(index, shots, seed, ctx.open, source.on_bad_image)
     clip = load_clip(
         spec.filter.clip.model,
         spec.filter.clip.pretrained,
@@ -371,7 +372,7 @@ def _real_filtering(
         "k": min(rf.k, len(real_class)),
         "source": source.uri,
         "shots": shots,
-        "seed": rf.seed,
+        "seed": seed,
         "shot_uris": sorted(img.uri for c in loaded for img, _ in loaded[c])[:10_000],
         "unreadable_shots_replaced": bad,
         "dropped": int((~keep).sum()),

@@ -13,10 +13,6 @@ from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
-from synthrec.workers import filter as filter_stage
-from synthrec.workers import reduce as reduce_stage
-from synthrec.workers.runtime import run_stage
-from synthrec.workers.shards import read_features, soft_targets
 
 from synthrec import contract
 from synthrec.api import SyntheticDatasetSpec
@@ -24,6 +20,10 @@ from synthrec.layout import DatasetLayout
 from synthrec.plan import dataset_task
 from synthrec.storage import commit_file, open_storage, read_marker, write_marker
 from synthrec.tasks import ResourceRef, dump_task
+from synthrec.workers import filter as filter_stage
+from synthrec.workers import reduce as reduce_stage
+from synthrec.workers.runtime import run_stage
+from synthrec.workers.shards import read_features, soft_targets
 
 COLOURS = [(220, 40, 40), (40, 180, 60), (40, 70, 220), (230, 210, 40)]
 
@@ -94,16 +94,19 @@ def write_shard(
     return keys
 
 
-def dataset_spec(out_uri: str, clip_uri: str, **filter_kw: Any) -> SyntheticDatasetSpec:
-    return SyntheticDatasetSpec.model_validate(
-        {
-            "labels": {"preset": "tiny"},
-            "generator": {"model": "tiny://sd", "resolution": 64},
-            "filter": {"clip": {"model": clip_uri}, "keepPerClass": 3, "batchSize": 8, **filter_kw},
-            "sharding": {"shards": 2},
-            "output": {"uri": out_uri},
-        }
-    )
+def dataset_spec(
+    out_uri: str, clip_uri: str, real_guidance: dict[str, Any] | None = None, **filter_kw: Any
+) -> SyntheticDatasetSpec:
+    body = {
+        "labels": {"preset": "tiny"},
+        "generator": {"model": "tiny://sd", "resolution": 64},
+        "filter": {"clip": {"model": clip_uri}, "keepPerClass": 3, "batchSize": 8, **filter_kw},
+        "sharding": {"shards": 2},
+        "output": {"uri": out_uri},
+    }
+    if real_guidance is not None:
+        body["realGuidance"] = real_guidance
+    return SyntheticDatasetSpec.model_validate(body)
 
 
 def run_worker(
@@ -126,13 +129,14 @@ def make_dataset(
     per_class: int = 5,
     corrupt: set[str] = frozenset(),
     out_uri: str | None = None,
+    real_guidance: dict[str, Any] | None = None,
     **filter_kw: Any,
 ) -> tuple[SyntheticDatasetSpec, Any]:
     """A 2-shard dataset of the tiny label space with ``per_class`` images per class and shard."""
     if out_uri is None:
         (tmp_path / "ds").mkdir()
         out_uri = (tmp_path / "ds").as_uri() + "/"
-    spec = dataset_spec(out_uri, clip_uri, **filter_kw)
+    spec = dataset_spec(out_uri, clip_uri, real_guidance, **filter_kw)
     storage = open_storage(spec.output.uri)
     task = dataset_task(spec, "filter", ResourceRef(kind="SyntheticDataset", name="t"))
     for shard in range(2):
@@ -266,6 +270,32 @@ def test_reduce_with_real_filtering_drops_before_selecting(
         r["key"] for r in map(json.loads, storage.read_bytes("index/kept.jsonl").decode().splitlines())
     }
     assert len(dropped) == manifest["counts"]["kept"]
+
+
+def test_real_filtering_uses_the_shots_real_guidance_used(
+    tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synthrec.labels import resolve_labels
+    from synthrec.workers.realdata import index_real_data, sample_shots
+
+    real = {"uri": (tiny_models.real / "train").as_uri()}
+    rg = {"source": real, "shots": 2, "seed": 5}
+    spec, storage = make_dataset(
+        tmp_path,
+        monkeypatch,
+        tiny_models.clip.as_uri(),
+        per_class=2,
+        real_guidance=rg,
+        realFiltering={"enabled": True},
+    )
+    for shard in range(2):
+        assert run_worker(tmp_path, monkeypatch, spec, "filter", shard)[0] == 0
+    assert run_worker(tmp_path, monkeypatch, spec, "reduce")[0] == 0
+    info = storage.read_json("manifest.json")["filter"]["real_filtering"]
+    index = index_real_data(spec.real_guidance.source, resolve_labels(spec.labels), open_storage)
+    rg_shots = sorted(img.uri for imgs in sample_shots(index, 2, 5).values() for img in imgs)
+    assert info["seed"] == 5 and info["shots"] == 2
+    assert info["shot_uris"] == rg_shots
 
 
 def test_committed_stages_return_at_once_without_importing_torch(tmp_path: Path) -> None:
