@@ -85,6 +85,7 @@ def measure(
     encoder_iters: int,
 ) -> dict[str, Any]:
     import torch
+
     from synthrec.workers.clip import available_cpus, encode_dataset, image_loader, load_clip, loader_workers
 
     torch.backends.cudnn.benchmark = True

@@ -68,12 +68,11 @@ def dataset_spec(model_uri: str, out_uri: str, args: argparse.Namespace, *, shar
 
 def run_stage_in_process(spec: Any, stage: str, folder: Path, shard: int | None = None) -> dict[str, Any]:
     """Run one stage exactly as the CLI does; returns its termination summary (raises if it failed)."""
-    from synthrec.workers import generate, prompts
-    from synthrec.workers.runtime import run_stage
-
     from synthrec.contract import ENV_TERMINATION_LOG, parse_summary
     from synthrec.plan import dataset_task
     from synthrec.tasks import ResourceRef, dump_task
+    from synthrec.workers import generate, prompts
+    from synthrec.workers.runtime import run_stage
 
     folder.mkdir(parents=True, exist_ok=True)
     task = folder / f"{stage}.json"
@@ -113,12 +112,12 @@ def run_naive(model_uri: str, out_uri: str, folder: Path, args: argparse.Namespa
     """One prompt per call, synchronous encode and upload per image; same prompts, seeds and settings."""
     import torch
     from diffusers import AutoPipelineForText2Image
-    from synthrec.workers.prompts import build_prompts
-    from synthrec.workers.workitems import shard_items
 
     from synthrec.labels import resolve_labels
     from synthrec.plan import dataset_hashes
     from synthrec.storage import open_storage
+    from synthrec.workers.prompts import build_prompts
+    from synthrec.workers.workitems import shard_items
 
     spec = dataset_spec(model_uri, out_uri, args)
     storage = open_storage(out_uri)

@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     import diffusers.utils.logging
     import torch
     import transformers.utils.logging
+
     from synthrec.workers.diffusion import resolve_dtype
     from synthrec.workers.runtime import select_device
 

@@ -31,9 +31,8 @@ from features_gpu import shard_dataset, write_jpeg_tar
 
 def _tune_config(epochs: int, batch: int) -> Any:
     """The paper's Classifier Tuning settings (synthrec.api defaults) at this size."""
-    from synthrec.workers.tuning import TuneConfig
-
     from synthrec.api import ClassifierTuning
+    from synthrec.workers.tuning import TuneConfig
 
     ct = ClassifierTuning(epochs=epochs, batch_size_synthetic=batch)
     return TuneConfig.from_spec(ct, lr=2e-3, seed=0)
@@ -43,6 +42,7 @@ def bench_model(
     ref: str, pretrained: str | None, images: int, size: int, epochs: int, batch: int, classes: int = 4
 ) -> dict[str, Any]:
     import torch
+
     from synthrec.workers.clip import encode_dataset, load_clip
     from synthrec.workers.train import small_kernel_threads
     from synthrec.workers.tuning import CachedFeatures, LinearHead, tune

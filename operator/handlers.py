@@ -22,6 +22,7 @@ import os
 import time
 from typing import Any
 
+from synthrec.api import GROUP, VERSION
 from synthrec.operator.observed import (
     LABEL_MANAGED_BY,
     LABEL_RESOURCE,
@@ -34,8 +35,6 @@ from synthrec.operator.observed import (
 from synthrec.operator.reconciler import DATASET, EXPERIMENT, Reconciler
 from synthrec.operator.settings import OperatorConfig, configure_kopf
 from synthrec.operator.status import Event
-
-from synthrec.api import GROUP, VERSION
 
 log = logging.getLogger("synthrec.operator")
 DELETE_ATTEMPTS = 5

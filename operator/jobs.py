@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from synthrec import contract
+from synthrec.api import API_VERSION
 from synthrec.operator.observed import (
     ANNOTATION_RUN_INDEX,
     ANNOTATION_SHARDS,
@@ -25,9 +27,6 @@ from synthrec.operator.observed import (
     MANAGED_BY,
     WORKER_CONTAINER,
 )
-
-from synthrec import contract
-from synthrec.api import API_VERSION
 from synthrec.plan import format_ranges
 from synthrec.tasks import dump_task
 

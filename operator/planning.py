@@ -33,6 +33,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
+
+from synthrec import api
+from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.operator.jobs import (
     JobShape,
     Owner,
@@ -53,9 +56,6 @@ from synthrec.operator.status import (
     summary_int,
     summary_str,
 )
-
-from synthrec import api
-from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.plan import (
     StageDef,
     dataset_stages,

@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from synthrec import api
 from synthrec.operator import planning
 from synthrec.operator.kube import ApiFailure, KubeApi, merge_diff
 from synthrec.operator.metrics import Metrics
 from synthrec.operator.observed import DatasetView, JobView, OwnerKey, PodView
 from synthrec.operator.settings import OperatorConfig
 from synthrec.operator.status import Event, StatusThrottle, transitions
-
-from synthrec import api
 
 log = logging.getLogger("synthrec.operator")
 

@@ -33,9 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from synthrec.operator.jobs import DEFAULT_IMAGE, WorkerDefaults
-
 from synthrec.api import GROUP
+from synthrec.operator.jobs import DEFAULT_IMAGE, WorkerDefaults
 
 FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP

@@ -17,9 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from synthrec.operator.observed import JobView, PodView
-
 from synthrec import conditions as cond
+from synthrec.operator.observed import JobView, PodView
 
 # Waiting reasons of a container that mean "this will not fix itself quickly".
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")

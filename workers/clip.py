@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthrec.workers.runtime import ConfigError, Progress
-
 from synthrec.modelref import ModelRefError, default_cache_dir, resolve_model
+from synthrec.workers.runtime import ConfigError, Progress
 
 if TYPE_CHECKING:
     import torch
@@ -219,6 +218,7 @@ class ImageDataset:
     def __getitem__(self, i: int) -> tuple[Any, int, bool]:
         import torch
         from PIL import Image
+
         from synthrec.workers.realdata import decode_rgb
 
         try:

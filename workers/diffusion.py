@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from synthrec.api import Generator
 from synthrec.workers.models import (
     first_line,
     quiet_hub_progress,
@@ -22,8 +24,6 @@ from synthrec.workers.models import (
     resolve_model_folder,
 )
 from synthrec.workers.runtime import ConfigError, select_device
-
-from synthrec.api import Generator
 
 log = logging.getLogger("synthrec.workers.diffusion")
 

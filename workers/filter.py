@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthrec.workers.runtime import DataError, StageContext, select_device
-
 from synthrec.labels import resolve_labels
 from synthrec.layout import DatasetLayout
 from synthrec.storage import StorageConflict, commit_file, read_marker
+from synthrec.workers.runtime import DataError, StageContext, select_device
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -98,6 +97,7 @@ def _summary(shard: int, marker: dict[str, Any], uri: str, *, skipped: bool) -> 
 
 def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[dict, dict, dict, dict]:
     import torch
+
     from synthrec.workers.clip import ImageDataset, encode_dataset, load_clip, set_torch_threads
     from synthrec.workers.shards import read_range
 

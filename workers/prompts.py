@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthrec.workers.models import first_line, quiet_hub_progress, resolve_model_folder
-from synthrec.workers.runtime import ConfigError, StageContext, select_device
-from synthrec.workers.workitems import PromptRow, PromptSource, derive_seed, dump_rows, even_split
-
 from synthrec.api import SyntheticDatasetSpec
 from synthrec.labels import ResolvedLabels, resolve_labels
 from synthrec.layout import DatasetLayout
 from synthrec.storage import StorageConflict, commit_file, read_marker
+from synthrec.workers.models import first_line, quiet_hub_progress, resolve_model_folder
+from synthrec.workers.runtime import ConfigError, StageContext, select_device
+from synthrec.workers.workitems import PromptRow, PromptSource, derive_seed, dump_rows, even_split
 
 log = logging.getLogger("synthrec.workers.prompts")
 

@@ -61,11 +61,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthrec.workers.runtime import ConfigError, DataError
-
 from synthrec.api import RealData
 from synthrec.labels import ResolvedLabels, normalise_folder_name
 from synthrec.storage import ObjectNotFound, Storage, StorageError
+from synthrec.workers.runtime import ConfigError, DataError
 
 if TYPE_CHECKING:
     from PIL import Image

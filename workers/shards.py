@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthrec.workers.runtime import DataError
-
 from synthrec.layout import DatasetLayout
 from synthrec.storage import Storage, read_marker, sha256_file
+from synthrec.workers.runtime import DataError
 
 
 @dataclass(frozen=True)

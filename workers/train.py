@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthrec.workers.runtime import ConfigError, DataError, StageContext, select_device
-
 from synthrec.labels import ResolvedLabels, resolve_labels
 from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import ObjectNotFound, Storage, StorageConflict, open_storage, read_marker, write_marker
+from synthrec.workers.runtime import ConfigError, DataError, StageContext, select_device
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +189,7 @@ class _Run:
         datasets = [pin_dataset(self.ctx, inp) for inp in self.plan.synthetic]
 
         import torch
+
         from synthrec.workers.clip import load_clip, set_torch_threads
         from synthrec.workers.tuning import LinearHead, evaluate
 
@@ -380,6 +380,7 @@ class _Run:
         """Exactly ``shots`` real images per class, sampled with the run's seed (an unreadable shot is
         replaced by the class's next image in the seeded order, see synthrec.workers.realdata)."""
         import torch
+
         from synthrec.workers.realdata import index_real_data, load_shots, sample_shots
 
         data = self.spec.data.real_train
@@ -504,6 +505,7 @@ class _Run:
     def _from_filter_features(self, d: PinnedDataset) -> Any:
         def encode() -> tuple[Any, Any]:
             import torch
+
             from synthrec.workers.shards import read_features
 
             cache: dict[str, Any] = {}
@@ -537,6 +539,7 @@ class _Run:
     def _encode_with(self, encoder: Any, fs: FeatureSet) -> Any:
         """Features of ``fs`` through the tuned image tower (eval mode), for evaluation."""
         import torch
+
         from synthrec.workers.clip import ImageDataset, image_loader
 
         encoder.visual.eval()

@@ -25,8 +25,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from synthrec.workers import generate, prompts
-from synthrec.workers.runtime import run_stage
 
 from synthrec.api import SyntheticDatasetSpec
 from synthrec.contract import ENV_PROGRESS_FILE, ENV_TERMINATION_LOG, parse_summary
@@ -35,6 +33,8 @@ from synthrec.plan import dataset_hashes, dataset_task
 from synthrec.storage import open_storage
 from synthrec.tasks import ResourceRef, dump_task
 from synthrec.tiny import TinyModels
+from synthrec.workers import generate, prompts
+from synthrec.workers.runtime import run_stage
 
 pytestmark = pytest.mark.slow
 
@@ -384,6 +384,7 @@ def test_real_guidance_starts_from_exactly_the_sampled_shots_at_the_configured_s
     expected: float,
 ) -> None:
     from diffusers import StableDiffusionImg2ImgPipeline
+
     from synthrec.workers.diffusion import center_square
     from synthrec.workers.realdata import RealImage, load_rgb
 

@@ -24,10 +24,10 @@ import kubernetes_validate
 import pytest
 import pytest_asyncio
 import yaml
+
 from synthrec.operator.observed import ANNOTATION_SHARDS
 from synthrec.operator.reconciler import Reconciler
 from synthrec.operator.settings import OperatorConfig
-
 from synthrec.plan import parse_ranges
 from tests.fixtures.k8s import running_operator, serving, wait_for
 from tests.k8s.emulator import ApiCall, RealisticEmulator, _rbac_verb
@@ -320,6 +320,7 @@ async def operator_in_thread(config: OperatorConfig = FAST) -> AsyncIterator[Rec
     crash) kills only its own tasks. (Kopf cancels every task of its loop created after it started, which
     in-process would include the fake kubelet's pods.) Logs in through $KUBECONFIG."""
     import kopf
+
     from synthrec.operator.handlers import register
 
     ready = threading.Event()

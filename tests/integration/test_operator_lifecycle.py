@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import kmock
 import pytest
-from synthrec.operator.settings import FINALIZER
 
+from synthrec.operator.settings import FINALIZER
 from tests.fixtures.k8s import running_operator, wait_for
 from tests.integration.test_operator_harness import (
     CONFIGMAPS,

@@ -12,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synthrec.workers import prompts
-from synthrec.workers.runtime import run_stage
-from synthrec.workers.workitems import parse_rows
 
 from synthrec.api import SyntheticDatasetSpec
 from synthrec.contract import ENV_TERMINATION_LOG, parse_summary
@@ -22,6 +19,9 @@ from synthrec.plan import dataset_hashes, dataset_task
 from synthrec.storage import open_storage
 from synthrec.tasks import ResourceRef, dump_task
 from synthrec.tiny import TINY_CLASSES, TinyModels
+from synthrec.workers import prompts
+from synthrec.workers.runtime import run_stage
+from synthrec.workers.workitems import parse_rows
 
 RESOURCE = ResourceRef(kind="SyntheticDataset", name="tiny-prompts")
 

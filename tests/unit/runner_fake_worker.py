@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthrec.workers.runtime import ConfigError, DataError, RetryableError, StageContext, run_stage
-
 from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import commit_file, write_marker
+from synthrec.workers.runtime import ConfigError, DataError, RetryableError, StageContext, run_stage
 
 
 def _action(stage: str, shard: int) -> str:

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from synthrec.workers.runtime import spec_document
 
 from synthrec import api, artifacts, plan
 from synthrec.cli import main
 from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import FileStorage, write_marker
 from synthrec.tasks import ResourceRef
+from synthrec.workers.runtime import spec_document
 
 DATASET = {
     "apiVersion": "synthrec.io/v1alpha1",

@@ -8,10 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthrec.workers import reduce as reduce_stage
-from synthrec.workers.reduce import clip_filter, real_filter_keep
-from synthrec.workers.runtime import run_stage
-from synthrec.workers.shards import write_features
 
 from synthrec import contract
 from synthrec.api import SyntheticDatasetSpec
@@ -19,6 +15,10 @@ from synthrec.layout import DatasetLayout
 from synthrec.plan import dataset_task
 from synthrec.storage import open_storage, write_marker
 from synthrec.tasks import ResourceRef, dump_task
+from synthrec.workers import reduce as reduce_stage
+from synthrec.workers.reduce import clip_filter, real_filter_keep
+from synthrec.workers.runtime import run_stage
+from synthrec.workers.shards import write_features
 
 # ---------------------------------------------------------------------------------------- CLIP Filter
 # One class, K = 3, threshold 1/C = 0.25 (C = 4). Positions are in (shard, key) order.
@@ -176,6 +176,7 @@ def test_nearest_with_k_votes_and_strict_also_requires_the_nearest_shot() -> Non
 
 def test_text_head_is_the_renormalised_mean_of_normalised_template_embeddings(tiny_models) -> None:
     import torch
+
     from synthrec.workers.clip import load_clip
 
     clip = load_clip(tiny_models.clip.as_uri(), None, "cpu")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from packaging.specifiers import SpecifierSet
+
 from synthrec.operator.jobs import CACHE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]

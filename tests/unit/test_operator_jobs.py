@@ -8,6 +8,8 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+
+from synthrec import api
 from synthrec.operator.jobs import (
     JobShape,
     Owner,
@@ -20,8 +22,6 @@ from synthrec.operator.jobs import (
     stage_job_name,
 )
 from synthrec.operator.observed import JobView
-
-from synthrec import api
 from synthrec.plan import dataset_task
 from synthrec.tasks import ResourceRef
 

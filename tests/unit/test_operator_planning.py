@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from synthrec.operator import planning
 from synthrec.operator.observed import DatasetView, JobCondition, JobView, PodView
 from synthrec.operator.planning import Context, Observed, plan

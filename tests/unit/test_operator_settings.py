@@ -8,10 +8,10 @@ import sys
 
 import kopf
 import pytest
-from synthrec.operator.metrics import Metrics
-from synthrec.operator.settings import FINALIZER, OperatorConfig, SettingsError, configure_kopf
 
 from synthrec.cli import main
+from synthrec.operator.metrics import Metrics
+from synthrec.operator.settings import FINALIZER, OperatorConfig, SettingsError, configure_kopf
 
 
 def test_defaults_without_environment() -> None:

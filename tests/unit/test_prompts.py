@@ -7,6 +7,9 @@ import io
 import tarfile
 
 import pytest
+
+from synthrec.api import SyntheticDatasetSpec
+from synthrec.labels import resolve_labels
 from synthrec.workers.prompts import basic_prompts, build_prompts, fill_in, images_per_row, select_prompts
 from synthrec.workers.shardio import DeterministicTar, encode_jpeg, sample_json
 from synthrec.workers.workitems import (
@@ -18,9 +21,6 @@ from synthrec.workers.workitems import (
     shard_items,
     shard_range,
 )
-
-from synthrec.api import SyntheticDatasetSpec
-from synthrec.labels import resolve_labels
 
 
 def spec(**overrides: object) -> SyntheticDatasetSpec:

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from synthrec.api import LabelClass, LabelSpace, RealData
+from synthrec.labels import resolve_labels
+from synthrec.storage import open_storage
 from synthrec.workers.realdata import (
     RealImage,
     RealIndex,
@@ -20,10 +24,6 @@ from synthrec.workers.realdata import (
     shot_order,
 )
 from synthrec.workers.runtime import ConfigError, DataError
-
-from synthrec.api import LabelClass, LabelSpace, RealData
-from synthrec.labels import resolve_labels
-from synthrec.storage import open_storage
 
 TINY = resolve_labels(LabelSpace(preset="tiny"))  # red circle, green square, blue triangle, yellow cross
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.numpy import save
-from synthrec.workers.runtime import spec_document
 
 from synthrec import api, plan
 from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.report import build_report, safetensors_matrix
 from synthrec.storage import FileStorage, open_storage, write_marker
 from synthrec.tasks import ResourceRef
+from synthrec.workers.runtime import spec_document
 
 CLASSES = ["cat <b>&", "dog"]
 

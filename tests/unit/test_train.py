@@ -9,6 +9,9 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
+from synthrec.api import ClassifierTuning
 from synthrec.workers.tuning import (
     CachedFeatures,
     CycledBatches,
@@ -23,9 +26,6 @@ from synthrec.workers.tuning import (
     trainable_encoder_parameters,
     tune,
 )
-from torch import nn
-
-from synthrec.api import ClassifierTuning
 
 
 def config(**kw) -> TuneConfig:
@@ -55,6 +55,7 @@ def test_sce_matches_the_formula_on_known_logits() -> None:
 
 def test_the_initial_head_reproduces_zero_shot_predictions_exactly(tiny_models) -> None:
     from PIL import Image
+
     from synthrec.workers.clip import load_clip, zero_shot_logits
 
     clip = load_clip(tiny_models.clip.as_uri(), None, "cpu")
