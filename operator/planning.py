@@ -600,6 +600,10 @@ def _advance_stage(
     candidates = [j for j in jobs if j.attempt == attempt]
     current = next((j for j in candidates if not j.deleting), candidates[0] if candidates else None)
     pods = pods_by_job.get(current.uid, []) if current else []
+    if current is not None:
+        # Derived from the observed Jobs, not only from the status write that started them: that write may
+        # have been coalesced away by the status throttle.
+        ss.attempt = attempt
 
     def start(number: int, shards: set[int]) -> None:
         if not may_start:

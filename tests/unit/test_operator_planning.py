@@ -145,6 +145,17 @@ def test_the_next_stage_starts_when_the_previous_one_completed() -> None:
     assert "synthrec.io/shards" not in (generate["metadata"].get("annotations") or {})  # index == shard
 
 
+def test_the_attempt_in_status_follows_the_observed_jobs() -> None:
+    # The status write that started attempt 1 may have been coalesced away by the throttle.
+    persisted = {"stages": {"prompts": {"state": "Succeeded", "attempt": 1}}}
+    gen = job("ds-generate-a1", "generate", completions=4, completed="0")
+    actions = plan(
+        with_status(dataset(), persisted), Observed(jobs=[gen], pods=[pod(gen, 0, images=10)]), CTX
+    )
+    assert stage_status(actions, "generate")["attempt"] == 1
+    assert stage_status(actions, "generate")["job"] == "ds-generate-a1"
+
+
 def test_shards_are_folded_into_status_exactly_once() -> None:
     gen = job("ds-generate-a1", "generate", completions=4, completed="0-3")
     pods = [pod(gen, i, images=10) for i in range(4)]
