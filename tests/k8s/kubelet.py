@@ -42,13 +42,14 @@ import copy
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from synthrec.plan import format_ranges, parse_ranges  # the Job status range format, one implementation
 from tests.k8s.client import ApiError, K8sClient
 from tests.k8s.emulator import now_rfc3339
 from tests.k8s.runners import (
@@ -89,31 +90,6 @@ MSG_BACKOFF = "Job has reached the specified backoff limit"
 MSG_DEADLINE = "Job was active longer than specified deadline"
 MSG_MAX_FAILED_INDEXES = "Job has exceeded the specified maximal number of failed indexes"
 MSG_FAILED_INDEXES = "Job has failed indexes"
-
-
-def format_ranges(indexes: Iterable[int]) -> str:
-    """``{0, 1, 2, 3, 5}`` -> ``"0-3,5"`` (the Job status format)."""
-    parts: list[str] = []
-    ordered = sorted(set(indexes))
-    start = prev = None
-    for index in [*ordered, None]:
-        if prev is not None and (index is None or index != prev + 1):
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-            start = index
-        elif start is None:
-            start = index
-        prev = index
-    return ",".join(parts)
-
-
-def parse_ranges(text: str | None) -> set[int]:
-    """``"0-3,5"`` -> ``{0, 1, 2, 3, 5}``."""
-    result: set[int] = set()
-    for part in (text or "").split(","):
-        if part.strip():
-            low, _, high = part.partition("-")
-            result.update(range(int(low), int(high or low) + 1))
-    return result
 
 
 @dataclass(eq=False)
@@ -495,10 +471,8 @@ class FakeKubelet:
 
     async def _sync(self, st: _JobState) -> None:
         now = asyncio.get_running_loop().time()
+        self._account_finished(st, now)
         for rec in list(st.pods.values()):
-            if rec.phase in TERMINAL and not rec.counted:
-                rec.counted = True
-                self._account(st, rec, now)
             if rec.phase in TERMINAL and not rec.released:
                 await self._release(rec)
         if st.deleted:
@@ -539,6 +513,13 @@ class FakeKubelet:
             await self._create_pods(st, now)
         st.max_active = max(st.max_active, len(st.active()))
         await self._write_job_status(st)
+
+    def _account_finished(self, st: _JobState, now: float) -> None:
+        """Count every pod that reached a terminal phase (synchronously: no pod can finish meanwhile)."""
+        for rec in list(st.pods.values()):
+            if rec.phase in TERMINAL and not rec.counted:
+                rec.counted = True
+                self._account(st, rec, now)
 
     def _account(self, st: _JobState, rec: PodRecord, now: float) -> None:
         """Fold a finished pod into the Job's counters, as the Job controller does."""
@@ -599,7 +580,10 @@ class FakeKubelet:
             st.target = ("FailureTarget", "FailedIndexes", MSG_FAILED_INDEXES)
 
     async def _create_pods(self, st: _JobState, now: float) -> None:
-        if st.create_error is not None:
+        # A pod may have finished during an await since the sync began: count it first, or its index
+        # would look free and get a replacement the pod failure policy forbids.
+        self._account_finished(st, now)
+        if st.create_error is not None or st.target is not None:
             return
         spec = st.spec
         only_failed = spec.get("podReplacementPolicy") == "Failed"
