@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -58,6 +60,16 @@ def test_console_script_is_installed() -> None:
 
 
 def test_wheel_has_the_mapped_packages(tmp_path: Path) -> None:
+    # Build from a copy of the tracked tree: setuptools writes build/ and *.egg-info into the source folder.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    src = tmp_path / "src"
+    for rel in tracked.split():
+        target = src / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / rel).is_symlink():
+            target.symlink_to(os.readlink(ROOT / rel))
+        elif (ROOT / rel).is_file():
+            shutil.copy2(ROOT / rel, target)
     proc = subprocess.run(
         [
             sys.executable,
@@ -67,8 +79,8 @@ def test_wheel_has_the_mapped_packages(tmp_path: Path) -> None:
             "--no-deps",
             "--no-build-isolation",
             "-w",
-            str(tmp_path),
-            str(ROOT),
+            str(tmp_path / "dist"),
+            str(src),
         ],
         capture_output=True,
         text=True,
@@ -77,7 +89,7 @@ def test_wheel_has_the_mapped_packages(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     import zipfile
 
-    wheel = next(tmp_path.glob("synthrec-*.whl"))
+    wheel = next((tmp_path / "dist").glob("synthrec-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "synthrec/api.py" in names
     assert any(n.startswith("synthrec/operator/") for n in names)
