@@ -281,10 +281,12 @@ class Reconciler:
         for name in actions.delete_jobs:
             await api_.delete_job(namespace, name)
             state.created.pop(name, None)
-        for name, patch in actions.patch_jobs:
-            await api_.patch_job(namespace, name, patch)
+        # ConfigMaps go before the TTL patch: should a delete fail, the Job keeps no TTL and the next
+        # reconcile plans both again, so a task ConfigMap is never left behind a Job that expired.
         for name in actions.delete_configmaps:
             await api_.delete_configmap(namespace, name)
+        for name, patch in actions.patch_jobs:
+            await api_.patch_job(namespace, name, patch)
         for event in actions.events:
             self._event(body, event)
         return None

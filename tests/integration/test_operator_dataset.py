@@ -48,8 +48,30 @@ def failing(stage: str, shards: set[int], *, times: int | None = None, code: int
 
 
 async def test_dataset_reaches_complete_with_counts_and_valid_children(k8s_op, tmp_path: Path) -> None:
-    async with operator_harness(k8s_op, FakeRunner(fake_worker(images_per_shard=10)), tmp_path) as h:
+    # Generation waits until the test has seen it running: fake workers otherwise finish before a
+    # loaded machine lets the operator observe a running pod.
+    running_seen = asyncio.Event()
+    worker = fake_worker(images_per_shard=10)
+
+    async def gated(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
+        if stage_of(job) == "generate":
+            await running_seen.wait()
+        return worker(job, index, attempt)
+
+    async with operator_harness(k8s_op, FakeRunner(gated), tmp_path) as h:
         await h.create(dataset_body("ds", shards=4))
+        running = await wait_for(
+            lambda: (
+                (c := h.condition(DATASETS, "ds", "Running"))["status"] == "True"
+                and h.status(DATASETS, "ds")["stages"]["generate"]["state"] == "Running"
+                and c
+            ),
+            20,
+            message="the dataset shows its generation pods running",
+        )
+        assert running["reason"] == "ShardsRunning" and "pod(s) running" in running["message"]
+        assert h.status(DATASETS, "ds")["phase"] == "Running"
+        running_seen.set()
         status = await h.wait_phase(DATASETS, "ds", "Succeeded")
         assert status["images"] == {"generated": 40, "passed": 32, "kept": 20, "rejected": 99}
         assert status["artifacts"]["manifestDigest"] == "sha256:" + "ab" * 32
@@ -161,7 +183,11 @@ async def test_finished_jobs_get_their_ttl_only_after_their_results_are_in_statu
         await h.create(dataset_body("ds", shards=2, runPolicy={"ttlSecondsAfterFinished": 0}))
         status = await h.wait_phase(DATASETS, "ds", "Succeeded")
         await wait_for(lambda: not h.job_names("ds"), 10, message="Jobs expired by their TTL")
-        assert not k8s_op.list_objects("v1/configmaps", NS, label_selector="synthrec.io/resource=ds")
+        await wait_for(
+            lambda: not k8s_op.list_objects("v1/configmaps", NS, label_selector="synthrec.io/resource=ds"),
+            10,
+            message="task ConfigMaps deleted with their folded Jobs",
+        )
         await asyncio.sleep(0.5)  # several reconciles later: nothing re-created, counts kept
         assert not h.job_names("ds")
         assert h.status(DATASETS, "ds")["images"] == status["images"]
