@@ -29,7 +29,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -67,6 +67,7 @@ from synthrec.plan import (
     train_task,
 )
 from synthrec.tasks import DatasetInput, ResourceRef
+from synthrec.timestamps import utc_stamp
 
 MAX_RANGE_STRING = 4096  # the CRD's maxLength of succeededIndexes / failedIndexes
 STAGE_WEIGHTS = {"prompts": 5, "generate": 70, "filter": 20, "reduce": 5}
@@ -97,7 +98,7 @@ class Context:
 
     @property
     def stamp(self) -> str:
-        return self.now.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        return utc_stamp(self.now)
 
 
 @dataclass

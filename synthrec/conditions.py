@@ -8,16 +8,16 @@ Rules (operator anchors §3.2): at most one of Complete/Failed is True and termi
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from synthrec.api import Condition, Phase
+from synthrec.timestamps import utc_stamp
 
 TERMINAL = ("Complete", "Failed")
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return utc_stamp()
 
 
 def _as_dicts(conditions: Iterable[Condition | dict[str, Any]] | None) -> list[dict[str, Any]]:

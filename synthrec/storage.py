@@ -33,10 +33,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from synthrec.timestamps import utc_stamp
 from synthrec.uris import URIError, parse_storage_uri
 
 log = logging.getLogger(__name__)
@@ -169,10 +169,6 @@ def clean_key(key: str, *, folder: bool = False) -> str:
 
 def _missing(target: str) -> str:
     return f"{target} does not exist; check the URI, or run the step that writes it first"
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -736,7 +732,7 @@ _MARKER_FIELDS = ("spec_hash", "written_at", "sha256", "size")
 
 def write_marker(storage: Storage, key: str, *, spec_hash: str, **fields: Any) -> dict[str, Any]:
     """Write the commit marker ``key`` (JSON): ``fields`` plus ``spec_hash`` and ``written_at`` (UTC)."""
-    marker = {**fields, "spec_hash": spec_hash, "written_at": _utc_now()}
+    marker = {**fields, "spec_hash": spec_hash, "written_at": utc_stamp()}
     storage.write_json(key, marker)
     return marker
 

@@ -49,13 +49,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from synthrec.labels import ResolvedLabels, resolve_labels
 from synthrec.layout import DatasetLayout
 from synthrec.storage import ObjectNotFound, Storage, StorageConflict, read_marker, sha256_file
+from synthrec.timestamps import utc_stamp
 from synthrec.workers.runtime import ConfigError, DataError, StageContext
 
 log = logging.getLogger(__name__)
@@ -469,7 +469,7 @@ def _manifest(
         "resource": task.resource.model_dump(mode="json"),
         "spec_hash": task.hashes["reduce"],
         "hashes": dict(task.hashes),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_at": utc_stamp(),
         "labels": {
             "source": labels.source,
             "classes": labels.names,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from synthrec import api, conditions, contract, plan
 from synthrec.tasks import ResourceRef, dump_task, load_task
+from synthrec.timestamps import utc_stamp
 
 
 def dataset_spec(**over: object) -> api.SyntheticDatasetSpec:
@@ -232,3 +234,9 @@ def test_termination_summary_fits_the_kubelet_limit() -> None:
     assert parsed["images"] == 10 and parsed["shard"] == 3
     assert contract.parse_summary("not json") is None
     assert json.loads(contract.summary_line({"a": 1})) == {"a": 1}
+
+
+def test_timestamps_are_utc_whole_seconds_with_z_as_kubernetes_writes_them() -> None:
+    berlin = datetime(2026, 3, 1, 12, 30, 5, 999_999, tzinfo=timezone(timedelta(hours=1)))
+    assert utc_stamp(berlin) == "2026-03-01T11:30:05Z"
+    assert conditions.now_iso().endswith("Z") and len(conditions.now_iso()) == len("2026-03-01T11:30:05Z")
