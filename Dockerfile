@@ -16,15 +16,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# torch first, in its own layer: by far the largest dependency and the one that changes least often.
-RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
 WORKDIR /src
+# constraints.txt pins every package to the versions the test suite passed with (make constraints).
+COPY constraints.txt ./
+# torch first, in its own layer: by far the largest dependency and the one that changes least often.
+RUN pip install --no-cache-dir -c constraints.txt torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY synthrec/ synthrec/
 COPY operator/ operator/
 COPY workers/ workers/
 # A regular (non-editable) install: the final image needs the venv only, not /src.
-RUN pip install --no-cache-dir "./[operator,workers]"
+RUN pip install --no-cache-dir -c constraints.txt "./[operator,workers]"
 
 # ---------------------------------------------------------------------------------------------- final
 FROM python:${PYTHON_VERSION}-slim-bookworm

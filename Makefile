@@ -6,16 +6,31 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.synthrec-installed
 
-.PHONY: env demo test lint crds clean-demo
+.PHONY: env demo test lint crds constraints clean-demo
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the tests passed with; the image installs the same.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[all]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(STAMP)
+
+# Re-resolve every dependency to its newest allowed release in a scratch environment and write the pins
+# (then run `make test` on them before committing). constraints.txt is written only when the resolve worked.
+constraints:
+	rm -rf .constraints-venv
+	$(PYTHON) -m venv .constraints-venv
+	.constraints-venv/bin/python -m pip install --quiet --upgrade pip
+	.constraints-venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	.constraints-venv/bin/python -m pip install --quiet '.[all]'
+	{ echo "# Every package synthrec installs, pinned to the versions its tests passed with (make constraints)."; \
+	  echo "# Used by make env and the Dockerfile as pip constraints: only packages that get installed are affected."; \
+	  .constraints-venv/bin/python -m pip freeze --exclude synthrec | LC_ALL=C sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .constraints-venv build
 
 # The embedded default: build the tiny offline models (random weights, once), then run the whole quickstart
 # on this machine (`synthrec run`: prompts, generation, CLIP filter, classifier tuning) into $(DEMO_STORAGE)/;

@@ -140,7 +140,9 @@ def test_multi_stage_and_the_python_version_satisfies_requires_python(
         assert stage[0][1].startswith("python:${PYTHON_VERSION}-slim"), "every stage uses the same base"
 
 
-def test_torch_is_pinned_like_the_workers_extra(dockerfile: str, pyproject: dict) -> None:
+def test_torch_is_pinned_like_the_workers_extra_and_every_install_uses_the_constraints(
+    dockerfile: str, pyproject: dict
+) -> None:
     pins = {
         dep.split("==")[0]: dep
         for dep in pyproject["project"]["optional-dependencies"]["workers"]
@@ -148,9 +150,14 @@ def test_torch_is_pinned_like_the_workers_extra(dockerfile: str, pyproject: dict
     }
     for package in ("torch", "torchvision"):
         assert pins[package] in dockerfile, f"the Dockerfile must install {pins[package]}"
-    extras = re.search(r'pip install --no-cache-dir "\./\[([a-z,]+)\]"', dockerfile)
+    extras = re.search(r'pip install --no-cache-dir -c constraints.txt "\./\[([a-z,]+)\]"', dockerfile)
     assert extras, "the build stage installs the package with its extras"
     assert set(extras.group(1).split(",")) <= set(pyproject["project"]["optional-dependencies"])
+    runs = [args for stage in stages(dockerfile) for op, args in stage if op == "RUN"]
+    installs = [args for args in runs if "pip install" in args]
+    assert len(installs) == 2
+    for install in installs:
+        assert "-c constraints.txt" in install, f"unpinned install in the image: {install}"
 
 
 def test_the_final_stage_has_no_build_tools_and_runs_as_a_numeric_non_root_user(dockerfile: str) -> None:
