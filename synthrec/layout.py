@@ -20,7 +20,7 @@ Experiment::
 
     spec.json
     features/<cache key>/...         cached CLIP features, keyed by backbone + data digest
-    runs/<run>/metrics.json, head.safetensors, curve.json, done.json
+    runs/<run>/metrics.json, head.safetensors, curve.json, confusion.json, done.json
     summary.json                     all runs, written by the reporter
     report/index.html
 """
@@ -91,6 +91,11 @@ class ExperimentLayout:
     @staticmethod
     def run_metrics(run: str) -> str:
         return f"runs/{run}/metrics.json"
+
+    @staticmethod
+    def run_confusion(run: str) -> str:
+        """Test-split confusion matrices of the trained head and the zero-shot head (synthrec.confusion)."""
+        return f"runs/{run}/confusion.json"
 
     @staticmethod
     def run_marker(run: str) -> str:

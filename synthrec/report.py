@@ -6,8 +6,9 @@ referenced relatively: no JavaScript, no external CSS or fonts, so the folder ca
 served from a bucket as it is. For each SyntheticDataset: the models, counts and accept rates per class
 (table and plot), samples of the prompts, and per class a grid of kept and rejected images with their
 prompts and CLIP scores. For each RecognitionExperiment: the accuracy table of all runs, top-1 against
-shots with the zero-shot baseline, and the training curves. Runs with the built-in tiny models say in red
-that the weights are random and the accuracy is meaningless.
+shots with the zero-shot baseline, the training curves, and where the best run errs (its weakest classes
+against zero-shot CLIP, the classes it confuses most, and its confusion matrix). Runs with the built-in
+tiny models say in red that the weights are random and the accuracy is meaningless.
 
 Everything is read from the artifacts (``synthrec.artifacts``); class names and prompts are data and are
 escaped. Plots use matplotlib's Agg backend, imported only here.
@@ -30,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from synthrec import artifacts
+from synthrec import artifacts, confusion
 from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import FileStorage, ObjectNotFound, Storage, StorageError, open_storage, upload_tree
 
@@ -39,6 +40,9 @@ MAX_GRID_CLASSES = 24  # classes with image grids (the accept-rate table and plo
 GRID_IMAGES = 8  # kept and rejected images shown per class
 PROMPTS_PER_CLASS = 3
 THUMBNAIL_PX = 128
+WEAKEST_CLASSES = 20  # rows of the best run's per-class table
+CONFUSED_PAIRS = 10
+HEATMAP_MAX_CLASSES = 40  # a confusion-matrix plot beyond this is unreadable; the pairs table stays
 TINY_NOTE = (
     "These results come from synthrec's built-in tiny models (tiny://), which have RANDOM weights: the "
     "images are coloured noise and every accuracy below is meaningless. The report shows the mechanics "
@@ -395,6 +399,27 @@ def plot_curves(curves: dict[str, dict[str, Any]], path: Path, title: str) -> bo
     return True
 
 
+def plot_confusion(doc: dict[str, Any], path: Path, title: str) -> None:
+    """The trained head's confusion matrix, each row as a share of that class's test images."""
+    plt = _pyplot()
+    names = [str(n) for n in doc["classes"]]
+    matrix = confusion.dense(doc["test"], len(names))
+    rows = [[100.0 * n / (sum(row) or 1) for n in row] for row in matrix]
+    size = min(12, max(4, 0.32 * len(names) + 2))
+    fig, ax = plt.subplots(figsize=(size + 1, size), dpi=100)
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=100)
+    ticks = list(range(len(names)))
+    ax.set_xticks(ticks, names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(ticks, names, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="% of the true class's test images")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------------------------------- the page
 
 CSS = """
@@ -614,6 +639,50 @@ class Renderer:
             out.append(f"<h3>Training curves</h3><img src='{_e(rel)}' alt='training curves'>")
         elif state.runs:
             out.append("<p class='note'>No training curves (no run trained a head, e.g. zero-shot only).</p>")
+        out.append(self.best_run(res, state))
+        return "\n".join(out)
+
+    def best_run(self, res: artifacts.FoundResource, state: artifacts.ExperimentState) -> str:
+        """Where the best finished run errs: its weakest classes, its most confused pairs, its matrix."""
+        done = [r for r in state.runs if r.done and r.top1 is not None]
+        if not done:
+            return ""
+        best = max(done, key=lambda r: r.top1 or 0.0)  # the first of equals, in matrix order
+        out = [f"<h3>Where the best run errs: {_e(best.name)} ({_pct(best.top1)} top-1)</h3>"]
+        per_class = [c for c in (best.metrics or {}).get("per_class") or [] if c.get("top1") is not None]
+        if per_class:
+            weakest = sorted(per_class, key=lambda c: (c["top1"], c.get("index", 0)))[:WEAKEST_CLASSES]
+            out.append("<table><tr><th class='l'>class</th><th>test images</th><th>top-1</th>")
+            out.append("<th>zero-shot top-1</th><th>change</th></tr>")
+            for c in weakest:
+                zs = _num(c.get("zero_shot_top1"))
+                change = "-" if zs is None else f"{c['top1'] - zs:+.1f}"
+                out.append(
+                    f"<tr><td class='l'>{_e(c.get('name', c.get('index')))}</td><td>{_e(c.get('count', '-'))}"
+                    f"</td><td>{_pct(c['top1'])}</td><td>{_pct(zs)}</td><td>{change}</td></tr>"
+                )
+            out.append("</table>")
+            if len(per_class) > len(weakest):
+                out.append(f"<p class='note'>The {len(weakest)} weakest of {len(per_class)} classes.</p>")
+        try:
+            doc = res.storage.read_json(ExperimentLayout.run_confusion(best.name))
+        except (ObjectNotFound, ValueError):
+            out.append("<p class='note'>No confusion matrix for this run (confusion.json).</p>")
+            return "\n".join(out)
+        pairs = confusion.most_confused(doc, CONFUSED_PAIRS)
+        if pairs:
+            out.append("<table><tr><th class='l'>true class</th><th class='l'>predicted as</th>")
+            out.append("<th>test images</th><th>% of the class</th><th>zero-shot CLIP</th></tr>")
+            for p in pairs:
+                out.append(
+                    f"<tr><td class='l'>{_e(p.true)}</td><td class='l'>{_e(p.predicted)}</td><td>{p.count}"
+                    f"</td><td>{p.share:.1f}</td><td>{p.zero_shot_count}</td></tr>"
+                )
+            out.append("</table>")
+        if len(doc["classes"]) <= HEATMAP_MAX_CLASSES:
+            rel = f"plots/{res.name}-confusion.png"
+            plot_confusion(doc, self.folder / rel, f"{best.name}: confusion on the test split")
+            out.append(f"<img src='{_e(rel)}' alt='confusion matrix of {_e(best.name)}'>")
         return "\n".join(out)
 
 

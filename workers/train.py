@@ -18,7 +18,8 @@
 5. Evaluate the zero-shot head on the test split (the baseline), tune (synthrec.workers.tuning), evaluate
    the final (or best-validation) head on the test split. 0 shots and no synthetic data: nothing to
    train, the run reports the zero-shot head.
-6. Write ``runs/<run>/metrics.json``, ``head.safetensors``, ``curve.json`` (+ ``curve.png``), then the
+6. Write ``runs/<run>/metrics.json``, ``head.safetensors``, ``curve.json`` (+ ``curve.png``),
+   ``confusion.json`` (sparse, kept out of metrics.json: C x C cells are megabytes for ImageNet), then the
    marker ``done.json`` (spec_hash = task.spec_hash). Summary: run, top1, zero_shot_top1, metrics (URI).
 
 Bad real images follow each RealData's ``onBadImage`` (synthrec.workers.realdata): a skipped test image is
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synthrec import confusion
 from synthrec.labels import ResolvedLabels, resolve_labels
 from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import ObjectNotFound, Storage, StorageConflict, open_storage, read_marker, write_marker
@@ -235,7 +237,8 @@ class _Run:
         self.timing["evaluate"] = time.monotonic() - t
         self.timing["total"] = time.monotonic() - started
         metrics = self._metrics(zero_shot, final, val_final, result, datasets, test, val, real, syn, trained)
-        self._write(head, metrics, result)
+        confusions = confusion.document(self.labels.names, final["confusion"], zero_shot["confusion"])
+        self._write(head, metrics, confusions, result)
         return _summary(self.plan.name, metrics, self.layout.url(self.layout.run_metrics(self.plan.name)))
 
     # ----------------------------------------------------------------------------------- features
@@ -642,8 +645,7 @@ class _Run:
             "selected_epoch": result.selected_epoch if result else None,
             "validation_top1": val_final["top1"] if val_final else None,
             "per_class": per_class,
-            "confusion": final["confusion"],
-            "zero_shot_confusion": zero_shot["confusion"],
+            "confusion": self.layout.run_confusion(self.plan.name),
             "classes": names,
             "epochs": ct.epochs,
             "epochs_run": len(result.epochs) if result else 0,
@@ -678,7 +680,7 @@ class _Run:
             "timing": {k: round(v, 3) for k, v in self.timing.items()},
         }
 
-    def _write(self, head: Any, metrics: dict[str, Any], result: Any) -> None:
+    def _write(self, head: Any, metrics: dict[str, Any], confusions: dict[str, Any], result: Any) -> None:
         from safetensors.torch import save
 
         name = self.plan.name
@@ -701,6 +703,7 @@ class _Run:
         png = _plot(curve, name)
         if png is not None:
             self.storage.write_bytes(layout.run(name, "curve.png"), png)
+        self.storage.write_json(layout.run_confusion(name), confusions)
         self.storage.write_json(layout.run_metrics(name), metrics)
         write_marker(
             self.storage,

@@ -107,7 +107,13 @@ def test_experiment_runs_end_to_end_on_s3(tiny_models, s3_bucket, tmp_path: Path
         "validation": 0,
         "validation_skipped": 0,
     }
-    assert len(mixed["confusion"]) == 4 and sum(map(sum, mixed["confusion"])) == 80
+    assert mixed["confusion"] == "runs/shots2-seed1-ct-syn/confusion.json"
+    confusions = out.read_json(mixed["confusion"])
+    assert confusions["classes"] == ["red circle", "green square", "blue triangle", "yellow cross"]
+    for head in ("test", "zero_shot"):  # every test image in exactly one cell
+        assert sum(n for _, _, n in confusions[head]) == 80 and all(n > 0 for _, _, n in confusions[head])
+    diagonal = sum(n for t, p, n in confusions["test"] if t == p)
+    assert diagonal == round(mixed["top1"] * 80 / 100)
     assert [c["name"] for c in mixed["per_class"]] == [
         "red circle",
         "green square",
@@ -123,7 +129,7 @@ def test_experiment_runs_end_to_end_on_s3(tiny_models, s3_bucket, tmp_path: Path
     keys = {o.key for o in out.list("runs/shots2-seed1-ct-syn/")}
     assert keys >= {
         f"runs/shots2-seed1-ct-syn/{n}"
-        for n in ("metrics.json", "head.safetensors", "curve.json", "curve.png", "done.json")
+        for n in ("metrics.json", "head.safetensors", "curve.json", "curve.png", "confusion.json")
     }
     assert out.read_json("runs/shots2-seed1-ct-syn/done.json")["spec_hash"] == mixed["spec_hash"]
     curve = out.read_json("runs/shots2-seed1-ct-syn/curve.json")

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save
 
-from synthrec import api, plan
+from synthrec import api, confusion, plan
 from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.report import build_report, safetensors_matrix
 from synthrec.storage import FileStorage, open_storage, write_marker
@@ -129,9 +129,16 @@ def write_experiment(root: Path) -> None:
     runs = plan.experiment_runs(res.spec)
     task = plan.train_task(res.spec, runs[0], [], ResourceRef(kind="RecognitionExperiment", name="pets-ct"))
     storage.write_json(ExperimentLayout.spec, spec_document(task))
+    per_class = [  # 10 test images per class; cat gets worse than zero-shot CLIP, dog better
+        {"index": 0, "name": CLASSES[0], "count": 10, "top1": 40.0, "zero_shot_top1": 60.0},
+        {"index": 1, "name": CLASSES[1], "count": 10, "top1": 70.0, "zero_shot_top1": 30.0},
+    ]
+    matrices = confusion.document(CLASSES, [[4, 6], [3, 7]], [[6, 4], [7, 3]])
     for run in runs[:3]:  # the last run is not done
         top1 = 50.0 + run.shots + run.seed
-        storage.write_json(ExperimentLayout.run_metrics(run.name), {"top1": top1, "zero_shot_top1": 45.0})
+        metrics = {"top1": top1, "zero_shot_top1": 45.0, "per_class": per_class}
+        storage.write_json(ExperimentLayout.run_metrics(run.name), metrics)
+        storage.write_json(ExperimentLayout.run_confusion(run.name), matrices)
         curve = {"epochs": [{"epoch": e, "loss": 2.0 / e} for e in range(1, 4)], "steps": []}
         storage.write_json(ExperimentLayout.run(run.name, "curve.json"), curve)
         write_marker(storage, ExperimentLayout.run_marker(run.name), spec_hash="h")
@@ -159,6 +166,7 @@ def test_the_report_shows_grids_rates_prompts_runs_and_plots_from_files_beside_i
         "plots/pets-accept-rates.png",
         "plots/pets-ct-top1-vs-shots.png",
         "plots/pets-ct-curves.png",
+        "plots/pets-ct-confusion.png",
     } <= set(files)
     # kept: the index's scores; rejected: the features file's probability of the intended class
     grid = html.split("Kept and rejected images")[1]
@@ -169,6 +177,16 @@ def test_the_report_shows_grids_rates_prompts_runs_and_plots_from_files_beside_i
     assert "a photo of a cat &lt;b&gt;&amp;." in html  # prompt samples
     assert "shots4-seed2" in html and "not done" in html and "+10.0" in html  # 50+4+1 vs 45
     assert "RANDOM weights" not in html
+    # where the best finished run (shots4-seed1: 55 %) errs: weakest class first, then its confusions
+    errs = html.split("Where the best run errs: shots4-seed1 (55.0% top-1)")[1]
+    weakest = re.findall(r"<tr><td class='l'>([^<]+)</td><td>10</td><td>([^<]+)</td><td>([^<]+)</td>", errs)
+    assert weakest == [("cat &lt;b&gt;&amp;", "40.0%", "60.0%"), ("dog", "70.0%", "30.0%")]
+    assert "-20.0" in errs and "+40.0" in errs
+    pairs = re.findall(r"<tr><td class='l'>([^<]+)</td><td class='l'>([^<]+)</td>(.*?)</tr>", errs)
+    assert pairs == [
+        ("cat &lt;b&gt;&amp;", "dog", "<td>6</td><td>60.0</td><td>4</td>"),
+        ("dog", "cat &lt;b&gt;&amp;", "<td>3</td><td>30.0</td><td>7</td>"),
+    ]
 
 
 def test_tiny_models_are_called_out_in_the_report(tmp_path: Path) -> None:
