@@ -672,7 +672,7 @@ class Renderer:
         pairs = confusion.most_confused(doc, CONFUSED_PAIRS)
         if pairs:
             out.append("<table><tr><th class='l'>true class</th><th class='l'>predicted as</th>")
-            out.append("<th>test images</th><th>% of the class</th><th>zero-shot CLIP</th></tr>")
+            out.append("<th>test images</th><th>% of the class</th><th>same error, zero-shot CLIP</th></tr>")
             for p in pairs:
                 out.append(
                     f"<tr><td class='l'>{_e(p.true)}</td><td class='l'>{_e(p.predicted)}</td><td>{p.count}"
