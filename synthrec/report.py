@@ -667,7 +667,9 @@ class Renderer:
         try:
             doc = res.storage.read_json(ExperimentLayout.run_confusion(best.name))
         except (ObjectNotFound, ValueError):
-            out.append("<p class='note'>No confusion matrix for this run (confusion.json).</p>")
+            doc = None
+        if not (isinstance(doc, dict) and isinstance(doc.get("classes"), list) and "test" in doc):
+            out.append("<p class='note'>No readable confusion matrix for this run (confusion.json).</p>")
             return "\n".join(out)
         pairs = confusion.most_confused(doc, CONFUSED_PAIRS)
         if pairs:

@@ -189,6 +189,17 @@ def test_the_report_shows_grids_rates_prompts_runs_and_plots_from_files_beside_i
     ]
 
 
+def test_a_run_without_a_readable_confusion_matrix_still_gets_its_per_class_table(tmp_path: Path) -> None:
+    root = tmp_path / "experiments" / "pets-ct"
+    write_experiment(root)
+    for run in ("shots4-seed1", "shots0-seed1", "shots0-seed2"):
+        (root / ExperimentLayout.run_confusion(run)).write_text('["not", "a", "matrix"]')
+    html = Path(build_report(tmp_path.as_uri())).read_text()
+    errs = html.split("Where the best run errs: shots4-seed1")[1]
+    assert "No readable confusion matrix for this run" in errs and "-20.0" in errs
+    assert "pets-ct-confusion.png" not in html
+
+
 def test_tiny_models_are_called_out_in_the_report(tmp_path: Path) -> None:
     write_dataset(tmp_path, model="tiny://sd")
     html = Path(build_report(tmp_path.as_uri())).read_text()
