@@ -145,7 +145,10 @@ def build_components(arch: str, resolution: int, device: str, dtype: Any) -> dic
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from synthrec.tiny import _write_tiny_clip_bpe  # the offline tokenizer the tiny models use
+    from synthrec.tiny import (
+        SD_DDIM_CONFIG,
+        _write_tiny_clip_bpe,  # the offline tokenizer the tiny models use
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         _write_tiny_clip_bpe(Path(tmp), 1000)  # a consistent prefix of OpenAI's BPE; ids fit any vocab
@@ -169,14 +172,7 @@ def build_components(arch: str, resolution: int, device: str, dtype: Any) -> dic
                 **ARCHS[arch]["text"],
             )
         )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = DDIMScheduler(**SD_DDIM_CONFIG)
     return {
         "unet": unet.to(dtype),
         "vae": vae.to(dtype),

@@ -55,6 +55,15 @@ REAL_TEST_PER_CLASS = 20
 
 _COMPONENTS = ("sd", "clip", "t5", "real")
 _SD_BPE_MERGES = 1000  # a consistent prefix of OpenAI's BPE: 1,514 tokens, enough for English prompts
+# Stable Diffusion v1's noise schedule (its scheduler_config.json), for the tiny SD and the GPU bench.
+SD_DDIM_CONFIG: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
 _T5_TRAIN_STEPS = 200
 _T5_BATCH = 32
 
@@ -316,14 +325,7 @@ def _build_sd(out: Path, seed: int) -> dict[str, int]:
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
     )  # two blocks: vae_scale_factor 2, so 64 px images have 32x32 latents
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = DDIMScheduler(**SD_DDIM_CONFIG)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
