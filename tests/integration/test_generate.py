@@ -224,8 +224,10 @@ def test_a_finished_shard_reruns_as_a_noop_without_importing_torch(
     assert done.returncode == 0, done.stderr
     summary = parse_summary((tmp_path / "subprocess-termination-log").read_text())
     assert summary["skipped"] is True and summary["images"] == 12
-    assert summary["seconds"] < 1.0  # the stage itself, measured by run_stage
-    assert wall < 10  # the whole interpreter, with torch/diffusers/numpy impossible to import
+    # torch/diffusers/numpy cannot be imported here, so no model was loaded; the bounds are loose because
+    # CI machines are shared (a model load on these 2 cores alone takes longer than both)
+    assert summary["seconds"] < 5  # the stage itself, measured by run_stage
+    assert wall < 30  # the whole interpreter
     assert (tar.stat().st_mtime_ns, tar.read_bytes()) == before
 
 

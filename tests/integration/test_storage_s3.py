@@ -361,7 +361,7 @@ def test_s3_permanent_failure_surfaces_as_transient_storage_error(s3_faults) -> 
     assert "after 4 attempts" in message and "SlowDown" in message
     assert s3_faults.endpoint in message and "retry later" in message
     assert s3_faults.proxy.count() == 4
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # FAST backs off for milliseconds; loose for a busy machine
 
 
 def test_s3_access_denied_is_a_permission_error_without_retries(s3_faults) -> None:
