@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_name  # bench/machine.py: this script's folder is on sys.path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate_cpu import dataset_spec, run_stage_in_process
 
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     device = select_device()
     dtype = resolve_dtype(args.dtype, device)
-    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({_cpu_name()})"
+    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({cpu_name()})"
     peak = args.peak_tflops or peak_tflops(device_name)
 
     with tempfile.TemporaryDirectory(prefix="synthrec-bench-gpu-") as tmp:
@@ -362,12 +364,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(json.dumps(result))
     return 0
-
-
-def _cpu_name() -> str:
-    from machine import cpu_name as name
-
-    return name()
 
 
 if __name__ == "__main__":

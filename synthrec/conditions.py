@@ -16,10 +16,6 @@ from synthrec.timestamps import utc_stamp
 TERMINAL = ("Complete", "Failed")
 
 
-def now_iso() -> str:
-    return utc_stamp()
-
-
 def _as_dicts(conditions: Iterable[Condition | dict[str, Any]] | None) -> list[dict[str, Any]]:
     out = []
     for c in conditions or []:
@@ -58,7 +54,7 @@ def set_condition(
     Setting Complete or Failed to True makes the other one False: exactly one terminal condition.
     """
     status_str = status if isinstance(status, str) else ("True" if status else "False")
-    stamp = now or now_iso()
+    stamp = now or utc_stamp()
     out = _as_dicts(conditions)
     updated = {
         "type": ctype,

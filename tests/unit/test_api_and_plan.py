@@ -239,4 +239,4 @@ def test_termination_summary_fits_the_kubelet_limit() -> None:
 def test_timestamps_are_utc_whole_seconds_with_z_as_kubernetes_writes_them() -> None:
     berlin = datetime(2026, 3, 1, 12, 30, 5, 999_999, tzinfo=timezone(timedelta(hours=1)))
     assert utc_stamp(berlin) == "2026-03-01T11:30:05Z"
-    assert conditions.now_iso().endswith("Z") and len(conditions.now_iso()) == len("2026-03-01T11:30:05Z")
+    assert utc_stamp().endswith("Z") and len(utc_stamp()) == len("2026-03-01T11:30:05Z")
