@@ -172,18 +172,23 @@ def crd(kind: str) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # kube-apiserver lets a CRD constrain only metadata.name and metadata.generateName (and
+            # nothing else on metadata, not even a description); a CEL fieldPath must name a declared
+            # field, so the length limit is a plain maxLength here.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "maxLength": api.MAX_RESOURCE_NAME,
+                        "description": f"At most {api.MAX_RESOURCE_NAME} characters: child Job names add "
+                        "a stage suffix and must stay valid label values.",
+                    }
+                },
+            },
             "spec": spec_schema,
             "status": status_schema,
         },
-        "x-kubernetes-validations": [
-            {
-                "rule": f"size(self.metadata.name) <= {api.MAX_RESOURCE_NAME}",
-                "fieldPath": ".metadata.name",
-                "message": f"metadata.name must be at most {api.MAX_RESOURCE_NAME} characters "
-                "(child Job names add a stage suffix and must stay a valid label value)",
-            }
-        ],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
