@@ -74,12 +74,18 @@ class _Converter:
             merged = {**copy.deepcopy(self.defs[name]), **node}
             return self._convert(merged, name)
         if "anyOf" in node:
-            branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
+            union = node.pop("anyOf")
+            branches = [b for b in union if b.get("type") != "null"]
             if len(branches) != 1:
                 raise ValueError(f"cannot express a union of {len(branches)} types structurally: {branches}")
+            # null means something when the default is not null (e.g. ttlSecondsAfterFinished: null = keep
+            # forever): nullable, or the API server would replace the null by the default.
+            nullable = len(branches) < len(union) and node.get("default") is not None
             if node.get("default", "absent") is None:
                 node.pop("default")
             inner = self._convert(branches[0])
+            if nullable:
+                inner["nullable"] = True
             # Keys written next to the union (description, enum, CEL) describe the field as a whole.
             inner.update({k: v for k, v in self._convert_keywords(node).items()})
             return inner

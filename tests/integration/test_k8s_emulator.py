@@ -390,6 +390,9 @@ async def test_declared_crds_are_discoverable_with_their_status_subresource(
     assert crd["spec"]["names"]["shortNames"] == ["wd"]
 
 
+OPEN_SCHEMA = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
 async def test_crd_manifests_declare_every_served_version(k8s: RealisticEmulator) -> None:
     manifest = {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -400,8 +403,14 @@ async def test_crd_manifests_declare_every_served_version(k8s: RealisticEmulator
             "scope": "Namespaced",
             "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget", "shortNames": ["gd"]},
             "versions": [
-                {"name": "v1", "served": True, "storage": True, "subresources": {"status": {}}},
-                {"name": "v0", "served": False, "storage": False},
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": OPEN_SCHEMA},
+                },
+                {"name": "v0", "served": False, "storage": False, "schema": {"openAPIV3Schema": OPEN_SCHEMA}},
             ],
         },
     }

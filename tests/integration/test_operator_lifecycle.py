@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import kmock
 import pytest
+import yaml
 
 from synthrec.operator.settings import FINALIZER
 from tests.fixtures.k8s import running_operator, wait_for
@@ -27,6 +28,7 @@ from tests.integration.test_operator_harness import (
     JOBS,
     NS,
     PODS,
+    ROOT,
     dataset_body,
     experiment_body,
     fake_worker,
@@ -37,6 +39,7 @@ from tests.integration.test_operator_harness import (
     shard_of,
     stage_of,
 )
+from tests.k8s.client import ApiError
 from tests.k8s.emulator import ApiCall
 from tests.k8s.runners import FakeRunner
 
@@ -174,21 +177,36 @@ async def test_on_delete_delete_removes_the_artifacts_through_an_optional_finali
 
 
 @pytest.mark.parametrize(
-    ("spec", "message"),
+    ("spec", "api_answer", "message"),
     [
         (
             {"sharding": {"shards": 2, "parallelism": 5}},
+            'spec.sharding.parallelism: Invalid value: "object": '
+            "sharding.parallelism must not exceed sharding.shards",
             "sharding.parallelism must not exceed sharding.shards",
         ),
-        ({"generator": {"model": "file:///models/sd", "steps": 0}}, "spec.generator.steps"),
-        ({"bogusField": 1}, "spec.bogusField: Extra inputs are not permitted"),
+        (
+            {"generator": {"model": "file:///models/sd", "steps": 0}},
+            "spec.generator.steps: Invalid value: 0: spec.generator.steps in body should be greater than "
+            "or equal to 1",
+            "spec.generator.steps",
+        ),
+        ({"bogusField": 1}, None, "spec.bogusField: Extra inputs are not permitted"),
     ],
 )
 async def test_an_invalid_spec_fails_with_invalid_spec_and_creates_nothing(
-    k8s_op, tmp_path: Path, spec: dict[str, Any], message: str
+    k8s_op, tmp_path: Path, spec: dict[str, Any], api_answer: str | None, message: str
 ) -> None:
     async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
-        await h.create(dataset_body("ds", **spec))  # the emulator has no CRD schema: it slips through
+        # With synthrec's CRDs the API server itself rejects the spec, naming the field; an unknown
+        # field is pruned (with a warning) and the rest is valid.
+        if api_answer is not None:
+            with pytest.raises(ApiError) as rejected:
+                await h.create(dataset_body("ds", **spec))
+            assert rejected.value.status == 422 and api_answer in rejected.value.message
+        # A cluster whose CRD is older or looser than the operator lets it through: the operator fails it.
+        k8s_op.declare_crd_manifest(loose_crd(DATASETS))
+        await h.create(dataset_body("ds", **spec))
         await h.wait_phase(DATASETS, "ds", "Failed")
         failed = h.condition(DATASETS, "ds", "Failed")
         assert failed["reason"] == "InvalidSpec" and message in failed["message"], failed
@@ -197,6 +215,15 @@ async def test_an_invalid_spec_fails_with_invalid_spec_and_creates_nothing(
         assert not h.job_names("ds")
         assert not k8s_op.created
     record_api_calls(k8s_op, "invalid-spec")
+
+
+def loose_crd(resource: str) -> dict[str, Any]:
+    """synthrec's CRD for ``resource`` with a spec schema that accepts anything (an outdated CRD)."""
+    plural = resource.rsplit("/", 1)[-1]
+    crd = yaml.safe_load((ROOT / "crds" / f"synthrec.io_{plural}.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return crd
 
 
 async def test_pods_stuck_pending_show_the_schedulers_message_not_running(k8s_op, tmp_path: Path) -> None:
