@@ -215,8 +215,8 @@ def _invalid(
 
 
 def _finish_status(status: Any, conds: Conditions, generation: int | None) -> None:
+    status.phase = conds.finish()
     status.conditions = [api.Condition.model_validate(c) for c in conds.items]
-    status.phase = conds.phase()
     status.observed_generation = generation
 
 

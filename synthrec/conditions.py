@@ -1,8 +1,14 @@
-"""Conditions are the source of truth of a resource's state; ``phase`` is derived from them here, once.
+"""Conditions are the source of truth of a resource's state; ``phase`` and the kstatus summary
+conditions (Ready, Reconciling, Stalled) are derived from them here, once (:func:`derive`).
 
 Rules (operator anchors §3.2): at most one of Complete/Failed is True and terminal states are sticky;
 ``lastTransitionTime`` changes only when a condition's status changes; every condition carries the
 ``observedGeneration`` it was computed for.
+
+kstatus (what Flux health checks, Argo CD, ``helm --wait`` and ``kubectl wait --for=condition=Ready``
+read): ``Ready`` is True once the work is Complete and False with the reason otherwise; ``Reconciling``
+is True while the operator still works towards the spec (Pending, Queued, Running); ``Stalled`` is True
+when it has Failed and will not go on by itself. A Suspended resource is neither Ready nor Reconciling.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from synthrec.api import Condition, Phase
 from synthrec.timestamps import utc_stamp
 
 TERMINAL = ("Complete", "Failed")
+SUMMARY = ("Ready", "Reconciling", "Stalled")  # derived by derive(), never set by hand
 
 
 def _as_dicts(conditions: Iterable[Condition | dict[str, Any]] | None) -> list[dict[str, Any]]:
@@ -96,3 +103,28 @@ def derive_phase(conditions: Iterable[Condition | dict[str, Any]] | None) -> Pha
     if is_true(conds, "Queued"):
         return "Queued"
     return "Pending"
+
+
+def derive(
+    conditions: Iterable[Condition | dict[str, Any]] | None, *, generation: int | None, now: str | None = None
+) -> tuple[Phase, list[dict[str, Any]]]:
+    """The phase and the condition list with Ready, Reconciling and Stalled set from the others."""
+    conds = _as_dicts(conditions)
+    phase = derive_phase(conds)
+    failed, complete = get(conds, "Failed"), get(conds, "Complete")
+    if phase == "Failed" and failed is not None:
+        reason, message = str(failed.get("reason") or "Failed"), str(failed.get("message") or "")
+        summary = {"Ready": (False, reason), "Reconciling": (False, "Failed"), "Stalled": (True, reason)}
+    elif phase == "Succeeded" and complete is not None:
+        reason, message = str(complete.get("reason") or "Succeeded"), str(complete.get("message") or "")
+        summary = {"Ready": (True, reason), "Reconciling": (False, reason), "Stalled": (False, reason)}
+    else:
+        source = get(conds, phase if phase != "Pending" else "Accepted")
+        message = str((source or {}).get("message") or "")
+        if phase == "Suspended":
+            summary = {"Ready": (False, phase), "Reconciling": (False, phase), "Stalled": (False, phase)}
+        else:
+            summary = {"Ready": (False, phase), "Reconciling": (True, phase), "Stalled": (False, phase)}
+    for ctype, (status, reason) in summary.items():
+        conds = set_condition(conds, ctype, status, reason, message, generation=generation, now=now)
+    return phase, conds

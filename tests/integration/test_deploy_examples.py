@@ -106,3 +106,32 @@ def test_the_cluster_guide_names_resources_the_examples_define() -> None:
             assert (short[kind], name) in names, (
                 f"docs/cluster.md uses {kind}/{name}, which no example defines"
             )
+
+
+def test_the_flux_health_checks_name_existing_resources_and_read_the_kstatus_conditions() -> None:
+    import cel
+
+    from synthrec.conditions import derive, set_condition
+
+    (team,) = by_kind(DEPLOY / "flux" / "health-checks.yaml", "Kustomization")
+    applied = [d for path in (ROOT / team["spec"]["path"]).glob("*.yaml") for d in docs(path)]
+    declared = {(d["kind"], d["metadata"]["name"]) for d in applied}
+    for check in team["spec"]["healthChecks"]:
+        assert (check["kind"], check["name"]) in declared, check
+        assert check["namespace"] == team["spec"]["targetNamespace"]
+
+    def status_after(*conditions: tuple[str, bool, str]) -> dict[str, Any]:
+        conds: list[dict[str, Any]] = []
+        for ctype, value, reason in conditions:
+            conds = set_condition(conds, ctype, value, reason, generation=1)
+        phase, conds = derive(conds, generation=1)
+        return {"status": {"phase": phase, "conditions": conds}}
+
+    running = status_after(("Accepted", True, "Valid"), ("Running", True, "ShardsRunning"))
+    complete = status_after(("Complete", True, "AllStagesComplete"))
+    failed = status_after(("Failed", True, "ShardBudgetExceeded"))
+    for expr in team["spec"]["healthCheckExprs"]:
+        verdict = {key: cel.compile(expr[key]) for key in ("current", "inProgress", "failed")}
+        assert [verdict[k].execute(running) for k in verdict] == [False, True, False]
+        assert [verdict[k].execute(complete) for k in verdict] == [True, False, False]
+        assert [verdict[k].execute(failed) for k in verdict] == [False, False, True]

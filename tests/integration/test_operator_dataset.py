@@ -71,8 +71,10 @@ async def test_dataset_reaches_complete_with_counts_and_valid_children(k8s_op, t
         )
         assert running["reason"] == "ShardsRunning" and "pod(s) running" in running["message"]
         assert h.status(DATASETS, "ds")["phase"] == "Running"
+        assert _kstatus(h, "ds") == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
         running_seen.set()
         status = await h.wait_phase(DATASETS, "ds", "Succeeded")
+        assert _kstatus(h, "ds") == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
         assert status["images"] == {"generated": 40, "passed": 32, "kept": 20, "rejected": 99}
         assert status["artifacts"]["manifestDigest"] == "sha256:" + "ab" * 32
         assert status["artifacts"]["manifest"] == "s3://bucket/ds/manifest.json"
@@ -103,6 +105,11 @@ async def test_dataset_reaches_complete_with_counts_and_valid_children(k8s_op, t
         )
         assert "ShardsRunning" in reasons
     record_api_calls(k8s_op, "dataset-complete")
+
+
+def _kstatus(h: Any, name: str) -> dict[str, str]:
+    """The kstatus summary conditions Flux, Argo CD and `kubectl wait --for=condition=Ready` read."""
+    return {t: h.condition(DATASETS, name, t)["status"] for t in ("Ready", "Reconciling", "Stalled")}
 
 
 async def test_a_shard_failing_once_is_retried_inside_the_attempt(k8s_op, tmp_path: Path) -> None:

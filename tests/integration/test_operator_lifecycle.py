@@ -211,6 +211,9 @@ async def test_an_invalid_spec_fails_with_invalid_spec_and_creates_nothing(
         failed = h.condition(DATASETS, "ds", "Failed")
         assert failed["reason"] == "InvalidSpec" and message in failed["message"], failed
         assert h.condition(DATASETS, "ds", "Accepted")["status"] == "False"
+        ready, stalled = h.condition(DATASETS, "ds", "Ready"), h.condition(DATASETS, "ds", "Stalled")
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+        assert (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
         await asyncio.sleep(0.3)
         assert not h.job_names("ds")
         assert not k8s_op.created
