@@ -19,8 +19,11 @@ from synthrec.operator.observed import (
     ANNOTATION_RUN_INDEX,
     ANNOTATION_SHARDS,
     LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
     LABEL_KIND,
     LABEL_MANAGED_BY,
+    LABEL_NAME,
     LABEL_RESOURCE,
     LABEL_RUN,
     LABEL_STAGE,
@@ -116,6 +119,9 @@ def label_value(value: str) -> str:
 
 def child_labels(owner: Owner, stage: str, attempt: int, run: str | None = None) -> dict[str, str]:
     labels = {
+        LABEL_NAME: MANAGED_BY,
+        LABEL_INSTANCE: label_value(owner.name),
+        LABEL_COMPONENT: label_value(stage),
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_RESOURCE: owner.name,
         LABEL_KIND: owner.kind,

@@ -14,6 +14,11 @@ from synthrec.plan import parse_ranges
 
 # Labels on everything the operator creates (the contract in /work/contracts.md).
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# The other recommended labels on children (kubernetes.io/docs/concepts/overview/working-with-objects/
+# common-labels): name = the application, instance = the resource, component = the stage.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "synthrec"
 LABEL_RESOURCE = "synthrec.io/resource"
 LABEL_KIND = "synthrec.io/kind"

@@ -67,6 +67,8 @@ OPERATOR_GRANTS = {
         for r in ("syntheticdatasets", "recognitionexperiments")
         for v in ("patch",)
     },
+    # blockOwnerDeletion on children (OwnerReferencesPermissionEnforcement checks update on finalizers)
+    *{("update", "synthrec.io", r, "finalizers") for r in ("syntheticdatasets", "recognitionexperiments")},
     *{(v, "batch", "jobs", "") for v in ("list", "watch", "create", "patch", "delete")},
     *{(v, "", "configmaps", "") for v in ("create", "delete")},
     *{(v, "", "pods", "") for v in ("list", "watch")},

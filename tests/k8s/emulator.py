@@ -220,6 +220,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     _manager: str = attrs.field(default="", init=False)  # its field manager
     _warnings: list[str] = attrs.field(factory=list, init=False)  # its Warning headers
     _verb: str = attrs.field(default="", init=False)  # its RBAC verb
+    _agent: str = attrs.field(default="", init=False)  # its User-Agent
     _applied_fields: list[Obj] | None = attrs.field(default=None, init=False)  # managedFields of an apply
     _user_payloads: tuple[tuple[int, ...], list[Any]] = attrs.field(factory=lambda: ((), []), init=False)
 
@@ -425,6 +426,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             self._params.get("fieldManager") or str(request.headers.get("User-Agent", "")).split("/")[0]
         )
         self._warnings = []
+        self._agent = str(request.headers.get("User-Agent", ""))
         try:
             response = await self._serve(request)
         except (Reject, cr.Rejected) as exc:
@@ -526,6 +528,34 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         return aiohttp.web.json_response(
             {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
         )
+
+    def _check_owner_deletion_blocks(self, obj: Obj, old: Obj | None) -> None:
+        """OwnerReferencesPermissionEnforcement (on in OpenShift and many clusters): setting
+        ``blockOwnerDeletion`` needs ``update`` on the owner's ``finalizers`` subresource. Recorded as the
+        API call it authorises, so RBAC comparisons see it."""
+        before = {
+            ref.get("uid")
+            for ref in (old or {}).get("metadata", {}).get("ownerReferences") or []
+            if ref.get("blockOwnerDeletion")
+        }
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            if not ref.get("blockOwnerDeletion") or ref.get("uid") in before:
+                continue
+            group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
+            owner = next(
+                (
+                    r
+                    for r, info in self.resources._resources.items()
+                    if (r.group or "") == group and r.version == version and info.kind == ref.get("kind")
+                ),
+                None,
+            )
+            if owner is None:
+                continue
+            calls = self._api_calls.setdefault(self._agent, collections.Counter())
+            calls[
+                ApiCall("update", group, str(owner.plural), "finalizers", obj["metadata"].get("namespace"))
+            ] += 1
 
     def _list_type(self, resource: kmock.resource) -> ssa.ListTypeOf:
         served = self._served.get(resource)
@@ -859,6 +889,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             if obj["status"] is None:
                 del obj["status"]
         self._admit(resource, obj, None)
+        self._check_owner_deletion_blocks(obj, None)
         if served is not None:
             self._warnings += cr.validate(served, obj, None)
         if resource == CRDS:
@@ -949,6 +980,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             )
         if subresource is None:
             self._admit(resource, new, cur)
+            self._check_owner_deletion_blocks(new, cur)
         if served is not None:
             self._warnings += cr.validate(served, new, cur, status_only=subresource == "status")
         if resource == CRDS and subresource is None:

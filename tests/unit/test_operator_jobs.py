@@ -239,3 +239,15 @@ def test_short_run_names_are_kept_as_label_values() -> None:
     assert labels["synthrec.io/run"] == "shots16-seed1-ct"
     assert labels["app.kubernetes.io/managed-by"] == "synthrec"
     assert labels["synthrec.io/kind"] == "RecognitionExperiment"
+
+
+def test_jobs_and_their_pods_carry_the_recommended_labels() -> None:
+    job = render(spec())
+    expected = {
+        "app.kubernetes.io/name": "synthrec",
+        "app.kubernetes.io/instance": OWNER.name,
+        "app.kubernetes.io/component": "generate",
+        "app.kubernetes.io/managed-by": "synthrec",
+    }
+    assert expected.items() <= job["metadata"]["labels"].items()
+    assert expected.items() <= job["spec"]["template"]["metadata"]["labels"].items()
