@@ -424,14 +424,17 @@ async def test_crd_manifests_declare_every_served_version(k8s: RealisticEmulator
 
 async def test_api_calls_record_rbac_verbs(k8s: RealisticEmulator, widgets: str) -> None:
     k8s.reset_api_calls()
-    await k8s.api.create(widgets, {"metadata": {"name": "a", "namespace": "default"}})
+    created = await k8s.api.create(widgets, {"metadata": {"name": "a", "namespace": "default"}})
     await k8s.api.list(widgets)
     await k8s.api.patch_status(widgets, "a", {"phase": "x"}, "default")
-    await k8s.api.replace(widgets, "a", {"metadata": {"name": "a"}}, "default")
+    version = (await k8s.api.get(widgets, "a", "default"))["metadata"]["resourceVersion"]
+    assert version != created["metadata"]["resourceVersion"]
+    await k8s.api.replace(widgets, "a", {"metadata": {"name": "a", "resourceVersion": version}}, "default")
     await k8s.api.delete(widgets, "a", "default")
     assert set(k8s.api_calls()) == {
         ApiCall("create", "example.dev", "widgets", "", "default"),
         ApiCall("list", "example.dev", "widgets", "", None),
+        ApiCall("get", "example.dev", "widgets", "", "default"),
         ApiCall("patch", "example.dev", "widgets", "status", "default"),
         ApiCall("update", "example.dev", "widgets", "", "default"),
         ApiCall("delete", "example.dev", "widgets", "", "default"),

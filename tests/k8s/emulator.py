@@ -96,6 +96,7 @@ _ACTIONS = {
     "patch": kmock.action.UPDATE,
     "delete": kmock.action.DELETE,
 }
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # what the API server uses for generateName suffixes
 # A release inside the chart's kubeVersion range (>=1.29) and kubectl 1.32's skew (+/-1 minor).
 SERVER_VERSION = {
@@ -503,6 +504,13 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 "Invalid",
                 'PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: '
                 "may not be specified for non-apply patch",
+            )
+        if verb == "patch" and resource in self._served and content_type == STRATEGIC_MERGE_PATCH:
+            raise Reject(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
             )
         if verb == "patch" and content_type == "application/apply-patch+yaml":
             applied, created = self._apply(resource, namespace, str(name), sub, request)
@@ -926,10 +934,19 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         try:
             candidate = candidate_of(cur)
         except PatchError as exc:
+            if "test operation failed" in str(exc):  # kube-apiserver says no more than this
+                raise Reject(422, "Invalid", "the server rejected our request due to an error in our request")
             raise Reject(422, "Invalid", str(exc)) from exc
         if not isinstance(candidate, dict):
             raise Reject(422, "Invalid", "the patched object is not a JSON object")
         client_rv = (candidate.get("metadata") or {}).get("resourceVersion")
+        if self._verb == "update" and resource in self._served and not client_rv:
+            raise Reject(  # custom resources do not allow unconditional updates
+                422,
+                "Invalid",
+                f'{_group_resource(resource)} "{name}" is invalid: metadata.resourceVersion: '
+                "Invalid value: 0x0: must be specified for an update",
+            )
         if client_rv not in (None, "") and str(client_rv) != cur_meta["resourceVersion"]:
             raise Reject(
                 409,
