@@ -167,7 +167,7 @@ def decode(served: ServedVersion, body: Obj, field_validation: str, *, patch: bo
             "BadRequest",
             f'fieldValidation parameter unsupported: "{mode}"; must be one of Ignore, Warn, Strict',
         )
-    unknown = schema_validation.unknown_fields(body, served.schema)
+    unknown = sorted(schema_validation.unknown_fields(body, served.schema))  # sorted, as the server does
     if not unknown or mode == "Ignore":
         return []
     texts = [f'unknown field "{path}"' for path in unknown]

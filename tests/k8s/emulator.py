@@ -935,7 +935,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             candidate = candidate_of(cur)
         except PatchError as exc:
             if "test operation failed" in str(exc):  # kube-apiserver says no more than this
-                raise Reject(422, "Invalid", "the server rejected our request due to an error in our request")
+                message = "the server rejected our request due to an error in our request"
+                raise Reject(422, "Invalid", message) from exc
             raise Reject(422, "Invalid", str(exc)) from exc
         if not isinstance(candidate, dict):
             raise Reject(422, "Invalid", "the patched object is not a JSON object")
@@ -1115,10 +1116,12 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             admit(resource_name(resource), obj, old)
         except Invalid as exc:
             kind = self._info(resource).kind if self._info(resource) else resource.plural
+            qualified = f"{kind}.{resource.group}" if resource.group else kind  # as errors.NewInvalid
+            message = exc.errors[0] if len(exc.errors) == 1 else "[" + ", ".join(exc.errors) + "]"
             raise Reject(
                 422,
                 "Invalid",
-                f'{kind} "{obj["metadata"].get("name")}" is invalid: {exc}',
+                f'{qualified} "{obj["metadata"].get("name")}" is invalid: {message}',
                 {"causes": [{"message": error} for error in exc.errors]},
             ) from exc
 

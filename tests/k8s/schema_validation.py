@@ -426,24 +426,23 @@ def validate(
             return Outcome()
         errors = validate_value(value, status_schema, "status")
         outcome = Outcome(errors=_ratchet(errors, value, before, "status", old is not None))
-        if not any(e.type in _SKIP_CEL_AFTER for e in outcome.errors):
-            rules = run_rules(value, before, status_schema, "status", root=False)
-            outcome.errors += rules.errors
-            outcome.warnings += rules.warnings
-        return _with_skip_notice(outcome)
+        return _with_rules(outcome, value, before, status_schema, "status", root=False)
     body = {k: v for k, v in obj.items() if k != "metadata"}
     body["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k in ("name", "generateName")}
     errors = validate_value(body, schema, "")
     outcome = Outcome(errors=_ratchet(errors, obj, old, "", old is not None))
+    return _with_rules(outcome, obj, old, schema, "", root=True)
+
+
+def _with_rules(
+    outcome: Outcome, value: Any, old: Any, schema: dict[str, Any], path: str, *, root: bool
+) -> Outcome:
+    """Run the CEL rules unless the OpenAPI errors make kube-apiserver skip them (then it says so)."""
     if not any(e.type in _SKIP_CEL_AFTER for e in outcome.errors):
-        rules = run_rules(obj, old, schema, "", root=True)
+        rules = run_rules(value, old, schema, path, root=root)
         outcome.errors += rules.errors
         outcome.warnings += rules.warnings
-    return _with_skip_notice(outcome)
-
-
-def _with_skip_notice(outcome: Outcome) -> Outcome:
-    if any(e.type in _SKIP_CEL_AFTER for e in outcome.errors):
+    else:
         outcome.errors.append(
             FieldError(
                 "Invalid",
