@@ -311,8 +311,8 @@ STEPS = [
         422,
         'SyntheticDataset.synthrec.io "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a '
         "lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-        "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
-        "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+        "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
         body=dataset("Bad_Name"),
     ),
     Step(
