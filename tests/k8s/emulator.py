@@ -400,6 +400,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # Resource paths are parsed here: kmock 0.8 crashes on /api/v1/namespaces (G8), and its parser
         # spends most of a request's CPU time in runtime-Protocol isinstance checks.
+        if raw_request.path.startswith("/openapi/v3"):
+            return self._serve_openapi_v3(raw_request.path)
         parsed = parse_resource_path(raw_request.path)
         if parsed is None:
             return await super().__call__(raw_request)  # discovery and non-Kubernetes paths
@@ -645,6 +647,63 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             body.setdefault("metadata", {})["name"] = name
             return self._create(resource, namespace, body), True
         return self._update(resource, namespace, name, subresource, applied), False
+
+    def _serve_openapi_v3(self, path: str) -> aiohttp.web.Response:
+        """OpenAPI v3 discovery, as much as kubectl reads: per group/version, each resource's PATCH
+        operation with its GVK, the query parameters it takes (kubectl checks for ``fieldValidation`` before
+        it relies on server-side field validation) and the patch types it accepts (no strategic merge
+        patch for custom resources, so kubectl sends them merge patches)."""
+        by_prefix: dict[str, list[tuple[kmock.resource, kmock.ResourceInfo]]] = {}
+        for resource, info in self.resources._resources.items():
+            if resource.plural is None or resource.version is None:
+                continue
+            group = resource.group or ""
+            prefix = f"apis/{group}/{resource.version}" if group else f"api/{resource.version}"
+            by_prefix.setdefault(prefix, []).append((resource, info))
+        wanted = path[len("/openapi/v3") :].strip("/")
+        if not wanted:
+            return aiohttp.web.json_response(
+                {
+                    "paths": {
+                        p: {"serverRelativeURL": f"/openapi/v3/{p}?hash={self._rv}"}
+                        for p in sorted(by_prefix)
+                    }
+                }
+            )
+        if wanted not in by_prefix:
+            return _status_response(404, "NotFound", "the server could not find the requested resource", {})
+        paths: Obj = {}
+        for resource, info in by_prefix[wanted]:
+            scope = "/namespaces/{namespace}" if info.namespaced else ""
+            media = [
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/apply-patch+yaml",
+            ]
+            if resource not in self._served:
+                media.append(STRATEGIC_MERGE_PATCH)
+            params = ["dryRun", "fieldManager", "fieldValidation", "force", "pretty"]
+            paths[f"/{wanted}{scope}/{resource.plural}/{{name}}"] = {
+                "patch": {
+                    "operationId": f"patch{info.kind}",
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": {
+                        "group": resource.group or "",
+                        "version": resource.version,
+                        "kind": info.kind,
+                    },
+                    "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in params],
+                    "requestBody": {"content": {m: {"schema": {"type": "object"}} for m in media}},
+                    "responses": {"200": {"description": "OK"}},
+                }
+            }
+        document = {
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
+            "paths": paths,
+            "components": {"schemas": {}},
+        }
+        return aiohttp.web.json_response(document)
 
     def _table(self, resource: kmock.resource, items: list[Obj]) -> Obj:
         served = self._served.get(resource)
