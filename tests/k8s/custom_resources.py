@@ -173,13 +173,14 @@ def decode(served: ServedVersion, body: Obj, field_validation: str, *, patch: bo
     texts = [f'unknown field "{path}"' for path in unknown]
     if mode == "Warn":
         return texts
-    if patch:
+    if patch:  # the patch handler reports on the patched object, with no kind and no name
+        patched = json.dumps(json.dumps(body, separators=(",", ":")))
+        detail = f"Invalid value: {patched}: strict decoding error: {', '.join(texts)}"
         raise Rejected(
             422,
             "Invalid",
-            f'{served.kind}.{served.group} "{(body.get("metadata") or {}).get("name", "")}" is invalid: '
-            f'patch: Invalid value: "": strict decoding error: {", ".join(texts)}',
-            {"causes": [{"reason": "FieldValueInvalid", "message": t, "field": "patch"} for t in texts]},
+            f' "" is invalid: patch: {detail}',
+            {"causes": [{"reason": "FieldValueInvalid", "message": detail, "field": "patch"}]},
         )
     raise Rejected(
         400,
