@@ -18,6 +18,11 @@ This subclass serves every resource request (``/api[s]/.../<plural>[/<name>[/sta
 - ``/api/v1/namespaces`` (which crashes kmock's URL parser), namespaces created on first use, and
   namespace deletion that deletes the namespace's objects;
 - Job/Pod/Secret defaulting and validation (``admission.py``);
+- CustomResourceDefinitions validated as kube-apiserver validates them, Established/NamesAccepted, and
+  their custom resources pruned, defaulted and validated (schema, CEL incl. transition rules, status
+  subresource, fieldValidation Strict/Warn/Ignore) by ``custom_resources.py``; server-side apply and
+  managedFields (``apply.py``); Table responses; discovery and OpenAPI v3 as kubectl reads them; server
+  version 1.33 (``DIFFERENCES.md`` lists what still differs);
 - ``keep_requests`` to bound kmock's request log (its matching cost is quadratic), ``keep_history`` to
   bound the per-object version history, and ``api_calls()``: the RBAC verbs actually used.
 
