@@ -545,3 +545,87 @@ async def test_kopf_namespace_scanning_works_against_it(k8s: RealisticEmulator) 
         await wait_for(lambda: len(seen) == 2, timeout=10)
     assert sorted(seen) == [("team-a", "w1"), ("team-b", "w2")]
     assert ApiCall("watch", "", "namespaces", "", None) in k8s.api_calls(user_agent="kopf/")
+
+
+# ------------------------------------------------------------------- CRDs and server-side apply
+
+
+async def test_a_crd_whose_names_clash_is_not_established_nor_served(
+    k8s: RealisticEmulator, widgets: str
+) -> None:
+    clash = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gizmos.example.dev"},
+        "spec": {
+            "group": "example.dev",
+            "scope": "Namespaced",
+            "names": {"plural": "gizmos", "kind": "Widget"},
+            "versions": [
+                {"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": OPEN_SCHEMA}}
+            ],
+        },
+    }
+    assert k8s.declare_crd_manifest(clash) == []
+    crd = await k8s.api.get("apiextensions.k8s.io/v1/customresourcedefinitions", "gizmos.example.dev")
+    conditions = {c["type"]: c for c in crd["status"]["conditions"]}
+    assert (conditions["NamesAccepted"]["status"], conditions["NamesAccepted"]["message"]) == (
+        "False",
+        '"Widget" is already in use',
+    )
+    assert conditions["Established"]["status"] == "False"
+    await expect_error(404, k8s.api.list("example.dev/v1/gizmos"))
+
+
+def test_declaring_a_crd_kube_apiserver_would_reject_fails_with_its_message(k8s: RealisticEmulator) -> None:
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.example.dev"},
+        "spec": {
+            "group": "example.dev",
+            "scope": "Namespaced",
+            "names": {"plural": "gadgets", "kind": "Gadget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {}}}},
+                }
+            ],
+        },
+    }
+    with pytest.raises(ValueError, match=r"properties\[spec\]\.type: Required value"):
+        k8s.declare_crd_manifest(crd)
+
+
+async def test_apply_removes_what_a_manager_stops_applying_and_updates_take_ownership(
+    k8s: RealisticEmulator,
+) -> None:
+    path = "/api/v1/namespaces/default/configmaps/c"
+
+    async def apply(data: dict[str, str], manager: str) -> dict[str, Any]:
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data}
+        return await k8s.api.request(
+            "PATCH",
+            path,
+            body=body,
+            params={"fieldManager": manager},
+            content_type="application/apply-patch+yaml",
+        )
+
+    await apply({"a": "1", "b": "2"}, "gitops")
+    applied = await apply({"a": "1"}, "gitops")
+    assert applied["data"] == {"a": "1"}  # b was gitops' alone: gone when no longer applied
+    await k8s.api.patch("v1/configmaps", "c", {"data": {"a": "changed"}}, "default")
+    entries = {
+        e["manager"]: e
+        for e in (await k8s.api.get("v1/configmaps", "c", "default"))["metadata"]["managedFields"]
+    }
+    assert entries["k8s-test-client"]["operation"] == "Update"
+    assert entries["k8s-test-client"]["fieldsV1"] == {"f:data": {"f:a": {}}}
+    conflict = await expect_error(409, apply({"a": "1"}, "gitops"))
+    assert (
+        conflict.message == 'Apply failed with 1 conflict: conflict with "k8s-test-client" using v1: .data.a'
+    )
