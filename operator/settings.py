@@ -100,12 +100,19 @@ class OperatorConfig:
             **_volumes(env, "SYNTHREC_WORKER_VOLUMES", "SYNTHREC_WORKER_VOLUME_MOUNTS"),
             env=_env_vars(env, "SYNTHREC_WORKER_ENV"),
         )
+        metrics_port = int(_number(env, "SYNTHREC_METRICS_PORT", 8080, minimum=0, integer=True))
+        liveness_port = int(_number(env, "SYNTHREC_LIVENESS_PORT", 8081, minimum=0, integer=True))
+        if metrics_port and metrics_port == liveness_port:
+            raise SettingsError(
+                f"SYNTHREC_METRICS_PORT and SYNTHREC_LIVENESS_PORT are both {metrics_port}: the operator "
+                "serves /metrics and /healthz on separate ports; change one of them"
+            )
         return cls(
             namespaces=namespaces,
             worker=worker,
             status_interval=_number(env, "SYNTHREC_STATUS_INTERVAL", 5.0, minimum=0.0),
-            metrics_port=int(_number(env, "SYNTHREC_METRICS_PORT", 8080, minimum=0, integer=True)),
-            liveness_port=int(_number(env, "SYNTHREC_LIVENESS_PORT", 8081, minimum=0, integer=True)),
+            metrics_port=metrics_port,
+            liveness_port=liveness_port,
             resync_interval=_number(env, "SYNTHREC_RESYNC_INTERVAL", 30.0, minimum=0.01),
             min_reconcile_interval=_number(env, "SYNTHREC_RECONCILE_MIN_INTERVAL", 0.5, minimum=0.0),
             max_concurrent_reconciles=int(
