@@ -36,8 +36,9 @@ WORKDIR /src
 COPY constraints.txt ./
 # torch first, in its own layer: by far the largest dependency and the one that changes least often.
 # PyPI's torch 2.14.1 is the CUDA 13.0 build. The other variants are local versions (2.14.1+cu128) that
-# only the PyTorch index has, so naming them exactly keeps pip from taking PyPI's build instead; their
-# dependencies (nvidia-*-cu12 wheels) resolve from either index under the same constraints.
+# only the PyTorch index has, so naming them exactly keeps pip from taking PyPI's build instead. The CUDA
+# packages pinned in constraints.txt (cuda-*, nvidia-*) are the CUDA 13 build's; another variant installs
+# the ones its torch wheel pins, so its constraints (constraints.image.txt) leave them out.
 RUN case "${CUDA_VARIANT}" in \
       cu130) local_version="" && torch_index="https://pypi.org/simple" ;; \
       cu126|cu128|cpu) local_version="+${CUDA_VARIANT}" \
@@ -46,7 +47,9 @@ RUN case "${CUDA_VARIANT}" in \
               "driver >= 580), cu128 or cu126 (driver >= 525.60.13), or cpu" >&2 \
          && exit 2 ;; \
     esac \
-    && pip install --no-cache-dir -c constraints.txt --extra-index-url "${torch_index}" \
+    && if [ -z "${local_version}" ]; then cp constraints.txt constraints.image.txt; \
+       else grep -v -E '^(cuda|nvidia)-' constraints.txt > constraints.image.txt; fi \
+    && pip install --no-cache-dir -c constraints.image.txt --extra-index-url "${torch_index}" \
          "torch==2.14.1${local_version}" "torchvision==0.29.1${local_version}"
 COPY pyproject.toml README.md ./
 COPY synthrec/ synthrec/
@@ -54,7 +57,7 @@ COPY operator/ operator/
 COPY workers/ workers/
 # A regular (non-editable) install: the final image needs the venv only, not /src.
 # tracking: MLflow and W&B clients, used when a worker's environment configures them.
-RUN pip install --no-cache-dir -c constraints.txt "./[operator,workers,tracking]"
+RUN pip install --no-cache-dir -c constraints.image.txt "./[operator,workers,tracking]"
 
 # ---------------------------------------------------------------------------------------------- final
 FROM python:${PYTHON_VERSION}-slim-bookworm

@@ -232,14 +232,15 @@ def test_torch_is_pinned_like_the_workers_extra_and_every_install_uses_the_const
     }
     for package in ("torch", "torchvision"):
         assert pins[package] in dockerfile, f"the Dockerfile must install {pins[package]}"
-    extras = re.search(r'pip install --no-cache-dir -c constraints.txt "\./\[([a-z,]+)\]"', dockerfile)
+    extras = re.search(r'pip install --no-cache-dir -c constraints.image.txt "\./\[([a-z,]+)\]"', dockerfile)
     assert extras, "the build stage installs the package with its extras"
     assert set(extras.group(1).split(",")) <= set(pyproject["project"]["optional-dependencies"])
     runs = [args for stage in stages(dockerfile) for op, args in stage if op == "RUN"]
     installs = [args for args in runs if "pip install" in args]
     assert len(installs) == 2
     for install in installs:
-        assert "-c constraints.txt" in install, f"unpinned install in the image: {install}"
+        # constraints.txt itself, less the CUDA 13 packages for another CUDA variant (tested below)
+        assert "-c constraints.image.txt" in install, f"unpinned install in the image: {install}"
 
 
 def test_the_final_stage_has_no_build_tools_and_runs_as_a_numeric_non_root_user(dockerfile: str) -> None:
@@ -343,15 +344,22 @@ def _torch_install(dockerfile: str) -> str:
 
 
 def _run_torch_install(dockerfile: str, tmp_path: Path, variant: str) -> subprocess.CompletedProcess[str]:
-    """The build stage's torch RUN under sh, as Docker runs it, with pip replaced by a recorder."""
-    bin_dir = tmp_path / "bin"
+    """The build stage's torch RUN under sh, as Docker runs it in /src, with pip replaced by a recorder."""
+    bin_dir, src = tmp_path / "bin", tmp_path / "src"
     bin_dir.mkdir(exist_ok=True)
+    src.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "constraints.txt", src / "constraints.txt")
     fake_pip = bin_dir / "pip"
     fake_pip.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
     fake_pip.chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CUDA_VARIANT": variant}
     return subprocess.run(
-        ["sh", "-c", _torch_install(dockerfile)], capture_output=True, text=True, env=env, check=False
+        ["sh", "-c", _torch_install(dockerfile)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=src,
     )
 
 
@@ -362,15 +370,26 @@ def test_each_cuda_variant_installs_the_same_torch_from_its_index(
     proc = _run_torch_install(dockerfile, tmp_path, variant)
     assert proc.returncode == 0, proc.stderr
     args = proc.stdout.splitlines()
-    assert args[:4] == ["install", "--no-cache-dir", "-c", "constraints.txt"]
+    assert args[:4] == ["install", "--no-cache-dir", "-c", "constraints.image.txt"]
     index = args[args.index("--extra-index-url") + 1]
+    pins = (tmp_path / "src" / "constraints.txt").read_text().splitlines()
+    image_pins = (tmp_path / "src" / "constraints.image.txt").read_text().splitlines()
     if variant == DEFAULT_VARIANT:
         # PyPI's own build is the CUDA 13 one; no other index may offer a "better" 2.14.1+cuXXX.
         assert index == "https://pypi.org/simple"
         assert args[-2:] == ["torch==2.14.1", "torchvision==0.29.1"]
+        assert image_pins == pins
     else:
         assert index == f"https://download.pytorch.org/whl/{variant}"
         assert args[-2:] == [f"torch==2.14.1+{variant}", f"torchvision==0.29.1+{variant}"]
+        # The CUDA 13 packages torch pins (cuda-toolkit==13..., nvidia-cublas==13...) would conflict with
+        # this build's own; everything else keeps its pin.
+        cuda = [p for p in pins if p.startswith(("cuda-", "nvidia-"))]
+        assert any(p.startswith("cuda-toolkit==") for p in cuda) and any(
+            p.startswith("nvidia-") for p in cuda
+        )
+        assert image_pins == [p for p in pins if p not in cuda]
+        assert "torch==2.14.1" in image_pins
 
 
 def test_an_unknown_cuda_variant_stops_the_build_with_the_choices(dockerfile: str, tmp_path: Path) -> None:
