@@ -234,11 +234,13 @@ def wandb_records(path: Path) -> list[Any]:
 def test_wandb_offline_holds_the_run_its_config_and_history(
     out: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("wandb", reason="wandb (synthrec[tracking], part of the dev extra)")
+    wandb = pytest.importorskip("wandb", reason="wandb (synthrec[tracking], part of the dev extra)")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     where = tracking.log_run(TASK, out, metrics(), result())
+    # W&B's service process writes the run log; it has closed the file once it has shut down.
+    wandb.teardown()
     run_id = where["wandb"]["id"]
     assert where["wandb"]["project"] == "synthrec"
     (log_file,) = tmp_path.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")
