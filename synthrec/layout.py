@@ -21,6 +21,7 @@ Experiment::
     spec.json
     features/<cache key>/...         cached CLIP features, keyed by backbone + data digest
     runs/<run>/metrics.json, head.safetensors, curve.json, confusion.json, done.json
+    runs/<run>/tensorboard/          TensorBoard event file of the run (synthrec.workers.tracking)
     summary.json                     all runs, written by the reporter
     report/index.html
 """
@@ -96,6 +97,11 @@ class ExperimentLayout:
     def run_confusion(run: str) -> str:
         """Test-split confusion matrices of the trained head and the zero-shot head (synthrec.confusion)."""
         return f"runs/{run}/confusion.json"
+
+    @staticmethod
+    def run_tensorboard(run: str) -> str:
+        """The run's TensorBoard log dir; ``runs/`` as a whole is the experiment's."""
+        return f"runs/{run}/tensorboard/"
 
     @staticmethod
     def run_marker(run: str) -> str:

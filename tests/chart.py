@@ -59,6 +59,13 @@ def _parse(rendered: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
     return objects
 
 
+def lint_chart(values: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """`helm lint` of the chart with these values, as data: {'errors': [...], 'messages': [...]}."""
+    import helm_python
+
+    return helm_python.lint(str(CHART), dict(values or {}), namespace=NAMESPACE, kube_version="v1.33.0", **kw)
+
+
 def notes(values: Mapping[str, Any] | None = None, *, namespace: str = NAMESPACE) -> str:
     manifests = render_manifests(values, namespace=namespace)
     return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))

@@ -18,7 +18,9 @@
 5. Evaluate the zero-shot head on the test split (the baseline), tune (synthrec.workers.tuning), evaluate
    the final (or best-validation) head on the test split. 0 shots and no synthetic data: nothing to
    train, the run reports the zero-shot head.
-6. Write ``runs/<run>/metrics.json``, ``head.safetensors``, ``curve.json`` (+ ``curve.png``),
+6. Log the run to TensorBoard (``runs/<run>/tensorboard/``), and to MLflow / W&B where the environment
+   configures them (synthrec.workers.tracking; a failure there only warns).
+7. Write ``runs/<run>/metrics.json``, ``head.safetensors``, ``curve.json`` (+ ``curve.png``),
    ``confusion.json`` (sparse, kept out of metrics.json: C x C cells are megabytes for ImageNet), then the
    marker ``done.json`` (spec_hash = task.spec_hash). Summary: run, top1, zero_shot_top1, metrics (URI).
 
@@ -43,6 +45,7 @@ from synthrec import confusion
 from synthrec.labels import ResolvedLabels, resolve_labels
 from synthrec.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import ObjectNotFound, Storage, StorageConflict, open_storage, read_marker, write_marker
+from synthrec.workers import tracking
 from synthrec.workers.runtime import ConfigError, DataError, StageContext, select_device
 
 log = logging.getLogger(__name__)
@@ -238,6 +241,7 @@ class _Run:
         self.timing["total"] = time.monotonic() - started
         metrics = self._metrics(zero_shot, final, val_final, result, datasets, test, val, real, syn, trained)
         confusions = confusion.document(self.labels.names, final["confusion"], zero_shot["confusion"])
+        metrics["tracking"] = tracking.log_run(self.task, self.storage, metrics, result)  # never raises
         self._write(head, metrics, confusions, result)
         return _summary(self.plan.name, metrics, self.layout.url(self.layout.run_metrics(self.plan.name)))
 

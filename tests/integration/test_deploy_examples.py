@@ -12,7 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from synthrec.operator.settings import OperatorConfig
 from tests.chart import K8S_VERSION, env_of, of_kind, one, render_chart
+from tests.unit.test_operator_worker_storage import render as render_worker_job
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -69,8 +71,13 @@ def test_the_kueue_cluster_queue_covers_what_worker_pods_request() -> None:
     (cluster_queue,) = by_kind(path, "ClusterQueue")
     flavors = {f["metadata"]["name"] for f in by_kind(path, "ResourceFlavor")}
     (group,) = cluster_queue["spec"]["resourceGroups"]
-    # Worker pods request cpu, memory and the GPU resource (spec.resources); all must be covered.
-    assert set(group["coveredResources"]) == {"cpu", "memory", "nvidia.com/gpu"}
+    # Kueue admits nothing with an uncovered request: a worker pod of the chart's default install asks for
+    # cpu, memory, the GPU (spec.resources) and ephemeral-storage (its model cache).
+    operator = OperatorConfig.from_env(env_of(one(render_chart(), "Deployment")))
+    pod = render_worker_job(operator.worker)["spec"]["template"]["spec"]
+    requests = set(pod["containers"][0]["resources"]["requests"])
+    assert requests == {"cpu", "memory", "nvidia.com/gpu", "ephemeral-storage"}
+    assert set(group["coveredResources"]) == requests
     for flavor in group["flavors"]:
         assert flavor["name"] in flavors
         assert {r["name"] for r in flavor["resources"]} == set(group["coveredResources"])

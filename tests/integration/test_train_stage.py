@@ -63,6 +63,20 @@ def train(
     return code, json.loads(log.read_text())
 
 
+def tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard log dir, read with TensorBoard's EventAccumulator."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    return {
+        tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+        for tag in acc.Tags()["tensors"]
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"
+    }
+
+
 def build_dataset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_models: Any, out_uri: str | None
 ) -> DatasetInput:
@@ -134,6 +148,16 @@ def test_experiment_runs_end_to_end_on_s3(tiny_models, s3_bucket, tmp_path: Path
     assert out.read_json("runs/shots2-seed1-ct-syn/done.json")["spec_hash"] == mixed["spec_hash"]
     curve = out.read_json("runs/shots2-seed1-ct-syn/curve.json")
     assert len(curve["steps"]) == 4 and all({"syn", "real", "loss", "lr"} <= set(s) for s in curve["steps"])
+    # TensorBoard opens the run's log dir on S3 with its own reader (boto3 finds AWS_ENDPOINT_URL)
+    logdir = f"{spec.output.uri}runs/shots2-seed1-ct-syn/tensorboard"
+    assert mixed["tracking"] == {"tensorboard": logdir}
+    events = tensorboard_scalars(logdir)
+    assert [step for step, _ in events["train/loss"]] == [0, 1, 2, 3]
+    assert [v for _, v in events["train/loss"]] == pytest.approx([s["loss"] for s in curve["steps"]])
+    assert events["test/top1"] == [(4, pytest.approx(mixed["top1"]))]
+    assert tensorboard_scalars(f"{spec.output.uri}runs/shots0-seed1-ct-init/tensorboard")["test/top1"] == [
+        (0, pytest.approx(zero["top1"]))
+    ]
 
     # a committed run is not trained again
     run = experiment_runs(spec)[3]

@@ -184,7 +184,7 @@ def test_operator_defaults_apply_where_the_spec_is_silent() -> None:
         image_pull_policy="Always",
         service_account="workers",
         queue_name="default-queue",
-        gpu_resource="amd.com/gpu",
+        gpu_resource="nvidia.com/mig-1g.10gb",
         s3_endpoint="http://minio:9000",
         s3_secret="default-s3",
         hf_token_secret="default-hf",
@@ -198,7 +198,7 @@ def test_operator_defaults_apply_where_the_spec_is_silent() -> None:
     assert container["image"] == "registry.example/default:9" and container["imagePullPolicy"] == "Always"
     assert pod["serviceAccountName"] == "workers"
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "default-queue"
-    assert container["resources"]["limits"]["amd.com/gpu"] == "1"
+    assert container["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "default-s3"
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "default-hf"
