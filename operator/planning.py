@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from synthrec import api
-from synthrec.layout import DatasetLayout, ExperimentLayout
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.operator.jobs import (
     JobShape,
     Owner,
@@ -66,7 +66,7 @@ from synthrec.plan import (
     parse_ranges,
     train_task,
 )
-from synthrec.tasks import DatasetInput, ResourceRef
+from synthrec.plan.tasks import DatasetInput, ResourceRef
 from synthrec.timestamps import utc_stamp
 
 MAX_RANGE_STRING = 4096  # the CRD's maxLength of succeededIndexes / failedIndexes

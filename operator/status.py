@@ -5,7 +5,7 @@ what a resource's status says; this module holds the pieces that are the same fo
 
 - what the pods are doing (Running only when a pod really runs; Queued with the scheduler's message while
   pods are Pending, unschedulable, pulling images or waiting for Kueue quota);
-- conditions with ``observedGeneration`` and the phase via ``synthrec.conditions.derive_phase``;
+- conditions with ``observedGeneration`` and the phase via ``synthrec.api.conditions.derive_phase``;
 - which condition transitions deserve a Kubernetes Event;
 - when a status patch is due (only on change, at most every ``interval`` seconds per resource).
 """
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from synthrec import conditions as cond
+from synthrec.api import conditions as cond
 from synthrec.operator.observed import JobView, PodView
 
 # Waiting reasons of a container that mean "this will not fix itself quickly".

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthrec.labels import resolve_labels
-from synthrec.layout import DatasetLayout
+from synthrec.api.labels import resolve_labels
+from synthrec.contract.layout import DatasetLayout
 from synthrec.storage import StorageConflict, commit_file, read_marker
 from synthrec.workers.runtime import DataError, StageContext, select_device
 

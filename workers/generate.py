@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthrec.layout import DatasetLayout
+from synthrec.contract.layout import DatasetLayout
 from synthrec.storage import ObjectNotFound, StorageConflict, commit_file, read_marker
 from synthrec.workers.runtime import ConfigError, DataError, StageContext
 from synthrec.workers.workitems import PromptRow, WorkItem, parse_rows, per_class_counts, shard_items

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from synthrec.api import SyntheticDatasetSpec
-from synthrec.labels import ResolvedLabels, resolve_labels
-from synthrec.layout import DatasetLayout
+from synthrec.api.labels import ResolvedLabels, resolve_labels
+from synthrec.contract.layout import DatasetLayout
 from synthrec.storage import StorageConflict, commit_file, read_marker
 from synthrec.workers.models import first_line, quiet_hub_progress, resolve_model_folder
 from synthrec.workers.runtime import ConfigError, StageContext, select_device

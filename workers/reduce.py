@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthrec.labels import ResolvedLabels, resolve_labels
-from synthrec.layout import DatasetLayout
+from synthrec.api.labels import ResolvedLabels, resolve_labels
+from synthrec.contract.layout import DatasetLayout
 from synthrec.storage import ObjectNotFound, Storage, StorageConflict, read_marker, sha256_file
 from synthrec.timestamps import utc_stamp
 from synthrec.workers.runtime import ConfigError, DataError, StageContext

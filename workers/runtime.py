@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from synthrec import contract
+from synthrec.plan.tasks import load_task
 from synthrec.storage import Storage, StorageConflict, StorageError, TransientStorageError, open_storage
-from synthrec.tasks import load_task
 
 log = logging.getLogger("synthrec.workers")
 
@@ -106,7 +106,7 @@ class Progress:
 
 @dataclass
 class StageContext:
-    task: Any  # one of synthrec.tasks' task models
+    task: Any  # one of synthrec.plan.tasks' task models
     shard: int  # the shard id this process produces (0 for single-pod stages)
     storage: Storage  # the resource's output root
     progress: Progress
@@ -165,7 +165,7 @@ def spec_document(task: Any) -> dict[str, Any]:
 
 
 def write_spec_json(task: Any, storage: Storage) -> None:
-    from synthrec.layout import DatasetLayout
+    from synthrec.contract.layout import DatasetLayout
 
     doc = spec_document(task)
     key = DatasetLayout.spec  # same key for experiments (ExperimentLayout.spec)

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthrec import confusion
-from synthrec.labels import ResolvedLabels, resolve_labels
-from synthrec.layout import DatasetLayout, ExperimentLayout
+from synthrec.api.labels import ResolvedLabels, resolve_labels
+from synthrec.contract import confusion
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import ObjectNotFound, Storage, StorageConflict, open_storage, read_marker, write_marker
 from synthrec.workers.runtime import ConfigError, DataError, StageContext, select_device
 

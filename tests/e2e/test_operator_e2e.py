@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from synthrec.layout import DatasetLayout
+from synthrec.contract.layout import DatasetLayout
 from synthrec.storage import open_storage
 from tests.integration.test_operator_harness import (
     DATASETS,

@@ -16,10 +16,10 @@ from PIL import Image, ImageDraw
 
 from synthrec import contract
 from synthrec.api import SyntheticDatasetSpec
-from synthrec.layout import DatasetLayout
+from synthrec.contract.layout import DatasetLayout
 from synthrec.plan import dataset_task
+from synthrec.plan.tasks import ResourceRef, dump_task
 from synthrec.storage import commit_file, open_storage, read_marker, write_marker
-from synthrec.tasks import ResourceRef, dump_task
 from synthrec.workers import filter as filter_stage
 from synthrec.workers import reduce as reduce_stage
 from synthrec.workers.runtime import run_stage
@@ -275,7 +275,7 @@ def test_reduce_with_real_filtering_drops_before_selecting(
 def test_real_filtering_uses_the_shots_real_guidance_used(
     tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from synthrec.labels import resolve_labels
+    from synthrec.api.labels import resolve_labels
     from synthrec.workers.realdata import index_real_data, sample_shots
 
     real = {"uri": (tiny_models.real / "train").as_uri()}

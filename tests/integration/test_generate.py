@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 
 from synthrec.api import SyntheticDatasetSpec
+from synthrec.api.labels import resolve_labels
 from synthrec.contract import ENV_PROGRESS_FILE, ENV_TERMINATION_LOG, parse_summary
-from synthrec.labels import resolve_labels
 from synthrec.plan import dataset_hashes, dataset_task
+from synthrec.plan.tasks import ResourceRef, dump_task
 from synthrec.storage import open_storage
-from synthrec.tasks import ResourceRef, dump_task
 from synthrec.tiny import TinyModels
 from synthrec.workers import generate, prompts
 from synthrec.workers.runtime import run_stage

@@ -16,8 +16,8 @@ import pytest
 from synthrec.api import SyntheticDatasetSpec
 from synthrec.contract import ENV_TERMINATION_LOG, parse_summary
 from synthrec.plan import dataset_hashes, dataset_task
+from synthrec.plan.tasks import ResourceRef, dump_task
 from synthrec.storage import open_storage
-from synthrec.tasks import ResourceRef, dump_task
 from synthrec.tiny import TINY_CLASSES, TinyModels
 from synthrec.workers import prompts
 from synthrec.workers.runtime import run_stage

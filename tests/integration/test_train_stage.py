@@ -13,8 +13,8 @@ import pytest
 from synthrec import contract
 from synthrec.api import RecognitionExperimentSpec
 from synthrec.plan import experiment_runs, train_task
+from synthrec.plan.tasks import DatasetInput, ResourceRef, dump_task
 from synthrec.storage import open_storage
-from synthrec.tasks import DatasetInput, ResourceRef, dump_task
 from synthrec.workers import train as train_stage
 from synthrec.workers.runtime import run_stage
 from tests.integration.test_filter_reduce import make_dataset, run_worker

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthrec.layout import DatasetLayout, ExperimentLayout
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import commit_file, write_marker
 from synthrec.workers.runtime import ConfigError, DataError, RetryableError, StageContext, run_stage
 

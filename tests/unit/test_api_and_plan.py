@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from synthrec import api, conditions, contract, plan
-from synthrec.tasks import ResourceRef, dump_task, load_task
+from synthrec import api, contract, plan
+from synthrec.api import conditions
+from synthrec.plan.tasks import ResourceRef, dump_task, load_task
 from synthrec.timestamps import utc_stamp
 
 
@@ -190,7 +191,7 @@ def test_tasks_round_trip_and_map_completion_indexes(tmp_path: Path) -> None:
 def test_train_task_carries_the_run(tmp_path: Path) -> None:
     spec = experiment_spec(matrix={"shots": [4], "seeds": [7]})
     run = plan.experiment_runs(spec)[0]
-    from synthrec.tasks import DatasetInput
+    from synthrec.plan.tasks import DatasetInput
 
     inputs = [DatasetInput(name="ds", uri="s3://bkt/ds/", digest="abc")]
     task = plan.train_task(spec, run, inputs, ResourceRef(kind="RecognitionExperiment", name="e"))

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from synthrec import api, artifacts, plan
+from synthrec import api, plan
 from synthrec.cli import main
-from synthrec.layout import DatasetLayout, ExperimentLayout
+from synthrec.contract import artifacts
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
+from synthrec.plan.tasks import ResourceRef
 from synthrec.storage import FileStorage, write_marker
-from synthrec.tasks import ResourceRef
 from synthrec.workers.runtime import spec_document
 
 DATASET = {

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from synthrec import cel, crdgen
+from synthrec.api import cel, crdgen
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.33.0"

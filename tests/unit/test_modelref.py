@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from synthrec.modelref import ModelRefError, ResolvedModel, default_cache_dir, resolve_model
 from synthrec.storage import open_storage, upload_tree
+from synthrec.storage.modelref import ModelRefError, ResolvedModel, default_cache_dir, resolve_model
 
 FILES = {
     "model_index.json": b'{"_class_name": "Tiny"}',

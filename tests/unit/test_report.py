@@ -15,11 +15,12 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save
 
-from synthrec import api, confusion, plan
-from synthrec.layout import DatasetLayout, ExperimentLayout
+from synthrec import api, plan
+from synthrec.contract import confusion
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
+from synthrec.plan.tasks import ResourceRef
 from synthrec.report import build_report, safetensors_matrix
 from synthrec.storage import FileStorage, open_storage, write_marker
-from synthrec.tasks import ResourceRef
 from synthrec.workers.runtime import spec_document
 
 CLASSES = ["cat <b>&", "dog"]

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from synthrec import plan
-from synthrec.layout import DatasetLayout, ExperimentLayout
-from synthrec.runner import LocalRunner, QuietUI, RunError, RunRequest, execute, load_resources, rehome
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
+from synthrec.local import LocalRunner, QuietUI, RunError, RunRequest, execute, load_resources, rehome
 from synthrec.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from synthrec.storage.uris import parse_model_ref
 from synthrec.tiny import (
     BUILDER_VERSION,
     IMAGE_SIZE,
@@ -22,7 +23,6 @@ from synthrec.tiny import (
     build_tiny_models,
     class_folder_name,
 )
-from synthrec.uris import parse_model_ref
 
 pytestmark = pytest.mark.slow  # the first run of the session builds the models
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from synthrec.modelref import resolve_model
 from synthrec.storage import open_storage
+from synthrec.storage.modelref import resolve_model
 from synthrec.tiny import TinyModels
 
 

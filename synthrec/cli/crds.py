@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from synthrec.commands import add_command
+from synthrec.cli.common import add_command
 
 
 def register(subparsers: object) -> None:
@@ -28,7 +28,7 @@ def register(subparsers: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synthrec import crdgen
+    from synthrec.api import crdgen
 
     crds = crdgen.all_crds()
     if not args.out:

@@ -17,7 +17,7 @@ from synthrec.api import (
     SyntheticDatasetSpec,
     SyntheticSource,
 )
-from synthrec.tasks import (
+from synthrec.plan.tasks import (
     DATASET_STAGES,
     DatasetInput,
     FilterTask,

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from synthrec.commands import add_command
+from synthrec.cli.common import add_command
 
 
 def register(subparsers: object) -> None:
@@ -33,7 +33,7 @@ def register(subparsers: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synthrec.artifacts import ArtifactError, find_resources
+    from synthrec.contract.artifacts import ArtifactError, find_resources
     from synthrec.storage import StorageError
 
     try:
@@ -66,7 +66,8 @@ def location_uri(value: str) -> str:
 
 def describe(state: Any) -> dict[str, Any]:
     """A JSON-able description of a DatasetState or ExperimentState."""
-    from synthrec import artifacts, plan
+    from synthrec import plan
+    from synthrec.contract import artifacts
 
     if isinstance(state, artifacts.DatasetState):
         stages = []

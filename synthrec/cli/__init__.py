@@ -1,5 +1,5 @@
-"""The ``synthrec`` command line. Each command lives in its own module under synthrec/commands/ and
-registers itself with ``register(subparsers)``; this file only wires them together."""
+"""The ``synthrec`` command line. Each command lives in its own module of this package and registers
+itself with ``register(subparsers)``; this file only wires them together."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Module names under synthrec.commands, in the order --help lists them.
+# Command modules of this package, in the order --help lists them.
 COMMANDS = ("run", "status", "report", "validate", "plan", "crds", "tiny_models", "operator")
 
 EPILOG = """\
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"synthrec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"synthrec.commands.{name}").register(sub)
+        importlib.import_module(f"synthrec.cli.{name}").register(sub)
     return parser
 
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from synthrec.commands import add_command
+from synthrec.cli.common import add_command
 
 
 def register(subparsers: object) -> None:

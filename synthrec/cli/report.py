@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from synthrec.commands import add_command
+from synthrec.cli.common import add_command
 
 
 def register(subparsers: object) -> None:
@@ -38,7 +38,7 @@ def register(subparsers: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synthrec.commands.status import location_uri
+    from synthrec.cli.status import location_uri
     from synthrec.report import ReportError, build_report
     from synthrec.storage import StorageError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from synthrec.commands import add_command
+from synthrec.cli.common import add_command
 
 
 def register(subparsers: object) -> None:
@@ -23,7 +23,7 @@ def register(subparsers: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from synthrec import api, plan
-    from synthrec.validation import FileError, load_documents, validate_resource
+    from synthrec.api.validation import FileError, load_documents, validate_resource
 
     try:
         docs = load_documents(args.file)

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from synthrec import api, cel, crdgen
+from synthrec import api
+from synthrec.api import cel, crdgen
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

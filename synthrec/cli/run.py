@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from synthrec.commands import add_command
-from synthrec.runner import QuietUI, RunOutcome
+from synthrec.cli.common import add_command
+from synthrec.local import QuietUI, RunOutcome
 
 
 def register(subparsers: object) -> None:
@@ -65,7 +65,7 @@ def register(subparsers: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synthrec.runner import RunRequest, execute
+    from synthrec.local import RunRequest, execute
 
     if args.parallel is not None and args.parallel < 1:
         print("error: --parallel must be at least 1", flush=True)
@@ -96,7 +96,7 @@ class RichUI(QuietUI):
     # ---- set-up
 
     def prepare(self, resources: list[Any]) -> None:
-        from synthrec.runner import uses_tiny_models
+        from synthrec.local import uses_tiny_models
 
         if uses_tiny_models(resources):
             from synthrec.tiny import TinyModels, default_tiny_dir, ensure_tiny_models

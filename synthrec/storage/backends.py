@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from synthrec.storage.uris import URIError, parse_storage_uri
 from synthrec.timestamps import utc_stamp
-from synthrec.uris import URIError, parse_storage_uri
 
 log = logging.getLogger(__name__)
 

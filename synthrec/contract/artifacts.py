@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from synthrec import api, plan
-from synthrec.layout import DatasetLayout, ExperimentLayout, StorageLayout
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout, StorageLayout
 from synthrec.storage import ObjectNotFound, Storage, StorageError, open_storage
 
 _SHARD_MARKER = re.compile(r"^(shards|features)/gen-(\d+)\.done\.json$")

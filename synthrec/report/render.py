@@ -10,8 +10,8 @@ shots with the zero-shot baseline, the training curves, and where the best run e
 against zero-shot CLIP, the classes it confuses most, and its confusion matrix). Runs with the built-in
 tiny models say in red that the weights are random and the accuracy is meaningless.
 
-Everything is read from the artifacts (``synthrec.artifacts``); class names and prompts are data and are
-escaped. Plots use matplotlib's Agg backend, imported only here.
+Everything is read from the artifacts (``synthrec.contract.artifacts``); class names and prompts are data
+and are escaped. Plots use matplotlib's Agg backend, imported only here.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from synthrec import artifacts, confusion
-from synthrec.layout import DatasetLayout, ExperimentLayout
+from synthrec.contract import artifacts, confusion
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import FileStorage, ObjectNotFound, Storage, StorageError, open_storage, upload_tree
 
 REPORT_DIR = "report/"  # DatasetLayout.report / ExperimentLayout.report / StorageLayout.report live here

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from synthrec.commands import add_command
+from synthrec.cli.common import add_command
 
 
 def register(subparsers: object) -> None:
@@ -29,7 +29,7 @@ def register(subparsers: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synthrec.validation import FileError, validate_file
+    from synthrec.api.validation import FileError, validate_file
 
     failed = False
     for path in args.files:

@@ -1,7 +1,7 @@
 """The local executor: every resource of a file on one machine, with the operator's plan, tasks and workers.
 
 For each SyntheticDataset, the stages of ``synthrec.plan.dataset_stages`` run in order. Before each stage
-attempt the runner reads the commit markers (``synthrec.artifacts``), writes ONE task file with
+attempt the runner reads the commit markers (``synthrec.contract.artifacts``), writes ONE task file with
 ``synthrec.plan.dataset_task(..., shard_ids=<shards without a marker>)`` and starts
 ``python -m synthrec.workers STAGE --task FILE`` once per shard with the environment a Job gives its pods
 (``JOB_COMPLETION_INDEX``, a termination log, a progress file, CPU threads divided among the shards that
@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthrec import api, artifacts, contract, plan
-from synthrec.layout import DatasetLayout, StorageLayout
+from synthrec import api, contract, plan
+from synthrec.contract import artifacts
+from synthrec.contract.layout import DatasetLayout, StorageLayout
+from synthrec.plan.tasks import DatasetInput, ResourceRef, dump_task
 from synthrec.storage import Storage, StorageError, open_storage
-from synthrec.tasks import DatasetInput, ResourceRef, dump_task
-from synthrec.uris import join
+from synthrec.storage.uris import join
 
 Resource = api.SyntheticDataset | api.RecognitionExperiment
 
@@ -61,7 +62,7 @@ class Interrupted(RunError):
 
 def load_resources(path: str | Path) -> list[Resource]:
     """The resources of a file, validated exactly as ``synthrec validate`` does (same messages)."""
-    from synthrec.validation import FileError, load_documents, validate_resource
+    from synthrec.api.validation import FileError, load_documents, validate_resource
 
     try:
         docs = load_documents(path)
@@ -90,7 +91,7 @@ def storage_root(value: str | None, cwd: Path | None = None) -> str | None:
     """The storage root URI for ``--storage``: None for 'spec' (each resource keeps its output.uri)."""
     if value == STORAGE_FROM_SPEC:
         return None
-    from synthrec.uris import URIError, parse_storage_uri
+    from synthrec.storage.uris import URIError, parse_storage_uri
 
     if value is None:
         value = (cwd or Path.cwd()).joinpath(DEFAULT_STORAGE_DIR).resolve().as_uri()
@@ -858,7 +859,7 @@ class LocalRunner:
     ) -> artifacts.ExperimentState:
         state = artifacts.experiment_state(storage, res.spec, name=res.metadata.name, run_hashes=hashes)
         try:
-            from synthrec.layout import ExperimentLayout
+            from synthrec.contract.layout import ExperimentLayout
 
             storage.write_json(ExperimentLayout.summary, artifacts.experiment_summary(state))
         except StorageError as exc:

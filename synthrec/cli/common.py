@@ -1,4 +1,4 @@
-"""One module per ``synthrec`` command; each has ``register(subparsers)``."""
+"""What every command module shares: ``add_command`` (a subcommand whose --help ends with examples)."""
 
 from __future__ import annotations
 

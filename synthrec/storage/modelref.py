@@ -38,7 +38,7 @@ from synthrec.storage import (
     open_storage,
     sha256_file,
 )
-from synthrec.uris import ModelRef, URIError, parse_model_ref
+from synthrec.storage.uris import ModelRef, URIError, parse_model_ref
 
 log = logging.getLogger(__name__)
 

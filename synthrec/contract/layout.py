@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from synthrec.uris import join
+from synthrec.storage.uris import join
 
 SHARD_DIGITS = 5
 
@@ -94,7 +94,7 @@ class ExperimentLayout:
 
     @staticmethod
     def run_confusion(run: str) -> str:
-        """Test-split confusion matrices of the trained head and the zero-shot head (synthrec.confusion)."""
+        """Test-split confusion matrices of the trained and zero-shot heads (synthrec.contract.confusion)."""
         return f"runs/{run}/confusion.json"
 
     @staticmethod

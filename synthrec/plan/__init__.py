@@ -1,0 +1,43 @@
+"""Pure planning shared by the operator and the local runner: stages, runs, tasks."""
+
+from synthrec.plan.stages import (
+    FEW_SHOT_LR,
+    HASH_VERSION,
+    ZERO_SHOT_LR,
+    RunDef,
+    StageDef,
+    dataset_hashes,
+    dataset_stages,
+    dataset_task,
+    digest,
+    experiment_hash,
+    experiment_runs,
+    format_ranges,
+    parse_ranges,
+    resolve_classifier_tuning,
+    run_hash,
+    run_name,
+    storage_target,
+    train_task,
+)
+
+__all__ = [
+    "FEW_SHOT_LR",
+    "HASH_VERSION",
+    "ZERO_SHOT_LR",
+    "RunDef",
+    "StageDef",
+    "dataset_hashes",
+    "dataset_stages",
+    "dataset_task",
+    "digest",
+    "experiment_hash",
+    "experiment_runs",
+    "format_ranges",
+    "parse_ranges",
+    "resolve_classifier_tuning",
+    "run_hash",
+    "run_name",
+    "storage_target",
+    "train_task",
+]
