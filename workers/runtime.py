@@ -23,6 +23,7 @@ from typing import Any
 from synthrec import contract
 from synthrec.plan.tasks import load_task
 from synthrec.storage import Storage, StorageConflict, StorageError, TransientStorageError, open_storage
+from synthrec.tiny import ensure_tiny_models, references_tiny, resolve_uri
 
 log = logging.getLogger("synthrec.workers")
 
@@ -117,7 +118,19 @@ class StageContext:
 
     def open(self, uri: str) -> Storage:
         """Open another location (real data, a referenced dataset) with the task's storage settings."""
-        return open_storage(uri, endpoint=self.task.output.endpoint, region=self.task.output.region)
+        return open_location(uri, endpoint=self.task.output.endpoint, region=self.task.output.region)
+
+
+def open_location(uri: str, *, endpoint: str | None = None, region: str | None = None) -> Storage:
+    """Open a folder a task reads; ``tiny://real/...`` is the built demo data (see ``prepare_tiny``)."""
+    return open_storage(resolve_uri(uri), endpoint=endpoint, region=region)
+
+
+def prepare_tiny(task: Any) -> None:
+    """Build the tiny models once, before a task that references tiny:// (random weights, offline); the
+    stage then resolves tiny:// to their file:// folders without side effects."""
+    if references_tiny(task):
+        ensure_tiny_models()
 
 
 def select_device() -> str:
@@ -211,6 +224,7 @@ def run_stage(
         except (IndexError, ValueError) as exc:
             raise ConfigError(f"cannot pick a shard: {exc}") from None
         summary["shard"] = shard_id
+        prepare_tiny(task)
         storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
         progress_path = os.environ.get(contract.ENV_PROGRESS_FILE)
         progress = Progress(stage, shard_id, path=Path(progress_path) if progress_path else None)

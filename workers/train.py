@@ -43,7 +43,7 @@ from synthrec.api.labels import ResolvedLabels, resolve_labels
 from synthrec.contract import confusion
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import ObjectNotFound, Storage, StorageConflict, open_storage, read_marker, write_marker
-from synthrec.workers.runtime import ConfigError, DataError, StageContext, select_device
+from synthrec.workers.runtime import ConfigError, DataError, StageContext, open_location, select_device
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class RealReader:
 
     def open(self, uri: str) -> Storage:
         if uri not in self._stores:
-            self._stores[uri] = open_storage(uri, endpoint=self.endpoint, region=self.region)
+            self._stores[uri] = open_location(uri, endpoint=self.endpoint, region=self.region)
         return self._stores[uri]
 
     def __call__(self, uri: str) -> bytes:

@@ -37,6 +37,7 @@ from synthrec.contract.layout import DatasetLayout, StorageLayout
 from synthrec.plan.tasks import DatasetInput, ResourceRef, dump_task
 from synthrec.storage import Storage, StorageError, open_storage
 from synthrec.storage.uris import join
+from synthrec.tiny import references_tiny
 
 Resource = api.SyntheticDataset | api.RecognitionExperiment
 
@@ -134,7 +135,7 @@ def select(resources: list[Resource], only: Sequence[str]) -> list[Resource]:
 
 def uses_tiny_models(resources: Sequence[Resource]) -> bool:
     """Whether any model or data reference is a built-in tiny one (random weights)."""
-    return any("tiny://" in res.spec.model_dump_json() for res in resources)
+    return any(references_tiny(res.spec) for res in resources)
 
 
 def _storage_of(output: Any) -> Storage:

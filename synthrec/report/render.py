@@ -34,6 +34,7 @@ from typing import Any
 from synthrec.contract import artifacts, confusion
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.storage import FileStorage, ObjectNotFound, Storage, StorageError, open_storage, upload_tree
+from synthrec.tiny import references_tiny
 
 REPORT_DIR = "report/"  # DatasetLayout.report / ExperimentLayout.report / StorageLayout.report live here
 MAX_GRID_CLASSES = 24  # classes with image grids (the accept-rate table and plot show every class)
@@ -461,7 +462,7 @@ class Renderer:
         (folder / "img").mkdir(parents=True, exist_ok=True)
 
     def render(self, found: list[artifacts.FoundResource], source: str) -> None:
-        tiny = any("tiny://" in json.dumps(res.document.get("spec", {})) for res in found)
+        tiny = any(references_tiny(res.document.get("spec", {})) for res in found)
         datasets = [r for r in found if r.kind == "SyntheticDataset"]
         experiments = [r for r in found if r.kind == "RecognitionExperiment"]
         body = [f"<h1>synthrec report</h1><p class='note'>{_e(source)} &middot; {_e(_now())}</p>"]

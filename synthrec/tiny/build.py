@@ -24,36 +24,32 @@ import io
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synthrec.tiny.layout import (
+    _COMPONENTS,
+    BUILDER_VERSION,
+    IMAGE_SIZE,
+    MANIFEST_NAME,
+    RANDOM_WEIGHTS_NOTICE,
+    README_NAME,
+    REAL_TEST_PER_CLASS,
+    REAL_TRAIN_PER_CLASS,
+    TINY_CLASSES,
+    TinyModels,
+    _library_versions,
+    default_tiny_dir,
+)
+from synthrec.tiny.real import build_real_dataset
+
 log = logging.getLogger(__name__)
 
-# Bump whenever the output of the builder changes, so that cached folders are rebuilt.
-BUILDER_VERSION = 1
-
-MANIFEST_NAME = "tiny-models.json"
-README_NAME = "README.txt"
-RANDOM_WEIGHTS_NOTICE = (
-    "These models have RANDOM weights (the T5 was trained for a few hundred steps on template captions). "
-    "They exist so that tests and the offline demo run without downloads. Generated images are noise and "
-    "any accuracy measured with them is meaningless."
-)
-
-#: The ``tiny`` label space, in class-index order (the same names as the ``tiny`` preset; a test checks).
-TINY_CLASSES: tuple[str, ...] = ("red circle", "green square", "blue triangle", "yellow cross")
-IMAGE_SIZE = 64
-REAL_TRAIN_PER_CLASS = 16
-REAL_TEST_PER_CLASS = 20
-
-_COMPONENTS = ("sd", "clip", "t5", "real")
 _SD_BPE_MERGES = 1000  # a consistent prefix of OpenAI's BPE: 1,514 tokens, enough for English prompts
 # Stable Diffusion v1's noise schedule (its scheduler_config.json), for the tiny SD and the GPU bench.
 SD_DDIM_CONFIG: dict[str, Any] = {
@@ -82,49 +78,6 @@ _SCENE_TEMPLATES: tuple[str, ...] = (
     "two people looking at a {}.",
     "a {} on the floor of a room.",
 )
-
-
-@dataclass(frozen=True)
-class TinyModels:
-    """Where the tiny models live. All paths are absolute."""
-
-    root: Path
-    sd: Path
-    clip: Path
-    t5: Path
-    real: Path
-
-    @classmethod
-    def at(cls, root: Path | str) -> TinyModels:
-        """The layout under ``root`` (built or not; see ``build_tiny_models``)."""
-        root = Path(root).expanduser().resolve()
-        return cls(root=root, sd=root / "sd", clip=root / "clip", t5=root / "t5", real=root / "real")
-
-    def as_refs(self) -> dict[str, str]:
-        """``file://`` model references for each folder (keys: sd, clip, t5, real, root)."""
-        return {name: getattr(self, name).as_uri() for name in ("sd", "clip", "t5", "real", "root")}
-
-    def is_built(self, *, seed: int = 0) -> bool:
-        """True when a complete build of this builder version, ``seed`` and library versions is present."""
-        manifest = self.root / MANIFEST_NAME
-        try:
-            data = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            return False
-        return (
-            data.get("builder_version") == BUILDER_VERSION
-            and data.get("seed") == seed
-            and data.get("versions") == _library_versions()
-            and all(getattr(self, name).is_dir() for name in _COMPONENTS)
-        )
-
-
-def default_tiny_dir() -> Path:
-    """Where tiny:// references are built: $SYNTHREC_TINY_MODELS, else <cache root>/tiny-models."""
-    from synthrec import contract
-
-    override = os.environ.get(contract.ENV_TINY_MODELS)
-    return Path(override) if override else contract.cache_root() / "tiny-models"
 
 
 def ensure_tiny_models() -> TinyModels:
@@ -165,7 +118,7 @@ def _build_locked(models: TinyModels, seed: int) -> None:
     timings: dict[str, float] = {}
     parameters: dict[str, int] = {}
     t = time.perf_counter()
-    _build_real_dataset(models.real, seed)
+    build_real_dataset(models.real, seed)
     timings["real"] = time.perf_counter() - t
 
     import torch
@@ -240,18 +193,6 @@ def _quiet_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-
-
-def _library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist in ("torch", "diffusers", "transformers", "open_clip_torch", "sentencepiece", "pillow"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "missing"
-    return out
 
 
 def _count(module: Any) -> int:
@@ -498,66 +439,6 @@ def _train_t5(model: Any, tokenizer: Any, seed: int) -> dict[str, Any]:
         "final_loss": round(last, 4),
         "seconds": round(seconds, 2),
     }
-
-
-# --- the "real" dataset ----------------------------------------------------------------------------
-
-_BASE_COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (40, 70, 220),
-    "yellow": (230, 210, 40),
-}
-
-
-def class_folder_name(class_name: str) -> str:
-    """The ImageFolder folder name of a class: spaces become underscores ('red circle' -> 'red_circle')."""
-    return class_name.replace(" ", "_")
-
-
-def _build_real_dataset(out: Path, seed: int) -> None:
-    import numpy as np
-
-    rng = random.Random(seed + 6)
-    noise = np.random.default_rng(seed + 6)
-    for split, count in (("train", REAL_TRAIN_PER_CLASS), ("test", REAL_TEST_PER_CLASS)):
-        for class_name in TINY_CLASSES:
-            folder = out / split / class_folder_name(class_name)
-            folder.mkdir(parents=True)
-            for i in range(count):
-                image = _draw_shape(class_name, rng, noise)
-                image.save(folder / f"{i:04d}.png", optimize=False)
-
-
-def _draw_shape(class_name: str, rng: random.Random, noise: Any) -> Any:
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    colour_name, shape = class_name.split(" ")
-    background = np.array([rng.randint(150, 235) for _ in range(3)], dtype=np.int16)
-    pixels = background + noise.integers(-18, 19, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.int16)
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(image)
-
-    colour = tuple(max(0, min(255, c + rng.randint(-25, 25))) for c in _BASE_COLOURS[colour_name])
-    size = rng.randint(18, 40)
-    x0 = rng.randint(2, IMAGE_SIZE - size - 2)
-    y0 = rng.randint(2, IMAGE_SIZE - size - 2)
-    x1, y1 = x0 + size, y0 + size
-    if shape == "circle":
-        draw.ellipse((x0, y0, x1, y1), fill=colour)
-    elif shape == "square":
-        draw.rectangle((x0, y0, x1, y1), fill=colour)
-    elif shape == "triangle":
-        draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=colour)
-    elif shape == "cross":
-        bar = max(4, size // 4)
-        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-        draw.rectangle((cx - bar // 2, y0, cx + bar // 2, y1), fill=colour)
-        draw.rectangle((x0, cy - bar // 2, x1, cy + bar // 2), fill=colour)
-    else:  # pragma: no cover - TINY_CLASSES only names the shapes above
-        raise ValueError(f"no drawing for shape {shape!r} of class {class_name!r}")
-    return image
 
 
 # --- README ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from synthrec.storage import open_storage, upload_tree
-from synthrec.storage.modelref import ModelRefError, ResolvedModel, default_cache_dir, resolve_model
+from synthrec.workers.modelref import ModelRefError, ResolvedModel, default_cache_dir, resolve_model
 
 FILES = {
     "model_index.json": b'{"_class_name": "Tiny"}',

@@ -1,4 +1,5 @@
-"""tiny:// references resolve to the built-in tiny models and data, built offline on first use."""
+"""tiny:// references name the built-in tiny models and data: a worker builds them once before a task that
+uses them, and tiny:// then resolves to their file:// folders without side effects."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from synthrec.storage import open_storage
-from synthrec.storage.modelref import resolve_model
-from synthrec.tiny import TinyModels
+from synthrec.plan.tasks import ResourceRef
+from synthrec.storage import StorageError, open_storage
+from synthrec.tiny import TinyModels, references_tiny, resolve_uri
+from synthrec.workers.modelref import ModelRefError, resolve_model
+from synthrec.workers.runtime import open_location, prepare_tiny
 
 
 @pytest.fixture
@@ -24,16 +27,47 @@ def test_tiny_model_refs_resolve_to_the_built_folders(tiny_env: TinyModels, name
     assert resolved.revision.startswith("tiny-v")
 
 
-def test_tiny_real_data_opens_as_storage(tiny_env: TinyModels) -> None:
-    storage = open_storage("tiny://real/train")
+def test_tiny_uris_resolve_to_file_folders_without_building(tmp_path: Path) -> None:
+    assert resolve_uri("tiny://real/train", tmp_path) == (tmp_path / "real" / "train").as_uri()
+    assert resolve_uri("tiny://clip", tmp_path) == (tmp_path / "clip").as_uri()
+    assert resolve_uri("s3://bucket/x/", tmp_path) == "s3://bucket/x/"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tiny_real_data_opens_through_the_worker_runtime(tiny_env: TinyModels) -> None:
+    storage = open_location("tiny://real/train")
     keys = [o.key for o in storage.list()]
     assert len(keys) == 64 and keys[0].startswith("blue_triangle/")
+    assert storage.uri == tiny_env.real.joinpath("train").as_uri() + "/"
 
 
-def test_tiny_models_are_built_on_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_has_no_tiny_side_effect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTHREC_TINY_MODELS", str(tmp_path / "tiny"))
+    with pytest.raises(StorageError, match="tiny:// is the built-in demo data"):
+        open_storage("tiny://real/train")
+    with pytest.raises(ModelRefError, match="not built"):
+        resolve_model("tiny://clip")
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_a_worker_builds_the_tiny_models_once_before_a_task_that_uses_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synthrec import api, plan
+
     monkeypatch.delenv("SYNTHREC_TINY_MODELS", raising=False)
     monkeypatch.setenv("SYNTHREC_CACHE", str(tmp_path))
-    assert not (tmp_path / "tiny-models").exists()
+    spec = api.SyntheticDatasetSpec.model_validate(
+        {
+            "labels": {"preset": "tiny"},
+            "generator": {"model": "tiny://sd"},
+            "output": {"uri": (tmp_path / "out").as_uri() + "/"},
+        }
+    )
+    task = plan.dataset_task(spec, "generate", ResourceRef(kind="SyntheticDataset", name="ds"))
+    assert references_tiny(task)
+    prepare_tiny(task)
+    assert TinyModels.at(tmp_path / "tiny-models").is_built()
     resolved = resolve_model("tiny://clip")
     assert resolved.path == tmp_path / "tiny-models" / "clip"
     assert (resolved.path / "open_clip_config.json").is_file()
