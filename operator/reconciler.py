@@ -16,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from pydantic import ValidationError
 
 from synthrec import api
 from synthrec.operator import planning
@@ -30,6 +33,7 @@ from synthrec.operator.metrics import Metrics
 from synthrec.operator.observed import DatasetView, JobView, OwnerKey, PodView
 from synthrec.operator.settings import OperatorConfig
 from synthrec.operator.status import Event, StatusThrottle, transitions
+from synthrec.plan import referenced_datasets
 
 log = logging.getLogger("synthrec.operator")
 
@@ -346,14 +350,9 @@ def _values(index: Mapping[Any, Iterable[Any]] | None, key: Any) -> Iterable[Any
 
 
 def _referenced(body: Mapping[str, Any]) -> list[str]:
-    """The SyntheticDatasets an experiment body references (without validating the rest)."""
-    spec = body.get("spec") or {}
-    sources = list((spec.get("data") or {}).get("synthetic") or [])
-    for variant in (spec.get("matrix") or {}).get("variants") or []:
-        sources.extend(variant.get("synthetic") or [])
-    refs: list[str] = []
-    for source in sources:
-        ref = source.get("datasetRef") if isinstance(source, dict) else None
-        if ref and ref not in refs:
-            refs.append(ref)
-    return refs
+    """The SyntheticDatasets an experiment body references (none while its spec is invalid)."""
+    try:
+        spec = planning.parse_spec(EXPERIMENT, json.dumps(body.get("spec") or {}, sort_keys=True))
+    except (ValidationError, ValueError):
+        return []
+    return referenced_datasets(spec)

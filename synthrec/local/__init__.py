@@ -1,61 +1,47 @@
-"""The local executor (``synthrec run``): the same plan, tasks and workers as the operator, on one machine."""
+"""The local executor (`synthrec run`): the plan, task JSON and workers of the operator, on one machine.
 
-from synthrec.local.executor import (
+- ``command``: ``execute`` (load, select, run, summarise, report) and its ``RunRequest``;
+- ``input``: the resources of a file, validated, re-rooted under the storage and selected;
+- ``executor``: ``LocalRunner``, which observes commit markers and worker processes and asks the shared
+  stage decision (``synthrec.plan.decision``) what to run next;
+- ``pool``: worker processes run the way an Indexed Job runs its pods;
+- ``ui``: what the user sees (progress bars, warnings, the summary table).
+"""
+
+from synthrec.local.command import TINY_WARNING, RunRequest, execute
+from synthrec.local.executor import DatasetOutcome, ExperimentOutcome, LocalRunner, RunOutcome
+from synthrec.local.input import (
     DEFAULT_STORAGE_DIR,
     STORAGE_FROM_SPEC,
-    THREAD_VARIABLES,
-    TINY_WARNING,
-    BatchResult,
-    DatasetOutcome,
-    ExperimentOutcome,
     Interrupted,
-    LocalRunner,
-    QuietUI,
     Resource,
     RunError,
-    RunOutcome,
-    RunRequest,
-    WorkerPool,
-    WorkItem,
-    available_cpus,
-    check_writable,
-    cpu_slots,
-    execute,
-    gpu_slots,
     load_resources,
     rehome,
     select,
     storage_root,
     uses_tiny_models,
-    visible_gpus,
 )
+from synthrec.local.ui import QuietUI, RichUI
 
 __all__ = [
     "DEFAULT_STORAGE_DIR",
     "STORAGE_FROM_SPEC",
-    "THREAD_VARIABLES",
     "TINY_WARNING",
-    "BatchResult",
     "DatasetOutcome",
     "ExperimentOutcome",
     "Interrupted",
     "LocalRunner",
     "QuietUI",
     "Resource",
+    "RichUI",
     "RunError",
     "RunOutcome",
     "RunRequest",
-    "WorkItem",
-    "WorkerPool",
-    "available_cpus",
-    "check_writable",
-    "cpu_slots",
     "execute",
-    "gpu_slots",
     "load_resources",
     "rehome",
     "select",
     "storage_root",
     "uses_tiny_models",
-    "visible_gpus",
 ]

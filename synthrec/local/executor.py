@@ -18,464 +18,24 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthrec import api, contract, plan
+from synthrec import api, plan
 from synthrec.contract import artifacts
 from synthrec.contract.layout import DatasetLayout, StorageLayout
+from synthrec.local.input import Resource, RunError, check_writable, storage_of
+from synthrec.local.pool import BatchResult, WorkerPool, WorkUnit, available_cpus, visible_gpus
+from synthrec.local.ui import QuietUI
 from synthrec.plan.tasks import DatasetInput, ResourceRef, dump_task
 from synthrec.storage import Storage, StorageError, open_storage
 from synthrec.storage.uris import join
-from synthrec.tiny import references_tiny
-
-Resource = api.SyntheticDataset | api.RecognitionExperiment
-
-STORAGE_FROM_SPEC = "spec"
-DEFAULT_STORAGE_DIR = "synthrec-out"
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-TINY_WARNING = (
-    "The tiny:// models have RANDOM weights: the images are coloured noise and every accuracy is "
-    "meaningless. This run shows the mechanics of the pipeline only."
-)
-
-
-class RunError(Exception):
-    """The run cannot start or cannot go on; the message says what was wrong and what to do."""
-
-
-class Interrupted(RunError):
-    """Ctrl-C or SIGTERM: the workers were stopped; committed shards are kept."""
-
-
-# ---------------------------------------------------------------------------------------- the input
-
-
-def load_resources(path: str | Path) -> list[Resource]:
-    """The resources of a file, validated exactly as ``synthrec validate`` does (same messages)."""
-    from synthrec.api.validation import FileError, load_documents, validate_resource
-
-    try:
-        docs = load_documents(path)
-    except FileError as exc:
-        raise RunError(str(exc)) from None
-    problems = []
-    for doc in docs:
-        for problem in validate_resource(doc.body):
-            problems.append(f"{path}: document {doc.index} ({doc.label}): {problem}")
-    if problems:
-        raise RunError("\n".join(problems) + "\nnothing was run; `synthrec validate` shows the same problems")
-    resources = [api.parse_resource(doc.body) for doc in docs]
-    seen: dict[tuple[str, str], int] = {}
-    for doc, res in zip(docs, resources, strict=True):
-        key = (res.kind, res.metadata.name)
-        if key in seen:
-            raise RunError(
-                f"{path}: document {doc.index}: {res.kind} {res.metadata.name!r} is already defined in "
-                f"document {seen[key]}; names must be unique per kind"
-            )
-        seen[key] = doc.index
-    return resources
-
-
-def storage_root(value: str | None, cwd: Path | None = None) -> str | None:
-    """The storage root URI for ``--storage``: None for 'spec' (each resource keeps its output.uri)."""
-    if value == STORAGE_FROM_SPEC:
-        return None
-    from synthrec.storage.uris import URIError, parse_storage_uri
-
-    if value is None:
-        value = (cwd or Path.cwd()).joinpath(DEFAULT_STORAGE_DIR).resolve().as_uri()
-    elif "://" not in value:  # a plain local path
-        value = (cwd or Path.cwd()).joinpath(value).resolve().as_uri()
-    try:
-        parsed = parse_storage_uri(value, allow_tiny=False)
-    except URIError as exc:
-        raise RunError(f"--storage {value}: {exc}") from None
-    return str(parsed).rstrip("/") + "/"
-
-
-def rehome(resources: Sequence[Resource], root: str | None) -> list[Resource]:
-    """Copies of the resources whose output.uri is <root>/datasets/<name>/ or <root>/experiments/<name>/.
-
-    The stage hashes do not cover the output, so artifacts written under the new root stay valid.
-    """
-    if root is None:
-        return list(resources)
-    layout = StorageLayout(root)
-    out = []
-    for res in resources:
-        output = res.spec.output.model_copy(update={"uri": layout.resource_root(res.kind, res.metadata.name)})
-        spec = res.spec.model_copy(update={"output": output})
-        out.append(res.model_copy(update={"spec": spec}))
-    return out
-
-
-def select(resources: list[Resource], only: Sequence[str]) -> list[Resource]:
-    if not only:
-        return resources
-    names = {r.metadata.name for r in resources}
-    unknown = [n for n in only if n not in names]
-    if unknown:
-        raise RunError(
-            f"--only {', '.join(unknown)}: no such resource in the file (it has: {', '.join(sorted(names))})"
-        )
-    return [r for r in resources if r.metadata.name in set(only)]
-
-
-def uses_tiny_models(resources: Sequence[Resource]) -> bool:
-    """Whether any model or data reference is a built-in tiny one (random weights)."""
-    return any(references_tiny(res.spec) for res in resources)
-
-
-def _storage_of(output: Any) -> Storage:
-    return open_storage(output.uri, endpoint=output.endpoint, region=output.region)
-
-
-def check_writable(storage: Storage) -> None:
-    """Write and delete a small probe object, so an unwritable or full storage fails before any work."""
-    key = f".synthrec-write-check-{os.getpid()}"
-    try:
-        storage.write_bytes(key, b"synthrec\n")
-        storage.delete(key)
-    except StorageError as exc:
-        raise RunError(f"cannot write to the storage {storage.uri}: {exc}") from None
-
-
-# ------------------------------------------------------------------------------------ worker processes
-
-
-@dataclass
-class WorkItem:
-    """One worker process to run: a shard of a stage attempt, or one experiment run."""
-
-    stage: str
-    task_path: Path
-    index: int  # JOB_COMPLETION_INDEX within the attempt
-    shard: int  # the shard id it produces (the run index for train)
-    label: str  # what the user sees ('shard 3', 'run shots4-seed1')
-    tries: int = 0
-
-
-@dataclass
-class BatchResult:
-    succeeded: list[WorkItem] = field(default_factory=list)
-    failed: dict[int, str] = field(default_factory=dict)  # shard -> why
-    exhausted: set[int] = field(default_factory=set)  # failed after all retries (retryable errors)
-    config_error: str | None = None
-    summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass
-class _Running:
-    item: WorkItem
-    proc: subprocess.Popen[bytes]
-    slot: int
-    log_path: Path
-    term_path: Path
-    progress_path: Path
-    started: float
-    bar: Any = None
-
-
-def cpu_slots(parallel: int) -> list[list[int]]:
-    """Split the CPUs this process may use into ``parallel`` groups (a pod's CPU share, locally)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = list(range(os.cpu_count() or 1))
-    n = len(cpus)
-    if parallel >= n:
-        return [[cpus[k % n]] for k in range(parallel)]
-    return [cpus[k * n // parallel : (k + 1) * n // parallel] for k in range(parallel)]
-
-
-def visible_gpus() -> list[str]:
-    """GPU ids this process may use: $CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return (
-        [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()]
-        if out.returncode == 0
-        else []
-    )
-
-
-def gpu_slots(parallel: int, per_worker: int, gpus: list[str]) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES of each worker slot: ``per_worker`` GPUs each (shared round-robin when there are
-    too few); "" hides the GPUs from a resource that asks for none; None leaves the environment alone (a
-    resource asks for GPUs but there are none here: the workers fall back to the CPU)."""
-    if per_worker == 0:
-        return [""] * parallel
-    if not gpus:
-        return [None] * parallel
-    return [
-        ",".join(gpus[(k * per_worker + j) % len(gpus)] for j in range(per_worker)) for k in range(parallel)
-    ]
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-class WorkerPool:
-    """Runs worker processes like an Indexed Job: up to ``parallel`` at once, retries, failure policy."""
-
-    def __init__(self, runner: LocalRunner) -> None:
-        self.runner = runner
-
-    def run(
-        self,
-        items: list[WorkItem],
-        *,
-        parallel: int,
-        retries: int,
-        max_failed: int,
-        title: str,
-        total: int,
-        already_done: int,
-        gpus_per_worker: int = 0,
-    ) -> BatchResult:
-        ui = self.runner.ui
-        result = BatchResult()
-        pending: deque[WorkItem] = deque(items)
-        running: list[_Running] = []
-        slots = cpu_slots(parallel)
-        devices = gpu_slots(parallel, gpus_per_worker, self.runner.gpus() if gpus_per_worker else [])
-        free = list(range(parallel))
-        stage_bar = ui.add_stage(title, total=total, completed=already_done)
-        stop_reason: str | None = None
-        try:
-            while pending or running:
-                if self.runner.stopping:
-                    self._stop_all(running)
-                    raise Interrupted("interrupted")
-                while pending and free and stop_reason is None:
-                    item = pending.popleft()
-                    slot = free.pop(0)
-                    running.append(self._start(item, slot, slots[slot], devices[slot]))
-                for job in list(running):
-                    code = job.proc.poll()
-                    if code is None:
-                        ui.update_shard(job.bar, job.progress_path)
-                        continue
-                    running.remove(job)
-                    free.append(job.slot)
-                    ui.remove_shard(job.bar)
-                    stop_reason = self._finish(job, code, result, pending, retries) or stop_reason
-                    if code == contract.EXIT_OK:
-                        ui.advance(stage_bar)
-                    if stop_reason is None and len(result.failed) > max_failed:
-                        stop_reason = (
-                            f"{len(result.failed)} shards failed (sharding.maxFailedShards={max_failed})"
-                        )
-                    if stop_reason is not None:
-                        pending.clear()
-                        self._terminate(running)  # empties running
-                        break
-                time.sleep(self.runner.poll_s)
-        finally:
-            ui.finish_stage(stage_bar)
-        return result
-
-    def _start(self, item: WorkItem, slot: int, cpus: list[int], gpus: str | None) -> _Running:
-        runner = self.runner
-        item.tries += 1
-        stem = f"{item.stage}-{item.shard:05d}-try{item.tries}"
-        folder = item.task_path.parent
-        log_path = folder / f"{stem}.log"
-        term_path = folder / f"{stem}.termination"
-        progress_path = folder / f"{item.stage}-{item.shard:05d}.progress.json"
-        env = dict(os.environ)
-        env.pop(contract.ENV_SHARD, None)  # the completion index must pick the shard, as in a Job
-        env[contract.ENV_COMPLETION_INDEX] = str(item.index)
-        env[contract.ENV_TERMINATION_LOG] = str(term_path)
-        env[contract.ENV_PROGRESS_FILE] = str(progress_path)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        for name in THREAD_VARIABLES:
-            env[name] = str(len(cpus))
-        if gpus is not None:  # the worker's own GPUs, as a pod gets its nvidia.com/gpu (none: hidden)
-            env["CUDA_VISIBLE_DEVICES"] = gpus
-        cmd = [sys.executable, "-m", runner.worker_module, item.stage, "--task", str(item.task_path)]
-        log = runner.open_log(log_path)
-        try:
-            with _affinity(cpus):  # the child inherits this thread's CPU set: its share of the machine
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,  # Ctrl-C reaches the runner only; it stops the workers itself
-                )
-        finally:
-            log.close()
-        bar = runner.ui.add_shard(f"{item.stage} {item.label}")
-        return _Running(item, proc, slot, log_path, term_path, progress_path, time.monotonic(), bar)
-
-    def _finish(
-        self, job: _Running, code: int, result: BatchResult, pending: deque[WorkItem], retries: int
-    ) -> str | None:
-        """Record a finished process; returns a reason to stop the whole batch (a config error)."""
-        item = job.item
-        summary = contract.parse_summary(_read(job.term_path)) or {}
-        message = str(summary.get("message") or "") or _tail(job.log_path)
-        where = f"{item.stage} {item.label}"
-        if code == contract.EXIT_OK:
-            result.succeeded.append(item)
-            result.summaries[item.shard] = summary
-            return None
-        if code == contract.EXIT_CONFIG_ERROR:
-            result.config_error = f"{where}: {message}"
-            result.failed[item.shard] = message
-            return result.config_error
-        if code == contract.EXIT_DATA_ERROR:
-            self.runner.ui.warn(f"{where} failed (data error, not retried): {message}  [log: {job.log_path}]")
-            result.failed[item.shard] = message
-            return None
-        if self.runner.stopping:
-            return None
-        reason = f"exit code {code}" if code > 0 else f"killed by signal {-code}"
-        if item.tries <= retries:
-            self.runner.ui.warn(
-                f"{where} failed ({reason}; try {item.tries} of {retries + 1}), retrying: {message}"
-            )
-            pending.append(item)
-            return None
-        self.runner.ui.warn(
-            f"{where} failed after {item.tries} tries ({reason}): {message}  [log: {job.log_path}]"
-        )
-        result.failed[item.shard] = message
-        result.exhausted.add(item.shard)
-        return None
-
-    def _terminate(self, running: list[_Running]) -> None:
-        for job in running:
-            _signal(job.proc, signal.SIGTERM)
-        self._wait(running)
-        for job in running:
-            self.runner.ui.remove_shard(job.bar)
-        running.clear()
-
-    def _stop_all(self, running: list[_Running]) -> None:
-        """Ctrl-C: SIGTERM to every worker (they stop before committing anything else), then wait."""
-        if running:
-            self.runner.ui.warn(
-                f"stopping {len(running)} worker(s); waiting up to {self.runner.grace_s:g} s "
-                "(Ctrl-C again to kill them now)"
-            )
-        self._terminate(running)
-
-    def _wait(self, running: list[_Running]) -> None:
-        deadline = time.monotonic() + self.runner.grace_s
-        for job in running:
-            while job.proc.poll() is None:
-                if time.monotonic() >= deadline or self.runner.kill_now:
-                    _signal(job.proc, signal.SIGKILL)
-                    job.proc.wait()
-                    break
-                time.sleep(0.05)
-
-
-def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(sig)
-
-
-@contextlib.contextmanager
-def _affinity(cpus: list[int]) -> Iterator[None]:
-    if not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    try:
-        os.sched_setaffinity(0, cpus)  # this thread only; restored right after the fork
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return None
-
-
-def _tail(path: Path, lines: int = 6) -> str:
-    text = _read(path) or ""
-    tail = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return " | ".join(tail) if tail else "no output"
-
-
-# --------------------------------------------------------------------------------------------- output
-
-
-class QuietUI:
-    """What the runner tells the user; this one prints problems to stderr only (the CLI shows more)."""
-
-    def section(self, text: str) -> None: ...
-    def note(self, text: str) -> None: ...
-    def banner(self, text: str) -> None: ...
-
-    def warn(self, text: str) -> None:
-        print(f"warning: {text}", file=sys.stderr)
-
-    def error(self, text: str) -> None:
-        print(f"error: {text}", file=sys.stderr)
-
-    def add_stage(self, title: str, *, total: int, completed: int) -> Any:
-        return None
-
-    def advance(self, handle: Any) -> None: ...
-    def finish_stage(self, handle: Any) -> None: ...
-
-    def add_shard(self, label: str) -> Any:
-        return None
-
-    def update_shard(self, handle: Any, progress_file: Path) -> None: ...
-    def remove_shard(self, handle: Any) -> None: ...
-    def summary(self, outcome: RunOutcome, *, tiny: bool) -> None: ...
-    def report(self, where: str, *, tiny: bool) -> None: ...
-
-    @contextlib.contextmanager
-    def live(self) -> Iterator[None]:
-        yield
-
-
-# --------------------------------------------------------------------------------------------- runner
 
 
 @dataclass
@@ -549,7 +109,7 @@ class LocalRunner:
         datasets = [r for r in self.resources if isinstance(r, api.SyntheticDataset)]
         experiments = [r for r in self.resources if isinstance(r, api.RecognitionExperiment)]
         for res in self.resources:
-            check_writable(_storage_of(res.spec.output))
+            check_writable(storage_of(res.spec.output))
         self._check_references(experiments)
         with self._signals(), self._work_dir():
             failed: set[str] = set()
@@ -559,8 +119,7 @@ class LocalRunner:
                 if not result.ok:
                     failed.add(ds.metadata.name)
             for ex in experiments:
-                needs = {s.dataset_ref for r in plan.experiment_runs(ex.spec) for s in r.synthetic}
-                blocked = sorted(needs & failed)
+                blocked = sorted(set(plan.referenced_datasets(ex.spec)) & failed)
                 if blocked:
                     msg = f"skipped: dataset {', '.join(blocked)} did not complete"
                     self.ui.error(f"{ex.metadata.name}: {msg}")
@@ -643,7 +202,7 @@ class LocalRunner:
 
     def run_dataset(self, res: api.SyntheticDataset) -> DatasetOutcome:
         name, spec = res.metadata.name, res.spec
-        storage = _storage_of(spec.output)
+        storage = storage_of(spec.output)
         ref = ResourceRef(kind="SyntheticDataset", name=name, namespace=res.metadata.namespace)
         self.ui.section(f"SyntheticDataset {name} -> {spec.output.uri}")
         for stage in plan.dataset_stages(spec):
@@ -662,71 +221,58 @@ class LocalRunner:
     def _run_dataset_stage(
         self, res: api.SyntheticDataset, stage: plan.StageDef, storage: Storage, ref: ResourceRef
     ) -> str | None:
-        """Run one stage until all its shards are committed; returns why it failed, or None."""
+        """Run one stage until the stage decision says it is done; returns why it failed, or None.
+
+        Observed here: the commit markers in storage, and the shards whose workers exited 0 (a worker that
+        exits 0 without its marker is caught after the stage, not retried)."""
         name, spec = res.metadata.name, res.spec
-        sharding = spec.sharding
         title = f"{name} {stage.stage}"
         started = time.monotonic()
-        tolerated: set[int] = set()
-        for attempt in range(1, sharding.max_attempts + 1):
+        reported: set[int] = set()  # shards whose workers exited 0
+        attempt, failed, stopped = 0, {}, None
+        while True:
             state = artifacts.dataset_state(storage, spec, name=name)
-            current = state.stage(stage.stage)
-            missing = sorted(current.missing)
-            upstream_failed: list[int] = []
-            if stage.stage == "filter":  # only shards whose images were committed can be filtered
-                generated = state.stage("generate").committed
-                upstream_failed = [s for s in missing if s not in generated]
-                missing = [s for s in missing if s in generated]
-            if not missing:
-                if attempt == 1:
-                    done = f"{len(current.committed)}/{stage.shards} shard(s) already committed"
-                    self.ui.note(f"{title}: {done}, skipped")
-                    return None
-                break
-            task = plan.dataset_task(spec, stage.stage, ref, attempt=attempt, shard_ids=missing)
-            task_path = self.write_task(name, f"{stage.stage}-attempt{attempt}", task)
-            items = [
-                WorkItem(stage.stage, task_path, i, shard, f"shard {shard}")
-                for i, shard in enumerate(missing)
-            ]
-            cap = sharding.parallelism or stage.shards
-            result = self.pool.run(
-                items,
-                parallel=self.default_parallel(len(items), cap, spec.resources.gpus),
-                retries=sharding.retries_per_shard,
-                max_failed=max(0, sharding.max_failed_shards - len(upstream_failed)),
-                gpus_per_worker=spec.resources.gpus,
-                title=title if attempt == 1 else f"{title} (attempt {attempt})",
-                total=stage.shards,
-                already_done=len(current.committed),
+            generated = state.stage("generate").committed
+            committed = state.stage(stage.stage).committed
+            wanted = plan.wanted_shards(stage, generated)
+            upstream_failed = stage.shards - len(generated) if stage.stage == "filter" else 0
+            policy = plan.StagePolicy.of(spec, stage, upstream_failed=upstream_failed)
+            observed = plan.StageObservation(
+                wanted=wanted,
+                committed=frozenset(committed | reported),
+                attempt=attempt,
+                finished=attempt > 0,
+                failed=failed,
+                stopped=stopped,
             )
-            if result.config_error:
-                return f"stopped: {result.config_error}"
-            failed = set(result.failed) | set(upstream_failed)
-            if not failed:
-                break
-            last = attempt == sharding.max_attempts
-            if len(failed) <= sharding.max_failed_shards and (last or not result.exhausted):
-                tolerated = failed
-                self.ui.warn(
-                    f"{title}: shard(s) {plan.format_ranges(failed)} failed; tolerated "
-                    f"(sharding.maxFailedShards={sharding.max_failed_shards})"
-                )
-                break
-            if last:
-                first = next(iter(result.failed.values()), "its images were not generated")
-                return (
-                    f"shard(s) {plan.format_ranges(failed)} failed after {attempt} attempt(s) "
-                    f"(sharding.maxAttempts={sharding.max_attempts}); first error: {first}"
-                )
+            step = plan.next_step(observed, policy)
+            if isinstance(step, plan.StartAttempt):
+                attempt = step.attempt
+                if step.retry:
+                    left = plan.format_ranges(set(step.shards))
+                    self.ui.warn(f"{title}: attempt {attempt - 1} left shard(s) {left}; retrying them")
+                result = self._run_attempt(spec, stage, ref, step, policy, len(committed))
+                reported |= {w.shard for w in result.succeeded}
+                failed = {
+                    shard: plan.ShardFailure(retryable=shard in result.exhausted, message=message)
+                    for shard, message in result.failed.items()
+                }
+                stopped = ("ConfigError", f"stopped: {result.config_error}") if result.config_error else None
+                continue
+            if isinstance(step, plan.StageFailed):
+                return step.message
+            assert isinstance(step, plan.StageDone), step  # nothing runs between two observations here
+            break
+        if attempt == 0:
+            self.ui.note(f"{title}: {len(committed)}/{stage.shards} shard(s) already committed, skipped")
+            return None
+        if step.tolerated:
             self.ui.warn(
-                f"{title}: attempt {attempt} left shard(s) {plan.format_ranges(failed)}; retrying them"
+                f"{title}: shard(s) {plan.format_ranges(set(step.tolerated))} failed; tolerated "
+                f"(sharding.maxFailedShards={spec.sharding.max_failed_shards})"
             )
         # A worker that exits 0 without its commit marker must not let the next stage start on a gap.
-        final = artifacts.dataset_state(storage, spec, name=name)
-        gap = final.stage(stage.stage).missing - tolerated
-        if stage.stage == "filter":  # shards without images are the generate stage's tolerated failures
-            gap &= final.stage("generate").committed
+        gap = wanted - committed - step.tolerated
         if gap:
             return (
                 f"shard(s) {plan.format_ranges(gap)} have no commit marker although their workers exited "
@@ -734,6 +280,36 @@ class LocalRunner:
             )
         self.ui.note(f"{title}: done in {time.monotonic() - started:.1f} s")
         return None
+
+    def _run_attempt(
+        self,
+        spec: api.SyntheticDatasetSpec,
+        stage: plan.StageDef,
+        ref: ResourceRef,
+        step: plan.StartAttempt,
+        policy: plan.StagePolicy,
+        already_done: int,
+    ) -> BatchResult:
+        """One attempt: one task file, one worker process per shard (completion index i -> i-th shard)."""
+        shards = sorted(step.shards)
+        task = plan.dataset_task(spec, stage.stage, ref, attempt=step.attempt, shard_ids=shards)
+        task_path = self.write_task(ref.name, f"{stage.stage}-attempt{step.attempt}", task)
+        units = [
+            WorkUnit(stage.stage, task_path, i, shard, f"shard {shard}") for i, shard in enumerate(shards)
+        ]
+        title = f"{ref.name} {stage.stage}"
+        return self.pool.run(
+            units,
+            parallel=self.default_parallel(
+                len(units), spec.sharding.parallelism or stage.shards, spec.resources.gpus
+            ),
+            retries=spec.sharding.retries_per_shard,
+            max_failed=policy.max_failed,
+            gpus_per_worker=spec.resources.gpus,
+            title=title if step.attempt == 1 else f"{title} (attempt {step.attempt})",
+            total=stage.shards,
+            already_done=already_done,
+        )
 
     # ---- experiments
 
@@ -750,8 +326,10 @@ class LocalRunner:
                 return res
         return None
 
-    def _locate(self, ex: api.RecognitionExperiment, source: api.SyntheticSource, *, check_only: bool) -> Any:
-        """Where a synthetic source lives: (name, uri, endpoint, region, manifest digest).
+    def _locate(
+        self, ex: api.RecognitionExperiment, source: api.SyntheticSource, *, check_only: bool
+    ) -> DatasetInput | None:
+        """A synthetic source pinned at the sha256 of its committed manifest.json, read from storage.
 
         With ``check_only``, a dataset that this run produces first is accepted without looking at storage.
         """
@@ -779,7 +357,7 @@ class LocalRunner:
             return None
         digest = artifacts.manifest_digest(open_storage(uri, endpoint=endpoint, region=region))
         if digest is not None:
-            return name, uri, endpoint, region, digest
+            return DatasetInput(name=name, uri=uri, digest=digest, endpoint=endpoint, region=region)
         manifest = join(uri, DatasetLayout.manifest)
         if name is None:
             raise RunError(
@@ -796,25 +374,20 @@ class LocalRunner:
             f"dataset in the storage (no {manifest}); add the dataset to the file or run it first"
         )
 
+    def _pinned(self, ex: api.RecognitionExperiment, source: api.SyntheticSource) -> DatasetInput:
+        found = self._locate(ex, source, check_only=False)
+        assert found is not None  # check_only=False finds it or raises
+        return found
+
     def run_experiment(self, res: api.RecognitionExperiment) -> ExperimentOutcome:
         name, spec = res.metadata.name, res.spec
-        storage = _storage_of(spec.output)
+        storage = storage_of(spec.output)
         ref = ResourceRef(kind="RecognitionExperiment", name=name, namespace=res.metadata.namespace)
         self.ui.section(f"RecognitionExperiment {name} -> {spec.output.uri}")
         runs = plan.experiment_runs(spec)
-        pinned: dict[str, DatasetInput] = {}
-        tasks = {}
-        for run in runs:
-            inputs = []
-            for source in run.synthetic:
-                key = source.dataset_ref or source.uri or ""
-                if key not in pinned:
-                    ds_name, uri, endpoint, region, digest = self._locate(res, source, check_only=False)
-                    pinned[key] = DatasetInput(
-                        name=ds_name, uri=uri, digest=digest, endpoint=endpoint, region=region
-                    )
-                inputs.append(pinned[key])
-            tasks[run.name] = plan.train_task(spec, run, inputs, ref)
+        inputs = plan.pin_datasets(runs, lambda source: self._pinned(res, source))
+        tasks = {run.name: plan.train_task(spec, run, inputs[run.name], ref) for run in runs}
+        pinned = {i.name or i.uri: i for run_inputs in inputs.values() for i in run_inputs}
         for value in pinned.values():
             self.ui.note(
                 f"{name}: dataset {value.name or value.uri} pinned at manifest sha256 {value.digest}"
@@ -826,15 +399,15 @@ class LocalRunner:
             self.ui.note(f"{name}: {len(runs) - len(todo)}/{len(runs)} run(s) already done, skipped")
         started = time.monotonic()
         if todo:
-            items = []
+            units = []
             for run in todo:
                 path = self.write_task(name, f"train-{run.name}", tasks[run.name])
-                items.append(WorkItem("train", path, 0, run.index, f"run {run.name}"))
+                units.append(WorkUnit("train", path, 0, run.index, f"run {run.name}"))
             result = self.pool.run(
-                items,
-                parallel=self.default_parallel(len(items), spec.execution.parallelism, spec.resources.gpus),
+                units,
+                parallel=self.default_parallel(len(units), spec.execution.parallelism, spec.resources.gpus),
                 retries=spec.execution.retries_per_run,
-                max_failed=len(items),  # a failed run does not stop the others
+                max_failed=len(units),  # a failed run does not stop the others
                 gpus_per_worker=spec.resources.gpus,
                 title=f"{name} train",
                 total=len(runs),
@@ -878,82 +451,3 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device; free some space and run the same command again"
     return exc.strerror or str(exc)
-
-
-# ------------------------------------------------------------------------------------------ entry point
-
-
-@dataclass
-class RunRequest:
-    file: str
-    storage: str | None = None
-    parallel: int | None = None
-    only: Sequence[str] = ()
-    report: bool = True
-    worker_module: str = "synthrec.workers"
-    grace_s: float = 30.0
-
-
-def execute(request: RunRequest, ui: Any, *, prepare: Callable[[list[Resource]], None] | None = None) -> int:
-    """``synthrec run``: returns the exit status (0 all done, 1 failed or bad input, 130 interrupted)."""
-    try:
-        resources = load_resources(request.file)
-        root = storage_root(request.storage)
-        resources = rehome(resources, root)
-        selected = select(resources, request.only)
-    except RunError as exc:
-        ui.error(str(exc))
-        return 1
-    tiny = uses_tiny_models(selected)
-    if tiny:
-        ui.banner(TINY_WARNING)
-    if prepare is not None:
-        prepare(selected)
-    runner = LocalRunner(
-        selected,
-        parallel=request.parallel,
-        ui=ui,
-        worker_module=request.worker_module,
-        grace_s=request.grace_s,
-        storage_root=root,
-        available=[r for r in resources if r not in selected],
-    )
-    try:
-        with ui.live():
-            outcome = runner.run()
-    except Interrupted:
-        ui.error(
-            "interrupted: the workers were stopped; every committed shard is kept. Run the same command "
-            "again to continue where it stopped."
-        )
-        return 130
-    except RunError as exc:
-        ui.error(str(exc))
-        return 1
-    except StorageError as exc:
-        ui.error(f"storage error: {exc}")
-        return 1
-    ui.summary(outcome, tiny=tiny)
-    if not outcome.ok:
-        kept = runner.keep_logs()
-        ui.error(f"the run did not complete; worker logs and task files are kept in {kept}")
-    if request.report:
-        _report(ui, root, selected, tiny)
-    if tiny:
-        ui.banner(TINY_WARNING)
-    return 0 if outcome.ok else 1
-
-
-def _report(ui: Any, root: str | None, resources: list[Resource], tiny: bool) -> None:
-    from synthrec import report
-
-    try:
-        if root is not None:
-            where = report.build_report(root)
-        else:
-            roots = [res.spec.output.uri for res in resources]
-            where = report.build_report_for(roots, out_uri=Path.cwd().joinpath("synthrec-report").as_uri())
-    except (StorageError, OSError, report.ReportError) as exc:
-        ui.warn(f"the report could not be written: {exc}")
-        return
-    ui.report(where, tiny=tiny)

@@ -1,4 +1,4 @@
-"""Pure planning shared by the operator and the local mode: spec -> stage hashes, stages, runs and tasks.
+"""The stages of a SyntheticDataset: their chained spec hashes, shard counts and task JSON.
 
 Nothing here does I/O. The operator turns the tasks into ConfigMaps and Jobs; the local executor runs
 them as subprocesses. Both therefore run exactly the same stages with exactly the same task JSON.
@@ -11,31 +11,20 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from synthrec.api import (
-    ClassifierTuning,
-    RecognitionExperimentSpec,
-    SyntheticDatasetSpec,
-    SyntheticSource,
-)
+from synthrec.api import SyntheticDatasetSpec
 from synthrec.plan.tasks import (
     DATASET_STAGES,
-    DatasetInput,
     FilterTask,
     GenerateTask,
     PromptsTask,
     ReduceTask,
     ResourceRef,
-    RunPlan,
     Stage,
     StorageTarget,
-    TrainTask,
 )
 
 # Bump when a change in synthrec makes old artifacts unusable for the same spec.
 HASH_VERSION = "1"
-
-ZERO_SHOT_LR = 2e-3  # paper README, zero-shot CT
-FEW_SHOT_LR = 1e-3  # paper README, few-shot CT
 
 
 def digest(value: Any) -> str:
@@ -121,141 +110,11 @@ def dataset_task(
     )
 
 
-# ----------------------------------------------------------------------------------------- experiments
-
-
-def run_name(shots: int, seed: int, variant: str | None) -> str:
-    base = f"shots{shots}-seed{seed}"
-    return f"{base}-{variant}" if variant else base
-
-
-def resolve_classifier_tuning(spec: RecognitionExperimentSpec, variant: Any | None) -> ClassifierTuning:
-    ct = spec.method.classifier_tuning
-    if variant is not None and variant.classifier_tuning is not None:
-        overrides = variant.classifier_tuning.model_dump(exclude_none=True)
-        ct = ClassifierTuning.model_validate({**ct.model_dump(), **overrides})
-    return ct
-
-
-@dataclass(frozen=True)
-class RunDef:
-    index: int
-    name: str
-    shots: int
-    seed: int
-    variant: str | None
-    synthetic: tuple[SyntheticSource, ...]
-    classifier_tuning: ClassifierTuning
-    lr: float
-
-
-def experiment_runs(spec: RecognitionExperimentSpec) -> list[RunDef]:
-    """Expand the matrix (shots x seeds x variants) into runs, in a stable order."""
-    variants = spec.matrix.variants or [None]
-    runs = []
-    for shots in spec.matrix.shots:
-        for seed in spec.matrix.seeds:
-            for variant in variants:
-                ct = resolve_classifier_tuning(spec, variant)
-                synthetic = spec.data.synthetic
-                if variant is not None and variant.synthetic is not None:
-                    synthetic = variant.synthetic
-                lr = ct.lr if ct.lr is not None else (ZERO_SHOT_LR if shots == 0 else FEW_SHOT_LR)
-                name = run_name(shots, seed, variant.name if variant else None)
-                runs.append(
-                    RunDef(
-                        len(runs),
-                        name,
-                        shots,
-                        seed,
-                        variant.name if variant else None,
-                        tuple(synthetic),
-                        ct,
-                        lr,
-                    )
-                )
-    return runs
-
-
-def experiment_hash(spec: RecognitionExperimentSpec) -> str:
-    w = spec.wire()
-    keys = ("labels", "backbone", "data", "method", "matrix")
-    return digest({"v": HASH_VERSION, **{k: w[k] for k in keys}})
-
-
-def run_hash(spec: RecognitionExperimentSpec, run: RunDef, inputs: list[DatasetInput]) -> str:
-    w = spec.wire()
-    return digest(
-        {
-            "v": HASH_VERSION,
-            "labels": w["labels"],
-            "backbone": w["backbone"],
-            "data": {k: v for k, v in w["data"].items() if k != "synthetic"},
-            "run": {
-                "shots": run.shots,
-                "seed": run.seed,
-                "lr": run.lr,
-                "ct": run.classifier_tuning.model_dump(),
-            },
-            "synthetic": [{"uri": i.uri, "digest": i.digest} for i in inputs],
-        }
-    )
-
-
-def train_task(
-    spec: RecognitionExperimentSpec,
-    run: RunDef,
-    inputs: list[DatasetInput],
-    resource: ResourceRef,
-    *,
-    attempt: int = 1,
-) -> TrainTask:
-    """The task of one run; ``inputs`` are the run's synthetic datasets resolved to URIs and digests."""
-    return TrainTask(
-        resource=resource,
-        output=storage_target(spec.output),
-        spec_hash=run_hash(spec, run, inputs),
-        attempt=attempt,
-        shards=1,
-        experiment=spec,
-        labels=spec.labels,
-        run=RunPlan(
-            name=run.name,
-            index=run.index,
-            shots=run.shots,
-            seed=run.seed,
-            variant=run.variant,
-            synthetic=inputs,
-            classifier_tuning=run.classifier_tuning,
-            lr=run.lr,
-        ),
-    )
-
-
-# ------------------------------------------------------------------------------------ range strings
-
-
-def format_ranges(indexes: set[int] | list[int]) -> str:
-    """{0,1,2,3,5} -> '0-3,5' (the Job status format)."""
-    values = sorted(set(indexes))
-    parts: list[str] = []
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
-            j += 1
-        parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
-def parse_ranges(text: str | None) -> set[int]:
-    """'0-3,5' -> {0,1,2,3,5}; empty or None -> set()."""
-    out: set[int] = set()
-    for part in (text or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return out
+def wanted_shards(stage: StageDef, generated: set[int] | frozenset[int]) -> frozenset[int]:
+    """The shards a stage must produce: every generate shard, the filter stage only those ``generated``
+    (committed by the generate stage), the single-pod stages shard 0."""
+    if stage.stage == "generate":
+        return frozenset(range(stage.shards))
+    if stage.stage == "filter":
+        return frozenset(generated)
+    return frozenset({0})

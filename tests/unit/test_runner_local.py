@@ -217,7 +217,7 @@ def test_retries_exhausted_fail_the_stage_and_nothing_after_it_runs(h: Harness) 
     generate = [c["shard"] for c in calls if c["stage"] == "generate"]
     assert generate == [0, 1, 2, 1]  # a failed try goes to the back of the queue; 1 + retriesPerShard tries
     assert not [c for c in calls if c["stage"] in ("filter", "reduce", "train")]
-    assert "cats generate: shard(s) 1 failed after 1 attempt(s)" in ui.text
+    assert "cats generate: 1 shard(s) (1) failed after 1 attempt(s) of 2 tries each" in ui.text
     assert "fake transient failure" in ui.text
     assert "cats-ct: skipped: dataset cats did not complete" in ui.text
     assert (h.dataset / DatasetLayout.shard_marker(0)).is_file()  # the good shards stay committed
