@@ -16,6 +16,7 @@ from typing import Any
 
 from synthrec import api, contract
 from synthrec.contract.layout import DatasetLayout
+from synthrec.contract.summaries import GenerateSummary, ReduceSummary
 from synthrec.operator.jobs import JobShape, child_labels, render_configmap, render_job, stage_job_name
 from synthrec.operator.observed import JobView, PodView
 from synthrec.operator.reconcile_pass import (
@@ -29,7 +30,7 @@ from synthrec.operator.reconcile_pass import (
     resource_ref,
     successful_pods,
 )
-from synthrec.operator.status import Event, summary_int, summary_str
+from synthrec.operator.status import Event
 from synthrec.plan import (
     ShardFailure,
     StageDef,
@@ -48,15 +49,6 @@ from synthrec.plan import (
 
 MAX_RANGE_STRING = 4096  # the CRD's maxLength of succeededIndexes / failedIndexes
 STAGE_WEIGHTS = {"prompts": 5, "generate": 70, "filter": 20, "reduce": 5}
-
-# Keys read from worker termination summaries (synthrec.contract.summary_line), first match wins.
-GENERATED_KEYS = ("images", "generated", "written", "count")
-PASSED_KEYS = ("passed",)
-KEPT_KEYS = ("kept",)
-REJECTED_KEYS = ("rejected",)
-MANIFEST_KEYS = ("manifest", "manifest_uri")
-DIGEST_KEYS = ("manifest_digest", "digest", "sha256")
-REPORT_KEYS = ("report",)
 
 
 @dataclass
@@ -464,23 +456,14 @@ def _fold_totals(
     images, artifacts = status.images, status.artifacts
     for pod in res.newly.values():
         summary = pod.summary if pod else None
-        if stage == "generate":
-            images.generated += summary_int(summary, *GENERATED_KEYS) or 0
-        elif stage == "filter":
-            images.passed += summary_int(summary, *PASSED_KEYS) or 0
-        elif stage == "reduce":
-            for attr, keys in (
-                ("kept", KEPT_KEYS),
-                ("rejected", REJECTED_KEYS),
-                ("generated", ("generated",)),
-                ("passed", PASSED_KEYS),
-            ):
-                value = summary_int(summary, *keys)
-                if value is not None:
-                    setattr(images, attr, value)  # the manifest's own counts are the final word
-            artifacts.manifest = summary_str(summary, *MANIFEST_KEYS) or layout.url(layout.manifest)
-            artifacts.manifest_digest = summary_str(summary, *DIGEST_KEYS) or artifacts.manifest_digest
-            artifacts.report = summary_str(summary, *REPORT_KEYS) or artifacts.report
+        if isinstance(summary, GenerateSummary):
+            images.generated += summary.images
+        elif isinstance(summary, ReduceSummary):  # the manifest's own counts are the final word
+            images.generated, images.passed = summary.generated, summary.passed
+            images.kept, images.rejected = summary.kept, summary.rejected
+            artifacts.manifest_digest = summary.digest or artifacts.manifest_digest
+        if stage == "reduce":
+            artifacts.manifest = getattr(summary, "manifest", None) or layout.url(layout.manifest)
     if stage == "prompts" and res.state == "done":
         artifacts.prompts = layout.url(layout.prompts)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from synthrec import api
 from synthrec.contract.layout import ExperimentLayout
+from synthrec.contract.summaries import TrainSummary
 from synthrec.operator.jobs import JobShape, child_labels, render_configmap, render_job, run_job_name
 from synthrec.operator.observed import JobView
 from synthrec.operator.reconcile_pass import (
@@ -22,15 +23,11 @@ from synthrec.operator.reconcile_pass import (
     resource_ref,
     successful_pods,
 )
-from synthrec.operator.status import Conditions, Event, summary_float, summary_str
+from synthrec.operator.status import Conditions, Event
 from synthrec.plan import experiment_hash, experiment_runs, pin_datasets, referenced_datasets, train_task
 from synthrec.plan.tasks import DatasetInput
 
 TRAIN_STAGE = "train"
-
-TOP1_KEYS = ("top1", "test_top1", "accuracy")
-ZERO_SHOT_KEYS = ("zero_shot_top1", "zeroshot_top1")
-METRICS_KEYS = ("metrics", "metrics_uri")
 
 
 def plan_experiment(p: Pass) -> Actions:
@@ -98,9 +95,10 @@ def plan_experiment(p: Pass) -> Actions:
                 continue
             summary = pod.summary if pod else None
             result.state = "Succeeded"
-            result.top1 = summary_float(summary, *TOP1_KEYS)
-            result.zero_shot_top1 = summary_float(summary, *ZERO_SHOT_KEYS)
-            result.metrics = summary_str(summary, *METRICS_KEYS) or layout.url(layout.run_metrics(run.name))
+            if isinstance(summary, TrainSummary):
+                result.top1, result.zero_shot_top1 = summary.top1, summary.zero_shot_top1
+            metrics = summary.metrics if isinstance(summary, TrainSummary) else None
+            result.metrics = metrics or layout.url(layout.run_metrics(run.name))
             actions.shards_done[TRAIN_STAGE] = actions.shards_done.get(TRAIN_STAGE, 0) + 1
             continue
         failure_cond = job.failure

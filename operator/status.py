@@ -179,33 +179,6 @@ def comparable(status: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def summary_int(summary: dict[str, Any] | None, *keys: str) -> int | None:
-    """The first integer among ``keys`` of a worker's termination summary."""
-    for key in keys:
-        value = (summary or {}).get(key)
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            return int(value)
-    return None
-
-
-def summary_float(summary: dict[str, Any] | None, *keys: str) -> float | None:
-    for key in keys:
-        value = (summary or {}).get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-def summary_str(summary: dict[str, Any] | None, *keys: str) -> str | None:
-    for key in keys:
-        value = (summary or {}).get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
 class StatusThrottle:
     """Patch a resource's status only when it changed, and at most once every ``interval`` seconds.
 

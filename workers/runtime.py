@@ -1,9 +1,10 @@
 """What every worker stage shares: task loading, shard selection, exit codes, the termination summary,
-progress reporting and the mapping of failures onto the contract in synthrec/contract.py.
+progress reporting and the mapping of failures onto the contract (``synthrec.contract``).
 
-A stage is a plain function ``run(ctx: StageContext) -> dict`` returning its summary (counts, URIs).
-It raises ConfigError / DataError / RetryableError for failures the operator must treat differently;
-anything unexpected is logged with its traceback and treated as retryable.
+A stage is a plain function ``run(ctx: StageContext) -> Summary`` returning its typed termination summary
+(``synthrec.contract.summaries``: counts, URIs). It raises ConfigError / DataError / RetryableError for
+failures the operator must treat differently; anything unexpected is logged with its traceback and treated
+as retryable.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from synthrec import contract
+from synthrec.contract.summaries import FailureSummary, Summary, summary_line
 from synthrec.plan.tasks import load_task
 from synthrec.storage import Storage, StorageConflict, StorageError, TransientStorageError, open_storage
 from synthrec.tiny import ensure_tiny_models, references_tiny, resolve_uri
@@ -190,10 +192,10 @@ def write_spec_json(task: Any, storage: Storage) -> None:
         log.warning("could not write %s: %s", storage.url(key), exc)
 
 
-def write_termination_log(summary: dict[str, Any]) -> None:
+def write_termination_log(summary: Summary) -> None:
     path = os.environ.get(contract.ENV_TERMINATION_LOG, contract.DEFAULT_TERMINATION_LOG)
     try:
-        Path(path).write_text(contract.summary_line(summary) + "\n")
+        Path(path).write_text(summary_line(summary) + "\n")
     except OSError as exc:  # e.g. /dev/termination-log outside a pod
         log.debug("no termination log at %s: %s", path, exc)
 
@@ -205,12 +207,10 @@ def _install_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_stage(
-    stage: str, fn: Callable[[StageContext], dict[str, Any]], task_path: str, shard: int | None
-) -> int:
+def run_stage(stage: str, fn: Callable[[StageContext], Summary], task_path: str, shard: int | None) -> int:
     """Run one stage function under the worker contract; returns the process exit code."""
     _install_sigterm()
-    summary: dict[str, Any] = {"stage": stage}
+    shard_id: int | None = None
     started = time.monotonic()
     try:
         try:
@@ -223,7 +223,6 @@ def run_stage(
             shard_id = resolve_shard(task, shard)
         except (IndexError, ValueError) as exc:
             raise ConfigError(f"cannot pick a shard: {exc}") from None
-        summary["shard"] = shard_id
         prepare_tiny(task)
         storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
         progress_path = os.environ.get(contract.ENV_PROGRESS_FILE)
@@ -233,29 +232,28 @@ def run_stage(
             write_spec_json(task, storage)
         result = fn(ctx)
         progress.finish()
-        summary.update(result or {})
-        summary["ok"] = True
-        summary["seconds"] = round(time.monotonic() - started, 2)
+        summary = result.model_copy(
+            update={"shard": shard_id, "ok": True, "seconds": round(time.monotonic() - started, 2)}
+        )
         write_termination_log(summary)
-        log.info("%s shard %s done: %s", stage, shard_id, contract.summary_line(summary))
+        log.info("%s shard %s done: %s", stage, shard_id, summary_line(summary))
         return contract.EXIT_OK
     except WorkerError as exc:
-        return _fail(summary, exc.kind, str(exc), exc.exit_code)
+        return _fail(stage, shard_id, exc.kind, str(exc), exc.exit_code)
     except StorageConflict as exc:
-        return _fail(summary, "config", str(exc), contract.EXIT_CONFIG_ERROR)
+        return _fail(stage, shard_id, "config", str(exc), contract.EXIT_CONFIG_ERROR)
     except TransientStorageError as exc:
-        return _fail(summary, "retryable", str(exc), contract.EXIT_RETRYABLE)
+        return _fail(stage, shard_id, "retryable", str(exc), contract.EXIT_RETRYABLE)
     except StorageError as exc:
-        return _fail(summary, "config", str(exc), contract.EXIT_CONFIG_ERROR)
+        return _fail(stage, shard_id, "config", str(exc), contract.EXIT_CONFIG_ERROR)
     except KeyboardInterrupt:
-        return _fail(summary, "retryable", "interrupted", contract.EXIT_RETRYABLE)
+        return _fail(stage, shard_id, "retryable", "interrupted", contract.EXIT_RETRYABLE)
     except Exception as exc:  # a bug or an unforeseen environment problem: retrying is the safe default
         log.error("unexpected error in %s:\n%s", stage, traceback.format_exc())
-        return _fail(summary, "retryable", f"{type(exc).__name__}: {exc}", contract.EXIT_RETRYABLE)
+        return _fail(stage, shard_id, "retryable", f"{type(exc).__name__}: {exc}", contract.EXIT_RETRYABLE)
 
 
-def _fail(summary: dict[str, Any], kind: str, message: str, code: int) -> int:
-    summary.update(ok=False, error=kind, message=message)
-    write_termination_log(summary)
-    print(f"synthrec {summary.get('stage')}: {kind} error: {message}", file=sys.stderr)
+def _fail(stage: str, shard: int | None, kind: str, message: str, code: int) -> int:
+    write_termination_log(FailureSummary(stage=stage, shard=shard, error=kind, message=message))  # type: ignore[arg-type]
+    print(f"synthrec {stage}: {kind} error: {message}", file=sys.stderr)
     return code

@@ -41,8 +41,12 @@ from typing import Any
 
 from synthrec.api.labels import ResolvedLabels, resolve_labels
 from synthrec.contract import confusion
+from synthrec.contract.base import DocumentError
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout
-from synthrec.storage import ObjectNotFound, Storage, StorageConflict, open_storage, read_marker, write_marker
+from synthrec.contract.manifest import DatasetManifest, parse_manifest
+from synthrec.contract.metrics import RunMetrics, parse_metrics
+from synthrec.contract.summaries import TrainSummary
+from synthrec.storage import ObjectNotFound, Storage, existing_commit, open_storage, read_marker, write_marker
 from synthrec.workers.runtime import ConfigError, DataError, StageContext, open_location, select_device
 
 log = logging.getLogger(__name__)
@@ -52,25 +56,31 @@ MAX_CURVE_POINTS = 2000
 SINGLE_THREAD_MACS = 50_000_000  # head-only steps below this many multiply-adds run on one CPU thread
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> TrainSummary:
     task = ctx.task
     storage = ctx.storage
     layout = ExperimentLayout(storage.uri)
     name = task.run.name
-    done = read_marker(storage, layout.run_marker(name))
-    if done is not None:
-        if done["spec_hash"] != task.spec_hash:
-            raise StorageConflict(
-                f"{layout.url(layout.run_marker(name))} is committed by spec hash {done['spec_hash']}, not "
-                f"this run's {task.spec_hash}; use a new output URI or delete runs/{name}/"
-            )
-        metrics = storage.read_json(layout.run_metrics(name))
-        return {**_summary(name, metrics, layout.url(layout.run_metrics(name))), "skipped": True}
+    if existing_commit(
+        storage, layout.run_marker(name), task.spec_hash, what=f"run {layout.url(f'runs/{name}/')}"
+    ):
+        uri = layout.url(layout.run_metrics(name))
+        try:
+            metrics = parse_metrics(storage.read_bytes(layout.run_metrics(name)), uri)
+        except DocumentError as exc:
+            raise DataError(f"{exc}; delete runs/{name}/ to train the run again") from None
+        return _summary(metrics, uri, skipped=True)
     return _Run(ctx).execute()
 
 
-def _summary(name: str, metrics: dict[str, Any], uri: str) -> dict[str, Any]:
-    return {"run": name, "top1": metrics["top1"], "zero_shot_top1": metrics["zero_shot_top1"], "metrics": uri}
+def _summary(metrics: RunMetrics, uri: str, *, skipped: bool = False) -> TrainSummary:
+    return TrainSummary(
+        run=metrics.run,
+        top1=metrics.top1,
+        zero_shot_top1=metrics.zero_shot_top1,
+        metrics=uri,
+        skipped=skipped,
+    )
 
 
 # ------------------------------------------------------------------------------------------ data sets
@@ -126,7 +136,7 @@ class PinnedDataset:
     uri: str
     digest: str
     storage: Storage
-    manifest: dict[str, Any]
+    manifest: DatasetManifest
     rows: list[dict[str, Any]]
 
 
@@ -149,10 +159,13 @@ def pin_dataset(ctx: StageContext, inp: Any) -> PinnedDataset:
             f"synthetic dataset {inp.uri} changed since the experiment pinned it: manifest.json sha256 is "
             f"{digest}, pinned {inp.digest}; create a new experiment to use the new data"
         )
-    manifest = json.loads(raw)
-    index = storage.read_bytes(manifest["index"]["key"])
-    if hashlib.sha256(index).hexdigest() != manifest["index"]["sha256"]:
-        raise DataError(f"{storage.url(manifest['index']['key'])} does not match the sha256 in manifest.json")
+    try:
+        manifest = parse_manifest(raw, storage.url(layout.manifest))
+    except DocumentError as exc:
+        raise DataError(str(exc)) from None
+    index = storage.read_bytes(manifest.index.key)
+    if hashlib.sha256(index).hexdigest() != manifest.index.sha256:
+        raise DataError(f"{storage.url(manifest.index.key)} does not match the sha256 in manifest.json")
     rows = [json.loads(line) for line in index.decode("utf-8").splitlines() if line.strip()]
     return PinnedDataset(inp.name, inp.uri, digest, storage, manifest, rows)
 
@@ -173,7 +186,7 @@ class _Run:
         self.timing: dict[str, float] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="synthrec-train-"))
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> TrainSummary:
         import shutil
 
         try:
@@ -181,7 +194,7 @@ class _Run:
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def _execute(self) -> dict[str, Any]:
+    def _execute(self) -> TrainSummary:
         started = time.monotonic()
         data = self.spec.data
         if self.plan.shots > 0 and data.real_train is None:
@@ -239,7 +252,7 @@ class _Run:
         metrics = self._metrics(zero_shot, final, val_final, result, datasets, test, val, real, syn, trained)
         confusions = confusion.document(self.labels.names, final["confusion"], zero_shot["confusion"])
         self._write(head, metrics, confusions, result)
-        return _summary(self.plan.name, metrics, self.layout.url(self.layout.run_metrics(self.plan.name)))
+        return _summary(metrics, self.layout.url(self.layout.run_metrics(self.plan.name)))
 
     # ----------------------------------------------------------------------------------- features
 
@@ -462,8 +475,9 @@ class _Run:
 
         ids = [f"{d.digest[:16]}:{r['shard']}:{r['key']}" for r in d.rows]
         labels = [int(r["class"]) for r in d.rows]
-        filter_clip = (d.manifest.get("models") or {}).get("filter_clip") or {}
-        same_model = filter_clip.get("revision") == self.clip.revision and all("row" in r for r in d.rows)
+        filter_clip = d.manifest.models.filter_clip
+        revision = filter_clip.revision if filter_clip else None
+        same_model = revision == self.clip.revision and all("row" in r for r in d.rows)
         info = {
             "uri": d.uri,
             "digest": d.digest,
@@ -623,64 +637,66 @@ class _Run:
         real: FeatureSet | None,
         syn: FeatureSet | None,
         trained: bool,
-    ) -> dict[str, Any]:
+    ) -> RunMetrics:
         names = self.labels.names
         per_class = [
             {**pc, "name": names[pc["index"]], "zero_shot_top1": zs["top1"]}
             for pc, zs in zip(final["per_class"], zero_shot["per_class"], strict=True)
         ]
         ct = self.ct
-        return {
-            "run": self.plan.name,
-            "index": self.plan.index,
-            "variant": self.plan.variant,
-            "spec_hash": self.task.spec_hash,
-            "shots": self.plan.shots,
-            "seed": self.plan.seed,
-            "seeds": {"shots": self.plan.seed, "shuffle": self.plan.seed, "head_init": self.plan.seed},
-            "top1": final["top1"],
-            "zero_shot_top1": zero_shot["top1"],
-            "trained": trained,
-            "selection": ct.selection,
-            "selected_epoch": result.selected_epoch if result else None,
-            "validation_top1": val_final["top1"] if val_final else None,
-            "per_class": per_class,
-            "confusion": self.layout.run_confusion(self.plan.name),
-            "classes": names,
-            "epochs": ct.epochs,
-            "epochs_run": len(result.epochs) if result else 0,
-            "phases": result.phases if result else [],
-            "steps": len(result.steps) if result else 0,
-            "lr": self.plan.lr,
-            "schedule": {
-                "warmup_steps": ct.warmup_steps,
-                "kind": "linear warmup + cosine to 0 over the real steps",
-            },
-            "classifier_tuning": ct.model_dump(mode="json"),
-            "backbone": self.clip.describe(),
-            "head_templates": ct.head_init_templates or list(self.labels.templates),
-            "counts": {
-                "synthetic": len(syn) if syn else 0,
-                "real_train": len(real) if real else 0,
-                "real_train_replaced": real.skipped if real else 0,
-                "test": len(test),
-                "test_skipped": test.skipped,
-                "validation": len(val) if val else 0,
-                "validation_skipped": val.skipped if val else 0,
-            },
-            "datasets": [
-                {"name": d.name, "uri": d.uri, "digest": d.digest, "kept": len(d.rows)} for d in datasets
-            ],
-            "feature_cache": {
-                fs.name: {"key": fs.cache_key, "hit": fs.cache_hit}
-                for fs in (test, val, real, syn)
-                if fs is not None
-            },
-            "device": self.device,
-            "timing": {k: round(v, 3) for k, v in self.timing.items()},
-        }
+        return RunMetrics.model_validate(
+            {
+                "run": self.plan.name,
+                "index": self.plan.index,
+                "variant": self.plan.variant,
+                "spec_hash": self.task.spec_hash,
+                "shots": self.plan.shots,
+                "seed": self.plan.seed,
+                "seeds": {"shots": self.plan.seed, "shuffle": self.plan.seed, "head_init": self.plan.seed},
+                "top1": final["top1"],
+                "zero_shot_top1": zero_shot["top1"],
+                "trained": trained,
+                "selection": ct.selection,
+                "selected_epoch": result.selected_epoch if result else None,
+                "validation_top1": val_final["top1"] if val_final else None,
+                "per_class": per_class,
+                "confusion": self.layout.run_confusion(self.plan.name),
+                "classes": names,
+                "epochs": ct.epochs,
+                "epochs_run": len(result.epochs) if result else 0,
+                "phases": result.phases if result else [],
+                "steps": len(result.steps) if result else 0,
+                "lr": self.plan.lr,
+                "schedule": {
+                    "warmup_steps": ct.warmup_steps,
+                    "kind": "linear warmup + cosine to 0 over the real steps",
+                },
+                "classifier_tuning": ct.model_dump(mode="json"),
+                "backbone": self.clip.describe(),
+                "head_templates": ct.head_init_templates or list(self.labels.templates),
+                "counts": {
+                    "synthetic": len(syn) if syn else 0,
+                    "real_train": len(real) if real else 0,
+                    "real_train_replaced": real.skipped if real else 0,
+                    "test": len(test),
+                    "test_skipped": test.skipped,
+                    "validation": len(val) if val else 0,
+                    "validation_skipped": val.skipped if val else 0,
+                },
+                "datasets": [
+                    {"name": d.name, "uri": d.uri, "digest": d.digest, "kept": len(d.rows)} for d in datasets
+                ],
+                "feature_cache": {
+                    fs.name: {"key": fs.cache_key, "hit": fs.cache_hit}
+                    for fs in (test, val, real, syn)
+                    if fs is not None
+                },
+                "device": self.device,
+                "timing": {k: round(v, 3) for k, v in self.timing.items()},
+            }
+        )
 
-    def _write(self, head: Any, metrics: dict[str, Any], confusions: dict[str, Any], result: Any) -> None:
+    def _write(self, head: Any, metrics: RunMetrics, confusions: dict[str, Any], result: Any) -> None:
         from safetensors.torch import save
 
         name = self.plan.name
@@ -704,13 +720,13 @@ class _Run:
         if png is not None:
             self.storage.write_bytes(layout.run(name, "curve.png"), png)
         self.storage.write_json(layout.run_confusion(name), confusions)
-        self.storage.write_json(layout.run_metrics(name), metrics)
+        self.storage.write_json(layout.run_metrics(name), metrics.document())
         write_marker(
             self.storage,
             layout.run_marker(name),
             spec_hash=self.task.spec_hash,
-            top1=metrics["top1"],
-            zero_shot_top1=metrics["zero_shot_top1"],
+            top1=metrics.top1,
+            zero_shot_top1=metrics.zero_shot_top1,
         )
 
 

@@ -82,7 +82,7 @@ def describe(state: Any) -> dict[str, Any]:
                     "conflicts": plan.format_ranges(s.foreign),
                 }
             )
-        counts = (state.manifest or {}).get("counts", {})
+        counts = state.manifest.counts.model_dump() if state.manifest else {}
         return {
             "kind": "SyntheticDataset",
             "name": state.name,

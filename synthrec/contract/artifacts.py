@@ -9,13 +9,17 @@ resource is. Nothing here starts work or writes anything but ``summary.json``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from synthrec import api, plan
+from synthrec.contract.base import DocumentError
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout, StorageLayout
+from synthrec.contract.manifest import DatasetManifest, parse_manifest
+from synthrec.contract.metrics import RunMetrics, parse_metrics
 from synthrec.storage import ObjectNotFound, Storage, StorageError, open_storage
 
 _SHARD_MARKER = re.compile(r"^(shards|features)/gen-(\d+)\.done\.json$")
@@ -55,7 +59,7 @@ class DatasetState:
     spec: api.SyntheticDatasetSpec
     hashes: dict[str, str]
     stages: list[StageState]
-    manifest: dict[str, Any] | None = None  # only when committed by this spec
+    manifest: DatasetManifest | None = None  # only when committed by this spec
     manifest_digest: str | None = None  # sha256 of manifest.json: what experiments pin
 
     def stage(self, name: str) -> StageState:
@@ -64,16 +68,6 @@ class DatasetState:
     @property
     def complete(self) -> bool:
         return self.manifest is not None
-
-
-def manifest_hash(manifest: Any) -> str | None:
-    """The reduce-stage hash a manifest.json was committed with."""
-    if not isinstance(manifest, dict):
-        return None
-    value = manifest.get("spec_hash")
-    if value is None and isinstance(manifest.get("hashes"), dict):
-        value = manifest["hashes"].get("reduce")
-    return value if isinstance(value, str) else None
 
 
 def _marker_hash(storage: Storage, key: str) -> str | None:
@@ -133,17 +127,14 @@ def dataset_state(
         raw = storage.read_bytes(DatasetLayout.manifest)
     except ObjectNotFound:
         raw = None
-    if raw is not None:
-        import hashlib
-        import json
-
+    if raw is not None:  # the dataset's own commit marker
         try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = None
-        found = manifest_hash(parsed)
-        record(by_stage["reduce"], 0, found if found is not None else "")
-        if found == by_stage["reduce"].spec_hash:
+            parsed = parse_manifest(raw, storage.url(DatasetLayout.manifest))
+        except DocumentError:
+            parsed = None  # not a manifest of this synthrec version: not ours to build on
+        found = parsed.spec_hash if parsed is not None else ""
+        record(by_stage["reduce"], 0, found)
+        if parsed is not None and found == by_stage["reduce"].spec_hash:
             manifest, digest = parsed, hashlib.sha256(raw).hexdigest()
     return DatasetState(name, storage.uri, spec, hashes, stages, manifest, digest)
 
@@ -167,28 +158,15 @@ class RunState:
     variant: str | None
     done: bool = False
     stale: bool = False  # a done.json exists, but for other inputs (e.g. a regenerated dataset)
-    metrics: dict[str, Any] | None = None
+    metrics: RunMetrics | None = None
 
     @property
     def top1(self) -> float | None:
-        return metric(self.metrics, "top1")
+        return self.metrics.top1 if self.metrics else None
 
     @property
     def zero_shot_top1(self) -> float | None:
-        return metric(self.metrics, "zero_shot_top1")
-
-
-def metric(metrics: dict[str, Any] | None, name: str) -> float | None:
-    """A top-level number of a run's metrics.json (also accepts camelCase and a nested 'test' block)."""
-    if not metrics:
-        return None
-    camel = re.sub(r"_(\w)", lambda m: m.group(1).upper(), name)
-    for source in (metrics, metrics.get("test") if isinstance(metrics.get("test"), dict) else {}):
-        for key in (name, camel):
-            value = source.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
-    return None
+        return self.metrics.zero_shot_top1 if self.metrics else None
 
 
 @dataclass
@@ -228,11 +206,11 @@ def experiment_state(
             state.done = wanted is None or found == wanted
             state.stale = not state.done
         if state.done:
+            key = ExperimentLayout.run_metrics(r.name)
             try:
-                metrics = storage.read_json(ExperimentLayout.run_metrics(r.name))
-            except (ObjectNotFound, ValueError):
-                metrics = None
-            state.metrics = metrics if isinstance(metrics, dict) else None
+                state.metrics = parse_metrics(storage.read_bytes(key), storage.url(key))
+            except (ObjectNotFound, DocumentError):
+                state.metrics = None
         runs.append(state)
     return ExperimentState(name, storage.uri, spec, runs)
 

@@ -1,15 +1,14 @@
 """The contract between whoever runs a worker (the operator's Jobs, the local executor) and the worker.
 
 A worker is started as ``python -m synthrec.workers STAGE --task TASK.json`` with these environment
-variables, exits with one of these codes, and writes one line of JSON (≤ 4 KiB) to the termination log.
+variables, exits with one of these codes, and writes one line of JSON (≤ 4 KiB) to the termination log: a
+typed summary (``synthrec.contract.summaries``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 # Exit codes. The operator maps them onto the Job's podFailurePolicy.
 EXIT_OK = 0
@@ -32,7 +31,6 @@ ENV_TINY_MODELS = (
 )
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-TERMINATION_LOG_LIMIT = 4096
 
 # Where the operator mounts the task ConfigMap in worker pods.
 TASK_MOUNT_DIR = "/etc/synthrec/task"
@@ -43,34 +41,3 @@ def cache_root() -> Path:
     """$SYNTHREC_CACHE, else ~/.cache/synthrec: models, the tiny demo models and feature caches live below."""
     base = os.environ.get(ENV_CACHE)
     return Path(base) if base else Path.home() / ".cache" / "synthrec"
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    """One line of compact JSON that fits the kubelet's 4 KiB termination-message limit.
-
-    Long string values are shortened first; counts and URIs survive.
-    """
-    line = json.dumps(summary, separators=(",", ":"), sort_keys=True, default=str)
-    if len(line.encode()) <= TERMINATION_LOG_LIMIT:
-        return line
-    trimmed = {k: (v[:200] + "…" if isinstance(v, str) and len(v) > 200 else v) for k, v in summary.items()}
-    line = json.dumps(trimmed, separators=(",", ":"), sort_keys=True, default=str)
-    if len(line.encode()) <= TERMINATION_LOG_LIMIT:
-        return line
-    keep = {
-        k: v
-        for k, v in trimmed.items()
-        if isinstance(v, int | float | bool) or k in ("stage", "shard", "error")
-    }
-    return json.dumps(keep, separators=(",", ":"), sort_keys=True, default=str)[:TERMINATION_LOG_LIMIT]
-
-
-def parse_summary(message: str | None) -> dict[str, Any] | None:
-    """Read a worker's termination message back; None when it is missing or not ours."""
-    if not message:
-        return None
-    try:
-        value = json.loads(message.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
-    return value if isinstance(value, dict) else None

@@ -44,7 +44,6 @@ class BatchResult:
     failed: dict[int, str] = field(default_factory=dict)  # shard -> why
     exhausted: set[int] = field(default_factory=set)  # failed after all retries (retryable errors)
     config_error: str | None = None
-    summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -217,12 +216,12 @@ class WorkerPool:
     ) -> str | None:
         """Record a finished process; returns a reason to stop the whole batch (a config error)."""
         unit = job.unit
-        summary = contract.parse_summary(_read(job.term_path)) or {}
-        message = str(summary.get("message") or "") or _tail(job.log_path)
+        summary = contract.parse_summary(_read(job.term_path))
+        said = summary.message if isinstance(summary, contract.FailureSummary) else ""
+        message = said or _tail(job.log_path)
         where = f"{unit.stage} {unit.label}"
         if code == contract.EXIT_OK:
             result.succeeded.append(unit)
-            result.summaries[unit.shard] = summary
             return None
         if code == contract.EXIT_CONFIG_ERROR:
             result.config_error = f"{where}: {message}"

@@ -174,24 +174,18 @@ class RichUI(QuietUI):
             table = Table(title=f"SyntheticDataset {ds.name}", title_justify="left")
             for column in ("class", "generated", "passed CF", "kept", "accept rate"):
                 table.add_column(column, justify="left" if column == "class" else "right")
-            for row in state.manifest.get("per_class", []):
-                rate = row.get("accept_rate")
+            for row in state.manifest.per_class:
+                rate = row.accept_rate
                 table.add_row(
-                    str(row.get("name")),
-                    str(row.get("generated", "")),
-                    str(row.get("passed", "")),
-                    str(row.get("kept", "")),
-                    f"{rate:.0%}" if isinstance(rate, int | float) else "-",
+                    row.name,
+                    str(row.generated),
+                    str(row.passed),
+                    str(row.kept),
+                    f"{rate:.0%}" if rate is not None else "-",
                 )
-            counts = state.manifest.get("counts", {})
+            counts = state.manifest.counts
             table.add_section()
-            table.add_row(
-                "total",
-                str(counts.get("generated", "")),
-                str(counts.get("passed", "")),
-                str(counts.get("kept", "")),
-                "",
-            )
+            table.add_row("total", str(counts.generated), str(counts.passed), str(counts.kept), "")
             self.console.print(table)
             self.note(f"dataset card: {state.uri}manifest.json")
         for ex in outcome.experiments:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from synthrec.storage.base import CHUNK, MiB, ObjectInfo, Storage, clean_key
-from synthrec.storage.commit import commit_file, read_marker, upload_tree, write_marker
+from synthrec.storage.commit import commit_file, existing_commit, read_marker, upload_tree, write_marker
 from synthrec.storage.errors import (
     InvalidKey,
     ObjectNotFound,
@@ -78,6 +78,7 @@ __all__ = [
     "clean_key",
     "commit_file",
     "exclusive_lock",
+    "existing_commit",
     "open_storage",
     "read_marker",
     "sha256_file",

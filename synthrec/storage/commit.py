@@ -40,6 +40,20 @@ def read_marker(storage: Storage, key: str) -> dict[str, Any] | None:
     return marker
 
 
+def existing_commit(storage: Storage, marker_key: str, spec_hash: str, *, what: str) -> dict[str, Any] | None:
+    """The check every worker makes before it works: the marker at ``marker_key`` when it commits
+    ``spec_hash`` (done already: skip), None when there is none (do the work). ``StorageConflict`` when
+    another spec committed ``what``: nothing is touched."""
+    existing = read_marker(storage, marker_key)
+    if existing is not None and existing["spec_hash"] != spec_hash:
+        raise StorageConflict(
+            f"{what} is already committed by another spec (spec hash {existing['spec_hash']}, marker "
+            f"{storage.url(marker_key)}), not by this one ({spec_hash}); nothing was overwritten. Use a new "
+            "output URI for a changed spec, or delete the old output to redo it"
+        )
+    return existing
+
+
 def commit_file(
     storage: Storage,
     local_path: str | os.PathLike[str],
@@ -59,14 +73,8 @@ def commit_file(
     reserved = sorted(set(fields) & set(_MARKER_FIELDS))
     if reserved:
         raise ValueError(f"commit_file computes {', '.join(reserved)} itself; do not pass them as fields")
-    existing = read_marker(storage, marker_key)
+    existing = existing_commit(storage, marker_key, spec_hash, what=storage.url(data_key))
     if existing is not None:
-        if existing["spec_hash"] != spec_hash:
-            raise StorageConflict(
-                f"{storage.url(data_key)} is already committed by spec hash {existing['spec_hash']} "
-                f"(marker {storage.url(marker_key)}), not by this spec ({spec_hash}); nothing was "
-                "overwritten. Use a new output URI for a changed spec, or delete the old output to redo it"
-            )
         return existing
     size = os.path.getsize(local_path)
     digest = sha256_file(local_path)

@@ -111,7 +111,8 @@ def dataset_spec(
 
 def run_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: SyntheticDatasetSpec, stage: str, shard: int = 0
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, Any]:
+    """Run a stage in this process; returns the exit code and the typed termination summary."""
     task = dataset_task(spec, stage, ResourceRef(kind="SyntheticDataset", name="t"))  # type: ignore[arg-type]
     task_file = tmp_path / f"{stage}-task.json"
     task_file.write_text(dump_task(task))
@@ -119,7 +120,9 @@ def run_worker(
     monkeypatch.setenv(contract.ENV_TERMINATION_LOG, str(log))
     module = {"filter": filter_stage, "reduce": reduce_stage}[stage]
     code = run_stage(stage, module.run, str(task_file), shard)
-    return code, json.loads(log.read_text())
+    summary = contract.parse_summary(log.read_text())
+    assert summary is not None, log.read_text()
+    return code, summary
 
 
 def make_dataset(
@@ -151,8 +154,8 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
     for shard in range(2):
         code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", shard)
         assert code == 0, summary
-        assert summary["images"] == (20 if shard == 0 else 19) and summary["skipped"] is False
-    assert summary["corrupt"] == 1
+        assert summary.images == (20 if shard == 0 else 19) and summary.skipped is False
+    assert summary.corrupt == 1
 
     # the features file: one row per decodable image, logits = 100 * cos, probs = softmax(logits)
     local = tmp_path / "f1.safetensors"
@@ -168,15 +171,15 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
 
     # a second run of a committed shard returns at once
     code, again = run_worker(tmp_path, monkeypatch, spec, "filter", 1)
-    assert code == 0 and again["skipped"] is True
+    assert code == 0 and again.skipped is True
 
     code, summary = run_worker(tmp_path, monkeypatch, spec, "reduce")
     assert code == 0, summary
-    assert summary["generated"] == 40 and summary["kept"] == 12 and summary["rejected"] == 28
+    assert summary.generated == 40 and summary.kept == 12 and summary.rejected == 28
     manifest_raw = storage.read_bytes("manifest.json")
     import hashlib
 
-    assert summary["digest"] == hashlib.sha256(manifest_raw).hexdigest()
+    assert summary.digest == hashlib.sha256(manifest_raw).hexdigest()
     manifest = json.loads(manifest_raw)
     assert manifest["spec_hash"] == hashes["reduce"] and manifest["counts"]["corrupt"] == 1
     assert [c["generated"] for c in manifest["per_class"]] == [10, 10, 10, 10]
@@ -205,7 +208,7 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
 
     # reduce again: the committed manifest is the answer
     code, again = run_worker(tmp_path, monkeypatch, spec, "reduce")
-    assert code == 0 and again["digest"] == summary["digest"] and again["skipped"] is True
+    assert code == 0 and again.digest == summary.digest and again.skipped is True
 
 
 def test_filter_refuses_a_shard_of_another_spec(
@@ -215,10 +218,10 @@ def test_filter_refuses_a_shard_of_another_spec(
     storage.write_json(DatasetLayout.shard_marker(0), {"spec_hash": "someone-else", "sha256": None})
     code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", 0)
     assert code == contract.EXIT_DATA_ERROR
-    assert summary["error"] == "data" and "written by another spec" in summary["message"]
+    assert summary.error == "data" and "written by another spec" in summary.message
     storage.delete(DatasetLayout.shard_marker(1))
     code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", 1)
-    assert code == contract.EXIT_DATA_ERROR and "has no commit marker" in summary["message"]
+    assert code == contract.EXIT_DATA_ERROR and "has no commit marker" in summary.message
 
 
 def test_filter_detects_a_damaged_tar(tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,7 +230,7 @@ def test_filter_detects_a_damaged_tar(tiny_models, tmp_path: Path, monkeypatch: 
     raw[700] ^= 0xFF
     storage.write_bytes(DatasetLayout.shard(0), bytes(raw))
     code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", 0)
-    assert code == contract.EXIT_DATA_ERROR and "does not match the sha256" in summary["message"]
+    assert code == contract.EXIT_DATA_ERROR and "does not match the sha256" in summary.message
 
 
 def test_reduce_with_the_filter_disabled_keeps_everything(
@@ -236,7 +239,7 @@ def test_reduce_with_the_filter_disabled_keeps_everything(
     spec, storage = make_dataset(tmp_path, monkeypatch, "RN50", per_class=2, enabled=False)
     code, summary = run_worker(tmp_path, monkeypatch, spec, "reduce")
     assert code == 0, summary
-    assert summary["generated"] == summary["kept"] == summary["passed"] == 16 and summary["rejected"] == 0
+    assert summary.generated == summary.kept == summary.passed == 16 and summary.rejected == 0
     manifest = storage.read_json("manifest.json")
     assert (
         manifest["filter"]["enabled"] is False

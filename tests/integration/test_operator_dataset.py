@@ -18,13 +18,13 @@ from tests.integration.test_operator_harness import (
     JOBS,
     NS,
     dataset_body,
+    failure,
     fake_worker,
     k8s_op,  # noqa: F401 - fixture
     operator_harness,
     record_api_calls,
     shard_of,
     stage_of,
-    summary,
 )
 from tests.k8s.emulator import ApiCall
 from tests.k8s.runners import FakeRunner
@@ -40,7 +40,7 @@ def failing(stage: str, shards: set[int], *, times: int | None = None, code: int
         if stage_of(job) == stage and shard in shards:
             tries[shard] = tries.get(shard, 0) + 1
             if times is None or tries[shard] <= times:
-                return code, summary(stage, shard=shard, ok=False, error="retryable", message=message)
+                return code, failure(stage, message, shard=shard)
         return ok(job, index, attempt)
 
     run.tries = tries  # type: ignore[attr-defined]
@@ -198,10 +198,11 @@ async def test_finished_jobs_get_their_ttl_only_after_their_results_are_in_statu
 
 async def test_status_is_patched_at_most_once_per_interval(k8s_op, tmp_path: Path) -> None:
     interval = 0.4
+    ok = fake_worker()
 
     async def slow(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
         await asyncio.sleep(0.05 * ((index or 0) % 5))  # pods finish one after another
-        return fake_worker()(job, index, attempt)
+        return ok(job, index, attempt)
 
     config = FAST.with_overrides(status_interval=interval)
     async with operator_harness(k8s_op, FakeRunner(slow), tmp_path, config) as h:

@@ -17,12 +17,12 @@ from tests.integration.test_operator_harness import (
     NS,
     dataset_body,
     experiment_body,
+    failure,
     fake_worker,
     k8s_op,  # noqa: F401 - fixture
     operator_harness,
     record_api_calls,
     stage_of,
-    summary,
 )
 from tests.k8s.runners import FakeRunner
 
@@ -84,10 +84,11 @@ async def test_experiment_waits_for_its_dataset_then_reports_top1_per_run(k8s_op
 
 async def test_a_dataset_deleted_while_an_experiment_waits_fails_it(k8s_op, tmp_path: Path) -> None:
     hold = asyncio.Event()
+    ok = fake_worker()
 
     async def slow(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
         await hold.wait()
-        return fake_worker()(job, index, attempt)
+        return ok(job, index, attempt)
 
     async with operator_harness(k8s_op, FakeRunner(slow), tmp_path) as h:
         await h.create(dataset_body("ds", shards=2))
@@ -106,10 +107,12 @@ async def test_a_dataset_deleted_while_an_experiment_waits_fails_it(k8s_op, tmp_
 
 
 async def test_a_failed_dataset_fails_the_waiting_experiment(k8s_op, tmp_path: Path) -> None:
+    ok = fake_worker()
+
     def broken(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
         if stage_of(job) == "prompts":
-            return 3, summary("prompts", ok=False, error="config", message="unknown preset")
-        return fake_worker()(job, index, attempt)
+            return 3, failure("prompts", "unknown preset", error="config")
+        return ok(job, index, attempt)
 
     async with operator_harness(k8s_op, FakeRunner(broken), tmp_path) as h:
         await h.create(dataset_body("ds", shards=2))
@@ -120,10 +123,12 @@ async def test_a_failed_dataset_fails_the_waiting_experiment(k8s_op, tmp_path: P
 
 
 async def test_failed_runs_complete_the_experiment_degraded(k8s_op, tmp_path: Path) -> None:
+    ok = fake_worker(top1=lambda job: 0.5)
+
     def flaky(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
         if stage_of(job) == "train" and job["metadata"]["labels"]["synthrec.io/run"].startswith("shots1"):
-            return 1, summary("train", ok=False, error="retryable", message="out of memory")
-        return fake_worker(top1=lambda job: 0.5)(job, index, attempt)
+            return 1, failure("train", "out of memory")
+        return ok(job, index, attempt)
 
     async with operator_harness(k8s_op, FakeRunner(flaky), tmp_path) as h:
         await h.create(experiment_body("exp", dataset=None, execution={"retriesPerRun": 1, "parallelism": 4}))

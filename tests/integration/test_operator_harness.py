@@ -25,6 +25,16 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from synthrec.contract.summaries import (
+    FailureSummary,
+    FilterSummary,
+    GenerateSummary,
+    PromptsSummary,
+    ReduceSummary,
+    Summary,
+    TrainSummary,
+    summary_line,
+)
 from synthrec.operator.observed import ANNOTATION_SHARDS
 from synthrec.operator.reconciler import Reconciler
 from synthrec.operator.settings import OperatorConfig
@@ -114,9 +124,14 @@ def stage_of(job: dict[str, Any]) -> str:
     return str(job["metadata"]["labels"]["synthrec.io/stage"])
 
 
-def summary(stage: str, **fields: Any) -> str:
-    """A worker's termination message (what synthrec.contract.summary_line writes)."""
-    return json.dumps({"stage": stage, "ok": True, **fields}, sort_keys=True)
+def summary(model: Summary) -> str:
+    """A worker's termination message: its typed summary as synthrec.contract.summary_line writes it."""
+    return summary_line(model)
+
+
+def failure(stage: str, message: str, *, error: str = "retryable", shard: int | None = None) -> str:
+    """The termination message of a failed worker."""
+    return summary_line(FailureSummary(stage=stage, shard=shard, error=error, message=message))  # type: ignore[arg-type]
 
 
 def fake_worker(
@@ -125,28 +140,36 @@ def fake_worker(
     kept: int = 20,
     top1: Callable[[dict[str, Any]], float] | None = None,
 ) -> Callable[[dict[str, Any], int | None, int], tuple[int, str]]:
-    """A FakeRunner function that behaves like successful workers of every stage."""
+    """A FakeRunner function that behaves like successful workers of every stage; its reduce reports the
+    images its generate and filter shards of the same resource reported, as the real one counts them."""
+    totals: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 
     def run(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
         stage, shard = stage_of(job), shard_of(job, index)
+        seen = totals[job["metadata"]["labels"]["synthrec.io/resource"]]
         if stage == "generate":
-            return 0, summary(stage, shard=shard, images=images_per_shard)
+            seen["generated"] += images_per_shard
+            return 0, summary(GenerateSummary(shard=shard, images=images_per_shard))
         if stage == "filter":
-            return 0, summary(stage, shard=shard, passed=passed_per_shard)
+            seen["passed"] += passed_per_shard
+            return 0, summary(FilterSummary(shard=shard, images=images_per_shard))
         if stage == "reduce":
             return 0, summary(
-                stage,
-                shard=0,
-                kept=kept,
-                rejected=99,
-                manifest="s3://bucket/ds/manifest.json",
-                manifest_digest="sha256:" + "ab" * 32,
+                ReduceSummary(
+                    shard=0,
+                    generated=seen["generated"],
+                    passed=seen["passed"],
+                    kept=kept,
+                    rejected=99,
+                    manifest="s3://bucket/ds/manifest.json",
+                    digest="sha256:" + "ab" * 32,
+                )
             )
         if stage == "train":
             run_name = job["metadata"]["labels"]["synthrec.io/run"]
             value = top1(job) if top1 else 0.5
-            return 0, summary(stage, run=run_name, top1=value, zero_shot_top1=0.25)
-        return 0, summary(stage, shard=shard, prompts=12)
+            return 0, summary(TrainSummary(run=run_name, top1=value, zero_shot_top1=0.25))
+        return 0, summary(PromptsSummary(shard=shard, prompts=12, classes=4, images=12 * images_per_shard))
 
     return run
 

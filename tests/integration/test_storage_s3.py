@@ -215,7 +215,8 @@ def test_commit_file_from_another_spec_conflicts_and_changes_nothing(
     first = commit_file(storage, src, "d.tar", "d.done.json", spec_hash="one")
     other = _local(tmp_path, "other.tar", b"from spec two")
 
-    with pytest.raises(StorageConflict, match=r"d\.tar is already committed by spec hash one.*\(two\)"):
+    conflict = r"d\.tar is already committed by another spec \(spec hash one.*\(two\)"
+    with pytest.raises(StorageConflict, match=conflict):
         commit_file(storage, other, "d.tar", "d.done.json", spec_hash="two")
 
     assert storage.read_bytes("d.tar") == b"from spec one"

@@ -25,8 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout
+from synthrec.contract.summaries import (
+    FilterSummary,
+    GenerateSummary,
+    PromptsSummary,
+    ReduceSummary,
+    Summary,
+    TrainSummary,
+)
 from synthrec.storage import commit_file, write_marker
 from synthrec.workers.runtime import ConfigError, DataError, RetryableError, StageContext, run_stage
+from tests.harness.artifacts import dataset_manifest, run_metrics
 
 
 def _action(stage: str, shard: int) -> str:
@@ -58,7 +67,7 @@ def _record(ctx: StageContext, action: str, **extra: Any) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def fake_stage(ctx: StageContext) -> dict[str, Any]:
+def fake_stage(ctx: StageContext) -> Summary:
     action = _action(ctx.stage, ctx.shard)
     extra: dict[str, Any] = {}
     if ctx.stage == "train":
@@ -74,7 +83,7 @@ def fake_stage(ctx: StageContext) -> dict[str, Any]:
     if action == "crash":
         os._exit(1)
     if action == "noop":  # a buggy worker: exits 0 without committing
-        return {"ok": True}
+        return _summary(ctx)
     if action == "hang":
         ctx.progress.start(10)
         marker = Path(os.environ["FAKE_STATE"]) / f"hanging-{ctx.stage}-{ctx.shard}"
@@ -82,7 +91,21 @@ def fake_stage(ctx: StageContext) -> dict[str, Any]:
         while True:  # SIGTERM raises Terminated in here (the runtime's handler)
             time.sleep(0.05)
     _commit(ctx)
-    return {"ok": True}
+    return _summary(ctx)
+
+
+def _summary(ctx: StageContext) -> Summary:
+    """What the real worker of the stage would report, with small numbers."""
+    stage = ctx.stage
+    if stage == "prompts":
+        return PromptsSummary(prompts=1, classes=1, images=4)
+    if stage == "generate":
+        return GenerateSummary(images=4)
+    if stage == "filter":
+        return FilterSummary(images=4)
+    if stage == "reduce":
+        return ReduceSummary(generated=4, passed=2, kept=2, rejected=2)
+    return TrainSummary(run=ctx.task.run.name, top1=40.0 + ctx.task.run.shots, zero_shot_top1=30.0)
 
 
 def _commit(ctx: StageContext) -> None:
@@ -90,7 +113,8 @@ def _commit(ctx: StageContext) -> None:
     if task.stage == "train":
         name = task.run.name
         top1 = 40.0 + task.run.shots
-        storage.write_json(ExperimentLayout.run_metrics(name), {"top1": top1, "zero_shot_top1": 30.0})
+        metrics = run_metrics(name, top1=top1, zero_shot_top1=30.0, shots=task.run.shots, seed=task.run.seed)
+        storage.write_json(ExperimentLayout.run_metrics(name), metrics.document())
         storage.write_json(
             ExperimentLayout.run(name, "curve.json"), {"epochs": [{"epoch": 1, "loss": 2.0}], "steps": []}
         )
@@ -115,15 +139,8 @@ def _commit(ctx: StageContext) -> None:
         storage.write_bytes(DatasetLayout.features(ctx.shard), b"features")
         write_marker(storage, DatasetLayout.features_marker(ctx.shard), spec_hash=hashes["filter"])
     elif task.stage == "reduce":
-        storage.write_json(
-            DatasetLayout.manifest,
-            {
-                "spec_hash": hashes["reduce"],
-                "labels": {"classes": ["cat"]},
-                "counts": {"generated": 4, "passed": 2, "kept": 2, "rejected": 2},
-                "per_class": [{"name": "cat", "generated": 4, "passed": 2, "kept": 2, "accept_rate": 0.5}],
-            },
-        )
+        manifest = dataset_manifest(hashes["reduce"], ["cat"], generated=4, passed=2, kept=2)
+        storage.write_json(DatasetLayout.manifest, manifest.document())
 
 
 def main() -> int:

@@ -222,19 +222,43 @@ def test_range_strings_match_job_status_format(values: list[int], text: str) -> 
 
 
 def test_termination_summary_fits_the_kubelet_limit() -> None:
-    huge = {
-        "stage": "generate",
-        "shard": 3,
-        "images": 10,
-        "note": "x" * 10_000,
-        "manifest": "s3://bkt/" + "k" * 5000,
-    }
+    huge = contract.FailureSummary(stage="generate", shard=3, error="data", message="x" * 10_000)
     line = contract.summary_line(huge)
     assert len(line.encode()) <= contract.TERMINATION_LOG_LIMIT
     parsed = contract.parse_summary(line)
-    assert parsed["images"] == 10 and parsed["shard"] == 3
+    assert isinstance(parsed, contract.FailureSummary) and parsed.shard == 3 and parsed.error == "data"
+    assert parsed.message.startswith("xxx") and len(parsed.message) < 10_000
+    long_uri = contract.ReduceSummary(
+        generated=9, passed=5, kept=4, rejected=5, manifest="s3://b/" + "k" * 9000
+    )
+    assert contract.parse_summary(contract.summary_line(long_uri)).kept == 4  # counts survive the trimming
+
+
+def test_termination_summaries_are_typed_per_stage() -> None:
+    line = contract.summary_line(
+        contract.GenerateSummary(shard=2, images=12, tar="s3://b/shards/gen-00002.tar")
+    )
+    assert json.loads(line) == {
+        "version": 1,
+        "stage": "generate",
+        "shard": 2,
+        "ok": True,
+        "skipped": False,
+        "images": 12,
+        "tar": "s3://b/shards/gen-00002.tar",
+        "seconds_model": 0.0,
+        "real_skipped": 0,
+    }
+    assert contract.parse_summary(line) == contract.GenerateSummary(
+        shard=2, images=12, tar="s3://b/shards/gen-00002.tar"
+    )
     assert contract.parse_summary("not json") is None
-    assert json.loads(contract.summary_line({"a": 1})) == {"a": 1}
+    assert (
+        contract.parse_summary('{"stage": "generate", "ok": true}') is None
+    )  # no count: not a summary of ours
+    assert contract.parse_summary('{"stage": "unknown", "ok": true}') is None
+    newer = json.loads(line) | {"version": 2}
+    assert contract.parse_summary(json.dumps(newer)) is None  # a version this operator does not know
 
 
 def test_timestamps_are_utc_whole_seconds_with_z_as_kubernetes_writes_them() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from synthrec.contract import parse_summary
 from synthrec.operator import planning
 from synthrec.operator.observed import DatasetView, JobCondition, JobView, PodView
 from synthrec.operator.planning import Context, Observed, plan
@@ -90,8 +91,17 @@ def job(
 
 
 def pod(
-    j: JobView, index: int, *, exit_code: int | None = 0, running: bool = False, **summary: Any
+    j: JobView, index: int, *, exit_code: int | None = 0, running: bool = False, **fields: Any
 ) -> PodView:
+    """A pod of ``j``; ``fields`` make its termination summary (a failure's when it exited non-zero)."""
+    summary = None
+    if fields:
+        failed = exit_code not in (0, None)
+        raw = {"stage": j.stage, "shard": index, "ok": not failed, **fields}
+        if failed:
+            raw.setdefault("error", "data" if exit_code == 42 else "retryable")
+        summary = parse_summary(json.dumps(raw))
+        assert summary is not None, raw
     return PodView(
         name=f"{j.name}-{index}-x",
         job_uid=j.uid,
@@ -100,7 +110,7 @@ def pod(
         phase="Running" if running else ("Succeeded" if exit_code == 0 else "Failed"),
         running=running,
         exit_code=None if running else exit_code,
-        summary=summary or None,
+        summary=summary,
     )
 
 
@@ -135,7 +145,7 @@ def test_a_new_dataset_starts_its_first_stage_with_a_task_configmap_and_one_job(
 
 def test_the_next_stage_starts_when_the_previous_one_completed() -> None:
     prompts = job("ds-prompts-a1", "prompts", final="Complete", completed="0")
-    observed = Observed(jobs=[prompts], pods=[pod(prompts, 0, prompts=12)])
+    observed = Observed(jobs=[prompts], pods=[pod(prompts, 0, prompts=12, classes=4, images=48)])
     actions = plan(dataset(), observed, CTX)
     assert stage_status(actions, "prompts")["state"] == "Succeeded"
     assert actions.status["artifacts"]["prompts"] == "s3://bucket/ds/prompts.jsonl"
@@ -266,7 +276,7 @@ def test_the_last_attempt_failing_within_the_budget_completes_the_stage_degraded
 
 def test_a_config_error_fails_the_dataset_and_stops_nothing_else() -> None:
     prompts = job("ds-prompts-a1", "prompts", final="Failed", reason="PodFailurePolicy")
-    failed_pod = pod(prompts, 0, exit_code=3, ok=False, error="config", message="bad model ref")
+    failed_pod = pod(prompts, 0, exit_code=3, error="config", message="bad model ref")
     actions = plan(dataset(), Observed(jobs=[prompts], pods=[failed_pod]), CTX)
     failed = condition(actions.status, "Failed")
     assert failed["reason"] == "ConfigError" and "bad model ref" in failed["message"]
@@ -409,7 +419,10 @@ def test_run_results_fold_into_status_with_the_best_run() -> None:
     first = plan(experiment(), Observed(datasets={"ds": ds_view()}), CTX)
     r0 = job("exp-r0-a1", "train", final="Complete", completed="0", run_index=0)
     r1 = job("exp-r1-a1", "train", final="Complete", completed="0", run_index=1)
-    pods = [pod(r0, 0, top1=0.6, zero_shot_top1=0.3), pod(r1, 0, top1=0.7, metrics="s3://x/m.json")]
+    pods = [
+        pod(r0, 0, run="shots0-seed1", top1=0.6, zero_shot_top1=0.3),
+        pod(r1, 0, run="shots0-seed2", top1=0.7, zero_shot_top1=0.3, metrics="s3://x/m.json"),
+    ]
     actions = plan(
         with_status(experiment(), first.status),
         Observed(jobs=[r0, r1], pods=pods, datasets={"ds": ds_view()}),
