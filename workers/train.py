@@ -182,7 +182,7 @@ class _Run:
         self.ct = ctx.task.run.classifier_tuning
         self.storage = ctx.storage
         self.layout = ExperimentLayout(ctx.storage.uri)
-        self.labels: ResolvedLabels = resolve_labels(ctx.task.labels)
+        self.labels: ResolvedLabels = resolve_labels(ctx.task.experiment.labels)
         self.timing: dict[str, float] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="synthrec-train-"))
 
@@ -201,7 +201,7 @@ class _Run:
             raise ConfigError(f"run {self.plan.name}: {self.plan.shots} shots need data.realTrain")
         if self.ct.selection == "best-validation" and data.validation is None:
             raise ConfigError("selection best-validation needs data.validation (never the test set)")
-        datasets = [pin_dataset(self.ctx, inp) for inp in self.plan.synthetic]
+        datasets = [pin_dataset(self.ctx, inp) for inp in self.task.datasets]
 
         import torch
 
@@ -573,9 +573,9 @@ class _Run:
         self, head: Any, teacher: Any, syn: FeatureSet | None, real: FeatureSet | None, val: FeatureSet | None
     ) -> tuple[Any, Any]:
         from synthrec.workers.clip import ImageDataset, image_loader
-        from synthrec.workers.tuning import CachedFeatures, EncoderFeatures, TuneConfig, tune
+        from synthrec.workers.tuning import CachedFeatures, EncoderFeatures, tune
 
-        cfg = TuneConfig.from_spec(self.ct, self.plan.lr, self.plan.seed)
+        ct = self.ct
         encoder = None
         if self.ct.trainable_scope == "head":
             source: Any = CachedFeatures(syn.features if syn else None, real.features if real else None)
@@ -602,13 +602,12 @@ class _Run:
         n_syn, n_real = (len(syn) if syn else 0), (len(real) if real else 0)
         self.ctx.progress.start(
             sum(
-                p.epochs
-                * steps_per_epoch(p.kind, n_syn, n_real, cfg.batch_size_synthetic, cfg.batch_size_real)
-                for p in plan_phases(cfg.mixing, n_syn, n_real, cfg.epochs)
+                p.epochs * steps_per_epoch(p.kind, n_syn, n_real, ct.batch_size_synthetic, ct.batch_size_real)
+                for p in plan_phases(ct.mixing, n_syn, n_real, ct.epochs)
             )
         )
         with small_kernel_threads(
-            self.device, encoder is None, head.weight.numel() * cfg.batch_size_synthetic
+            self.device, encoder is None, head.weight.numel() * ct.batch_size_synthetic
         ):
             result = tune(
                 head,
@@ -617,7 +616,8 @@ class _Run:
                 syn.features if syn else None,
                 syn.labels if syn else None,
                 real.labels if real else None,
-                cfg,
+                ct,
+                self.plan.seed,
                 validate=validate,
                 on_step=self.ctx.progress.advance,
             )
@@ -666,7 +666,7 @@ class _Run:
                 "epochs_run": len(result.epochs) if result else 0,
                 "phases": result.phases if result else [],
                 "steps": len(result.steps) if result else 0,
-                "lr": self.plan.lr,
+                "lr": self.ct.lr,
                 "schedule": {
                     "warmup_steps": ct.warmup_steps,
                     "kind": "linear warmup + cosine to 0 over the real steps",

@@ -49,5 +49,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {len(runs)} runs, up to {res.spec.execution.parallelism} at once")
             for r in runs:
                 data = ", ".join(s.dataset_ref or s.uri or "" for s in r.synthetic) or "real only"
-                print(f"  {r.name:28s} shots={r.shots:<3d} seed={r.seed:<3d} lr={r.lr:g}  synthetic: {data}")
+                lr = r.classifier_tuning.lr or 0.0
+                print(f"  {r.name:28s} shots={r.shots:<3d} seed={r.seed:<3d} lr={lr:g}  synthetic: {data}")
     return 1 if bad else 0

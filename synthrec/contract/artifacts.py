@@ -20,6 +20,7 @@ from synthrec.contract.base import DocumentError
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout, StorageLayout
 from synthrec.contract.manifest import DatasetManifest, parse_manifest
 from synthrec.contract.metrics import RunMetrics, parse_metrics
+from synthrec.plan.tasks import Run
 from synthrec.storage import ObjectNotFound, Storage, StorageError, open_storage
 
 _SHARD_MARKER = re.compile(r"^(shards|features)/gen-(\d+)\.done\.json$")
@@ -152,13 +153,28 @@ def manifest_digest(storage: Storage) -> str | None:
 
 @dataclass
 class RunState:
-    name: str
-    shots: int
-    seed: int
-    variant: str | None
+    """A run (the plan's record of it) and what its artifacts say about it."""
+
+    run: Run
     done: bool = False
     stale: bool = False  # a done.json exists, but for other inputs (e.g. a regenerated dataset)
     metrics: RunMetrics | None = None
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def shots(self) -> int:
+        return self.run.shots
+
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    @property
+    def variant(self) -> str | None:
+        return self.run.variant
 
     @property
     def top1(self) -> float | None:
@@ -199,7 +215,7 @@ def experiment_state(
     """
     runs = []
     for r in plan.experiment_runs(spec):
-        state = RunState(r.name, r.shots, r.seed, r.variant)
+        state = RunState(r)
         found = _marker_hash(storage, ExperimentLayout.run_marker(r.name))
         if found is not None:
             wanted = (run_hashes or {}).get(r.name)

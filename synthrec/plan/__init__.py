@@ -23,7 +23,7 @@ from synthrec.plan.ranges import format_ranges, parse_ranges
 from synthrec.plan.runs import (
     FEW_SHOT_LR,
     ZERO_SHOT_LR,
-    RunDef,
+    default_lr,
     experiment_hash,
     experiment_runs,
     pin_datasets,
@@ -43,12 +43,13 @@ from synthrec.plan.stages import (
     storage_target,
     wanted_shards,
 )
+from synthrec.plan.tasks import Run
 
 __all__ = [
     "FEW_SHOT_LR",
     "HASH_VERSION",
     "ZERO_SHOT_LR",
-    "RunDef",
+    "Run",
     "ShardFailure",
     "StageDef",
     "StageDone",
@@ -60,6 +61,7 @@ __all__ = [
     "dataset_hashes",
     "dataset_stages",
     "dataset_task",
+    "default_lr",
     "digest",
     "experiment_hash",
     "experiment_runs",

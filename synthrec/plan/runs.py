@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from synthrec.api import ClassifierTuning, RecognitionExperimentSpec, SyntheticSource
+from synthrec.api import ClassifierTuning, RecognitionExperimentSpec, SyntheticSource, Variant
 from synthrec.plan.stages import HASH_VERSION, digest, storage_target
-from synthrec.plan.tasks import DatasetInput, ResourceRef, RunPlan, TrainTask
+from synthrec.plan.tasks import DatasetInput, ResourceRef, Run, TrainTask
 
 ZERO_SHOT_LR = 2e-3  # paper README, zero-shot CT
 FEW_SHOT_LR = 1e-3  # paper README, few-shot CT
@@ -19,7 +17,8 @@ def run_name(shots: int, seed: int, variant: str | None) -> str:
     return f"{base}-{variant}" if variant else base
 
 
-def resolve_classifier_tuning(spec: RecognitionExperimentSpec, variant: Any | None) -> ClassifierTuning:
+def resolve_classifier_tuning(spec: RecognitionExperimentSpec, variant: Variant | None) -> ClassifierTuning:
+    """method.classifierTuning with the variant's overrides, as written (the learning rate may be unset)."""
     ct = spec.method.classifier_tuning
     if variant is not None and variant.classifier_tuning is not None:
         overrides = variant.classifier_tuning.model_dump(exclude_none=True)
@@ -27,41 +26,34 @@ def resolve_classifier_tuning(spec: RecognitionExperimentSpec, variant: Any | No
     return ct
 
 
-@dataclass(frozen=True)
-class RunDef:
-    index: int
-    name: str
-    shots: int
-    seed: int
-    variant: str | None
-    synthetic: tuple[SyntheticSource, ...]
-    classifier_tuning: ClassifierTuning
-    lr: float
+def default_lr(shots: int) -> float:
+    return ZERO_SHOT_LR if shots == 0 else FEW_SHOT_LR
 
 
-def experiment_runs(spec: RecognitionExperimentSpec) -> list[RunDef]:
-    """Expand the matrix (shots x seeds x variants) into runs, in a stable order."""
-    variants = spec.matrix.variants or [None]
+def experiment_runs(spec: RecognitionExperimentSpec) -> list[Run]:
+    """Expand the matrix (shots x seeds x variants) into runs, in a stable order, filling every default
+    once: the task carries each hyper-parameter as the optimiser will use it."""
+    variants: list[Variant | None] = list(spec.matrix.variants or [None])
     runs = []
     for shots in spec.matrix.shots:
         for seed in spec.matrix.seeds:
             for variant in variants:
                 ct = resolve_classifier_tuning(spec, variant)
+                if ct.lr is None:
+                    ct = ct.model_copy(update={"lr": default_lr(shots)})
                 synthetic = spec.data.synthetic
                 if variant is not None and variant.synthetic is not None:
                     synthetic = variant.synthetic
-                lr = ct.lr if ct.lr is not None else (ZERO_SHOT_LR if shots == 0 else FEW_SHOT_LR)
-                name = run_name(shots, seed, variant.name if variant else None)
+                name = variant.name if variant else None
                 runs.append(
-                    RunDef(
-                        len(runs),
-                        name,
-                        shots,
-                        seed,
-                        variant.name if variant else None,
-                        tuple(synthetic),
-                        ct,
-                        lr,
+                    Run(
+                        index=len(runs),
+                        name=run_name(shots, seed, name),
+                        shots=shots,
+                        seed=seed,
+                        variant=name,
+                        synthetic=list(synthetic),
+                        classifier_tuning=ct,
                     )
                 )
     return runs
@@ -73,8 +65,11 @@ def experiment_hash(spec: RecognitionExperimentSpec) -> str:
     return digest({"v": HASH_VERSION, **{k: w[k] for k in keys}})
 
 
-def run_hash(spec: RecognitionExperimentSpec, run: RunDef, inputs: list[DatasetInput]) -> str:
+def run_hash(spec: RecognitionExperimentSpec, run: Run, inputs: list[DatasetInput]) -> str:
+    """What a run's result depends on. The tuning settings are hashed as the spec writes them and the
+    learning rate as the optimiser uses it, as before the plan filled the default in, so no hash moved."""
     w = spec.wire()
+    variant = next((v for v in spec.matrix.variants or [] if v.name == run.variant), None)
     return digest(
         {
             "v": HASH_VERSION,
@@ -84,8 +79,8 @@ def run_hash(spec: RecognitionExperimentSpec, run: RunDef, inputs: list[DatasetI
             "run": {
                 "shots": run.shots,
                 "seed": run.seed,
-                "lr": run.lr,
-                "ct": run.classifier_tuning.model_dump(),
+                "lr": run.classifier_tuning.lr,
+                "ct": resolve_classifier_tuning(spec, variant).model_dump(),
             },
             "synthetic": [{"uri": i.uri, "digest": i.digest} for i in inputs],
         }
@@ -94,13 +89,13 @@ def run_hash(spec: RecognitionExperimentSpec, run: RunDef, inputs: list[DatasetI
 
 def train_task(
     spec: RecognitionExperimentSpec,
-    run: RunDef,
+    run: Run,
     inputs: list[DatasetInput],
     resource: ResourceRef,
     *,
     attempt: int = 1,
 ) -> TrainTask:
-    """The task of one run; ``inputs`` are the run's synthetic datasets resolved to URIs and digests."""
+    """The task of one run; ``inputs`` are the run's synthetic datasets pinned (pin_datasets)."""
     return TrainTask(
         resource=resource,
         output=storage_target(spec.output),
@@ -108,17 +103,8 @@ def train_task(
         attempt=attempt,
         shards=1,
         experiment=spec,
-        labels=spec.labels,
-        run=RunPlan(
-            name=run.name,
-            index=run.index,
-            shots=run.shots,
-            seed=run.seed,
-            variant=run.variant,
-            synthetic=inputs,
-            classifier_tuning=run.classifier_tuning,
-            lr=run.lr,
-        ),
+        run=run,
+        datasets=inputs,
     )
 
 
@@ -136,7 +122,7 @@ def referenced_datasets(spec: RecognitionExperimentSpec) -> list[str]:
 
 
 def pin_datasets(
-    runs: Sequence[RunDef], resolve: Callable[[SyntheticSource], DatasetInput]
+    runs: Sequence[Run], resolve: Callable[[SyntheticSource], DatasetInput]
 ) -> dict[str, list[DatasetInput]]:
     """Each run's synthetic inputs (run name -> inputs, in the run's order), every distinct source pinned
     once by ``resolve``: the operator pins from the datasets' status, the local runner from storage."""

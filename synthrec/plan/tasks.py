@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthrec.api import (
     ClassifierTuning,
-    LabelSpace,
     RecognitionExperimentSpec,
     SyntheticDatasetSpec,
+    SyntheticSource,
 )
 
 Stage = Literal["prompts", "generate", "filter", "reduce", "train"]
@@ -104,22 +104,32 @@ class DatasetInput(_Model):
     region: str | None = None
 
 
-class RunPlan(_Model):
-    name: str
+class Run(_Model):
+    """One run of a RecognitionExperiment, the one record of it: a cell of the matrix with every
+    hyper-parameter resolved where the plan is made (synthrec.plan.experiment_runs)."""
+
     index: int
+    name: str
     shots: int
     seed: int
     variant: str | None = None
-    synthetic: list[DatasetInput] = Field(default_factory=list)
-    classifier_tuning: ClassifierTuning
-    lr: float = Field(description="Resolved learning rate.")
+    synthetic: list[SyntheticSource] = Field(
+        default_factory=list, description="data.synthetic, or the variant's own list."
+    )
+    classifier_tuning: ClassifierTuning = Field(
+        description="method.classifierTuning with the variant's overrides and every default filled in (lr: "
+        "2e-3 zero-shot, 1e-3 few-shot): what the optimiser gets, as it is."
+    )
 
 
 class TrainTask(_TaskBase):
     stage: Literal["train"] = "train"
     experiment: RecognitionExperimentSpec
-    labels: LabelSpace
-    run: RunPlan
+    run: Run
+    datasets: list[DatasetInput] = Field(
+        default_factory=list,
+        description="run.synthetic pinned: each source's URI and manifest digest, in the same order.",
+    )
 
 
 Task = Annotated[

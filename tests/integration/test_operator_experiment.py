@@ -74,7 +74,8 @@ async def test_experiment_waits_for_its_dataset_then_reports_top1_per_run(k8s_op
         assert worker.most <= 2  # execution.parallelism
         # every run trains on the pinned dataset
         task = json.loads(h.created("ConfigMap", "exp-r3-a1")["data"]["task.json"])
-        assert task["run"]["synthetic"] == [
+        assert task["run"]["synthetic"] == [{"dataset_ref": "ds", "uri": None}]
+        assert task["datasets"] == [
             {"name": "ds", "uri": "s3://bucket/ds/", "digest": DIGEST, "endpoint": None, "region": None}
         ]
         assert (task["run"]["shots"], task["run"]["seed"]) == (1, 2)

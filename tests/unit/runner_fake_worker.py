@@ -71,7 +71,7 @@ def fake_stage(ctx: StageContext) -> Summary:
     action = _action(ctx.stage, ctx.shard)
     extra: dict[str, Any] = {}
     if ctx.stage == "train":
-        extra["synthetic"] = [i.model_dump() for i in ctx.task.run.synthetic]
+        extra["synthetic"] = [i.model_dump() for i in ctx.task.datasets]
         extra["run"] = ctx.task.run.name
     _record(ctx, action, **extra)
     if action == "retry":

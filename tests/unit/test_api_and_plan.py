@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -166,9 +167,10 @@ def test_matrix_expands_into_runs_with_resolved_learning_rates() -> None:
         0,
         1,
         "ct-init",
-        (),
+        [],
     )
-    assert first.lr == plan.ZERO_SHOT_LR and runs[-1].lr == plan.FEW_SHOT_LR
+    lrs = (first.classifier_tuning.lr, runs[-1].classifier_tuning.lr)
+    assert lrs == (plan.ZERO_SHOT_LR, plan.FEW_SHOT_LR)
     fast = [r for r in runs if r.variant == "fast"]
     assert all(r.classifier_tuning.epochs == 3 and r.synthetic[0].dataset_ref == "ds" for r in fast)
     assert len({r.name for r in runs}) == 8
@@ -202,6 +204,40 @@ def test_train_task_carries_the_run(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
     path.write_text(dump_task(task))
     assert load_task(path).run.shots == 4
+
+
+def test_defaults_are_filled_once_when_the_plan_is_made_and_the_task_carries_one_learning_rate() -> None:
+    spec = experiment_spec(
+        matrix={
+            "shots": [0, 4],
+            "seeds": [1],
+            "variants": [{"name": "a"}, {"name": "b", "classifierTuning": {"lr": 0.01}}],
+        }
+    )
+    assert spec.method.classifier_tuning.lr is None  # the spec says nothing: the paper's default applies
+    runs = {r.name: r for r in plan.experiment_runs(spec)}
+    assert runs["shots0-seed1-a"].classifier_tuning.lr == plan.ZERO_SHOT_LR
+    assert runs["shots4-seed1-a"].classifier_tuning.lr == plan.FEW_SHOT_LR
+    assert runs["shots4-seed1-b"].classifier_tuning.lr == 0.01  # the variant's own value wins
+    from synthrec.plan.tasks import DatasetInput
+
+    inputs = [DatasetInput(name="ds", uri="s3://bkt/ds/", digest="abc")]
+    task = plan.train_task(
+        spec, runs["shots4-seed1-a"], inputs, ResourceRef(kind="RecognitionExperiment", name="e")
+    )
+    document = json.loads(dump_task(task))
+    assert document["experiment"] == json.loads(spec.model_dump_json())  # the spec as written, for spec.json
+    del document["experiment"]
+    rates = re.findall(r'"lr": ([^,}]+)', json.dumps(document))
+    assert rates == ["0.001"]  # one learning rate besides the spec: the one the optimiser gets
+    # filling the default in the plan moved no hash: outputs of earlier versions stay valid
+    hashes = {name: plan.run_hash(spec, run, inputs) for name, run in runs.items()}
+    assert hashes == {
+        "shots0-seed1-a": "0180663045878e2731b5d0a5db2b6befe5ffb0672c4e608a2d6fdf3cc6a09037",
+        "shots0-seed1-b": "3a0e865a86ad81c968e86e9e766a405d7a1b81edcc8e158600526a3d903ea193",
+        "shots4-seed1-a": "ea34514b4fa63f448cc7f12593edadd42adfd35db85c3a048a37841be3262790",
+        "shots4-seed1-b": "a337e492851f6ec66c512f5c7def6c5e3c4bb55f45408e7e688525e7882f57d1",
+    }
 
 
 def test_bad_task_files_name_the_path(tmp_path: Path) -> None:

@@ -401,8 +401,8 @@ def test_an_experiment_pins_the_dataset_digest_and_bounds_parallel_runs() -> Non
     actions = plan(experiment(), Observed(datasets={"ds": ds_view()}), CTX)
     assert actions.status["datasets"] == [{"name": "ds", "uri": "s3://bucket/ds/", "digest": DIGEST}]
     assert [c.name for c in actions.create] == ["exp-r0-a1", "exp-r1-a1"]  # execution.parallelism = 2
-    run = json.loads(actions.create[0].configmap["data"]["task.json"])["run"]
-    assert run["synthetic"][0]["digest"] == DIGEST
+    task = json.loads(actions.create[0].configmap["data"]["task.json"])
+    assert task["run"]["name"] == "shots0-seed1" and task["datasets"][0]["digest"] == DIGEST
     assert [r["state"] for r in actions.status["results"]] == ["Running", "Running", "Pending", "Pending"]
     labels = actions.create[0].job["metadata"]["labels"]
     assert labels["synthrec.io/run"] == "shots0-seed1" and labels["synthrec.io/stage"] == "train"
