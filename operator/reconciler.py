@@ -14,6 +14,7 @@ blocks ``kubectl delete`` whenever the operator is down. Here the only finalizer
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
 import json
@@ -79,6 +80,8 @@ class Reconciler:
         self.datasets: Mapping[Any, Iterable[DatasetView]] | None = None
         self.last_watch_event = time.time()
         self.reconcile_durations: list[float] = []  # seconds, for benchmarks (bounded)
+        # Passes per resource, ended (planned and applied, or failed): what tests and benchmarks wait on.
+        self.passes: collections.Counter[OwnerKey] = collections.Counter()
         self._semaphore: asyncio.Semaphore | None = None
         self._stopped = False
 
@@ -216,6 +219,7 @@ class Reconciler:
                 self.metrics.reconcile_seconds.labels(kind).observe(elapsed)
                 if len(self.reconcile_durations) < 100_000:
                     self.reconcile_durations.append(elapsed)
+                self.passes[key] += 1
         state.failures, state.last_error = 0, ""
         self.metrics.reconciles.labels(kind, "ok").inc()
         return delay

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart import K8S_VERSION, env_of, of_kind, one, render_chart
+from tests.harness.chart import K8S_VERSION, env_of, of_kind, one, render_chart
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

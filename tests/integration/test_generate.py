@@ -212,7 +212,6 @@ def test_a_finished_shard_reruns_as_a_noop_without_importing_torch(
     task = write_task(basic_dataset["spec"], "generate", tmp_path)
     tar = basic_dataset["out"] / "shards" / "gen-00001.tar"
     before = tar.stat().st_mtime_ns, tar.read_bytes()
-    started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", BLOCK_HEAVY, "generate", "--task", str(task), "--shard", "1"],
         env=worker_env(tmp_path),
@@ -220,14 +219,9 @@ def test_a_finished_shard_reruns_as_a_noop_without_importing_torch(
         text=True,
         timeout=60,
     )
-    wall = time.perf_counter() - started
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr  # torch/diffusers/numpy cannot be imported: no model loaded
     summary = parse_summary((tmp_path / "subprocess-termination-log").read_text())
     assert summary.skipped is True and summary.images == 12
-    # torch/diffusers/numpy cannot be imported here, so no model was loaded; the bounds are loose because
-    # CI machines are shared (a model load on these 2 cores alone takes longer than both)
-    assert summary.seconds < 5  # the stage itself, measured by run_stage
-    assert wall < 30  # the whole interpreter
     assert (tar.stat().st_mtime_ns, tar.read_bytes()) == before
 
 

@@ -16,7 +16,7 @@ from synthrec.plan.tasks import DatasetInput, ResourceRef, dump_task
 from synthrec.storage import open_storage
 from synthrec.workers import train as train_stage
 from synthrec.workers.runtime import run_stage
-from tests.integration.test_filter_reduce import make_dataset, run_worker
+from tests.harness.stages import make_dataset, run_worker
 
 
 def experiment(

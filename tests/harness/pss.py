@@ -7,7 +7,7 @@ every container has readOnlyRootFilesystem: true, and the paths it must write to
 
 Use it on anything that carries a pod template:
 
-    from tests.pss import pod_security_violations, assert_restricted
+    from tests.harness.pss import pod_security_violations, assert_restricted
     assert_restricted(job_manifest, writable=("/tmp", "/cache", "/dev/shm"))   # raises with every violation
 
 ``pod_security_violations(obj)`` returns the violations as strings (empty when compliant) for objects of

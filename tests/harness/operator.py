@@ -1,8 +1,8 @@
 """The harness of the operator tests: the synthrec operator in-process (Kopf) against the RealisticEmulator,
 with the FakeKubelet running every Job the operator creates, and helpers to write resources and wait.
 
-Imported by tests/integration/test_operator_*.py, tests/e2e/test_operator_e2e.py and bench/operator_scale.py;
-the probes at the bottom check the harness itself.
+Used by tests/integration/test_operator_*.py, tests/e2e/test_operator_e2e.py and bench/operator_scale.py;
+its fixture (``k8s_op``) is registered through the tests.harness plugin.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from synthrec.operator.observed import ANNOTATION_SHARDS
 from synthrec.operator.reconciler import Reconciler
 from synthrec.operator.settings import OperatorConfig
 from synthrec.plan import parse_ranges
-from tests.fixtures.k8s import running_operator, serving, wait_for
+from tests.harness.k8s import running_operator, serving, wait_for
 from tests.k8s.emulator import ApiCall, RealisticEmulator, _rbac_verb
 from tests.k8s.kubelet import FakeKubelet
 from tests.k8s.runners import Runner
@@ -223,6 +223,19 @@ def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
             target[key] = value
 
 
+class ManualClock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass
 class Harness:
     k8s: RealisticEmulator
@@ -275,6 +288,16 @@ class Harness:
 
         return await wait_for(reached, timeout, message=f"{name} condition {ctype}={status}")
 
+    async def settle(self, resource: str, name: str, passes: int = 3) -> None:
+        """Wait until the operator has reconciled the resource ``passes`` more times, each pass seeing
+        everything that happened before: what has not happened by then is not going to."""
+        kind = "SyntheticDataset" if resource == DATASETS else "RecognitionExperiment"
+        key = (NS, kind, name)
+        target = self.reconciler.passes[key] + passes
+        await wait_for(
+            lambda: self.reconciler.passes[key] >= target, 20, message=f"{passes} reconcile passes of {name}"
+        )
+
     def events(self, name: str) -> list[dict[str, Any]]:
         return [
             e
@@ -307,8 +330,12 @@ async def operator_harness(
     *,
     kubelet_options: dict[str, Any] | None = None,
     start_operator: bool = True,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Harness]:
-    """CRDs declared, a FakeKubelet with ``runner`` and the operator running; yields a Harness."""
+    """CRDs declared, a FakeKubelet with ``runner`` and the operator running; yields a Harness.
+
+    ``clock`` is the operator's monotonic clock (status throttling, pacing): a ManualClock makes time a
+    thing the test moves."""
     declare_crds(k8s)
     async with FakeKubelet(
         k8s.url, runner, workdir=workdir / "kubelet", **(kubelet_options or {})
@@ -316,22 +343,23 @@ async def operator_harness(
         if not start_operator:
             yield Harness(k8s, kubelet, Reconciler(config))
             return
-        async with running_reconciler(config) as reconciler:
+        async with running_reconciler(config, clock) as reconciler:
             yield Harness(k8s, kubelet, reconciler)
         kubelet.check()
 
 
 @contextlib.asynccontextmanager
-async def running_reconciler(config: OperatorConfig = FAST) -> AsyncIterator[Reconciler]:
+async def running_reconciler(
+    config: OperatorConfig = FAST, clock: Callable[[], float] = time.monotonic
+) -> AsyncIterator[Reconciler]:
     """The synthrec operator (all its Kopf handlers) running in this loop until the block ends."""
     from synthrec.operator.handlers import post_event, register
 
     holder: list[Reconciler] = []
 
     def setup(registry: Any) -> None:
-        holder.append(
-            register(registry, config, login=False, reconciler=Reconciler(config, post_event=post_event))
-        )
+        reconciler = Reconciler(config, post_event=post_event, clock=clock)
+        holder.append(register(registry, config, login=False, reconciler=reconciler))
 
     async with running_operator(setup):
         yield holder[0]
