@@ -1,4 +1,4 @@
-"""synthrec crds: (re)generate the CustomResourceDefinitions from synthrec/api.py."""
+"""synthrec crds: (re)generate the CustomResourceDefinitions from synthrec/api/."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def register(subparsers: object) -> None:
         subparsers,
         "crds",
         help="generate the CRDs from the API models",
-        description="Write the CustomResourceDefinitions generated from synthrec/api.py. Nobody edits "
+        description="Write the CustomResourceDefinitions generated from synthrec/api/. Nobody edits "
         "crds/ by hand; --check fails when the files differ from what the models generate.",
         examples=[
             "synthrec crds --out crds/",
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         extra = sorted(p.name for p in out.glob("*.yaml") if p.name not in crds) if out.is_dir() else []
         for name in stale:
             print(
-                f"{out / name}: differs from synthrec/api.py; run 'synthrec crds --out {out}'",
+                f"{out / name}: differs from synthrec/api/; run 'synthrec crds --out {out}'",
                 file=sys.stderr,
             )
         for name in extra:

@@ -16,7 +16,7 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _HF_REVISION = re.compile(r"^[A-Za-z0-9_.\-/]{1,200}$")
 
-# Built-in tiny random-weight models and a tiny drawn dataset (synthrec/tiny.py), built offline on first
+# Built-in tiny random-weight models and a tiny drawn dataset (synthrec/tiny/), built offline on first
 # use: tiny://sd, tiny://clip, tiny://t5 as models and tiny://real/train, tiny://real/test as real data.
 # They make the quickstart run anywhere (a laptop, a cluster without a model hub); accuracy is meaningless.
 TINY_MODELS = ("sd", "clip", "t5")
