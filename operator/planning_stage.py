@@ -141,19 +141,21 @@ class StagePass:
 
     @staticmethod
     def _failures(current: JobView | None, pods: list[PodView]) -> dict[int, ShardFailure]:
-        """The failed shards of a finished attempt; one whose last pod had a data error is not retryable."""
+        """The failed shards of a finished attempt. A data error ends its index at once (podFailurePolicy
+        FailIndex), so a shard with a pod that exited with one is not worth another attempt either."""
         if current is None or not current.finished:
             return {}
-        last: dict[int, PodView] = {}
+        failed: dict[int, list[PodView]] = {}
         for pod in pods:
             if pod.index is not None and pod.exit_code not in (None, 0):
-                last[current.shard_of(pod.index)] = pod
+                failed.setdefault(current.shard_of(pod.index), []).append(pod)
         failures = {}
         for shard in current.failed_shards():
-            pod = last.get(shard)
+            shard_pods = failed.get(shard, [])
+            data_errors = [pod for pod in shard_pods if pod.exit_code == contract.EXIT_DATA_ERROR]
             failures[shard] = ShardFailure(
-                retryable=pod is None or pod.exit_code != contract.EXIT_DATA_ERROR,
-                message=failed_pod_message([pod]) if pod is not None else "",
+                retryable=not data_errors,
+                message=failed_pod_message(data_errors or shard_pods),
             )
         return failures
 

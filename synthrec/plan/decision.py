@@ -4,7 +4,7 @@ A dataset stage runs in attempts. Attempt 1 runs every shard the stage wants; wh
 shards lacking a commit, the next attempt runs only those, up to ``sharding.maxAttempts``. Retries of a
 shard inside an attempt (``retriesPerShard``) are the executor's business (the Job's backoffLimitPerIndex,
 the local worker pool). A shard that failed with a data error is not worth another attempt; a stage whose
-last attempt leaves more failed shards than its budget fails.
+last attempt leaves more failed shards than its budget fails (at once, when data errors alone exceed it).
 
 The operator observes Jobs (completedIndexes, failed pods, Job conditions) and the local runner observes
 commit markers and worker processes; both describe what they saw as a :class:`StageObservation` and ask
@@ -111,8 +111,9 @@ def next_step(observed: StageObservation, policy: StagePolicy) -> Step:
         return StartAttempt(max(1, observed.attempt), frozenset(missing))
     # Shards of a finished attempt without a commit failed, also those it never ran (the attempt was
     # stopped once its failures passed the budget); those without a data error are worth another attempt.
-    worth_retrying = any(observed.failed.get(s, ShardFailure()).retryable for s in missing)
-    if worth_retrying and observed.attempt < policy.max_attempts:
+    # Data errors fail the same way every time: more of them than the budget allows fail the stage now.
+    lost = frozenset(s for s in missing if not observed.failed.get(s, ShardFailure()).retryable)
+    if len(lost) < len(missing) and len(lost) <= policy.max_failed and observed.attempt < policy.max_attempts:
         return StartAttempt(observed.attempt + 1, frozenset(missing), retry=True)
     if len(missing) <= policy.max_failed:
         return StageDone(frozenset(missing), observed.attempt)

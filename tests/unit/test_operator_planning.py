@@ -274,6 +274,41 @@ def test_the_last_attempt_failing_within_the_budget_completes_the_stage_degraded
     assert condition(actions.status, "Degraded")["reason"] == "ShardsFailed"
 
 
+def _data_error_attempt() -> tuple[JobView, list[PodView], dict[str, Any]]:
+    """Attempt 1 of generate: shards 0, 2, 3 committed, shard 1's input is bad (exit 42, FailIndex)."""
+    gen = job(
+        "ds-generate-a1",
+        "generate",
+        completions=4,
+        completed="0,2-3",
+        failed="1",
+        final="Failed",
+        reason="FailedIndexes",
+    )
+    pods = [pod(gen, i, images=10) for i in (0, 2, 3)]
+    pods.append(pod(gen, 1, exit_code=42, message="real image 7 of class 2 is corrupt"))
+    persisted = {"stages": {"prompts": {"state": "Succeeded", "attempt": 1}, "generate": {"attempt": 1}}}
+    return gen, pods, persisted
+
+
+def test_a_data_error_within_the_budget_is_tolerated_without_another_attempt() -> None:
+    gen, pods, persisted = _data_error_attempt()
+    spec = dataset(sharding={"shards": 4, "maxAttempts": 3, "maxFailedShards": 1})
+    actions = plan(with_status(spec, persisted), Observed(jobs=[gen], pods=pods), CTX)
+    generate = stage_status(actions, "generate")
+    assert generate["state"] == "Succeeded" and generate["shards"]["failedIndexes"] == "1"
+    assert [c.name for c in actions.create] == ["ds-filter-a1"]  # no ds-generate-a2: it would fail again
+
+
+def test_a_data_error_beyond_the_budget_fails_at_once() -> None:
+    gen, pods, persisted = _data_error_attempt()
+    spec = dataset(sharding={"shards": 4, "maxAttempts": 3, "maxFailedShards": 0})
+    actions = plan(with_status(spec, persisted), Observed(jobs=[gen], pods=pods), CTX)
+    failed = condition(actions.status, "Failed")
+    assert failed["reason"] == "MaxFailedShardsExceeded" and "after 1 attempt(s)" in failed["message"]
+    assert "real image 7 of class 2 is corrupt" in failed["message"] and not actions.create
+
+
 def test_a_config_error_fails_the_dataset_and_stops_nothing_else() -> None:
     prompts = job("ds-prompts-a1", "prompts", final="Failed", reason="PodFailurePolicy")
     failed_pod = pod(prompts, 0, exit_code=3, error="config", message="bad model ref")

@@ -247,6 +247,15 @@ def test_a_data_error_fails_the_shard_without_retrying(h: Harness) -> None:
     assert "generate shard 2 failed (data error, not retried): fake bad input in shard 2" in ui.text
 
 
+def test_a_data_error_beyond_the_budget_is_not_worth_another_attempt(h: Harness) -> None:
+    h.write_file(text=FILE.replace("maxAttempts: 1", "maxAttempts: 3"))
+    h.behave(generate_2=["data"])
+    code, ui = h.run(parallel=1, only=DATASET)  # one at a time: shards 0 and 1 commit first
+    assert code == 1
+    assert shards_of(h.calls(), "generate") == [0, 1, 2]  # shard 2 neither retried nor in an attempt 2
+    assert "cats generate: 1 shard(s) (2) failed after 1 attempt(s)" in ui.text
+
+
 def test_data_errors_within_max_failed_shards_are_tolerated_and_later_stages_skip_those_shards(
     h: Harness,
 ) -> None:

@@ -64,7 +64,7 @@ CASES = [
     (
         "shards the attempt never ran (stopped at its budget) are retried like failed ones",
         seen(attempt=1, finished=True, committed=frozenset({0}), failed={1: DATA_ERROR}),
-        policy(),
+        policy(max_failed=1),
         StartAttempt(2, frozenset({1, 2, 3}), retry=True),
     ),
     (
@@ -88,6 +88,18 @@ CASES = [
             "1 shard(s) (2) failed after 1 attempt(s) of 3 tries each; sharding.maxFailedShards allows 0; "
             "first error: corrupt real image",
             frozenset({2}),
+            1,
+        ),
+    ),
+    (
+        "data errors beyond the budget fail at once, even beside shards worth another attempt",
+        seen(attempt=1, finished=True, committed=frozenset({0}), failed={1: DATA_ERROR, 2: CRASH}),
+        policy(max_failed=0),
+        StageFailed(
+            "MaxFailedShardsExceeded",
+            "3 shard(s) (1-3) failed after 1 attempt(s) of 3 tries each; sharding.maxFailedShards allows 0; "
+            "first error: corrupt real image",
+            frozenset({1, 2, 3}),
             1,
         ),
     ),
