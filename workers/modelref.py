@@ -39,7 +39,7 @@ from synthrec.storage import (
     sha256_file,
 )
 from synthrec.storage.uris import ModelRef, URIError, parse_model_ref
-from synthrec.tiny.layout import BUILDER_VERSION, TinyModels, default_tiny_dir
+from synthrec.tiny.layout import BUILDER_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,11 @@ def resolve_model(
         return ResolvedModel(parsed, None, None, parsed.location)
     if parsed.kind == "file":
         return ResolvedModel(parsed, _local_folder(ref, Path(parsed.location)), None, None)
-    if parsed.kind == "tiny":  # built once by the worker runtime before the stage (prepare_tiny)
-        models = TinyModels.at(default_tiny_dir())
-        if not models.is_built():
-            raise ModelRefError(
-                f"model {ref!r}: the tiny models are not built in {models.root}; build them with "
-                "`synthrec tiny-models` (a worker builds them before a task that uses tiny://)"
-            )
-        return ResolvedModel(parsed, getattr(models, parsed.location), f"tiny-v{BUILDER_VERSION}", None)
+    if parsed.kind == "tiny":  # random weights, built offline by the worker runtime on first use
+        from synthrec.workers.runtime import tiny_models
+
+        path = getattr(tiny_models(), parsed.location)
+        return ResolvedModel(parsed, path, f"tiny-v{BUILDER_VERSION}", None)
     if parsed.kind == "hf":
         path, revision = _snapshot(ref, parsed, Path(cache_dir) / "hf" if cache_dir else None)
         return ResolvedModel(parsed, path, revision, None)

@@ -25,7 +25,7 @@ from synthrec import contract
 from synthrec.contract.summaries import FailureSummary, Summary, summary_line
 from synthrec.plan.tasks import load_task
 from synthrec.storage import Storage, StorageConflict, StorageError, TransientStorageError, open_storage
-from synthrec.tiny import ensure_tiny_models, references_tiny, resolve_uri
+from synthrec.tiny import TINY_SCHEME, TinyModels, build_tiny_models, default_tiny_dir, resolve_uri
 
 log = logging.getLogger("synthrec.workers")
 
@@ -124,15 +124,22 @@ class StageContext:
 
 
 def open_location(uri: str, *, endpoint: str | None = None, region: str | None = None) -> Storage:
-    """Open a folder a task reads; ``tiny://real/...`` is the built demo data (see ``prepare_tiny``)."""
-    return open_storage(resolve_uri(uri), endpoint=endpoint, region=region)
+    """Open a folder a task reads; ``tiny://real/...`` is the built demo data (see ``tiny_models``)."""
+    if uri.startswith(TINY_SCHEME):
+        uri = resolve_uri(uri, tiny_models().root)
+    return open_storage(uri, endpoint=endpoint, region=region)
 
 
-def prepare_tiny(task: Any) -> None:
-    """Build the tiny models once, before a task that references tiny:// (random weights, offline); the
-    stage then resolves tiny:// to their file:// folders without side effects."""
-    if references_tiny(task):
-        ensure_tiny_models()
+_TINY_BUILT: dict[Path, TinyModels] = {}
+
+
+def tiny_models() -> TinyModels:
+    """The tiny models (random weights) behind tiny:// references: the one place a worker resolves them,
+    built offline on first use, once per process and folder; tiny:// then maps to their file:// folders."""
+    root = default_tiny_dir()
+    if root not in _TINY_BUILT:
+        _TINY_BUILT[root] = build_tiny_models(root)
+    return _TINY_BUILT[root]
 
 
 def select_device() -> str:
@@ -223,7 +230,6 @@ def run_stage(stage: str, fn: Callable[[StageContext], Summary], task_path: str,
             shard_id = resolve_shard(task, shard)
         except (IndexError, ValueError) as exc:
             raise ConfigError(f"cannot pick a shard: {exc}") from None
-        prepare_tiny(task)
         storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
         progress_path = os.environ.get(contract.ENV_PROGRESS_FILE)
         progress = Progress(stage, shard_id, path=Path(progress_path) if progress_path else None)

@@ -1,5 +1,5 @@
-"""tiny:// references name the built-in tiny models and data: a worker builds them once before a task that
-uses them, and tiny:// then resolves to their file:// folders without side effects."""
+"""tiny:// references name the built-in tiny models and data: the worker runtime builds them on first use,
+once, and resolves tiny:// to their file:// folders; storage itself knows nothing about them."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from synthrec.plan.tasks import ResourceRef
 from synthrec.storage import StorageError, open_storage
 from synthrec.tiny import TinyModels, references_tiny, resolve_uri
-from synthrec.workers.modelref import ModelRefError, resolve_model
-from synthrec.workers.runtime import open_location, prepare_tiny
+from synthrec.workers.modelref import resolve_model
+from synthrec.workers.runtime import open_location
 
 
 @pytest.fixture
@@ -45,29 +44,22 @@ def test_storage_has_no_tiny_side_effect(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("SYNTHREC_TINY_MODELS", str(tmp_path / "tiny"))
     with pytest.raises(StorageError, match="tiny:// is the built-in demo data"):
         open_storage("tiny://real/train")
-    with pytest.raises(ModelRefError, match="not built"):
-        resolve_model("tiny://clip")
     assert not (tmp_path / "tiny").exists()
 
 
-def test_a_worker_builds_the_tiny_models_once_before_a_task_that_uses_them(
+def test_a_worker_builds_the_tiny_models_on_first_use_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from synthrec import api, plan
-
     monkeypatch.delenv("SYNTHREC_TINY_MODELS", raising=False)
     monkeypatch.setenv("SYNTHREC_CACHE", str(tmp_path))
-    spec = api.SyntheticDatasetSpec.model_validate(
-        {
-            "labels": {"preset": "tiny"},
-            "generator": {"model": "tiny://sd"},
-            "output": {"uri": (tmp_path / "out").as_uri() + "/"},
-        }
-    )
-    task = plan.dataset_task(spec, "generate", ResourceRef(kind="SyntheticDataset", name="ds"))
-    assert references_tiny(task)
-    prepare_tiny(task)
+    spec = {"generator": {"model": "tiny://sd"}, "data": {"test": {"uri": "tiny://real/test"}}}
+    assert references_tiny(spec) and not (tmp_path / "tiny-models").exists()  # a reference builds nothing
+    storage = open_location("tiny://real/test")
     assert TinyModels.at(tmp_path / "tiny-models").is_built()
+    assert storage.uri == (tmp_path / "tiny-models" / "real" / "test").as_uri() + "/"
+    manifest = tmp_path / "tiny-models" / "tiny-models.json"
+    built = manifest.stat().st_mtime_ns
     resolved = resolve_model("tiny://clip")
     assert resolved.path == tmp_path / "tiny-models" / "clip"
     assert (resolved.path / "open_clip_config.json").is_file()
+    assert manifest.stat().st_mtime_ns == built  # once
