@@ -34,7 +34,7 @@ from synthrec.operator.observed import (
     WORKER_CONTAINER,
 )
 from synthrec.plan import format_ranges
-from synthrec.tasks import dump_task
+from synthrec.plan.tasks import dump_task
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TASK_VOLUME = "task"

@@ -6,7 +6,7 @@ what a resource's status says; this module holds the pieces that are the same fo
 - what the pods are doing (Running only when a pod really runs; Queued with the scheduler's message while
   pods are Pending, unschedulable, pulling images or waiting for Kueue quota);
 - conditions with ``observedGeneration``, and the phase with Ready/Reconciling/Stalled via
-  ``synthrec.conditions.derive``;
+  ``synthrec.api.conditions.derive``;
 - which condition transitions deserve a Kubernetes Event;
 - when a status patch is due (only on change, at most every ``interval`` seconds per resource).
 """
@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from synthrec import conditions as cond
+from synthrec.api import conditions as cond
 from synthrec.operator.observed import JobView, PodView
 
 # Waiting reasons of a container that mean "this will not fix itself quickly".
@@ -183,33 +183,6 @@ def comparable(status: dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(progress, dict):
         progress.pop("lastUpdateTime", None)
     return out
-
-
-def summary_int(summary: dict[str, Any] | None, *keys: str) -> int | None:
-    """The first integer among ``keys`` of a worker's termination summary."""
-    for key in keys:
-        value = (summary or {}).get(key)
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            return int(value)
-    return None
-
-
-def summary_float(summary: dict[str, Any] | None, *keys: str) -> float | None:
-    for key in keys:
-        value = (summary or {}).get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-def summary_str(summary: dict[str, Any] | None, *keys: str) -> str | None:
-    for key in keys:
-        value = (summary or {}).get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 class StatusThrottle:

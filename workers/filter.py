@@ -21,29 +21,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthrec.labels import resolve_labels
-from synthrec.layout import DatasetLayout
-from synthrec.storage import StorageConflict, commit_file, read_marker
+from synthrec.api.labels import resolve_labels
+from synthrec.contract.layout import DatasetLayout
+from synthrec.contract.summaries import FilterSummary
+from synthrec.storage import commit_file, existing_commit
 from synthrec.workers.runtime import DataError, StageContext, select_device
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> FilterSummary:
     task = ctx.task
     shard = ctx.shard
     storage = ctx.storage
     filter_hash = task.hashes["filter"]
     features_key, marker_key = DatasetLayout.features(shard), DatasetLayout.features_marker(shard)
 
-    done = read_marker(storage, marker_key)
+    done = existing_commit(storage, marker_key, filter_hash, what=storage.url(features_key))
     if done is not None:
-        if done["spec_hash"] != filter_hash:
-            raise StorageConflict(
-                f"{storage.url(features_key)} is committed by spec hash {done['spec_hash']}, not this spec's "
-                f"filter hash {filter_hash}; use a new output URI or delete the old features"
-            )
-        return _summary(shard, done, storage.url(features_key), skipped=True)
+        return _summary(done, storage.url(features_key), skipped=True)
     if not task.dataset.filter.enabled:
-        return {"shard": shard, "skipped": True, "reason": "filter disabled"}
+        return FilterSummary(skipped=True, reason="filter disabled")
 
     started = time.monotonic()
     gen_marker = _generate_marker(ctx)
@@ -76,7 +72,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             generate_sha256=gen_marker.get("sha256"),
             seconds={"total": round(time.monotonic() - started, 3), "download": round(t_io, 3), **timing},
         )
-    return _summary(shard, marker, storage.url(features_key), skipped=False)
+    return _summary(marker, storage.url(features_key), skipped=False)
 
 
 def _generate_marker(ctx: StageContext) -> dict[str, Any]:
@@ -85,14 +81,8 @@ def _generate_marker(ctx: StageContext) -> dict[str, Any]:
     return generate_marker(ctx.storage, ctx.shard, ctx.task.hashes["generate"])
 
 
-def _summary(shard: int, marker: dict[str, Any], uri: str, *, skipped: bool) -> dict[str, Any]:
-    return {
-        "shard": shard,
-        "images": marker.get("images"),
-        "corrupt": marker.get("corrupt"),
-        "features": uri,
-        "skipped": skipped,
-    }
+def _summary(marker: dict[str, Any], uri: str, *, skipped: bool) -> FilterSummary:
+    return FilterSummary(images=marker["images"], corrupt=marker["corrupt"], features=uri, skipped=skipped)
 
 
 def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[dict, dict, dict, dict]:

@@ -26,15 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthrec.layout import DatasetLayout
-from synthrec.storage import ObjectNotFound, StorageConflict, commit_file, read_marker
+from synthrec.contract.layout import DatasetLayout
+from synthrec.contract.summaries import GenerateSummary
+from synthrec.storage import ObjectNotFound, commit_file, existing_commit, read_marker
 from synthrec.workers.runtime import ConfigError, DataError, StageContext
 from synthrec.workers.workitems import PromptRow, WorkItem, parse_rows, per_class_counts, shard_items
 
 log = logging.getLogger("synthrec.workers.generate")
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> GenerateSummary:
     started = time.perf_counter()
     task = ctx.task
     layout = DatasetLayout(task.output.uri)
@@ -42,24 +43,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     shard = ctx.shard
     if not 0 <= shard < task.shards:
         raise ConfigError(f"shard {shard} is outside 0..{task.shards - 1} of this generate stage")
-    done = read_marker(ctx.storage, layout.shard_marker(shard))
+    tar = ctx.storage.url(layout.shard(shard))
+    done = existing_commit(ctx.storage, layout.shard_marker(shard), stage_hash, what=tar)
     if done is not None:  # checked before anything heavy is imported
-        if done["spec_hash"] != stage_hash:
-            raise StorageConflict(
-                f"{ctx.storage.url(layout.shard(shard))} was committed by another spec (generate hash "
-                f"{done['spec_hash']}, this spec {stage_hash}); nothing was overwritten. Use a new output "
-                "URI for a changed spec, or delete the old output to redo it"
-            )
         log.info("shard %d already committed for this spec; nothing to do", shard)
-        return {
-            "images": done.get("count"),
-            "shard": shard,
-            "tar": ctx.storage.url(layout.shard(shard)),
-            "sha256": done.get("sha256"),
-            "skipped": True,
-            "seconds_model": 0.0,
-            "seconds_total": round(time.perf_counter() - started, 3),
-        }
+        return GenerateSummary(
+            images=done["count"],
+            tar=tar,
+            sha256=done.get("sha256"),
+            skipped=True,
+            seconds_total=round(time.perf_counter() - started, 3),
+        )
 
     spec = task.dataset
     rows = load_prompts(ctx, layout)
@@ -136,7 +130,7 @@ class ShardGenerator:
         self.seconds_model = 0.0
         self.real_sources: dict[int, str] = {}  # item index -> real shot URI, set before the batch is queued
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> GenerateSummary:
         if self.rg is not None and self.items:
             self.shots = RealShots.sample(self.ctx, self.spec)
         load_started = time.perf_counter()
@@ -171,26 +165,24 @@ class ShardGenerator:
             seconds_upload = time.perf_counter() - upload_started
         total = time.perf_counter() - self.started
         n = len(self.items)
-        return {
-            "images": n,
-            "shard": self.ctx.shard,
-            "tar": self.ctx.storage.url(self.layout.shard(self.ctx.shard)),
-            "sha256": marker["sha256"],
-            "size": marker["size"],
-            "skipped": False,
-            "device": self.pipes.device if self.pipes else None,
-            "dtype": self.pipes.dtype if self.pipes else None,
-            "batch_size": self.gen.batch_size,
-            "seconds_load": round(seconds_load, 3),
-            "seconds_model": round(self.seconds_model, 3),
-            "seconds_generate": round(seconds_generate, 3),
-            "seconds_upload": round(seconds_upload, 3),
-            "seconds_total": round(total, 3),
-            "seconds_writer_wait": round(writer_stats["waiting"], 3),
-            "model_busy": round(self.seconds_model / seconds_generate, 4) if n and seconds_generate else None,
-            "images_per_s": round(n / seconds_generate, 3) if n and seconds_generate else None,
-            "real_skipped": self.shots.skipped if self.shots else 0,
-        }
+        return GenerateSummary(
+            images=n,
+            tar=self.ctx.storage.url(self.layout.shard(self.ctx.shard)),
+            sha256=marker["sha256"],
+            size=marker["size"],
+            device=self.pipes.device if self.pipes else None,
+            dtype=self.pipes.dtype if self.pipes else None,
+            batch_size=self.gen.batch_size,
+            seconds_load=round(seconds_load, 3),
+            seconds_model=round(self.seconds_model, 3),
+            seconds_generate=round(seconds_generate, 3),
+            seconds_upload=round(seconds_upload, 3),
+            seconds_total=round(total, 3),
+            seconds_writer_wait=round(writer_stats["waiting"], 3),
+            model_busy=round(self.seconds_model / seconds_generate, 4) if n and seconds_generate else None,
+            images_per_s=round(n / seconds_generate, 3) if n and seconds_generate else None,
+            real_skipped=self.shots.skipped if self.shots else 0,
+        )
 
     def _write(self, tar_path: Path) -> dict[str, float]:
         from synthrec.workers.shardio import BackgroundShardWriter

@@ -10,7 +10,7 @@ Layouts (``RealData.format``):
   and its label the first of: ``<key>.cls`` (text), ``<key>.json`` field ``class``, ``label`` or ``cls``.
   An image of such a sample has the URI ``<tar uri>#<member name>``.
 
-Matching to the label space (``synthrec.labels.resolve_labels``):
+Matching to the label space (``synthrec.api.labels.resolve_labels``):
 
 - Without ``class_mapping``: a folder name (or a string label) matches the class whose ``name`` (or, if no
   name matches, ``head_name``) is equal after ``normalise_folder_name`` (case-insensitive, '_' and '-'
@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthrec.api import RealData
-from synthrec.labels import ResolvedLabels, normalise_folder_name
+from synthrec.api.labels import ResolvedLabels, normalise_folder_name
 from synthrec.storage import ObjectNotFound, Storage, StorageError
 from synthrec.workers.runtime import ConfigError, DataError
 

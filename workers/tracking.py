@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthrec.layout import ExperimentLayout
+from synthrec.contract.layout import ExperimentLayout
 from synthrec.storage import Storage
 
 log = logging.getLogger(__name__)

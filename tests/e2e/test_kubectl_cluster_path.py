@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures.k8s import wait_for
-from tests.integration.test_operator_harness import (
+from tests.harness.k8s import wait_for
+from tests.harness.operator import (
     DATASETS,
     FAST,
     NS,

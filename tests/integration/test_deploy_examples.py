@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from synthrec.operator.settings import OperatorConfig
-from tests.chart import K8S_VERSION, env_of, of_kind, one, render_chart
-from tests.unit.test_operator_worker_storage import render as render_worker_job
+from tests.harness.chart import K8S_VERSION, env_of, of_kind, one, render_chart
+from tests.harness.jobs import render_generate_job as render_worker_job
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -118,7 +118,7 @@ def test_the_cluster_guide_names_resources_the_examples_define() -> None:
 def test_the_flux_health_checks_name_existing_resources_and_read_the_kstatus_conditions() -> None:
     import cel
 
-    from synthrec.conditions import derive, set_condition
+    from synthrec.api.conditions import derive, set_condition
 
     (team,) = by_kind(DEPLOY / "flux" / "health-checks.yaml", "Kustomization")
     applied = [d for path in (ROOT / team["spec"]["path"]).glob("*.yaml") for d in docs(path)]

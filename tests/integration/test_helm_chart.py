@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart import (
+from tests.harness.chart import (
     CHART,
     K8S_VERSION,
     NAMESPACE,

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from synthrec.operator.settings import OperatorConfig, SettingsError
-from tests.chart import CHART, K8S_VERSION, env_of, lint_chart, one, render_chart, render_manifests
-from tests.pss import assert_restricted
-from tests.unit.test_operator_worker_storage import render
+from tests.harness.chart import CHART, K8S_VERSION, env_of, lint_chart, one, render_chart, render_manifests
+from tests.harness.jobs import render_generate_job as render
+from tests.harness.pss import assert_restricted
 
 helm_python = pytest.importorskip("helm_python")
 

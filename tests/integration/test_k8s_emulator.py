@@ -10,7 +10,7 @@ import attrs
 import kmock
 import pytest
 
-from tests.fixtures.k8s import wait_for
+from tests.harness.k8s import wait_for
 from tests.k8s.client import ApiError, K8sClient
 from tests.k8s.emulator import ApiCall, RealisticEmulator, declare_crd
 
@@ -521,7 +521,7 @@ async def test_kopf_namespace_scanning_works_against_it(k8s: RealisticEmulator) 
     """G8 closed: Kopf in namespaced mode lists and watches /api/v1/namespaces (here with a glob)."""
     import kopf
 
-    from tests.fixtures.k8s import running_operator
+    from tests.harness.k8s import running_operator
 
     declare_crd(k8s, "example.dev", "v1", "widgets", "Widget")
     seen: list[tuple[str, str]] = []

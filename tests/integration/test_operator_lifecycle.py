@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the k8s_op fixture is imported from the harness and named as a parameter
 """Lifecycle of a SyntheticDataset under the operator: restart mid-run, suspend and resume, deletion (cascade
 and onDelete: Delete), an invalid spec, pods stuck Pending (unschedulable, image pulls, Kueue quota), and
 namespaced mode."""
@@ -19,8 +18,8 @@ import pytest
 import yaml
 
 from synthrec.operator.settings import FINALIZER
-from tests.fixtures.k8s import running_operator, wait_for
-from tests.integration.test_operator_harness import (
+from tests.harness.k8s import running_operator, wait_for
+from tests.harness.operator import (
     CONFIGMAPS,
     DATASETS,
     EXPERIMENTS,
@@ -32,7 +31,6 @@ from tests.integration.test_operator_harness import (
     dataset_body,
     experiment_body,
     fake_worker,
-    k8s_op,  # noqa: F401 - fixture
     operator_harness,
     operator_in_thread,
     record_api_calls,
@@ -115,7 +113,7 @@ async def test_suspend_deletes_the_attempt_and_resume_runs_only_the_missing_shar
         suspended = h.condition(DATASETS, "ds", "Suspended")
         assert suspended["reason"] == "UserSuspended"
         assert h.condition(DATASETS, "ds", "Running")["status"] == "False"
-        await asyncio.sleep(0.3)
+        await h.settle(DATASETS, "ds")
         assert h.obj(JOBS, "ds-generate-a1") is None  # stays stopped
 
         gate.release()
@@ -214,7 +212,7 @@ async def test_an_invalid_spec_fails_with_invalid_spec_and_creates_nothing(
         ready, stalled = h.condition(DATASETS, "ds", "Ready"), h.condition(DATASETS, "ds", "Stalled")
         assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
         assert (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
-        await asyncio.sleep(0.3)
+        await h.settle(DATASETS, "ds")
         assert not h.job_names("ds")
         assert not k8s_op.created
     record_api_calls(k8s_op, "invalid-spec")
@@ -275,18 +273,21 @@ async def test_namespaced_mode_serves_only_its_namespaces(k8s_op, tmp_path: Path
 
     await k8s_op.api.create("v1/namespaces", {"metadata": {"name": "other"}})
     config = FAST.with_overrides(namespaces=("default",))
-    setup = lambda registry: register(registry, config, login=False)  # noqa: E731
+    reconcilers = []
+    setup = lambda registry: reconcilers.append(register(registry, config, login=False))  # noqa: E731
     async with (
         operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path, start_operator=False) as h,
         running_operator(setup, namespaces=["default"]),
     ):
+        h.reconciler = reconcilers[0]
         await h.create(dataset_body("ds", shards=2))
         other = dataset_body("ds2", shards=2)
         other["metadata"]["namespace"] = "other"
         await k8s_op.api.create(DATASETS, other, "other")
         await h.wait_phase(DATASETS, "ds", "Succeeded")
-        await asyncio.sleep(0.3)
+        await h.settle(DATASETS, "ds")  # the watch of "other" would have shown ds2 by now
         assert not k8s_op.get_object(DATASETS, "ds2", "other").get("status")
+        assert ("other", "SyntheticDataset", "ds2") not in h.reconciler.passes
     cluster_calls = {c for c in k8s_op.operator_calls if c.namespace is None}
     assert not cluster_calls, cluster_calls  # no cluster-wide list/watch: a Role is enough
     record_api_calls(k8s_op, "namespaced")

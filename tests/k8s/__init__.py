@@ -9,5 +9,5 @@ REST client.
 - apply.py: server-side apply and managedFields; admission.py: Job/Pod/Secret defaulting and validation;
 - DIFFERENCES.md: what still differs from kube-apiserver, and why it does not matter.
 
-The fixtures that put them together live in tests/fixtures/k8s.py.
+The fixtures that put them together live in tests/harness/k8s.py.
 """

@@ -9,7 +9,7 @@ size bounds) times the number of times the rule can run exceeds the limits.
 Syntax is checked by the ``common-expression-language`` package (cel-rust), which the emulator also
 uses to run the rules. cel-rust has no type checker and no cost estimator, so this module carries a small
 CEL parser (the grammar of cel-spec ``syntax.md``), a type checker for the functions CRD rules use, and a
-port of cel-go's cost estimator. synthrec's own validator (cel-python, ``synthrec.cel``) is not used:
+port of cel-go's cost estimator. synthrec's own validator (cel-python, ``synthrec.api.cel``) is not used:
 the two implementations check each other.
 """
 

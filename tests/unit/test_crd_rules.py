@@ -4,7 +4,7 @@ server rejects: the metadata.name fieldPath defect the CRDs once had, non-struct
 do not compile or cost too much.
 
 CEL is checked by a second implementation: cel-rust (the ``common-expression-language`` package) parses
-and runs every rule, and its verdicts must agree with cel-python's (synthrec.cel, which ``synthrec
+and runs every rule, and its verdicts must agree with cel-python's (synthrec.api.cel, which ``synthrec
 validate`` uses) on the examples.
 """
 
@@ -18,7 +18,7 @@ import cel as cel_rust
 import pytest
 import yaml
 
-from synthrec import cel as synthrec_cel
+from synthrec.api import cel as synthrec_cel
 from tests.k8s import cel_static, schema_validation
 from tests.k8s.crd_rules import (
     STATIC_ESTIMATED_COST_LIMIT,

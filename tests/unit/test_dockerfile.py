@@ -305,7 +305,7 @@ def test_dockerignore_keeps_the_context_small(ignore_patterns: list[str]) -> Non
     for path in (
         "pyproject.toml",
         "README.md",
-        "synthrec/api.py",
+        "synthrec/api/base.py",
         "synthrec/presets/cifar10.txt",
         "operator/jobs.py",
         "workers/__main__.py",

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from synthrec.conditions import derive, get, set_condition
+from synthrec.api.conditions import derive, get, set_condition
 
 
 def _with(*conditions: tuple[str, bool, str]) -> list[dict[str, Any]]:

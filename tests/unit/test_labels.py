@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from synthrec.api import LabelSpace
-from synthrec.labels import class_slug, normalise_folder_name, resolve_labels
+from synthrec.api.labels import class_slug, normalise_folder_name, resolve_labels
 
 
 def test_preset_resolves_with_generation_and_head_names() -> None:

@@ -23,7 +23,7 @@ from synthrec.operator.jobs import (
 )
 from synthrec.operator.observed import JobView
 from synthrec.plan import dataset_task
-from synthrec.tasks import ResourceRef
+from synthrec.plan.tasks import ResourceRef
 
 K8S = "1.33.0"
 OWNER = Owner("SyntheticDataset", "ds", "team-a", "0b5e0c1e-0000-4000-8000-000000000001")

@@ -12,13 +12,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from synthrec import api
-from synthrec.operator.jobs import JobShape, Owner, WorkerDefaults, child_labels, render_job
+from synthrec.operator.jobs import WorkerDefaults
 from synthrec.operator.settings import OperatorConfig, SettingsError
-from tests.pss import assert_restricted
+from tests.harness.jobs import render_generate_job as render
+from tests.harness.pss import assert_restricted
 
 K8S = "1.33.0"
-OWNER = Owner("SyntheticDataset", "ds", "team-a", "0b5e0c1e-0000-4000-8000-000000000001")
 MODELS_PVC = {"name": "models", "persistentVolumeClaim": {"claimName": "hf-models", "readOnly": True}}
 MODELS_MOUNT = {"name": "models", "mountPath": "/cache/huggingface", "readOnly": True}
 TRACKING_ENV = [
@@ -26,26 +25,6 @@ TRACKING_ENV = [
     {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "api-key"}}},
     {"name": "HF_HUB_OFFLINE", "value": "1"},
 ]
-
-
-def render(defaults: WorkerDefaults) -> dict[str, Any]:
-    spec = api.SyntheticDatasetSpec.model_validate(
-        {
-            "labels": {"preset": "tiny"},
-            "generator": {"model": "hf://org/sd@main"},
-            "output": {"uri": "s3://bucket/ds/"},
-            "modelHub": {"endpoint": "https://hf-mirror.example"},
-        }
-    )
-    return render_job(
-        OWNER,
-        name="ds-generate-a1",
-        stage="generate",
-        labels=child_labels(OWNER, "generate", 1),
-        shape=JobShape(completions=2, parallelism=2, retries_per_index=1, max_failed_indexes=0),
-        spec=spec,
-        defaults=defaults,
-    )
 
 
 def pod_of(job: dict[str, Any]) -> dict[str, Any]:

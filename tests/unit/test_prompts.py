@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from synthrec.api import SyntheticDatasetSpec
-from synthrec.labels import resolve_labels
+from synthrec.api.labels import resolve_labels
 from synthrec.workers.prompts import basic_prompts, build_prompts, fill_in, images_per_row, select_prompts
 from synthrec.workers.shardio import DeterministicTar, encode_jpeg, sample_json
 from synthrec.workers.workitems import (

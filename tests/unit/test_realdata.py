@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from synthrec.api import LabelClass, LabelSpace, RealData
-from synthrec.labels import resolve_labels
+from synthrec.api.labels import resolve_labels
 from synthrec.storage import open_storage
 from synthrec.workers.realdata import (
     RealImage,

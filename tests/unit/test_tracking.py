@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from synthrec.layout import ExperimentLayout
+from synthrec.contract.layout import ExperimentLayout
 from synthrec.storage import open_storage
 from synthrec.workers import tracking
 from synthrec.workers.tuning import TuneResult

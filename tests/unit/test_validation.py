@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from synthrec import api
-from synthrec.validation import load_documents, validate_file, validate_resource
+from synthrec.api.validation import load_documents, validate_file, validate_resource
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
