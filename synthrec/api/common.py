@@ -146,9 +146,6 @@ class RealData(ApiModel):
     _v_uri = field_validator("uri")(lambda v: _check_storage_uri(v))
 
 
-# Real guidance noise per shot count (paper README: refer_img_iters 15/20/35/40/50 of GLIDE's 100 respaced
-# steps for 16/8/4/2/1 shots), expressed as img2img strength t/1000 (method spec §2.3 and §5.8).
-
 # ------------------------------------------------------------------------------------------ execution
 
 
