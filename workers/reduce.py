@@ -4,6 +4,9 @@ kept index and the dataset card ``manifest.json`` (the dataset's commit, written
 CLIP Filter (paper §1.6, official ``select_glide_ims_by_clip.py``), per class c over its images' scores
 ``p(c | image)`` (the zero-shot softmax of the filter stage):
 
+- scores: the softmax over the classes of logit_scale * cos(image, class prompt), the prompts being
+  ``filter.prompts`` (default: the official one prompt per class, the filter template with the
+  generation name; the card records which);
 - threshold t = ``filter.threshold`` or 1/C; an image *passes* when its score is > t (beats chance);
 - K = ``filter.keepPerClass``; selection ``random`` (the official rule): when at least K pass, K of the
   passing images are drawn uniformly at random with ``random.Random(f"synthrec-cf:{seed}:{c}")`` from
@@ -132,6 +135,7 @@ class _Collected:
     shards: list[dict[str, Any]] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     clip: dict[str, Any] | None = None
+    filter_prompts: dict[str, Any] | None = None
     generator: dict[str, Any] | None = None
     generation: dict[str, Any] | None = None  # sizes and Real Guidance's start, from a generate marker
     logit_scale: float | None = None
@@ -264,6 +268,7 @@ def _collect_features(ctx: StageContext, n_shards: int, labels: ResolvedLabels) 
                 )
             out.note_generation(gmarker)
             out.clip = out.clip or json.loads(sf.meta.get("clip", "null"))
+            out.filter_prompts = out.filter_prompts or json.loads(sf.meta.get("filter_prompts", "null"))
             out.generator = out.generator or json.loads(sf.meta.get("generator", "null"))
             out.logit_scale = out.logit_scale or float(sf.meta.get("logit_scale", "nan"))
             rows = range(len(sf.keys))
@@ -523,6 +528,7 @@ def _manifest(
             else None,
             "keep_per_class": fcfg.keep_per_class if fcfg.enabled else None,
             "selection": fcfg.selection if fcfg.enabled else None,
+            "prompts": collected.filter_prompts if fcfg.enabled else None,
             "seed": fcfg.seed,
             "real_filtering": rf_info,
         },

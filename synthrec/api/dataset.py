@@ -271,8 +271,9 @@ class RealFiltering(ApiModel):
 
 
 class Filter(ApiModel):
-    """CLIP Filter (CF, paper §3.1): keep K images per class whose zero-shot probability of the intended
-    class beats the threshold; soft targets for SCE come from the same zero-shot head."""
+    """CLIP Filter (CF, paper §3.1): keep K images per class whose CLIP probability of the intended class
+    (softmax over the classes' prompts, ``prompts``) beats the threshold. Soft targets for SCE come from
+    the zero-shot head (head templates and names), whichever prompts the filter scores with."""
 
     __cel_rules__ = (
         Rule(
@@ -284,6 +285,12 @@ class Filter(ApiModel):
 
     enabled: bool = True
     clip: ClipModel = Field(default_factory=ClipModel, description="Scorer (paper: CLIP RN50).")
+    prompts: Literal["filter-template", "head-templates"] = Field(
+        default="filter-template",
+        description="Texts the images are scored against. filter-template (the official filter): one prompt "
+        "per class, labels.filterTemplate (the preset's) with the generation name; head-templates: the "
+        "zero-shot head's template ensemble with the head names.",
+    )
     threshold: float | None = Field(
         default=None,
         description="Minimum zero-shot probability; omit for the paper's 1/C (number of classes).",
