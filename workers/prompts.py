@@ -3,7 +3,7 @@
 Strategies (paper §3.1; method spec §1.3–1.4 and §2.3):
 
 - basic (B): each class name in the generation templates (``prompts.templates``, else the label space's
-  ``promptTemplate`` or its preset's templates, e.g. EuroSAT's "a centered satellite photo of {}.",
+  ``promptTemplate`` or its preset's templates, e.g. EuroSAT's "a centered satellite photo of {}",
   ImageNet-Sketch's "a sketch of a {}.", one per rendition type for ImageNet-R).
 - language-enhancement (LE): a seq2seq word-to-sentence model (the paper: T5-base fine-tuned on
   CommonGen) turns "a <class>" into sentences. As in the official code: sampling with the decoding

@@ -446,8 +446,10 @@ _SPECS: dict[str, _Spec] = {
         head_names=_from_clip_benchmark(_CB_NAMES, "eurosat"),
         folders=_inline(_EUROSAT_FOLDERS, "the release's folders (EuroSAT_RGB), as CoOp datasets/eurosat.py"),
         templates=_inline(_OFFICIAL_TEMPLATES["eurosat"], _OFFICIAL),
-        prompt_templates=("a centered satellite photo of {}.",),
-        prompt_wrapper="a centered satellite photo of {}",  # src/glide/glide_zsl.py
+        # Exactly the official wording, no full stop: glide_fsl.py's Real Guidance prompt and the wrapper
+        # of glide_zsl.py's language-enhancement sentences.
+        prompt_templates=("a centered satellite photo of {}",),
+        prompt_wrapper="a centered satellite photo of {}",
         prompts_source="official code (CVMI-Lab/SyntheticData src/glide/glide_zsl.py, glide_fsl.py)",
         filter_template="a centered satellite photo of a {c}.",
     ),

@@ -55,6 +55,7 @@ def write_shard(
     *,
     seed: int = 0,
     corrupt: set[str] = frozenset(),
+    marker_extra: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write shards/gen-NNNNN.tar (+ marker) the way the generate stage does; returns the keys."""
     rng = random.Random(seed * 1000 + shard)
@@ -89,6 +90,7 @@ def write_shard(
         DatasetLayout.shard_marker(shard),
         spec_hash=generate_hash,
         count=len(keys),
+        **(marker_extra or {}),
     )
     path.unlink()
     return keys
@@ -289,6 +291,30 @@ def test_reduce_with_the_filter_disabled_keeps_everything(
     assert manifest["soft_targets"] is None
     row = json.loads(storage.read_bytes("index/kept.jsonl").decode().splitlines()[0])
     assert row["score"] is None and row["passed"] is None and "features" not in row
+
+
+def test_the_card_says_at_which_size_and_from_which_noise_level_the_images_were_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the generate stage writes into its markers (see test_generate) reaches the card unchanged.
+    start = {"strength": 0.08, "strength_source": "matched", "target_alpha_bar": 0.946, "alpha_bar": 0.94}
+    generation = {"generation_resolution": 512, "resolution": 64, "real_guidance": start}
+    spec = dataset_spec((tmp_path / "ds").as_uri() + "/", "RN50", None, enabled=False)
+    storage = open_storage(spec.output.uri)
+    generate_hash = dataset_task(spec, "reduce", ResourceRef(kind="SyntheticDataset", name="t")).hashes[
+        "generate"
+    ]
+    for shard in range(2):
+        write_shard(storage, shard, generate_hash, 1, tmp_path, marker_extra=generation)
+    assert run_worker(tmp_path, monkeypatch, spec, "reduce")[0] == 0
+    card = storage.read_json("manifest.json")["generation"]
+    assert card["real_guidance"] == start
+    assert (card["generation_resolution"], card["resolution"], card["resize"]) == (
+        512,
+        256,
+        "Lanczos (antialiased)",
+    )
+    assert card["generation_resolution_source"] == "pipeline native size"
 
 
 def test_reduce_with_real_filtering_drops_before_selecting(

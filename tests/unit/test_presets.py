@@ -159,7 +159,8 @@ def test_eurosat_generation_names_line_up_with_coops_head_names():
     assert pairs[7] == ("Residential Buildings", "residential buildings or homes or apartments")
     assert pairs[8] == ("River", "river")
     assert pairs[9] == ("Sea or Lake", "lake or sea")
-    assert eurosat.prompt_templates == ("a centered satellite photo of {}.",)
+    # The official Real Guidance prompt (src/glide/glide_fsl.py), no full stop.
+    assert eurosat.prompt_templates == ("a centered satellite photo of {}",)
     assert eurosat.prompt_wrapper == "a centered satellite photo of {}"
     assert eurosat.le_input.format("Sea or Lake") == "a Sea or Lake"
     # The release's folders (AnnualCrop, ...), matched to the classes in label order.

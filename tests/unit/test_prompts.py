@@ -74,7 +74,16 @@ def test_basic_prompts_use_the_preset_template_and_wrapper_free_class_names() ->
     s = spec(labels={"preset": "eurosat"})
     labels = resolve_labels(s.labels)
     prompts = basic_prompts(s, labels, labels.classes[0].name)
-    assert prompts == [f"a centered satellite photo of {labels.classes[0].name}."]
+    # The official Real Guidance prompt: 'a centered satellite photo of ' + name (src/glide/glide_fsl.py).
+    assert prompts == ["a centered satellite photo of Annual Crop Land"]
+    # ImageNet-R: one prompt per rendition type.
+    r = spec(labels={"preset": "imagenet_r"})
+    rendered = basic_prompts(r, resolve_labels(r.labels), "goldfish")
+    assert (
+        len(rendered) == 13
+        and "a sketch of a goldfish." in rendered
+        and "a goldfish in a video game." in rendered
+    )
 
 
 @pytest.mark.parametrize(
