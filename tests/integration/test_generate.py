@@ -622,3 +622,20 @@ def test_real_guidance_with_less_than_one_denoising_step_is_a_configuration_erro
     assert run_in_process("prompts", write_task(spec, "prompts", tmp_path))[0] == 0
     code, summary = run_in_process("generate", write_task(spec, "generate", tmp_path), 0)
     assert code == 3 and "at least 4" in summary["message"]
+
+
+def test_the_native_size_is_the_denoisers_sample_size_times_the_vae_factor() -> None:
+    from types import SimpleNamespace
+
+    from synthrec.workers.diffusion import generation_size
+    from synthrec.workers.runtime import ConfigError
+
+    def config(sample_size: Any) -> Any:
+        return SimpleNamespace(config=SimpleNamespace(sample_size=sample_size))
+
+    sd21_base = SimpleNamespace(unet=config(64), vae_scale_factor=8)
+    sdxl = SimpleNamespace(unet=config(128), default_sample_size=128, vae_scale_factor=8)
+    pixart = SimpleNamespace(unet=None, transformer=config([64, 64]), vae_scale_factor=8)
+    assert (generation_size(sd21_base), generation_size(sdxl), generation_size(pixart)) == (512, 1024, 512)
+    with pytest.raises(ConfigError, match=r"set generator\.generationResolution"):
+        generation_size(SimpleNamespace(unet=config(64)))  # no VAE scale factor: cannot tell
