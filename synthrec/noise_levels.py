@@ -305,12 +305,11 @@ class ConfigSchedule:
     def start(self, steps: int) -> Callable[[int], tuple[float, float]]:
         """``start(k)``: (timestep, alpha-bar) where img2img starts when it runs k of ``steps`` steps."""
         timesteps = self.timesteps(steps)
-        order = self.family.order
 
         def at(k: int) -> tuple[float, float]:
-            # Order-2 schedulers repeat each timestep after the first; index (N - k) * 2 is base (N - k).
-            index = (steps - k) * order if order == 1 else steps - k
-            t = float(timesteps[index])
+            # img2img reads timesteps[(N - k) * order]; an order-2 scheduler repeats every timestep after
+            # the first, so there that is base timestep N - k too.
+            t = float(timesteps[steps - k])
             return t, self.level_at(t)
 
         return at
