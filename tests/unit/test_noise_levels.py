@@ -27,6 +27,9 @@ from synthrec.noise_levels import (
     strength_for_steps,
 )
 
+# diffusers' schedulers call np.array on torch tensors in a way numpy 2 warns about, thousands of times here.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
 SD_V1 = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
 
 # ---------------------------------------------------------------------------------------------- GLIDE
