@@ -3,7 +3,8 @@
 Strategies (paper §3.1; method spec §1.3–1.4 and §2.3):
 
 - basic (B): each class name in the generation templates (``prompts.templates``, else the label space's
-  ``promptTemplate``, e.g. EuroSAT's "a centered satellite photo of {}.").
+  ``promptTemplate`` or its preset's templates, e.g. EuroSAT's "a centered satellite photo of {}",
+  ImageNet-Sketch's "a sketch of a {}.", one per rendition type for ImageNet-R).
 - language-enhancement (LE): a seq2seq word-to-sentence model (the paper: T5-base fine-tuned on
   CommonGen) turns "a <class>" into sentences. As in the official code: sampling with the decoding
   settings (default top-k 50, 20 new tokens), ``sentencesPerClass + oversample`` draws per class, exact
@@ -125,7 +126,7 @@ def fill_in(template: str, text: str) -> str:
 
 def basic_prompts(spec: SyntheticDatasetSpec, labels: ResolvedLabels, name: str) -> list[str]:
     """The basic-strategy prompts of one class, one per generation template."""
-    templates = spec.prompts.templates or [labels.prompt_template]
+    templates = spec.prompts.templates or labels.prompt_templates
     return [fill_in(t, name) for t in templates]
 
 

@@ -39,7 +39,6 @@ from synthrec.api.common import (
     Toleration,
 )
 from synthrec.api.dataset import (
-    REAL_GUIDANCE_STRENGTH,
     ClipModel,
     Decoding,
     Filter,
@@ -49,7 +48,6 @@ from synthrec.api.dataset import (
     RealGuidance,
     Sharding,
     SyntheticDatasetSpec,
-    default_real_guidance_strength,
 )
 from synthrec.api.experiment import (
     Backbone,
@@ -102,7 +100,6 @@ __all__ = [
     "MAX_CLASSES",
     "MAX_RESOURCE_NAME",
     "MAX_RUNS",
-    "REAL_GUIDANCE_STRENGTH",
     "VERSION",
     "ApiModel",
     "Backbone",
@@ -162,6 +159,5 @@ __all__ = [
     "SyntheticSource",
     "Toleration",
     "Variant",
-    "default_real_guidance_strength",
     "parse_resource",
 ]

@@ -58,6 +58,11 @@ class LabelSpace(ApiModel):
             "labels.promptTemplate needs a {} placeholder for the class name",
             field_path=".promptTemplate",
         ),
+        Rule(
+            "!has(self.filterTemplate) || self.filterTemplate.contains('{c}')",
+            "labels.filterTemplate needs a {c} placeholder for the class name",
+            field_path=".filterTemplate",
+        ),
     )
 
     preset: str | None = _text(
@@ -83,14 +88,21 @@ class LabelSpace(ApiModel):
         default=None,
         min_length=1,
         max_length=128,
-        description="CLIP prompt templates with {c} for the zero-shot head, the CLIP filter and soft "
-        "targets (default: the preset's, i.e. the paper's head-init set).",
+        description="CLIP prompt templates with {c} for the zero-shot head and soft targets (and the CLIP "
+        "Filter with filter.prompts head-templates); default: the preset's, i.e. the paper's head-init set.",
     )
     prompt_template: str | None = _text(
         300,
         default=None,
         description="Basic-strategy generation prompt with {} for the class name "
         "(default: the preset's, 'a photo of a {}.' otherwise).",
+    )
+    filter_template: str | None = _text(
+        300,
+        default=None,
+        description="The CLIP Filter's prompt with {c} for the generation name, one per class (default: the "
+        "preset's, the official filter's where it has one, e.g. EuroSAT 'a centered satellite photo of a "
+        "{c}.'; 'a photo of a {c}.' otherwise).",
     )
 
     @field_validator("preset")
@@ -145,9 +157,6 @@ class RealData(ApiModel):
 
     _v_uri = field_validator("uri")(lambda v: _check_storage_uri(v))
 
-
-# Real guidance noise per shot count (paper README: refer_img_iters 15/20/35/40/50 of GLIDE's 100 respaced
-# steps for 16/8/4/2/1 shots), expressed as img2img strength t/1000 (method spec §2.3 and §5.8).
 
 # ------------------------------------------------------------------------------------------ execution
 

@@ -18,6 +18,7 @@ from synthrec.api.common import (
     Scheduling,
     _immutable,
 )
+from synthrec.noise_levels import paper_alpha_bar
 
 # -------------------------------------------------------------------------------------------- prompts
 
@@ -107,14 +108,20 @@ class Prompts(ApiModel):
 
 
 class Generator(ApiModel):
-    """The text-to-image model. The paper used GLIDE (100 respaced DDPM steps, guidance 3.0, 256 px,
-    10 images per prompt); any diffusers text-to-image pipeline works here."""
+    """The text-to-image model: any diffusers text-to-image pipeline. The paper used GLIDE, which is not in
+    diffusers (base 64 px, 100 respaced DDPM steps, guidance 3.0, upsampled to 256 px; 10 images per
+    prompt). Images are generated at the pipeline's native size and stored at ``resolution``."""
 
     __cel_rules__ = (
         Rule(
             "self.resolution % 8 == 0",
             "generator.resolution must be a multiple of 8",
             field_path=".resolution",
+        ),
+        Rule(
+            "!has(self.generationResolution) || self.generationResolution % 8 == 0",
+            "generator.generationResolution must be a multiple of 8",
+            field_path=".generationResolution",
         ),
         Rule(
             "!has(self.imagesPerClass) || self.imagesPerClass >= 1",
@@ -145,7 +152,20 @@ class Generator(ApiModel):
     guidance_scale: float = Field(
         default=3.0, ge=0, le=50, description="Classifier-free guidance (paper: 3.0)."
     )
-    resolution: int = Field(default=256, ge=64, le=2048, description="Square output size (paper: 256).")
+    resolution: int = Field(
+        default=256,
+        ge=64,
+        le=2048,
+        description="Square size the images are stored at (paper: 256, GLIDE's upsampler output).",
+    )
+    generation_resolution: int | None = Field(
+        default=None,
+        ge=64,
+        le=2048,
+        description="Square size the pipeline generates at; omit for its native size (denoiser sample size "
+        "x VAE scale factor: 512 for SD 2.1-base, 1024 for SDXL). Generated images are resized to "
+        "resolution with antialiasing (Lanczos); Real Guidance's real shots enter at this size.",
+    )
     images_per_prompt: int = Field(default=10, ge=1, le=10_000, description="Images per prompt (paper: 10).")
     images_per_class: int | None = Field(
         default=None,
@@ -165,34 +185,49 @@ class Generator(ApiModel):
     _v_model = field_validator("model")(lambda v: _check_model_ref(v))
 
 
-REAL_GUIDANCE_STRENGTH = {16: 0.14, 8: 0.19, 4: 0.34, 2: 0.39, 1: 0.49}
-
-
-def default_real_guidance_strength(shots: int) -> float:
-    """The paper's strength for ``shots``; in between, the value of the next smaller tabulated shot count."""
-    eligible = [s for s in REAL_GUIDANCE_STRENGTH if s <= shots]
-    return REAL_GUIDANCE_STRENGTH[max(eligible)] if eligible else REAL_GUIDANCE_STRENGTH[1]
-
-
 class RealGuidance(ApiModel):
-    """Real Guidance (RG, few-shot): start denoising from the noised real shots (SDEdit-style img2img)."""
+    """Real Guidance (RG, few-shot): start denoising from the noised real shots (SDEdit-style img2img).
+
+    The noise level is a signal level (alpha-bar), the quantity that carries over between schedules: by
+    default the paper's level for ``shots`` (GLIDE's cosine schedule where the official code starts), and
+    the generate stage picks the img2img strength that starts the generator's own scheduler closest to it
+    (synthrec.noise_levels). ``synthrec plan`` and the dataset card show the strength and level used."""
+
+    __cel_rules__ = (
+        Rule(
+            "!has(self.strength) || !has(self.alphaBar)",
+            "set at most one of realGuidance.strength and realGuidance.alphaBar",
+            field_path=".strength",
+        ),
+    )
 
     source: RealData
     shots: int = Field(default=16, ge=1, le=1000, description="Real images per class used as guidance.")
+    alpha_bar: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Signal level (alpha-bar) img2img starts from; the strength that reaches it on the "
+        "generator's scheduler is chosen. Default: the paper's level for shots, GLIDE's cosine-schedule "
+        "alpha-bar at the official start (16:0.946, 8:0.905, 4:0.728, 2:0.655, 1:0.502).",
+    )
     strength: float | None = Field(
         default=None,
         gt=0,
         le=1,
-        description="img2img strength; default from the paper's shots table "
-        "(16:0.14, 8:0.19, 4:0.34, 2:0.39, 1:0.49).",
+        description="Explicit img2img strength (diffusers runs int(steps x strength) steps); overrides the "
+        "alpha-bar matching.",
     )
     images_per_class: int = Field(
         default=800, ge=1, le=1_000_000, description="Synthetic images per class (paper: 800 for every M)."
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for picking the shots.")
 
-    def resolved_strength(self) -> float:
-        return self.strength if self.strength is not None else default_real_guidance_strength(self.shots)
+    def target_alpha_bar(self) -> float | None:
+        """The level to match; None when an explicit strength is set."""
+        if self.strength is not None:
+            return None
+        return self.alpha_bar if self.alpha_bar is not None else paper_alpha_bar(self.shots)
 
 
 # --------------------------------------------------------------------------------------------- filter
@@ -236,8 +271,9 @@ class RealFiltering(ApiModel):
 
 
 class Filter(ApiModel):
-    """CLIP Filter (CF, paper §3.1): keep K images per class whose zero-shot probability of the intended
-    class beats the threshold; soft targets for SCE come from the same zero-shot head."""
+    """CLIP Filter (CF, paper §3.1): keep K images per class whose CLIP probability of the intended class
+    (softmax over the classes' prompts, ``prompts``) beats the threshold. Soft targets for SCE come from
+    the zero-shot head (head templates and names), whichever prompts the filter scores with."""
 
     __cel_rules__ = (
         Rule(
@@ -249,6 +285,12 @@ class Filter(ApiModel):
 
     enabled: bool = True
     clip: ClipModel = Field(default_factory=ClipModel, description="Scorer (paper: CLIP RN50).")
+    prompts: Literal["filter-template", "head-templates"] = Field(
+        default="filter-template",
+        description="Texts the images are scored against. filter-template (the official filter): one prompt "
+        "per class, labels.filterTemplate (the preset's) with the generation name; head-templates: the "
+        "zero-shot head's template ensemble with the head names.",
+    )
     threshold: float | None = Field(
         default=None,
         description="Minimum zero-shot probability; omit for the paper's 1/C (number of classes).",

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 # Command modules of this package, in the order --help lists them.
-COMMANDS = ("run", "status", "report", "validate", "plan", "crds", "tiny_models", "operator")
+COMMANDS = ("run", "status", "report", "validate", "plan", "scaffold", "crds", "tiny_models", "operator")
 
 EPILOG = """\
 examples:
@@ -18,6 +18,7 @@ examples:
   synthrec report synthrec-out/                  # the HTML report (also written at the end of run)
   synthrec validate examples/eurosat-zero-shot.yaml
   synthrec plan examples/quickstart.yaml
+  synthrec scaffold table1 --out my-table1         # the 17 datasets of Table 1, with your locations
   synthrec crds --out crds/
   synthrec tiny-models .synthrec/tiny-models
 

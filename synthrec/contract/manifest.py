@@ -54,6 +54,42 @@ class RealFilteringInfo(Part):
     order: str
 
 
+class FilterPromptsInfo(Part):
+    """The prompts the CLIP Filter scored with (synthrec.api.labels.FilterPrompts.describe)."""
+
+    mode: str  # filter-template (the official filter) | head-templates
+    names: str
+    templates: list[str]
+    example: list[str]
+
+
+class RealGuidanceStart(Part):
+    """Where Real Guidance's img2img started: the strength used and the signal level it reached, next to
+    the paper's level it was matched to (synthrec.noise_levels)."""
+
+    strength: float
+    strength_source: str  # explicit | matched
+    target_alpha_bar: float | None = None
+    alpha_bar: float
+    start_timestep: float
+    steps_run: int
+    steps: int
+    scheduler: str | None = None
+    shots: int
+
+
+class Generation(Part):
+    """Generation settings as run: the pipeline's size, the stored size and Real Guidance's start."""
+
+    steps: int
+    guidance_scale: float
+    generation_resolution: int | None = None
+    generation_resolution_source: str
+    resolution: int
+    resize: str | None = None
+    real_guidance: RealGuidanceStart | None = None
+
+
 class ManifestFilter(Part):
     enabled: bool
     note: str | None = None
@@ -61,6 +97,7 @@ class ManifestFilter(Part):
     threshold_rule: str | None = None
     keep_per_class: int | None = None
     selection: str | None = None
+    prompts: FilterPromptsInfo | None = None
     seed: int
     real_filtering: RealFilteringInfo | None = None
 
@@ -126,6 +163,7 @@ class DatasetManifest(Part):
     created_at: str
     labels: ManifestLabels
     models: ManifestModels
+    generation: Generation
     filter: ManifestFilter
     soft_targets: SoftTargets | None = None
     counts: Counts

@@ -23,8 +23,10 @@ from synthrec.plan.tasks import (
     StorageTarget,
 )
 
-# Bump when a change in synthrec makes old artifacts unusable for the same spec.
-HASH_VERSION = "1"
+# Bump when a change in synthrec makes old artifacts unusable for the same spec. 2: generation at the
+# pipeline's native size, Real Guidance's strength matched by signal level, the official CLIP Filter
+# prompts and head names (issue 13): a spec written for 1 now makes other images, scores and heads.
+HASH_VERSION = "2"
 
 
 def digest(value: Any) -> str:

@@ -53,6 +53,7 @@ def write_shard(
     *,
     seed: int = 0,
     corrupt: set[str] = frozenset(),
+    marker_extra: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write shards/gen-NNNNN.tar (+ marker) the way the generate stage does; returns the keys."""
     rng = random.Random(seed * 1000 + shard)
@@ -87,6 +88,7 @@ def write_shard(
         DatasetLayout.shard_marker(shard),
         spec_hash=generate_hash,
         count=len(keys),
+        **(marker_extra or {}),
     )
     path.unlink()
     return keys

@@ -15,7 +15,7 @@ from synthrec.plan import dataset_task
 from synthrec.plan.tasks import ResourceRef, dump_task
 from synthrec.storage import open_storage, read_marker, write_marker
 from synthrec.workers.shards import read_features, soft_targets
-from tests.harness.stages import dataset_spec, make_dataset, run_worker
+from tests.harness.stages import dataset_spec, make_dataset, run_worker, write_shard
 
 
 def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,6 +82,50 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
     assert code == 0 and again.digest == summary.digest and again.skipped is True
 
 
+@pytest.mark.parametrize("prompts", ["filter-template", "head-templates"])
+def test_the_filter_scores_with_its_prompts_and_soft_targets_come_from_the_head(
+    tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prompts: str
+) -> None:
+    import numpy as np
+
+    from synthrec.workers.clip import load_clip
+
+    spec, storage = make_dataset(
+        tmp_path, monkeypatch, tiny_models.clip.as_uri(), per_class=2, prompts=prompts
+    )
+    assert run_worker(tmp_path, monkeypatch, spec, "filter", 0)[0] == 0
+    local = tmp_path / "f0.safetensors"
+    storage.download_file(DatasetLayout.features(0), local)
+    feats = read_features(local)
+
+    clip = load_clip(tiny_models.clip.as_uri(), None, "cpu")
+    names = ["red circle", "green square", "blue triangle", "yellow cross"]
+    # The tiny preset's head has two templates; its filter template is one ("a photo of a {c}.").
+    head = clip.text_head(names, ["a photo of a {c}.", "a drawing of a {c}."]).numpy()
+    official = clip.text_head(names, ["a photo of a {c}."]).numpy()
+    image = feats.features.astype(np.float32)
+    scorer = official if prompts == "filter-template" else head
+    expected = np.exp(100 * image @ scorer.T)
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert np.allclose(feats.probs, expected, atol=2e-3)
+    assert np.allclose(feats.logits, 100 * image @ head.T, atol=0.2)  # soft targets: always the head
+    assert not np.allclose(official, head, atol=1e-3)  # the two modes do score differently
+
+    assert run_worker(tmp_path, monkeypatch, spec, "filter", 1)[0] == 0
+    assert run_worker(tmp_path, monkeypatch, spec, "reduce")[0] == 0
+    card = json.loads(storage.read_bytes("manifest.json"))["filter"]["prompts"]
+    if prompts == "filter-template":
+        assert card == {
+            "mode": "filter-template",
+            "names": "generation names",
+            "templates": ["a photo of a {c}."],
+            "example": ["a photo of a red circle."],
+        }
+    else:
+        assert card["mode"] == "head-templates" and card["names"] == "head names"
+        assert card["templates"] == ["a photo of a {c}.", "a drawing of a {c}."]
+
+
 def test_filter_refuses_a_shard_of_another_spec(
     tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,6 +163,37 @@ def test_reduce_with_the_filter_disabled_keeps_everything(
     assert manifest["soft_targets"] is None
     row = json.loads(storage.read_bytes("index/kept.jsonl").decode().splitlines()[0])
     assert row["score"] is None and row["passed"] is None and "features" not in row
+
+
+def test_the_card_says_at_which_size_and_from_which_noise_level_the_images_were_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the generate stage writes into its markers (see test_generate) reaches the card unchanged.
+    start = {
+        "strength": 0.08,
+        "strength_source": "matched",
+        "target_alpha_bar": 0.946,
+        "alpha_bar": 0.94,
+        "start_timestep": 61.0,
+        "steps_run": 4,
+        "steps": 50,
+        "scheduler": "DDIMScheduler",
+        "shots": 16,
+    }
+    generation = {"generation_resolution": 512, "resolution": 64, "real_guidance": start}
+    spec = dataset_spec((tmp_path / "ds").as_uri() + "/", "RN50", None, enabled=False)
+    storage = open_storage(spec.output.uri)
+    generate_hash = dataset_task(spec, "reduce", ResourceRef(kind="SyntheticDataset", name="t")).hashes[
+        "generate"
+    ]
+    for shard in range(2):
+        write_shard(storage, shard, generate_hash, 1, tmp_path, marker_extra=generation)
+    assert run_worker(tmp_path, monkeypatch, spec, "reduce")[0] == 0
+    card = storage.read_json("manifest.json")["generation"]
+    assert card["real_guidance"] == start
+    assert (card["generation_resolution"], card["resolution"]) == (512, 64)
+    assert card["resize"] == "Lanczos (antialiased)"
+    assert card["generation_resolution_source"] == "pipeline native size"
 
 
 def test_reduce_with_real_filtering_drops_before_selecting(

@@ -195,6 +195,7 @@ def test_each_shard_is_a_webdataset_with_every_field(basic_dataset: dict[str, An
             assert meta["real_source"] is None and meta["strength"] is None
             assert meta["model"] == spec.generator.model and meta["revision"] is None
             assert (meta["steps"], meta["guidance"], meta["resolution"]) == (2, 3.0, 64)
+            assert meta["generation_resolution"] == 64  # the tiny SD's native size: unet 32 x VAE factor 2
             assert isinstance(meta["seed"], int)
             items.append(meta["item"])
     assert sorted(items) == list(range(24))  # the shards split the items, each exactly once
@@ -204,6 +205,47 @@ def test_each_shard_is_a_webdataset_with_every_field(basic_dataset: dict[str, An
         for s in read_samples((out / f"shards/gen-{shard:05d}.tar").read_bytes())
     ]
     assert len(set(seeds)) == 24
+
+
+@pytest.mark.parametrize(
+    ("generator", "generated", "stored"),
+    [({"resolution": 96}, 64, 96), ({"resolution": 64, "generationResolution": 128}, 128, 64)],
+    ids=["native-size-stored-larger", "explicit-size-stored-smaller"],
+)
+def test_images_are_generated_at_the_pipelines_size_and_stored_at_the_resolution(
+    tiny_models: TinyModels,
+    tmp_path: Path,
+    termination_log: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    generator: dict[str, Any],
+    generated: int,
+    stored: int,
+) -> None:
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+
+    sizes: list[tuple[int, int]] = []
+    original = StableDiffusionPipeline.__call__
+
+    def recording_call(self: Any, *args: Any, **kwargs: Any) -> Any:  # a spy: the real pipeline still runs
+        out = original(self, *args, **kwargs)
+        sizes.extend(image.shape[:2] for image in out.images)
+        return out
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", recording_call)
+    spec = make_spec(
+        tiny_models,
+        (tmp_path / "out").as_uri() + "/",
+        generator=generator,
+        sharding={"shards": 1},
+        labels={"preset": "tiny", "subset": ["red circle"]},
+    )
+    run_both(spec, tmp_path / "tasks", [0])
+    assert sizes and set(sizes) == {(generated, generated)}
+    samples = read_samples((tmp_path / "out" / "shards" / "gen-00000.tar").read_bytes())
+    for _, jpg, meta in samples:
+        assert Image.open(io.BytesIO(jpg)).size == (stored, stored)
+        assert (meta["generation_resolution"], meta["resolution"]) == (generated, stored)
 
 
 def test_a_finished_shard_reruns_as_a_noop_without_importing_torch(
@@ -368,16 +410,27 @@ def sampled_shots(spec: SyntheticDatasetSpec) -> dict[int, list[str]]:
     return {c: [img.uri for img in imgs] for c, imgs in sample_shots(index, rg.shots, rg.seed).items()}
 
 
-@pytest.mark.parametrize(
-    ("strength", "expected"), [(None, 0.39), (0.75, 0.75)], ids=["paper-table-2-shots", "explicit"]
-)
+def paper_matched_strength(tiny: TinyModels, shots: int, steps: int) -> tuple[float, float]:
+    """The strength (k / steps) whose img2img start on the tiny SD's own scheduler is closest to the paper's
+    level for ``shots``, computed here from diffusers directly: alphas_cumprod at timesteps[steps - k]."""
+    from diffusers import DDIMScheduler
+
+    from synthrec.noise_levels import paper_alpha_bar
+
+    scheduler = DDIMScheduler.from_pretrained(str(tiny.sd), subfolder="scheduler")
+    scheduler.set_timesteps(steps)
+    levels = {k: float(scheduler.alphas_cumprod[scheduler.timesteps[steps - k]]) for k in range(1, steps + 1)}
+    k = min(levels, key=lambda k: abs(levels[k] - paper_alpha_bar(shots)))
+    return k / steps, levels[k]
+
+
+@pytest.mark.parametrize("strength", [None, 0.75], ids=["paper-level-2-shots", "explicit"])
 def test_real_guidance_starts_from_exactly_the_sampled_shots_at_the_configured_strength(
     tiny_models: TinyModels,
     tmp_path: Path,
     termination_log: Path,
     monkeypatch: pytest.MonkeyPatch,
     strength: float | None,
-    expected: float,
 ) -> None:
     from diffusers import StableDiffusionImg2ImgPipeline
 
@@ -397,7 +450,15 @@ def test_real_guidance_starts_from_exactly_the_sampled_shots_at_the_configured_s
     (summary,) = run_both(spec, tmp_path / "tasks", [0])
     assert summary.images == 16 and summary.real_skipped == 0
 
+    expected, level = paper_matched_strength(tiny_models, 2, 4) if strength is None else (0.75, None)
     assert calls and {c["strength"] for c in calls} == {expected}
+    marker = json.loads((tmp_path / "out" / "shards" / "gen-00000.done.json").read_text())
+    record = marker["real_guidance"]
+    assert record["strength"] == expected and record["steps_run"] == round(expected * 4)
+    assert record["strength_source"] == ("matched" if strength is None else "explicit")
+    if level is not None:
+        assert record["alpha_bar"] == pytest.approx(level, abs=1e-6)
+        assert record["target_alpha_bar"] == pytest.approx(0.655, abs=5e-4)  # GLIDE's level at 2 shots
     passed = [image for c in calls for image in c["image"]]
     samples = read_samples((tmp_path / "out" / "shards" / "gen-00000.tar").read_bytes())
     assert len(passed) == len(samples) == 16
@@ -550,8 +611,25 @@ def test_an_empty_class_list_is_a_configuration_error(
 def test_real_guidance_with_less_than_one_denoising_step_is_a_configuration_error(
     tiny_models: TinyModels, tmp_path: Path, termination_log: Path
 ) -> None:
-    spec = rg_spec(tiny_models, tmp_path / "out", tiny_models.real / "train")
+    spec = rg_spec(tiny_models, tmp_path / "out", tiny_models.real / "train", strength=0.3)
     spec = spec.model_copy(update={"generator": spec.generator.model_copy(update={"steps": 2})})
     assert run_in_process("prompts", write_task(spec, "prompts", tmp_path))[0] == 0
     code, summary = run_in_process("generate", write_task(spec, "generate", tmp_path), 0)
-    assert code == 3 and "at least 3" in summary.message
+    assert code == 3 and "at least 4" in summary.message
+
+
+def test_the_native_size_is_the_denoisers_sample_size_times_the_vae_factor() -> None:
+    from types import SimpleNamespace
+
+    from synthrec.workers.diffusion import generation_size
+    from synthrec.workers.runtime import ConfigError
+
+    def config(sample_size: Any) -> Any:
+        return SimpleNamespace(config=SimpleNamespace(sample_size=sample_size))
+
+    sd21_base = SimpleNamespace(unet=config(64), vae_scale_factor=8)
+    sdxl = SimpleNamespace(unet=config(128), default_sample_size=128, vae_scale_factor=8)
+    pixart = SimpleNamespace(unet=None, transformer=config([64, 64]), vae_scale_factor=8)
+    assert (generation_size(sd21_base), generation_size(sdxl), generation_size(pixart)) == (512, 1024, 512)
+    with pytest.raises(ConfigError, match=r"set generator\.generationResolution"):
+        generation_size(SimpleNamespace(unet=config(64)))  # no VAE scale factor: cannot tell

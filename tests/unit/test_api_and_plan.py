@@ -63,20 +63,6 @@ def test_defaults_are_the_papers_values() -> None:
     assert ct.mixing == "mixed" and ct.freeze_batch_norm and ct.trainable_scope == "head"
 
 
-@pytest.mark.parametrize(
-    ("shots", "strength"), [(16, 0.14), (8, 0.19), (4, 0.34), (2, 0.39), (1, 0.49), (12, 0.19), (32, 0.14)]
-)
-def test_real_guidance_strength_follows_the_papers_shots_table(shots: int, strength: float) -> None:
-    rg = api.RealGuidance.model_validate({"source": {"uri": "s3://bkt/r/"}, "shots": shots})
-    assert rg.resolved_strength() == strength
-    assert (
-        api.RealGuidance.model_validate(
-            {"source": {"uri": "s3://bkt/r/"}, "strength": 0.3}
-        ).resolved_strength()
-        == 0.3
-    )
-
-
 def test_wire_format_is_camel_case_and_round_trips() -> None:
     spec = dataset_spec(sharding={"shards": 4, "maxFailedShards": 1})
     wire = spec.wire()
