@@ -391,22 +391,35 @@ class RunFeatures:
 
     def _from_filter_features(self, d: SyntheticData) -> Any:
         def encode() -> tuple[Any, Any]:
+            """The kept rows' features from the dataset's features files, fetched a few at a time
+            (synthrec.workers.fetch): only each file's kept rows stay in memory."""
+            import numpy as np
             import torch
 
+            from synthrec.workers.fetch import map_bounded
             from synthrec.workers.shards import read_features
 
-            cache: dict[str, Any] = {}
-            rows = []
+            wanted: dict[str, list[int]] = {}
             for r in d.rows:
-                key = r["features"]
-                if key not in cache:
-                    path = self.tmp / f"{d.digest[:16]}-{Path(key).name}"
-                    d.storage.download_file(key, path)
-                    cache[key] = read_features(path).features
-                rows.append(cache[key][int(r["row"])])
-            import numpy as np
+                wanted.setdefault(r["features"], []).append(int(r["row"]))
 
-            feats = torch.from_numpy(np.stack(rows).astype("float32")) if rows else torch.zeros((0, 0))
+            def fetch(key: str) -> Any:
+                path = self.tmp / f"{d.digest[:16]}-{Path(key).name}"
+                d.storage.download_file(key, path)
+                try:
+                    features = read_features(path, ("features",)).features
+                    return np.asarray(features[np.asarray(wanted[key])], dtype=np.float32)
+                finally:
+                    path.unlink(missing_ok=True)
+
+            picked = dict(map_bounded(fetch, list(wanted)))
+            position = {key: 0 for key in wanted}
+            rows = []
+            for r in d.rows:  # back in index order
+                key = r["features"]
+                rows.append(picked[key][position[key]])
+                position[key] += 1
+            feats = torch.from_numpy(np.stack(rows)) if rows else torch.zeros((0, 0))
             return torch.nn.functional.normalize(feats, dim=-1), torch.ones(len(rows), dtype=torch.bool)
 
         return encode

@@ -91,7 +91,7 @@ def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[di
     import torch
 
     from synthrec.workers.clip import ImageDataset, encode_dataset, load_clip, set_torch_threads
-    from synthrec.workers.shards import read_range
+    from synthrec.workers.shards import FEATURES_FORMAT, read_range
 
     set_torch_threads()
     spec = ctx.task.dataset.filter
@@ -122,17 +122,17 @@ def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[di
     if not keep and samples:
         raise DataError(f"shard {ctx.shard}: none of its {len(samples)} images decode; regenerate the shard")
     feats = feats[keep] if keep else torch.zeros((0, head.shape[1]))
-    logits = clip.logit_scale * feats @ head.cpu().T
-    filter_logits = clip.logit_scale * feats @ scorer.cpu().T
     first = samples[0].meta if samples else {}
+    # Logits only, in float16; scores and soft targets are their softmax, taken where they are used.
     tensors = {
         "features": feats.half().numpy(),
-        "logits": logits.float().numpy(),
-        "filter_logits": filter_logits.float().numpy(),
-        "probs": filter_logits.softmax(dim=-1).float().numpy(),
+        "logits": (clip.logit_scale * feats @ head.cpu().T).half().numpy(),
         "class_index": torch.tensor([samples[i].class_index for i in keep], dtype=torch.int64).numpy(),
     }
+    if scorer is not head:
+        tensors["filter_logits"] = (clip.logit_scale * feats @ scorer.cpu().T).half().numpy()
     meta = {
+        "format": FEATURES_FORMAT,
         "keys": [samples[i].key for i in keep],
         "corrupt": corrupt,
         "shard": str(ctx.shard),

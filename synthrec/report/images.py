@@ -67,17 +67,38 @@ def safetensors_header(data: bytes) -> dict[str, Any]:
     return json.loads(data[8 : 8 + length])
 
 
+_FLOAT_CODES = {"F32": "f", "F16": "e"}
+
+
 def safetensors_matrix(data: bytes, name: str) -> list[list[float]]:
-    """A 2-D float32 tensor of a safetensors file as rows, without numpy or torch."""
+    """A 2-D float32 or float16 tensor of a safetensors file as rows, without numpy or torch."""
     header = safetensors_header(data)
     info = header[name]
-    if info["dtype"] != "F32" or len(info["shape"]) != 2:
-        raise ValueError(f"tensor {name} is {info['dtype']} {info['shape']}, expected a 2-D F32 tensor")
+    code = _FLOAT_CODES.get(info["dtype"])
+    if code is None or len(info["shape"]) != 2:
+        raise ValueError(f"tensor {name} is {info['dtype']} {info['shape']}, expected a 2-D F32/F16 tensor")
     (length,) = struct.unpack("<Q", data[:8])
     start, end = (8 + length + o for o in info["data_offsets"])
     rows, cols = info["shape"]
-    values = struct.unpack(f"<{rows * cols}f", data[start:end])
+    values = struct.unpack(f"<{rows * cols}{code}", data[start:end])
     return [list(values[r * cols : (r + 1) * cols]) for r in range(rows)]
+
+
+def filter_scores(data: bytes) -> list[list[float]]:
+    """Per row of a features file, the CLIP Filter's probabilities: the softmax of its float16 logits
+    (``filter_logits``, else ``logits``: format 2), or the stored ``probs`` (format 1)."""
+    import math
+
+    header = safetensors_header(data)
+    if "probs" in header:
+        return safetensors_matrix(data, "probs")
+    out = []
+    for row in safetensors_matrix(data, "filter_logits" if "filter_logits" in header else "logits"):
+        top = max(row, default=0.0)
+        e = [math.exp(v - top) for v in row]
+        total = sum(e)
+        out.append([v / total for v in e])
+    return out
 
 
 @contextmanager
@@ -125,7 +146,7 @@ def _rejected_in_shard(storage: Storage, shard: int, c: int, kept: set[tuple[int
         data = storage.read_bytes(DatasetLayout.features(shard))
         meta = safetensors_header(data).get("__metadata__") or {}
         keys = json.loads(meta.get("keys", "[]"))
-        probs = safetensors_matrix(data, "probs")
+        probs = filter_scores(data)
     except (ObjectNotFound, ValueError, KeyError, struct.error):
         return []
     out = []

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from synthrec import contract
@@ -28,12 +29,19 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
         assert summary.images == (20 if shard == 0 else 19) and summary.skipped is False
     assert summary.corrupt == 1
 
-    # the features file: one row per decodable image, logits = 100 * cos, probs = softmax(logits)
+    # the features file (format 2): one row per decodable image, float16 logits = 100 * cos, nothing
+    # derived from them (scores and soft targets are their softmax, taken where they are used)
     local = tmp_path / "f1.safetensors"
     storage.download_file(DatasetLayout.features(1), local)
     feats = read_features(local)
+    assert feats.meta["format"] == "2"
     assert feats.features.shape == (19, 32) and str(feats.features.dtype) == "float16"
-    assert feats.logits.shape == feats.probs.shape == (19, 4)
+    assert feats.logits.shape == feats.filter_logits.shape == (19, 4) and feats.probs is None
+    assert str(feats.logits.dtype) == str(feats.filter_logits.dtype) == "float16"
+    from safetensors import safe_open
+
+    with safe_open(str(local), framework="numpy") as f:
+        assert set(f.keys()) == {"features", "logits", "filter_logits", "class_index"}
     assert bad not in feats.keys and feats.corrupt == [
         {"key": bad, "class": 2, "reason": "undecodable image"}
     ]
@@ -73,7 +81,8 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
     storage.download_file(row["features"], local)
     f = read_features(local)
     assert f.keys[row["row"]] == row["key"]
-    assert abs(float(f.probs[row["row"], row["class"]]) - row["score"]) < 1e-5
+    z = f.filter_logits[row["row"]].astype(np.float64)
+    assert abs(float(np.exp(z[row["class"]] - z.max()) / np.exp(z - z.max()).sum()) - row["score"]) < 1e-5
     target = soft_targets(f.logits[row["row"]], manifest["soft_targets"]["temperature"])
     assert abs(float(target.sum()) - 1) < 1e-5
 
@@ -107,8 +116,11 @@ def test_the_filter_scores_with_its_prompts_and_soft_targets_come_from_the_head(
     scorer = official if prompts == "filter-template" else head
     expected = np.exp(100 * image @ scorer.T)
     expected /= expected.sum(axis=1, keepdims=True)
-    assert np.allclose(feats.probs, expected, atol=2e-3)
-    assert np.allclose(feats.logits, 100 * image @ head.T, atol=0.2)  # soft targets: always the head
+    rows = np.arange(len(feats.keys))
+    assert np.allclose(feats.scores(), expected[rows, feats.class_index], atol=2e-3)
+    assert np.allclose(feats.logits.astype(np.float32), 100 * image @ head.T, atol=0.2)  # soft targets
+    # the head's own prompts score with the head's logits: stored once
+    assert (feats.filter_logits is feats.logits) == (prompts == "head-templates")
     assert not np.allclose(official, head, atol=1e-3)  # the two modes do score differently
 
     assert run_worker(tmp_path, monkeypatch, spec, "filter", 1)[0] == 0
