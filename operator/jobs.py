@@ -34,6 +34,7 @@ from synthrec.operator.observed import (
     WORKER_CONTAINER,
 )
 from synthrec.plan import format_ranges
+from synthrec.plan.shm import stage_shared_memory
 from synthrec.plan.tasks import dump_task
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -283,11 +284,10 @@ def _pod_spec(name: str, stage: str, spec: Any, defaults: WorkerDefaults) -> dic
         _cache_volume(defaults),
         *(dict(v) for v in defaults.volumes),
     ]
-    if resources.shared_memory:
+    shared_memory = stage_shared_memory(spec, stage)  # sized for the stage's image loaders
+    if shared_memory:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
-        volumes.append(
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": resources.shared_memory}}
-        )
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shared_memory}})
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # workers never talk to the Kubernetes API

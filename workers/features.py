@@ -215,9 +215,9 @@ class RunFeatures:
         if encode is not None:
             feats, ok = encode()
         else:
-            from synthrec.workers.clip import ImageDataset, encode_dataset
+            from synthrec.workers.clip import encode_dataset
 
-            dataset = ImageDataset(all_items, reader, self.clip.preprocess, self.clip.image_shape())
+            dataset = self.clip.dataset(all_items, reader)
             self.ctx.progress.start(len(all_items))
             feats, ok = encode_dataset(self.clip, dataset, self.ct.feature_batch_size, self.ctx.progress)
         bad = [ids[i] for i, good in enumerate(ok.tolist()) if not good]
@@ -300,7 +300,7 @@ class RunFeatures:
         loaded, bad = load_shots(index, shots, seed, self.ctx.open, data.on_bad_image)
         pairs = [(img, rgb) for c in sorted(loaded) for img, rgb in loaded[c]]
         ids = [img.uri for img, _ in pairs]
-        batch = torch.stack([self.clip.preprocess(rgb) for _, rgb in pairs])
+        batch = torch.stack([self.clip.pixels.geometric(rgb) for _, rgb in pairs])
         size = self.ct.feature_batch_size
         feats = torch.cat([self.clip.encode(batch[i : i + size]).cpu() for i in range(0, len(batch), size)])
         labs = torch.tensor([img.class_index for img, _ in pairs], dtype=torch.int64)

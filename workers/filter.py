@@ -69,6 +69,7 @@ def run(ctx: StageContext) -> FilterSummary:
             images=counts["images"],
             corrupt=counts["corrupt"],
             device=counts["device"],
+            decode=counts["decode"],
             clip=meta["clip"],
             generator=meta["generator"],
             generate_sha256=gen_marker.get("sha256"),
@@ -90,7 +91,8 @@ def _summary(marker: dict[str, Any], uri: str, *, skipped: bool) -> FilterSummar
 def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[dict, dict, dict, dict]:
     import torch
 
-    from synthrec.workers.clip import ImageDataset, encode_dataset, load_clip, set_torch_threads
+    from synthrec.workers.clip import encode_dataset, load_clip, set_torch_threads
+    from synthrec.workers.decode import resolve_decode
     from synthrec.workers.shards import FEATURES_FORMAT, read_range
 
     set_torch_threads()
@@ -104,9 +106,8 @@ def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[di
     t_model = time.monotonic() - t0
 
     samples = contents.samples
-    dataset = ImageDataset(
-        [(str(tar), s.offset, s.size) for s in samples], read_range, clip.preprocess, clip.image_shape()
-    )
+    decode = resolve_decode(spec.decode, device)
+    dataset = clip.dataset([(str(tar), s.offset, s.size) for s in samples], read_range, decode)
     ctx.progress.start(len(samples))
     t1 = time.monotonic()
     feats, ok = encode_dataset(clip, dataset, spec.batch_size, ctx.progress)
@@ -146,6 +147,7 @@ def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[di
     }
     counts: dict[str, Any] = {"images": len(keep), "corrupt": len(corrupt)}
     counts["device"] = device
+    counts["decode"] = decode
     timing = {"model": round(t_model, 3), "encode": round(t_encode, 3)}
     return tensors, meta, counts, timing
 

@@ -320,7 +320,7 @@ class RealFilter:
             storage_opts={"endpoint": ctx.task.output.endpoint, "region": ctx.task.output.region},
         )
         shots_list = [(c, img) for c in sorted(loaded) for _, img in loaded[c]]
-        batch = torch.stack([clip.preprocess(img) for _, img in shots_list])
+        batch = torch.stack([clip.pixels.geometric(img) for _, img in shots_list])
         real_feats = (
             torch.cat([clip.encode(batch[i : i + 256]) for i in range(0, len(batch), 256)]).cpu().numpy()
         )

@@ -256,8 +256,10 @@ class EncoderFeatures:
         make_loader: Callable[[str, list[list[int]]], Any],
         device: str,
         freeze_bn: bool = True,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.visual = visual
+        self.normalize = normalize  # uint8 batches -> the model's input, on the device
         self.make_loader = (
             make_loader  # (split 'syn'|'real', batches of indices) -> iterable of image batches
         )
@@ -278,6 +280,8 @@ class EncoderFeatures:
             freeze_batch_norm(self.visual)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.normalize is not None:
+            images = self.normalize(images)
         images = images.to(self.device, non_blocking=True)
         if self.device.startswith("cuda"):
             with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -312,6 +312,13 @@ class Filter(ApiModel):
         description="T for soft targets softmax(logits / T) with logits scaled by 100.",
     )
     batch_size: int = Field(default=256, ge=1, le=8192)
+    decode: Literal["full", "reduced", "gpu"] | None = Field(
+        default=None,
+        description="How images are decoded for scoring. full: every pixel on the CPU, then the model's "
+        "preprocessing (the official code's way); reduced: JPEGs decoded at the smallest DCT scale that "
+        "still covers the model's input (PIL draft; the same as full below twice the input size); gpu: "
+        "JPEGs decoded and resized on the GPU (nvJPEG). Omit for gpu on a GPU, reduced elsewhere.",
+    )
 
 
 # ------------------------------------------------------------------------------------------ execution

@@ -133,6 +133,34 @@ def test_pods_follow_the_restricted_pod_security_standard() -> None:
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
 
 
+def test_dev_shm_is_sized_for_the_stage_image_loaders_by_default() -> None:
+    from synthrec.plan.shm import stage_shared_memory
+
+    s = spec(
+        resources={"gpus": 1, "cpu": "8", "memory": "64Gi"},
+        filter={"batchSize": 512, "clip": {"model": "ViT-B-16"}},
+    )
+
+    def shm_of(stage: str) -> dict[str, Any]:
+        job = render_job(
+            OWNER,
+            name=f"ds-{stage}-a1",
+            stage=stage,
+            labels=child_labels(OWNER, stage, 1),
+            shape=JobShape(completions=2, parallelism=2, retries_per_index=1, max_failed_indexes=0),
+            spec=s,
+            defaults=WorkerDefaults(),
+        )
+        kubernetes_validate.validate(job, K8S, strict=True)
+        pod = job["spec"]["template"]["spec"]
+        return next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]
+
+    # 7 loader workers x 2 batches x 512 uint8 images of 224 px, with headroom: not the old fixed 2Gi
+    assert shm_of("filter") == {"medium": "Memory", "sizeLimit": stage_shared_memory(s, "filter")}
+    assert stage_shared_memory(s, "filter") == "1351Mi"
+    assert shm_of("generate")["sizeLimit"] == "256Mi"
+
+
 def test_scheduling_knobs_reach_the_pod_and_the_kueue_label_the_job() -> None:
     job = render(spec(**FULL))
     pod = job["spec"]["template"]["spec"]
