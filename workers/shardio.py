@@ -45,6 +45,10 @@ class DeterministicTar:
         self._tar.addfile(info, io.BytesIO(data))
         self.members += 1
 
+    def flush(self) -> None:
+        """Hand what was added to the file (so a reader of the file sees it)."""
+        self._file.flush()
+
     def close(self) -> None:
         if self._file.closed:
             return
@@ -59,9 +63,12 @@ class DeterministicTar:
 
 
 def to_uint8(images: Any) -> Any:
-    """Float images in [0, 1] (N, H, W, 3) as uint8, rounded as diffusers' numpy_to_pil does."""
+    """Float images in [0, 1] (N, H, W, 3) as uint8, rounded as diffusers' numpy_to_pil does; a batch made
+    uint8 on the device (``numpy()``, e.g. synthrec.workers.diffusion.HostImages) as it is."""
     import numpy as np
 
+    if callable(getattr(images, "numpy", None)) and not isinstance(images, np.ndarray):
+        images = images.numpy()  # waits for its copy to the host
     array = np.asarray(images)
     if array.dtype == np.uint8:
         return array
@@ -112,6 +119,7 @@ class BackgroundShardWriter:
         self._quality = quality
         self._size = size
         self._on_written = on_written
+        self.on_flushed: Callable[[], None] | None = None  # after each batch reached the file
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._abort = threading.Event()
@@ -178,8 +186,11 @@ class BackgroundShardWriter:
                     self._tar.add(f"{key}.jpg", encode_jpeg(image, self._quality, self._size))
                     self._tar.add(f"{key}.json", sample_json(self._metadata(item)))
                     self.count += 1
+                self._tar.flush()
                 self.seconds_busy += time.perf_counter() - started
                 if self._on_written is not None:
                     self._on_written(len(items))
+                if self.on_flushed is not None:
+                    self.on_flushed()
         except BaseException as exc:  # handed to the caller; the thread must not die silently
             self._error = exc

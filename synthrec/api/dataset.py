@@ -173,13 +173,28 @@ class Generator(ApiModel):
         description="If set, images per class spread evenly over the class's prompts (overrides "
         "imagesPerPrompt; the paper's 2000 = 200 sentences x 10).",
     )
-    batch_size: int = Field(default=16, ge=1, le=1024, description="Images per pipeline call.")
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Images per pipeline call (with batchSizeSearch: the largest size tried).",
+    )
+    batch_size_search: bool | None = Field(
+        default=None,
+        description="Measure images/s at batch sizes 1, 2, 4, ... up to batchSize on the shard's first "
+        "batches (their images are kept) and generate the rest at the fastest; the choice is stored in the "
+        "output and reused by later pods on the same model, device and settings.",
+    )
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         default="auto", description="auto: float16 on GPU, float32 on CPU."
     )
     negative_prompt: str | None = _text(1000, default=None)
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Base seed; every image derives its own.")
-    compile: bool = Field(default=False, description="torch.compile the denoiser (GPU only).")
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the denoiser and the VAE decoder; the compiled artifacts are kept in the "
+        "output (models/compile-cache/) so later pods load instead of compiling.",
+    )
     jpeg_quality: int = Field(default=95, ge=50, le=100)
 
     _v_model = field_validator("model")(lambda v: _check_model_ref(v))

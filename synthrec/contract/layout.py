@@ -12,6 +12,10 @@ Dataset::
     features/gen-00012.safetensors   CLIP image features + zero-shot probabilities of that shard
     features/gen-00012.done.json
     index/kept.jsonl                 kept samples (shard, key, class, score, soft target)
+    models/mirror.json               the models pinned and mirrored once for the dataset's pods (its commit)
+    models/<name>/...                a mirrored model folder (synthrec.workers.mirror)
+    models/compile-cache/<key>.bin   torch.compile artifacts shared by the pods (synthrec.workers.diffusion)
+    models/batch-size/<key>.json     the generation batch size measured by a first pod (workers/batching.py)
     manifest.json                    dataset card (written last by reduce)
     progress/<stage>-00012.json      small in-flight progress files (best effort, not a commit)
     report/index.html                dataset report
@@ -72,6 +76,20 @@ class DatasetLayout:
     @staticmethod
     def progress(stage: str, shard: int) -> str:
         return f"progress/{shard_name(stage, shard)}.json"
+
+    models_mirror: str = "models/mirror.json"
+
+    @staticmethod
+    def model_folder(name: str) -> str:
+        return f"models/{name}/"
+
+    @staticmethod
+    def compile_cache(key: str) -> str:
+        return f"models/compile-cache/{key}.bin"
+
+    @staticmethod
+    def batch_choice(key: str) -> str:
+        return f"models/batch-size/{key}.json"
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,11 @@ class GenerateSummary(Summary):
     device: str | None = None
     dtype: str | None = None
     batch_size: int | None = None
-    seconds_load: float | None = None
+    batch_size_source: Literal["spec", "searched", "stored"] | None = None
+    compile_cache: Literal["loaded", "stored", "unchanged"] | None = None  # with generator.compile
+    seconds_load: float | None = None  # the model resolved (seconds_fetch of it) and loaded
+    seconds_fetch: float | None = None
+    seconds_startup: float | None = None  # stage start to the first batch's images: what a pod waits
     seconds_model: float = 0.0
     seconds_generate: float | None = None
     seconds_upload: float | None = None
@@ -66,6 +70,7 @@ class GenerateSummary(Summary):
     seconds_writer_wait: float | None = None
     model_busy: float | None = None  # share of the generate time the model was busy
     images_per_s: float | None = None
+    steady_images_per_s: float | None = None  # after the first batch (which pays warm-up and compile)
     real_skipped: int = 0  # unreadable real shots passed over (Real Guidance)
 
 

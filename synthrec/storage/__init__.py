@@ -14,7 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from synthrec.storage.base import CHUNK, MiB, ObjectInfo, Storage, clean_key
-from synthrec.storage.commit import commit_file, existing_commit, read_marker, upload_tree, write_marker
+from synthrec.storage.commit import (
+    commit_file,
+    commit_uploaded,
+    existing_commit,
+    read_marker,
+    upload_tree,
+    write_marker,
+)
 from synthrec.storage.errors import (
     InvalidKey,
     ObjectNotFound,
@@ -77,6 +84,7 @@ __all__ = [
     "atomic_output",
     "clean_key",
     "commit_file",
+    "commit_uploaded",
     "exclusive_lock",
     "existing_commit",
     "open_storage",

@@ -79,7 +79,20 @@ def commit_file(
     size = os.path.getsize(local_path)
     digest = sha256_file(local_path)
     storage.upload_file(local_path, data_key)
-    return write_marker(storage, marker_key, spec_hash=spec_hash, sha256=digest, size=size, **fields)
+    return commit_uploaded(
+        storage, data_key, marker_key, spec_hash=spec_hash, sha256=digest, size=size, **fields
+    )
+
+
+def commit_uploaded(
+    storage: Storage, data_key: str, marker_key: str, *, spec_hash: str, sha256: str, size: int, **fields: Any
+) -> dict[str, Any]:
+    """The second half of ``commit_file``, for data already uploaded to ``data_key`` (e.g. in parts while
+    it was written, synthrec.storage.streaming): write its marker, with the same checks."""
+    existing = existing_commit(storage, marker_key, spec_hash, what=storage.url(data_key))
+    if existing is not None:
+        return existing
+    return write_marker(storage, marker_key, spec_hash=spec_hash, sha256=sha256, size=size, **fields)
 
 
 def upload_tree(storage: Storage, local_dir: str | os.PathLike[str], prefix: str = "") -> list[ObjectInfo]:

@@ -229,7 +229,7 @@ def test_images_are_generated_at_the_pipelines_size_and_stored_at_the_resolution
 
     def recording_call(self: Any, *args: Any, **kwargs: Any) -> Any:  # a spy: the real pipeline still runs
         out = original(self, *args, **kwargs)
-        sizes.extend(image.shape[:2] for image in out.images)
+        sizes.extend(tuple(image.shape[-2:]) for image in out.images)  # CHW tensors on the device
         return out
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", recording_call)
@@ -505,6 +505,31 @@ def test_an_unreadable_shot_is_replaced_by_the_next_image_or_fails_the_shard(
     assert code == 42 and summary.error == "data"
     assert broken in summary.message
     assert not (tmp_path / "fail" / "shards").exists()
+
+
+# ----------------------------------------------------------------------------------- batch size search
+
+
+def test_the_batch_size_is_measured_by_the_first_pod_and_reused_by_the_next(
+    tiny_models: TinyModels, tmp_path: Path, termination_log: Path
+) -> None:
+    out = tmp_path / "out"
+    spec = make_spec(
+        tiny_models,
+        out.as_uri() + "/",
+        generator={"batchSize": 4, "batchSizeSearch": True, "imagesPerPrompt": 4},  # 16 images a shard
+    )
+    first, second = run_both(spec, tmp_path / "tasks", [0, 1])
+    assert (first.batch_size_source, second.batch_size_source) == ("searched", "stored")
+    assert first.images == second.images == 16
+    (record,) = [o for o in open_storage(out.as_uri() + "/").list("models/batch-size/")]
+    stored = json.loads((out / record.key).read_text())
+    assert set(stored["images_per_s"]) <= {"1", "2", "4"} and stored["batch_size"] in (1, 2, 4)
+    assert first.batch_size == second.batch_size == stored["batch_size"]
+    # every item made once, whatever batches the search ran
+    items = [m["item"] for _, _, m in read_samples((out / "shards/gen-00000.tar").read_bytes())]
+    assert len(items) == len(set(items)) == 16
+    assert first.seconds_startup is not None and first.steady_images_per_s is not None
 
 
 # ------------------------------------------------------------------------------------------ bad input
