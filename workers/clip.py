@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -162,19 +163,36 @@ def load_clip(
     *,
     storage_opts: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
+    weights_from: str | None = None,
+    revision: str | None = None,
 ) -> ClipModel:
-    """Load an open_clip model in eval mode on ``device``; ConfigError for a reference that cannot load."""
+    """Load an open_clip model in eval mode on ``device``; ConfigError for a reference that cannot load.
+
+    ``weights_from``: a built-in architecture's pretrained weights as the model mirror copied them (a folder
+    with the weights file and its tag's preprocessing, synthrec.workers.mirror); ``revision``: the pinned
+    revision to report (the mirror's), instead of the one worked out here."""
     import open_clip
 
     try:
-        resolved = resolve_model(ref, allow_name=True, storage_opts=storage_opts, cache_dir=cache_dir)
+        resolved = resolve_model(
+            weights_from or ref, allow_name=True, storage_opts=storage_opts, cache_dir=cache_dir
+        )
     except ModelRefError as e:
         raise ConfigError(f"CLIP model: {e}") from e
-    if resolved.path is None:
+    kwargs: dict[str, Any] = {}
+    if weights_from is not None:
+        assert resolved.path is not None
+        info = json.loads((resolved.path / "open_clip_pretrained.json").read_text())
+        name, tag = ref, pretrained
+        revision = revision or f"open_clip:{name}:{tag or 'random'}"
+        # the tag's preprocessing, as open_clip applies it when it downloads the tag itself
+        kwargs = {f"image_{k}": info[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in info}
+        kwargs["pretrained"] = str(resolved.path / info["file"])
+    elif resolved.path is None:
         name, tag = resolved.name or ref, pretrained
         weights_cache = (cache_dir or default_cache_dir()) / "open_clip"
-        revision = f"open_clip:{name}:{tag or 'random'}"
-        kwargs: dict[str, Any] = {"pretrained": tag, "cache_dir": str(weights_cache)}
+        revision = revision or f"open_clip:{name}:{tag or 'random'}"
+        kwargs = {"pretrained": tag, "cache_dir": str(weights_cache)}
     else:
         if not (resolved.path / "open_clip_config.json").is_file():
             raise ConfigError(
@@ -182,8 +200,7 @@ def load_clip(
                 "open_clip (config + weights), or give an open_clip architecture name"
             )
         name, tag = f"local-dir:{resolved.path}", None
-        revision = resolved.revision or folder_digest(resolved.path)
-        kwargs = {}
+        revision = revision or resolved.revision or folder_digest(resolved.path)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
         tokenizer = open_clip.get_tokenizer(name)
@@ -193,9 +210,8 @@ def load_clip(
     for p in model.parameters():
         p.requires_grad_(False)
     log.info("loaded CLIP %s (%s) on %s", ref, revision, device)
-    return ClipModel(
-        model, preprocess, tokenizer, ref, pretrained if resolved.path is None else None, revision, device
-    )
+    builtin = resolved.path is None or weights_from is not None
+    return ClipModel(model, preprocess, tokenizer, ref, pretrained if builtin else None, revision, device)
 
 
 def folder_digest(path: Path) -> str:

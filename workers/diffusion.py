@@ -96,13 +96,20 @@ def _dtype_keyword() -> str:
 
 
 def load_pipelines(
-    gen: Generator, *, real_guidance: bool, storage_opts: dict[str, Any] | None = None
+    gen: Generator,
+    *,
+    real_guidance: bool,
+    storage_opts: dict[str, Any] | None = None,
+    source: str | None = None,
+    pinned: str | None = None,
 ) -> Pipelines:
-    """Resolve ``generator.model`` and load it ready to run; ConfigError for anything the spec got wrong."""
+    """Resolve ``generator.model`` (or ``source``, the model mirror's copy of it, reported as revision
+    ``pinned``) and load it ready to run; ConfigError for anything the spec got wrong."""
     cls = pipeline_class(gen.pipeline)  # checked before a possibly long model download
     sched_cls = scheduler_class(gen.scheduler) if gen.scheduler else None
     fetch_started = time.perf_counter()
-    path, revision = resolve_model_folder(gen.model, "generator.model", storage_opts)
+    path, revision = resolve_model_folder(source or gen.model, "generator.model", storage_opts)
+    revision = pinned or revision
     seconds_fetch = time.perf_counter() - fetch_started
     device = select_device()
     dtype = resolve_dtype(gen.dtype, device)

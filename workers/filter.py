@@ -91,15 +91,16 @@ def _summary(marker: dict[str, Any], uri: str, *, skipped: bool) -> FilterSummar
 def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[dict, dict, dict, dict]:
     import torch
 
-    from synthrec.workers.clip import encode_dataset, load_clip, set_torch_threads
+    from synthrec.workers.clip import encode_dataset, set_torch_threads
     from synthrec.workers.decode import resolve_decode
+    from synthrec.workers.mirror import load_dataset_clip
     from synthrec.workers.shards import FEATURES_FORMAT, read_range
 
     set_torch_threads()
     spec = ctx.task.dataset.filter
     device = select_device()
     t0 = time.monotonic()
-    clip = load_clip(spec.clip.model, spec.clip.pretrained, device, storage_opts=_storage_opts(ctx))
+    clip = load_dataset_clip(ctx, device)  # from the model mirror when it holds it
     head = clip.text_head(labels.head_names, labels.templates)
     prompts = filter_prompts(labels, spec.prompts)
     scorer = head if spec.prompts == "head-templates" else clip.text_head(prompts.names, prompts.templates)
@@ -150,7 +151,3 @@ def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[di
     counts["decode"] = decode
     timing = {"model": round(t_model, 3), "encode": round(t_encode, 3)}
     return tensors, meta, counts, timing
-
-
-def _storage_opts(ctx: StageContext) -> dict[str, Any]:
-    return {"endpoint": ctx.task.output.endpoint, "region": ctx.task.output.region}

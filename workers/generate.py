@@ -152,9 +152,15 @@ class ShardGenerator:
         load_started = time.perf_counter()
         if self.items:
             from synthrec.workers.diffusion import generation_size, load_pipelines
+            from synthrec.workers.mirror import source_of
 
+            source, pinned = source_of(self.ctx.storage, self.gen.model)
             self.pipes = load_pipelines(
-                self.gen, real_guidance=self.rg is not None, storage_opts=self.storage_opts
+                self.gen,
+                real_guidance=self.rg is not None,
+                storage_opts=self.storage_opts,
+                source=source,
+                pinned=pinned,
             )
             self.size = self.gen.generation_resolution or generation_size(self.pipes.text2image)
             if self.shots is not None:

@@ -296,7 +296,8 @@ class RealFilter:
         import numpy as np
         import torch
 
-        from synthrec.workers.clip import load_clip, set_torch_threads
+        from synthrec.workers.clip import set_torch_threads
+        from synthrec.workers.mirror import load_dataset_clip
         from synthrec.workers.realdata import index_real_data, load_shots
         from synthrec.workers.runtime import select_device
 
@@ -313,12 +314,7 @@ class RealFilter:
         index = index_real_data(source, labels, ctx.open)
         seed = rf.seed if rf.seed is not None else (rg.seed if rg else 0)
         loaded, bad = load_shots(index, shots, seed, ctx.open, source.on_bad_image)
-        clip = load_clip(
-            spec.filter.clip.model,
-            spec.filter.clip.pretrained,
-            select_device(),
-            storage_opts={"endpoint": ctx.task.output.endpoint, "region": ctx.task.output.region},
-        )
+        clip = load_dataset_clip(ctx, select_device())  # as the filter stage loaded it
         shots_list = [(c, img) for c in sorted(loaded) for _, img in loaded[c]]
         batch = torch.stack([clip.pixels.geometric(img) for _, img in shots_list])
         real_feats = (

@@ -339,6 +339,19 @@ class Filter(ApiModel):
 # ------------------------------------------------------------------------------------------ execution
 
 
+class ModelMirror(ApiModel):
+    """Where the dataset's pods load their models from (synthrec.workers.mirror): the prompts stage pins
+    every model to a revision and copies it once, instead of every pod downloading it from the hub."""
+
+    target: Literal["auto", "output", "cache", "off"] = Field(
+        default="auto",
+        description="output: a copy under the dataset's output (models/), fetched by each pod from the "
+        "object store; cache: a copy in the pods' /cache when it is one shared volume (the operator's worker "
+        "cache volume), loaded in place; off: each pod resolves the references itself. auto: output for "
+        "s3:// outputs, off for file:// ones. file:// models are pinned, never copied.",
+    )
+
+
 class Sharding(ApiModel):
     """How the work is split into Indexed Job shards."""
 
@@ -413,4 +426,5 @@ class SyntheticDatasetSpec(ApiModel):
     scheduling: Scheduling = Field(default_factory=Scheduling)
     output: Output
     model_hub: ModelHub | None = None
+    model_mirror: ModelMirror | None = None
     run_policy: RunPolicy = Field(default_factory=RunPolicy)

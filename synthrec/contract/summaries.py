@@ -47,6 +47,8 @@ class PromptsSummary(Summary):
     filled: int = 0  # Language Enhancement sentences filled in deterministically
     filled_classes: int = 0
     uri: str | None = None
+    models_mirrored: int = 0  # models pinned and copied once for the dataset's pods (spec.modelMirror)
+    seconds_mirror: float | None = None
 
 
 class GenerateSummary(Summary):
