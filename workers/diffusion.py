@@ -192,7 +192,9 @@ def load_pipelines(
 def generation_size(pipe: Any) -> int:
     """The pipeline's native square size: what it generates when no height/width is given (its denoiser's
     sample size x the VAE scale factor, as the SD, SDXL and PixArt pipelines compute their default)."""
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    denoiser = getattr(pipe, "unet", None)
+    if denoiser is None:  # not `or`: a compiled module's truth value raises (it asks the module's len())
+        denoiser = getattr(pipe, "transformer", None)
     sample = getattr(pipe, "default_sample_size", None)
     if sample is None and denoiser is not None:
         sample = getattr(denoiser.config, "sample_size", None)

@@ -646,6 +646,8 @@ def test_real_guidance_with_less_than_one_denoising_step_is_a_configuration_erro
 def test_the_native_size_is_the_denoisers_sample_size_times_the_vae_factor() -> None:
     from types import SimpleNamespace
 
+    import torch
+
     from synthrec.workers.diffusion import generation_size
     from synthrec.workers.runtime import ConfigError
 
@@ -658,3 +660,9 @@ def test_the_native_size_is_the_denoisers_sample_size_times_the_vae_factor() -> 
     assert (generation_size(sd21_base), generation_size(sdxl), generation_size(pixart)) == (512, 1024, 512)
     with pytest.raises(ConfigError, match=r"set generator\.generationResolution"):
         generation_size(SimpleNamespace(unet=config(64)))  # no VAE scale factor: cannot tell
+
+    class Denoiser(torch.nn.Module):
+        config = SimpleNamespace(sample_size=64)
+
+    compiled = torch.compile(Denoiser())  # generator.compile: the pipeline holds the compiled wrapper
+    assert generation_size(SimpleNamespace(unet=compiled, vae_scale_factor=8)) == 512
