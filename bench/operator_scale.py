@@ -141,8 +141,9 @@ async def run(
             elapsed = time.monotonic() - started
             durations = list(reconciler.reconcile_durations)
         emulator.close_watches()
-    if status.get("phase") != "Succeeded":
-        raise SystemExit(f"the dataset did not complete in {timeout} s: {json.dumps(status)[:2000]}")
+    completed = status.get("phase") == "Succeeded"
+    if not completed:  # what it did so far is still worth reporting (a slow host, a long run)
+        print(f"the dataset did not complete in {timeout} s: {status.get('message')}", file=sys.stderr)
 
     calls = emulator.operator_calls
     total = sum(calls.values())
@@ -181,9 +182,11 @@ async def run(
     return {
         "shards": shards,
         "parallelism": parallelism,
+        "completed": completed,
+        "progress": status.get("message"),
         "seconds": round(elapsed, 1),
         "stage_started_at_s": phases,
-        "images_generated": status["images"]["generated"],
+        "images_generated": (status.get("images") or {}).get("generated"),
         "api_requests": total,
         "api_requests_per_shard": round(total / shards, 3),
         "api_requests_by_call": dict(by_kind.most_common()),
