@@ -19,6 +19,7 @@ entry points.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -96,9 +97,14 @@ def write_report(
 
 
 def _render_into(found: list[artifacts.FoundResource], folder: Path, source: str) -> None:
-    """Render in a fresh sibling folder, then swap it in, so a failed render leaves the old report."""
+    """Render in a fresh sibling folder, then swap it in, so a failed render leaves the old report.
+
+    The folder is made with the user's umask (mkdtemp would make it 0700): on a shared filesystem the
+    report is for others to open too, as every other file synthrec writes.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=folder.parent))
+    staging = folder.parent / f".report-{secrets.token_hex(8)}"
+    staging.mkdir()
     try:
         Renderer(staging).render(found, source)
         if folder.exists():
