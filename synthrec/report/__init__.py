@@ -1,20 +1,23 @@
 """The HTML report of a storage (or of one resource): what was generated, what the filter kept, how well
 the classifiers do.
 
-One self-contained page, ``index.html``, with its images and PNG plots in ``img/`` and ``plots/`` beside it,
-referenced relatively: no JavaScript, no external CSS or fonts, so the folder can be copied, mailed or
-served from a bucket as it is. For each SyntheticDataset: the models, counts and accept rates per class
-(table and plot), samples of the prompts, and per class a grid of kept and rejected images with their
-prompts and CLIP scores. For each RecognitionExperiment: the accuracy table of all runs, top-1 against
-shots with the zero-shot baseline, the training curves, and where the best run errs (its weakest classes
-against zero-shot CLIP, the classes it confuses most, and its confusion matrix). Runs with the built-in
-tiny models say in red that the weights are random and the accuracy is meaningless.
+One self-contained page, ``index.html``, with its images and PNG plots in ``img/`` and ``plots/`` and the
+results as ``results.csv`` (every run) and ``table.csv`` (top-1 over seeds) beside it, referenced
+relatively: no JavaScript, no external CSS or fonts, so the folder can be copied, mailed or served from a
+bucket as it is. For each SyntheticDataset: the models, counts and accept rates per class (table and
+plot), samples of the prompts, and per class a grid of the kept images and, apart, of those that passed
+the threshold but were not kept and those below it, with their prompts and CLIP scores. For each
+RecognitionExperiment: top-1 over seeds per variant and shots (mean +- std, min-max) with zero-shot CLIP,
+as a table and a plot with a min-max band; every run with its TensorBoard log dir; each training
+objective on its own axes; and where the best run errs (its weakest classes against zero-shot CLIP, the
+classes it confuses most, and its confusion matrix with counts). Runs with the built-in tiny models say
+in red that the weights are random and the accuracy is meaningless.
 
 Everything is read from the artifacts (``synthrec.contract.artifacts``); class names and prompts are data
-and are escaped. Plots use matplotlib's Agg backend, imported only here.
+and are escaped. Plots use matplotlib's object API, imported only here.
 
-The package: ``render`` (the page), ``images`` (kept and rejected grids), ``plots``; this module holds the
-entry points.
+The package: ``render`` (the page), ``results`` (the numbers over seeds, the CSVs), ``images`` (the
+grids), ``plots``; this module holds the entry points.
 """
 
 from __future__ import annotations
