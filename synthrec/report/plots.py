@@ -81,9 +81,13 @@ def top1_figure(table: ResultTable, title: str) -> Any | None:
             ax.plot(xs, means, color="0.35", linestyle="--", marker=".", label=label, zorder=1)
             continue
         (line,) = ax.plot(xs, means, marker="o", label=name, zorder=3)
-        if any(c.n > 1 for _, c in points):
-            lows, highs = [c.low for _, c in points], [c.high for _, c in points]
+        if not any(c.n > 1 for _, c in points):
+            continue
+        lows, highs = [c.low for _, c in points], [c.high for _, c in points]
+        if len(points) > 1:
             ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.18, linewidth=0, zorder=2)
+        else:  # a band needs two points: one number of shots gets a min-max bar
+            ax.vlines(xs, lows, highs, color=line.get_color(), alpha=0.5, linewidth=6, zorder=2)
     ax.set_xticks(range(len(table.shots)), [str(s) for s in table.shots])
     ax.set_xlabel("real shots per class")
     ax.set_ylabel("top-1 (%)")

@@ -318,7 +318,7 @@ class Renderer:
         if not table.rows:
             return ""
         out = ["<h3>Top-1 over seeds</h3><table><tr><th class='l'>top-1 (%)</th>"]
-        out += [f"<th>{s} shots</th>" for s in table.shots]
+        out += [f"<th>{s} shot{'' if s == 1 else 's'}</th>" for s in table.shots]
         out.append("</tr>")
         for name, cells in table.rows.items():
             out.append(f"<tr><td class='l'>{_e(name)}</td>")

@@ -81,8 +81,7 @@ def result_table(runs: list[artifacts.RunState]) -> ResultTable:
     planned: dict[tuple[str, int], int] = {}
     values: dict[tuple[str, int], list[float]] = {}
     for r in runs:
-        cells = [(series_of(r), r.top1), (ZERO_SHOT, r.zero_shot_top1)]
-        for name, value in cells:
+        for name, value in ((series_of(r), r.top1), (ZERO_SHOT, r.zero_shot_top1)):
             key = (name, r.shots)
             planned[key] = planned.get(key, 0) + 1
             values.setdefault(key, [])

@@ -200,8 +200,10 @@ def top1_of(shots: int, seed: int, variant: str) -> float:
     return 40.0 + 5 * VARIANTS.index(variant) + 2 * shots + (seed - 2) * (1 + shots) + 0.25 * seed
 
 
-def write_experiment(root: Path, *, missing: str | None = None, tracking: str | None = None) -> list[str]:
-    """An experiment of VARIANTS x SHOTS x SEEDS; the run ``missing`` is not done. Returns the run names."""
+def write_experiment(
+    root: Path, *, missing: str | None = None, tracking: str | None = None, shots: list[int] = SHOTS
+) -> list[str]:
+    """An experiment of VARIANTS x shots x SEEDS; the run ``missing`` is not done. Returns the run names."""
     storage = FileStorage(root)
     data = {
         "synthetic": [{"datasetRef": "pets"}],
@@ -211,7 +213,7 @@ def write_experiment(root: Path, *, missing: str | None = None, tracking: str | 
     spec = {
         "labels": {"classes": [{"name": c} for c in CLASSES]},
         "data": data,
-        "matrix": {"shots": SHOTS, "seeds": SEEDS, "variants": [{"name": v} for v in VARIANTS]},
+        "matrix": {"shots": shots, "seeds": SEEDS, "variants": [{"name": v} for v in VARIANTS]},
     }
     runs = write_experiment_spec(storage, "fig1", spec)
     for run in runs:
@@ -242,7 +244,7 @@ def test_the_seeds_table_has_mean_std_min_max_per_variant_and_shots_with_a_zero_
     write_experiment(tmp_path / "experiments" / "fig1", missing="shots4-seed3-coop")
     page = Path(build_report(tmp_path.as_uri())).read_text()
     table = Tables(page).tables["Top-1 over seeds"]
-    assert table[0] == ["top-1 (%)", "0 shots", "1 shots", "4 shots"]
+    assert table[0] == ["top-1 (%)", "0 shots", "1 shot", "4 shots"]
     assert [row[0] for row in table[1:]] == ["zero-shot CLIP", *VARIANTS]
     assert table[1][1:] == ["45.0 ± 0.0 / 45.0–45.0, n=15"] * 2 + ["45.0 ± 0.0 / 45.0–45.0, n=14 of 15"]
     # ct-syn at 4 shots: 40 + 20 + 8 + {-5, 0, 5} + {0.25, 0.5, 0.75} = 63.25, 68.5, 73.75
@@ -309,6 +311,18 @@ def test_the_top1_plot_draws_one_curve_per_variant_with_a_min_max_band_over_seed
         ys = band.get_paths()[0].vertices[:, 1]
         assert ys.min() == pytest.approx(min(per_shots[0])) and ys.max() == pytest.approx(max(per_shots[2]))
         assert band.get_facecolor()[0][:3] == pytest.approx(_rgb(line.get_color()))
+
+
+def test_a_single_number_of_shots_gets_a_min_max_bar_per_variant(tmp_path: Path) -> None:
+    write_experiment(tmp_path, shots=[0])  # the zero-shot setting of Table 1
+    found = artifacts.find_resources(tmp_path.as_uri())
+    ax = top1_figure(result_table(found[0].experiment_state().runs), "table1").axes[0]
+    bars = ax.collections
+    assert len(bars) == len(VARIANTS)
+    for variant, bar in zip(VARIANTS, bars, strict=True):
+        (segment,) = bar.get_segments()
+        values = [top1_of(0, seed, variant) for seed in SEEDS]
+        assert [tuple(p) for p in segment] == [(0, min(values)), (0, max(values))]
 
 
 def _rgb(color: str) -> tuple[float, float, float]:
