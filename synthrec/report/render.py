@@ -246,11 +246,15 @@ class Renderer:
         attach_images(res.storage, grids, self.folder, f"img/{res.name}")
         filt = manifest.filter
         out = ["<h3>Kept and not kept images</h3>"]
+        why = (
+            "the K kept are drawn at random from those that passed, so these can score as high as kept ones"
+            if filt.selection == "random"
+            else f"the K kept are {_e(_selection(filt.selection))}"
+        )
         out.append(
             "<p class='note'>The score is the CLIP zero-shot probability of the intended class. "
             "<span class='k'>Green: kept</span>. <span class='nc'>Amber: passed the threshold but not kept"
-            f"</span>: {_e(_selection(filt.selection))} among the images that passed, so these can score "
-            "as high as kept ones. <span class='b'>Red: at or below the threshold</span>.</p>"
+            f"</span>: {why}. <span class='b'>Red: at or below the threshold</span>.</p>"
         )
         if filt.real_filtering is not None:
             out.append(

@@ -201,7 +201,12 @@ def top1_of(shots: int, seed: int, variant: str) -> float:
 
 
 def write_experiment(
-    root: Path, *, missing: str | None = None, tracking: str | None = None, shots: list[int] = SHOTS
+    root: Path,
+    *,
+    missing: str | None = None,
+    tracking: str | None = None,
+    shots: list[int] = SHOTS,
+    also_logged: dict[str, Any] | None = None,
 ) -> list[str]:
     """An experiment of VARIANTS x shots x SEEDS; the run ``missing`` is not done. Returns the run names."""
     storage = FileStorage(root)
@@ -222,7 +227,8 @@ def write_experiment(
         assert run.variant is not None
         extra: dict[str, Any] = {}
         if tracking:
-            extra["tracking"] = {"tensorboard": f"{tracking}runs/{run.name}/tensorboard"}
+            tensorboard = f"{tracking}runs/{run.name}/tensorboard"
+            extra["tracking"] = {"tensorboard": tensorboard, **(also_logged or {})}
         metrics = run_metrics(
             run.name,
             top1=top1_of(run.shots, run.seed, run.variant),
@@ -346,6 +352,26 @@ def test_a_run_links_its_tensorboard_log_dir_a_browser_can_follow_and_shows_an_s
     page = Path(build_report(tmp_path.as_uri())).read_text()
     s3 = "s3://bucket/experiments/fig1/runs/shots1-seed2-coop/tensorboard"
     assert f"TensorBoard: <code>{s3}</code>" in page and f"href='{s3}'" not in page
+
+
+def test_a_run_links_its_wandb_and_mlflow_runs_and_never_a_script(tmp_path: Path) -> None:
+    logged = {
+        "wandb": {"project": "p", "id": "abc", "url": "https://wandb.ai/team/p/runs/abc"},
+        "mlflow": {"tracking_uri": "http://mlflow:5000/", "experiment_id": "7", "run_id": "r1"},
+    }
+    write_experiment(tmp_path, tracking=tmp_path.as_uri() + "/", also_logged=logged)
+    page = Path(build_report(tmp_path.as_uri(), out=str(tmp_path / "out"))).read_text()
+    assert page.count(">W&amp;B run</a>") == len(VARIANTS) * len(SHOTS) * len(SEEDS)
+    assert "<a href='https://wandb.ai/team/p/runs/abc'" in page
+    assert "<a href='http://mlflow:5000/#/experiments/7/runs/r1'" in page
+    logged = {
+        "wandb": {"url": "javascript:alert(1)"},
+        "mlflow": {"tracking_uri": "file:///m", "run_id": "r2"},
+    }
+    write_experiment(tmp_path, tracking=tmp_path.as_uri() + "/", also_logged=logged)
+    page = Path(build_report(tmp_path.as_uri(), out=str(tmp_path / "out"))).read_text()
+    assert "href='javascript" not in page and "<code>javascript:alert(1)</code>" in page
+    assert "MLflow run <code>r2</code> at <code>file:///m</code>" in page
 
 
 def test_a_report_on_s3_carries_its_csv_files(tmp_path: Path, s3_bucket: Any) -> None:
