@@ -187,7 +187,7 @@ class _ShardScores:
                 continue
             if (self.labels[row] if self.labels else _class_of_key(key)) != c:
                 continue
-            score = self.probs[row][c] if row < len(self.probs) else None
+            score = self.probs[row][c] if row < len(self.probs) and c < len(self.probs[row]) else None
             out.append(Sample(key, self.shard, c, score, False))
         return out
 
