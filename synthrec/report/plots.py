@@ -10,6 +10,7 @@ from typing import Any
 
 from synthrec.contract import confusion
 from synthrec.contract.manifest import ClassCounts
+from synthrec.report.images import NotKept
 from synthrec.report.results import ZERO_SHOT, ResultTable
 
 MAX_LEGEND_RUNS = 10  # beyond this many runs the loss plots colour and name lines by series, not by run
@@ -41,20 +42,45 @@ def png(fig: Any) -> bytes:
 
 
 def accept_rates_figure(per_class: list[ClassCounts], title: str) -> Any:
+    """Per class, what became of its generated images, as shares stacked to 100 %: kept (above, then below
+    the threshold), passed the threshold but not kept, below it, dropped by Real Filtering, undecodable.
+    The colours are the image grids' (green kept, amber passed but not kept, red below)."""
     names = [c.name for c in per_class]
-    rates = [100 * (c.accept_rate or 0.0) for c in per_class]
-    kept = [100 * (c.keep_rate or 0.0) for c in per_class]
-    fig = _figure(min(16, max(5, 0.35 * len(names) + 2)), 3.6)
+    parts: dict[str, tuple[str, list[float]]] = {
+        "kept, passed the threshold": ("#2e7d32", []),
+        "kept, below the threshold (too few passed)": ("#9ccc65", []),
+        "passed the threshold, not kept": ("#ef8f00", []),
+        "below the threshold": ("#c62828", []),
+        "dropped by Real Filtering": ("#757575", []),
+        "undecodable": ("#bdbdbd", []),
+    }
+    for c in per_class:
+        split = NotKept.of([c])
+        share = 100.0 / c.generated if c.generated else 0.0
+        counts = (
+            c.kept - c.kept_below_threshold,
+            c.kept_below_threshold,
+            split.not_chosen,
+            split.below,
+            split.real_filtered,
+            split.corrupt,
+        )
+        for (_, values), n in zip(parts.values(), counts, strict=True):
+            values.append(share * n)
+    fig = _figure(min(16, max(7, 0.4 * len(names) + 2)), 4.5, layout="constrained")
     ax = fig.subplots()
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], rates, width=0.4, label="passed the CLIP filter threshold")
-    ax.bar([x + 0.2 for x in xs], kept, width=0.4, label="kept")
-    ax.set_xticks(list(xs), names, rotation=60 if len(names) > 6 else 0, ha="right", fontsize=8)
-    ax.set_ylabel("% of generated images")
-    ax.set_ylim(0, 105)
+    xs = list(range(len(names)))
+    bottom = [0.0] * len(names)
+    for label, (color, values) in parts.items():
+        if any(values):
+            ax.bar(xs, values, bottom=bottom, width=0.7, color=color, label=label)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    slanted = len(names) > 6 or max((len(n) for n in names), default=0) > 12
+    ax.set_xticks(xs, names, rotation=45 if slanted else 0, ha="right" if slanted else "center", fontsize=8)
+    ax.set_ylabel("% of the class's generated images")
+    ax.set_ylim(0, 100)
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", ncol=3, fontsize=8)
     return fig
 
 

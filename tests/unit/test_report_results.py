@@ -26,7 +26,13 @@ from safetensors.numpy import save
 from synthrec.contract import artifacts, confusion
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.report import build_report
-from synthrec.report.plots import confusion_figure, loss_curves, losses_figure, top1_figure
+from synthrec.report.plots import (
+    accept_rates_figure,
+    confusion_figure,
+    loss_curves,
+    losses_figure,
+    top1_figure,
+)
 from synthrec.report.results import result_table
 from synthrec.storage import FileStorage, open_storage, write_marker
 from tests.harness.artifacts import dataset_manifest, run_metrics, write_dataset_spec, write_experiment_spec
@@ -185,6 +191,20 @@ def test_not_kept_images_are_shown_and_counted_apart_below_the_threshold_and_pas
     ]
     assert "Not kept: <b>2 passed the threshold but were not among the kept</b>, " in page
     assert "<b>4 were below the threshold</b>" in page and "1 of them below the threshold" in page
+
+
+def test_the_per_class_plot_stacks_kept_passed_but_not_kept_and_below_the_threshold(tmp_path: Path) -> None:
+    write_dataset(tmp_path)
+    manifest = artifacts.find_resources(tmp_path.as_uri())[0].dataset_state().manifest
+    assert manifest is not None
+    ax = accept_rates_figure(manifest.per_class, "pets").axes[0]
+    bars = {bar.get_label(): [round(p.get_height(), 6) for p in bar] for bar in ax.containers}
+    assert bars == {  # cat, dog: 5 images each
+        "kept, passed the threshold": [40.0, 20.0],
+        "kept, below the threshold (too few passed)": [0.0, 20.0],
+        "passed the threshold, not kept": [40.0, 0.0],
+        "below the threshold": [20.0, 60.0],
+    }
 
 
 # ----------------------------------------------------------------------------------------- experiments
