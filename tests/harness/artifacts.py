@@ -83,13 +83,6 @@ def dataset_manifest(
             "templates": ["a photo of a {c}."],
         },
         "models": {"prompts": {"strategy": "basic"}, "generator": {"model": "file:///models/sd"}},
-        "generation": {
-            "steps": 4,
-            "guidance_scale": 3.0,
-            "generation_resolution": 64,
-            "generation_resolution_source": "pipeline native size",
-            "resolution": 64,
-        },
         "filter": {"enabled": filter_enabled, "seed": 0},
         "counts": {
             "generated": generated * n,
