@@ -345,7 +345,7 @@ class Renderer:
             logdir = layout.url(layout.tensorboard)
             out.append(
                 "<p>TensorBoard shows every run of this experiment, their scalars and hyper-parameters: "
-                f"<code>tensorboard --logdir {_e(logdir)}</code></p>"
+                f"<code>tensorboard --logdir {_e(logdir)}</code>; each run's own log dir is in its row.</p>"
             )
         out.append("<table><tr><th class='l'>run</th><th>shots</th><th>seed</th><th class='l'>variant</th>")
         out.append("<th>top-1</th><th>zero-shot top-1</th><th>change</th><th>synthetic images</th>")
@@ -450,8 +450,8 @@ def _cell(stats: Stats | None) -> str:
 
 
 def _link(uri: str, text: str) -> str:
-    """A link where a browser can follow it (file://, http(s)://); the URI to copy otherwise (s3://)."""
-    if uri.startswith(("file://", "http://", "https://")):
+    """A link to a web page (W&B, an MLflow server); any other URI is shown to copy, never linked."""
+    if uri.startswith(("http://", "https://")):
         return f"<a href='{_e(uri)}' title='{_e(uri)}'>{_e(text)}</a>"
     return f"<code>{_e(uri)}</code>"
 
@@ -461,8 +461,9 @@ def _tracking_links(run: artifacts.RunState) -> str:
     tracking = run.metrics.tracking if run.metrics else {}
     links = []
     tensorboard = tensorboard_dir(run)
-    if tensorboard:
-        links.append("TensorBoard: " + _link(tensorboard, "log dir"))
+    if tensorboard:  # a folder for `tensorboard --logdir`, not a page: shown to copy, and the page keeps
+        # referring only to files beside it (a copied report or one served from a bucket has no broken links)
+        links.append(f"TensorBoard: <code>{_e(tensorboard)}</code>")
     wandb = tracking.get("wandb")
     if isinstance(wandb, dict) and isinstance(wandb.get("url"), str):
         links.append(_link(wandb["url"], "W&B run"))
