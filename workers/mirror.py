@@ -94,11 +94,15 @@ def mirror_models(ctx: StageContext) -> dict[str, Any] | None:
         existing = read_marker(ctx.storage, DatasetLayout.models_mirror)
     except StorageError:
         existing = None
-    if existing is not None and existing["spec_hash"] == expected:
+    if (
+        existing is not None
+        and existing["spec_hash"] == expected
+        and not any(e.get("error") for e in existing["models"])
+    ):
         log.info("models already mirrored for this dataset (%s)", target)
         return existing
     started = time.perf_counter()
-    entries = [_mirror_one(ctx, use, target) for use in dataset_models(spec)]
+    entries = [_mirror_or_note(ctx, use, target) for use in dataset_models(spec)]
     record = write_marker(
         ctx.storage,
         DatasetLayout.models_mirror,
@@ -109,6 +113,16 @@ def mirror_models(ctx: StageContext) -> dict[str, Any] | None:
     )
     log.info("mirrored %d model(s) to %s in %.1f s", len(entries), target, record["seconds"])
     return record
+
+
+def _mirror_or_note(ctx: StageContext, use: ModelUse, target: str) -> dict[str, Any]:
+    """A model that cannot be fetched here is not the prompts stage's failure: the stage that loads it
+    says so (as without the mirror), and the next prompts run tries again."""
+    try:
+        return _mirror_one(ctx, use, target)
+    except ConfigError as exc:
+        log.warning("not mirrored, the pods will load it themselves: %s", exc)
+        return {"field": use.field, "ref": use.ref, "copied": False, "uri": None, "error": str(exc)}
 
 
 def _mirror_one(ctx: StageContext, use: ModelUse, target: str) -> dict[str, Any]:

@@ -184,3 +184,32 @@ def test_the_cache_target_copies_into_the_shared_cache_and_a_pod_without_it_fall
     assert mirror.source_of(storage, "tiny://sd") == (sd["uri"], sd["revision"])
     copy.rename(copy.with_name("elsewhere"))  # a pod whose /cache is not the shared volume
     assert mirror.source_of(storage, "tiny://sd") == ("tiny://sd", sd["revision"])
+
+
+def test_a_model_that_cannot_be_fetched_leaves_the_prompts_stage_done_and_is_tried_again(
+    tiny_models: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from open_clip import pretrained
+
+    tries: list[str] = []
+
+    def unreachable(cfg: Any, **kwargs: Any) -> str:
+        tries.append(cfg.get("hf_hub", "") or cfg.get("url", ""))
+        raise OSError("the hub is unreachable")
+
+    monkeypatch.setattr(pretrained, "download_pretrained", unreachable)
+    spec = spec_for(tiny_models.sd.as_uri(), "RN50", (tmp_path / "ds").as_uri() + "/", target="output")
+    spec = spec.model_copy(
+        update={
+            "filter": spec.filter.model_copy(
+                update={"clip": spec.filter.clip.model_copy(update={"pretrained": "openai"})}
+            )
+        }
+    )
+    monkeypatch.setenv("SYNTHREC_CACHE", str(tmp_path / "cache"))
+    assert run(spec, "prompts", tmp_path / "a").models_mirrored == 0  # the stage itself succeeded
+    record = open_storage(spec.output.uri).read_json(DatasetLayout.models_mirror)
+    clip = next(m for m in record["models"] if m["field"] == "filter.clip.model")
+    assert clip["uri"] is None and "unreachable" in clip["error"]  # its pods load RN50 themselves
+    run(spec, "prompts", tmp_path / "b")
+    assert len(tries) == 2  # not taken as done: the next prompts run tries again
