@@ -221,21 +221,17 @@ def cache_mirror_root() -> Path:
 
 # --------------------------------------------------------------------------------------- the pods' side
 
-_RECORDS: dict[str, dict[str, Any] | None] = {}
-
 
 def mirrored(storage: Storage, ref: str) -> dict[str, Any] | None:
-    """The mirror's entry for ``ref`` in this dataset's output (read once per process), or None."""
-    key = storage.uri
-    if key not in _RECORDS:
-        try:
-            _RECORDS[key] = storage.read_json(DatasetLayout.models_mirror)
-        except ObjectNotFound:
-            _RECORDS[key] = None
-        except StorageError as exc:
-            log.warning("cannot read the model mirror record (%s); loading models from their references", exc)
-            _RECORDS[key] = None
-    record = _RECORDS[key]
+    """The mirror's entry for ``ref`` in this dataset's output, or None (read at each model load: one
+    small object, and never a stale answer for another dataset in the same process)."""
+    try:
+        record = storage.read_json(DatasetLayout.models_mirror)
+    except ObjectNotFound:
+        record = None
+    except StorageError as exc:
+        log.warning("cannot read the model mirror record (%s); loading models from their references", exc)
+        record = None
     for entry in (record or {}).get("models", []):
         if entry.get("ref") == ref:
             return entry
@@ -245,7 +241,7 @@ def mirrored(storage: Storage, ref: str) -> dict[str, Any] | None:
 def source_of(storage: Storage, ref: str) -> tuple[str, str | None]:
     """(what to load, the pinned revision or None) for a model folder reference of this dataset."""
     entry = mirrored(storage, ref)
-    if entry is None:
+    if entry is None or entry.get("kind") == "file":  # a mounted folder: loaded in place, as before
         return ref, None
     uri = entry.get("uri")
     if uri and uri.startswith("file://") and not Path(uri.removeprefix("file://")).is_dir():

@@ -180,7 +180,6 @@ def test_the_cache_target_copies_into_the_shared_cache_and_a_pod_without_it_fall
     sd = next(m for m in storage.read_json(DatasetLayout.models_mirror)["models"] if m["ref"] == "tiny://sd")
     copy = Path(sd["uri"].removeprefix("file://"))
     assert copy.parent == tmp_path / "shared-cache" / "mirror" and (copy / "model_index.json").is_file()
-    monkeypatch.setattr(mirror, "_RECORDS", {})
     assert mirror.source_of(storage, "tiny://sd") == (sd["uri"], sd["revision"])
     copy.rename(copy.with_name("elsewhere"))  # a pod whose /cache is not the shared volume
     assert mirror.source_of(storage, "tiny://sd") == ("tiny://sd", sd["revision"])
