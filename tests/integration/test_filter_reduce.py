@@ -74,8 +74,9 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
     f = read_features(local)
     assert f.keys[row["row"]] == row["key"]
     assert abs(float(f.probs[row["row"], row["class"]]) - row["score"]) < 1e-5
-    assert manifest["soft_targets"]["temperature"] is None and "softTarget.temperature" in (
-        manifest["soft_targets"]["formula"]
+    assert (
+        manifest["soft_targets"]["temperature"] is None
+        and "softTarget.temperature" in (manifest["soft_targets"]["formula"])
     )
     target = soft_targets(f.logits[row["row"]], 2.0)
     assert abs(float(target.sum()) - 1) < 1e-5
