@@ -90,7 +90,10 @@ class ReduceSummary(Summary):
 class TrainSummary(Summary):
     stage: Literal["train"] = "train"
     run: str
+    method: str | None = None
     top1: float | None
+    top1_last: float | None = None
+    top1_best_validation: float | None = None
     zero_shot_top1: float | None
     metrics: str | None = None  # URI of runs/<run>/metrics.json
 

@@ -456,7 +456,17 @@ def test_run_results_fold_into_status_with_the_best_run() -> None:
     r1 = job("exp-r1-a1", "train", final="Complete", completed="0", run_index=1)
     pods = [
         pod(r0, 0, run="shots0-seed1", top1=0.6, zero_shot_top1=0.3),
-        pod(r1, 0, run="shots0-seed2", top1=0.7, zero_shot_top1=0.3, metrics="s3://x/m.json"),
+        pod(
+            r1,
+            0,
+            run="shots0-seed2",
+            method="classifier-tuning",
+            top1=0.7,
+            top1_last=0.7,
+            top1_best_validation=0.72,
+            zero_shot_top1=0.3,
+            metrics="s3://x/m.json",
+        ),
     ]
     actions = plan(
         with_status(experiment(), first.status),
@@ -465,6 +475,9 @@ def test_run_results_fold_into_status_with_the_best_run() -> None:
     )
     results = {r["name"]: r for r in actions.status["results"]}
     assert results["shots0-seed1"]["top1"] == 0.6 and results["shots0-seed1"]["zeroShotTop1"] == 0.3
+    # the method and both selections (last epoch, best validation epoch) are in status
+    assert results["shots0-seed1"]["method"] == "classifier-tuning"
+    assert (results["shots0-seed2"]["top1Last"], results["shots0-seed2"]["top1BestValidation"]) == (0.7, 0.72)
     assert results["shots0-seed1"]["metrics"] == "s3://bucket/exp/runs/shots0-seed1/metrics.json"
     assert results["shots0-seed2"]["metrics"] == "s3://x/m.json"
     assert actions.status["best"] == {"name": "shots0-seed2", "top1": 0.7}
