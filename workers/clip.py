@@ -123,13 +123,14 @@ class ClipModel:
         emb = torch.cat(chunks).view(len(class_names), len(templates), -1).mean(dim=1)
         return torch.nn.functional.normalize(emb, dim=-1)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised float32 features of a preprocessed batch (no gradients)."""
+    def encode(self, images: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """L2-normalised (or, with ``normalize=False``, raw) float32 features of a preprocessed batch (no
+        gradients)."""
         import torch
 
         with torch.inference_mode(), self.autocast():
             feats = self.model.encode_image(images.to(self.device, non_blocking=True)).float()
-        return torch.nn.functional.normalize(feats, dim=-1)
+        return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
 
     def image_shape(self) -> tuple[int, ...]:
         from PIL import Image
