@@ -62,10 +62,27 @@ def run(args: argparse.Namespace) -> int:
             runs = plan.experiment_runs(res.spec)
             print(f"  {len(runs)} runs, up to {res.spec.execution.parallelism} at once")
             for r in runs:
-                data = ", ".join(s.dataset_ref or s.uri or "" for s in r.synthetic) or "real only"
-                lr = r.classifier_tuning.lr or 0.0
-                print(f"  {r.name:28s} shots={r.shots:<3d} seed={r.seed:<3d} lr={lr:g}  synthetic: {data}")
+                print(f"  {r.name:28s} shots={r.shots:<3d} seed={r.seed:<3d} {describe_run(r)}")
     return 1 if bad else 0
+
+
+def describe_run(run: Any) -> str:
+    """The run's method with what decides its training, as the plan resolved it."""
+    if run.method == "zero-shot":
+        return "zero-shot CLIP (no training)"
+    if run.method == "tip-adapter":
+        t = run.tip_adapter
+        search = ", then searched on the validation set" if t.search else ""
+        return f"tip-adapter alpha={t.alpha:g} beta={t.beta:g}{search}"
+    if run.method == "tip-adapter-f":
+        t = run.tip_adapter
+        return f"tip-adapter-f epochs={t.epochs} lr={t.lr:g} alpha={t.alpha:g} beta={t.beta:g}"
+    if run.method == "coop":
+        c = run.coop
+        return f"coop epochs={c.epochs} lr={c.lr:g} context={c.context_init or c.context_tokens}"
+    data = ", ".join(s.dataset_ref or s.uri or "" for s in run.synthetic) or "real only"
+    ct = run.classifier_tuning
+    return f"classifier-tuning epochs={ct.epochs} lr={ct.lr or 0.0:g}  synthetic: {data}"
 
 
 def describe_dataset(spec: Any, *, hub: bool = False) -> list[str]:
