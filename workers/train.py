@@ -225,7 +225,7 @@ class _Run(RunFeatures):
             other,
             result,
             {"weight": head.weight, "bias": head.bias},
-            "input: image features, L2-normalised inside the head: logits = normalize(x) @ W.T + b",
+            "image features, L2-normalised inside the head: logits = normalize(x) @ W.T + b",
             ct.lr,
             ct.epochs,
             "linear warmup + cosine to 0 over the real steps",
@@ -281,7 +281,7 @@ class _Run(RunFeatures):
                 self.clip.visual, self.ct.trainable_scope, make_loader, self.device, self.ct.freeze_batch_norm
             )
         validate = None
-        if val is not None and self.ct.selection == "best-validation":
+        if val is not None:  # every epoch, whatever the selection: a run reports both models
             from synthrec.workers.tuning import evaluate
 
             def validate() -> float:
@@ -368,7 +368,10 @@ class _Run(RunFeatures):
                 "phases": result.phases if result else [],
                 "steps": len(result.steps) if result else 0,
                 "lr": fitted.lr if trained else None,
-                "schedule": {"warmup_steps": ct.warmup_steps, "kind": fitted.schedule},
+                "schedule": {
+                    "warmup_steps": ct.warmup_steps if plan.method == "classifier-tuning" else 0,
+                    "kind": fitted.schedule,
+                },
                 "classifier_tuning": ct.model_dump(mode="json")
                 if plan.method == "classifier-tuning"
                 else None,

@@ -43,6 +43,11 @@ def figure1(out_uri: str, tiny_models: Any, *, validation: bool) -> RecognitionE
                         "synthetic": [],
                         "classifierTuning": {"epochs": 3, "batchSizeReal": 4, "selection": "best-validation"},
                     },
+                    {
+                        "name": "ct-last",
+                        "synthetic": [],
+                        "classifierTuning": {"epochs": 3, "batchSizeReal": 4},
+                    },
                     {"name": "tip-adapter", "method": "tip-adapter"},
                     {"name": "tip-adapter-f", "method": "tip-adapter-f"},
                     {"name": "coop", "method": "coop"},
@@ -74,6 +79,7 @@ def test_figure1_baselines_run_as_variants(
     assert [(r.name, r.method) for r in runs] == [
         ("shots0-seed1-zero-shot", "zero-shot"),
         ("shots4-seed1-ct-init", "classifier-tuning"),
+        ("shots4-seed1-ct-last", "classifier-tuning"),
         ("shots4-seed1-tip-adapter", "tip-adapter"),
         ("shots4-seed1-tip-adapter-f", "tip-adapter-f"),
         ("shots4-seed1-coop", "coop"),
@@ -102,11 +108,15 @@ def test_figure1_baselines_run_as_variants(
     # CT with best-validation selection reports the best epoch and the last one
     assert ct["selection"] == "best-validation" and ct["top1"] == ct["top1_best_validation"]
     assert ct["top1_last"] is not None and ct["selected_epoch"] == ct["best_validation_epoch"]
+    last = metrics["ct-last"]  # selection last (the default): the last epoch, and the best one next to it
+    assert last["selection"] == "last" and last["top1"] == last["top1_last"]
     if validation:
+        assert last["top1_best_validation"] is not None and last["best_validation_epoch"] in (1, 2, 3)
         assert ct["validation"]["source"] == "data.validation" and ct["counts"]["real_train"] == 16
     else:  # no validation split: one of its 4 shots per class is held out, never the test set
         assert ct["validation"] == {"source": "held-out shots", "images": 4, "per_class": 1}
         assert (ct["counts"]["real_train"], ct["counts"]["validation"]) == (12, 4)
+        assert last["top1_best_validation"] is None and last["counts"]["real_train"] == 16  # nothing held out
     if validation:
         assert tip["details"]["searched"] is True and len(tip["details"]["search"]) == 1
         for m in (tip_f, coop):  # both models evaluated, the last one reported
