@@ -30,8 +30,14 @@ def figure1(out_uri: str, tiny_models: Any, *, validation: bool) -> RecognitionE
             "backbone": {"model": tiny_models.clip.as_uri()},
             "data": data,
             "method": {
-                "tipAdapter": {"epochs": 3, "augmentViews": 2, "searchSteps": [4, 3], "batchSize": 8},
-                "coop": {"epochs": 3, "contextTokens": 4, "batchSize": 4, "lr": 0.05},
+                # with a validation split: augmented views; without: the shots' cached features
+                "tipAdapter": {
+                    "epochs": 3,
+                    "augmentViews": 2 if validation else 0,
+                    "searchSteps": [4, 3],
+                    "batchSize": 8,
+                },
+                "coop": {"epochs": 3, "contextTokens": 4, "batchSize": 4, "lr": 0.05, "augment": validation},
             },
             "matrix": {
                 "shots": [4],
@@ -101,7 +107,8 @@ def test_figure1_baselines_run_as_variants(
     assert {m["counts"]["real_train"] for m in (tip, tip_f, coop)} == {16}
     # the tiny label space has no official Tip-Adapter config: alpha 1 and the grid [10, 10]
     assert tip["settings"]["alpha"] == 1.0 and tip["settings"]["search_scale"] == [10.0, 10.0]
-    assert tip["steps"] == 0 and tip["details"]["cache"] == {"keys": 16, "augment_views": 2}
+    views = 2 if validation else 0
+    assert tip["steps"] == 0 and tip["details"]["cache"] == {"keys": 16, "augment_views": views}
     assert tip_f["steps"] == 3 * 2 and coop["steps"] == 3 * 4  # 16 shots: batches of 8 and of 4
     curve = out.read_json("runs/shots4-seed1-coop/curve.json")
     assert [s["lr"] for s in curve["steps"]][:5] == [1e-5] * 4 + [0.05]  # one epoch at 1e-5, then the cosine
