@@ -443,6 +443,47 @@ def test_an_experiment_pins_the_dataset_digest_and_bounds_parallel_runs() -> Non
     assert labels["synthrec.io/run"] == "shots0-seed1" and labels["synthrec.io/stage"] == "train"
 
 
+def test_an_experiment_with_a_dataset_per_cell_waits_for_each_and_gives_each_run_its_own() -> None:
+    from dataclasses import replace
+
+    body = experiment(
+        data={
+            "synthetic": [{"datasetRef": "rg-{shots}shot-seed{seed}"}],
+            "realTrain": {"uri": "s3://bucket/train/"},
+            "test": {"uri": "s3://bucket/test/"},
+        },
+        matrix={
+            "shots": [1, 4],
+            "seeds": [1, 2],
+            "variants": [{"name": "coop", "method": "coop"}, {"name": "syn"}],
+        },
+        execution={"parallelism": 8},
+    )
+    names = ["rg-1shot-seed1", "rg-1shot-seed2", "rg-4shot-seed1", "rg-4shot-seed2"]
+
+    def view(name: str, **kw: Any) -> DatasetView:
+        return replace(ds_view(**kw), name=name, uid=f"uid-{name}", uri=f"s3://bucket/{name}/")
+
+    waiting = plan(body, Observed(datasets={n: view(n, complete=n != "rg-4shot-seed2") for n in names}), CTX)
+    ready = condition(waiting.status, "DatasetReady")
+    assert (ready["status"], ready["reason"]) == ("False", "WaitingForDataset") and "rg-4shot-seed2" in ready[
+        "message"
+    ]
+    assert not waiting.create
+    actions = plan(body, Observed(datasets={n: view(n) for n in names}), CTX)
+    assert [d["name"] for d in actions.status["datasets"]] == names
+    tasks = {
+        t["run"]["name"]: t for t in (json.loads(c.configmap["data"]["task.json"]) for c in actions.create)
+    }
+    assert len(tasks) == 8
+    assert [d["uri"] for d in tasks["shots4-seed2-syn"]["datasets"]] == ["s3://bucket/rg-4shot-seed2/"]
+    assert (
+        tasks["shots4-seed2-coop"]["datasets"] == [] and tasks["shots4-seed2-coop"]["run"]["method"] == "coop"
+    )
+    methods = {r["name"]: r["method"] for r in actions.status["results"]}
+    assert methods["shots1-seed1-coop"] == "coop" and methods["shots1-seed1-syn"] == "classifier-tuning"
+
+
 def test_a_pinned_digest_does_not_move_when_the_dataset_changes() -> None:
     first = plan(experiment(), Observed(datasets={"ds": ds_view()}), CTX)
     later = plan(with_status(experiment(), first.status), Observed(datasets={"ds": None}), CTX)
