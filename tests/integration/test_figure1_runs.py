@@ -13,7 +13,7 @@ import torch
 from synthrec.api import RecognitionExperimentSpec
 from synthrec.plan import experiment_runs
 from synthrec.storage import open_storage
-from tests.integration.test_train_stage import train
+from tests.integration.test_train_stage import tensorboard_scalars, train
 
 
 def figure1(out_uri: str, tiny_models: Any, *, validation: bool) -> RecognitionExperimentSpec:
@@ -119,6 +119,9 @@ def test_figure1_baselines_run_as_variants(
     assert last["selection"] == "last" and last["top1"] == last["top1_last"]
     if validation:
         assert last["top1_best_validation"] is not None and last["best_validation_epoch"] in (1, 2, 3)
+        scalars = tensorboard_scalars(last["tracking"]["tensorboard"])  # both, next to each other
+        assert scalars["test/top1_best_validation"][-1][1] == pytest.approx(last["top1_best_validation"])
+        assert scalars["test/top1_last"][-1][1] == pytest.approx(last["top1_last"])
         assert ct["validation"]["source"] == "data.validation" and ct["counts"]["real_train"] == 16
     else:  # no validation split: one of its 4 shots per class is held out, never the test set
         assert ct["validation"] == {"source": "held-out shots", "images": 4, "per_class": 1}
