@@ -447,8 +447,6 @@ class RecognitionExperimentSpec(ApiModel):
                     f"{where}: {method} learns from real shots and cannot run at 0 shots; leave 0 out of its "
                     "shots (variant shots: [...]); zero-shot CLIP is method zero-shot"
                 )
-            if method in ("zero-shot", *SHOT_METHODS) and variant is not None and variant.synthetic:
-                raise ValueError(f"{where}: {method} uses no synthetic data; remove its synthetic list")
             selection = self._selection(method, variant)
             if selection == "best-validation" and self.data.validation is None and min(shots) < 2:
                 raise ValueError(
