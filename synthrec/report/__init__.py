@@ -5,9 +5,11 @@ One self-contained page, ``index.html``, with its images and PNG plots in ``img/
 referenced relatively: no JavaScript, no external CSS or fonts, so the folder can be copied, mailed or
 served from a bucket as it is. For each SyntheticDataset: the models, counts and accept rates per class
 (table and plot), samples of the prompts, and per class a grid of kept and rejected images with their
-prompts and CLIP scores. For each RecognitionExperiment: the accuracy table of all runs, top-1 against
-shots with the zero-shot baseline, the training curves, and where the best run errs (its weakest classes
-against zero-shot CLIP, the classes it confuses most, and its confusion matrix). Runs with the built-in
+prompts and CLIP scores. For each RecognitionExperiment: the accuracy table of all runs (method, the
+selected, last-epoch and best-validation models), top-1 against shots per variant (mean, min-max over seeds)
+with the zero-shot baseline, again for the best-validation models where runs had a validation set, the
+training curves, and where the best run errs (its weakest classes against zero-shot CLIP, the classes it
+confuses most, and its confusion matrix). Runs with the built-in
 tiny models say in red that the weights are random and the accuracy is meaningless.
 
 Everything is read from the artifacts (``synthrec.contract.artifacts``); class names and prompts are data

@@ -39,13 +39,19 @@ def plot_accept_rates(per_class: list[ClassCounts], path: Path, title: str) -> N
     plt.close(fig)
 
 
-def plot_top1_vs_shots(runs: list[artifacts.RunState], path: Path, title: str) -> bool:
-    """top-1 (mean over seeds, min-max bars) against shots per variant, and the zero-shot baseline."""
+def plot_top1_vs_shots(
+    runs: list[artifacts.RunState], path: Path, title: str, *, best_validation: bool = False
+) -> bool:
+    """top-1 (mean over seeds, min-max bars) against shots per variant, and the zero-shot baseline.
+
+    With ``best_validation`` each run's best-validation model where it has one (its selected one else, e.g.
+    zero-shot CLIP and the training-free Tip-Adapter), so Figure 1's curves compare the same selection."""
     series: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     baseline = [r.zero_shot_top1 for r in runs if r.zero_shot_top1 is not None]
     for r in runs:
-        if r.top1 is not None:
-            series[r.variant or "top-1"][r.shots].append(r.top1)
+        top1 = r.top1_best_validation if best_validation and r.top1_best_validation is not None else r.top1
+        if top1 is not None:
+            series[r.variant or "top-1"][r.shots].append(top1)
     if not series:
         return False
     plt = _pyplot()

@@ -208,7 +208,8 @@ class Renderer:
         out.append(
             "<h3>Accuracy of all runs</h3><table><tr><th class='l'>run</th><th>shots</th><th>seed</th>"
         )
-        out.append("<th class='l'>variant</th><th>top-1</th><th>zero-shot top-1</th><th>change</th>")
+        out.append("<th class='l'>variant</th><th class='l'>method</th><th>top-1</th>")
+        out.append("<th>last epoch</th><th>best validation</th><th>zero-shot top-1</th><th>change</th>")
         out.append("<th>synthetic images</th><th>real images</th></tr>")
         for r in state.runs:
             counts = r.metrics.counts if r.metrics else None
@@ -217,15 +218,27 @@ class Renderer:
             )
             out.append(
                 f"<tr><td class='l'>{_e(r.name)}</td><td>{r.shots}</td><td>{r.seed}</td>"
-                f"<td class='l'>{_e(r.variant or '-')}</td>"
-                f"<td>{_pct(r.top1) if r.done else 'not done'}</td><td>{_pct(r.zero_shot_top1)}</td>"
+                f"<td class='l'>{_e(r.variant or '-')}</td><td class='l'>{_e(r.method)}</td>"
+                f"<td>{_pct(r.top1) if r.done else 'not done'}</td>"
+                f"<td>{_pct(r.top1_last)}</td><td>{_pct(r.top1_best_validation)}</td>"
+                f"<td>{_pct(r.zero_shot_top1)}</td>"
                 f"<td>{change}</td><td>{counts.synthetic if counts else '-'}</td>"
                 f"<td>{counts.real_train if counts else '-'}</td></tr>"
             )
         out.append("</table>")
+        out.append(
+            "<p class='note'>top-1 is the model each method's <code>selection</code> picks; last epoch and "
+            "best validation are both models on the test split, where a run had a validation set (the "
+            "test set never selects).</p>"
+        )
         rel = f"plots/{res.name}-top1-vs-shots.png"
         if plot_top1_vs_shots(state.runs, self.folder / rel, f"{res.name}: top-1 against shots"):
             out.append(f"<img src='{_e(rel)}' alt='top-1 against shots'>")
+        if any(r.top1_best_validation is not None for r in state.runs):
+            rel = f"plots/{res.name}-top1-best-validation-vs-shots.png"
+            title = f"{res.name}: top-1 against shots, best-validation models"
+            plot_top1_vs_shots(state.runs, self.folder / rel, title, best_validation=True)
+            out.append(f"<img src='{_e(rel)}' alt='top-1 of the best-validation models against shots'>")
         curves = {}
         for r in state.runs:
             if r.done:

@@ -125,7 +125,10 @@ def write_experiment(root: Path) -> None:
     matrices = confusion.document(CLASSES, [[4, 6], [3, 7]], [[6, 4], [7, 3]])
     for run in runs[:3]:  # the last run is not done
         top1 = 50.0 + run.shots + run.seed
-        metrics = run_metrics(run.name, top1=top1, zero_shot_top1=45.0, classes=CLASSES, per_class=per_class)
+        selections = {"top1_last": top1, "top1_best_validation": top1 + 2.5} if run.shots else {}
+        metrics = run_metrics(
+            run.name, top1=top1, zero_shot_top1=45.0, classes=CLASSES, per_class=per_class, **selections
+        )
         storage.write_json(ExperimentLayout.run_metrics(run.name), metrics.document())
         storage.write_json(ExperimentLayout.run_confusion(run.name), matrices)
         curve = {"epochs": [{"epoch": e, "loss": 2.0 / e} for e in range(1, 4)], "steps": []}
@@ -156,6 +159,7 @@ def test_the_report_shows_grids_rates_prompts_runs_and_plots_from_files_beside_i
         "plots/pets-ct-top1-vs-shots.png",
         "plots/pets-ct-curves.png",
         "plots/pets-ct-confusion.png",
+        "plots/pets-ct-top1-best-validation-vs-shots.png",  # a run had a validation set
     } <= set(files)
     # kept: the index's scores; rejected: the features file's probability of the intended class
     grid = html.split("Kept and rejected images")[1]
@@ -165,6 +169,12 @@ def test_the_report_shows_grids_rates_prompts_runs_and_plots_from_files_beside_i
     assert "<b>&" not in html and "<i>" not in html  # data is escaped everywhere
     assert "a photo of a cat &lt;b&gt;&amp;." in html  # prompt samples
     assert "shots4-seed2" in html and "not done" in html and "+10.0" in html  # 50+4+1 vs 45
+    # each run's method, and the last-epoch and best-validation models side by side
+    table = html.split("Accuracy of all runs")[1]
+    rows = re.findall(r"<tr><td class='l'>(shots\d-seed\d)</td>(.*?)</tr>", table)
+    cells = {name: re.findall(r"<td[^>]*>([^<]*)</td>", row) for name, row in rows}
+    assert cells["shots4-seed1"][3:7] == ["classifier-tuning", "55.0%", "55.0%", "57.5%"]
+    assert cells["shots0-seed1"][3:7] == ["classifier-tuning", "51.0%", "-", "-"]
     assert "RANDOM weights" not in html
     # where the best finished run (shots4-seed1: 55 %) errs: weakest class first, then its confusions
     errs = html.split("Where the best run errs: shots4-seed1 (55.0% top-1)")[1]
