@@ -143,6 +143,8 @@ def test_figure1_guides_each_cell_with_exactly_the_shots_its_runs_train_on() -> 
             assert (rg.shots, rg.seed) == (run.shots, run.seed)
             assert rg.images_per_class == 800 and rg.strength is None  # the paper's level for the shots
     assert experiment.data.validation is not None and experiment.backbone.model == "RN50"
+    header = " ".join(line.lstrip("# ") for line in FEW_SHOT.read_text().split("apiVersion")[0].splitlines())
+    assert "zero-shot CLIP's 37.51 (Table 1) is on the 8,100-image test split" in header
 
 
 def test_figure1_for_another_dataset_from_the_command_line(tmp_path: Path) -> None:
