@@ -35,11 +35,22 @@ from synthrec.operator.reconcile_pass import (
     Observed,
     Pass,
     finish_status,
+    name_taken,
     status_model,
 )
 from synthrec.operator.status import Conditions
 
-__all__ = ["Actions", "Context", "Create", "Observed", "describe_error", "fail_status", "parse_spec", "plan"]
+__all__ = [
+    "Actions",
+    "Context",
+    "Create",
+    "Observed",
+    "blocked_status",
+    "describe_error",
+    "fail_status",
+    "parse_spec",
+    "plan",
+]
 
 
 def plan(body: dict[str, Any], observed: Observed, ctx: Context) -> Actions:
@@ -49,13 +60,18 @@ def plan(body: dict[str, Any], observed: Observed, ctx: Context) -> Actions:
     owner = Owner(kind, str(meta.get("name")), str(meta.get("namespace") or ""), str(meta.get("uid") or ""))
     generation = meta.get("generation")
     persisted = body.get("status") or {}
+    observed = observed.controlled_by(owner.uid)
     try:
         api.ObjectMeta.model_validate({"name": owner.name})
         spec = parse_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True))
     except (ValidationError, ValueError, KeyError) as exc:
-        return _invalid(kind, generation, persisted, observed, ctx, describe_error(exc))
+        actions = _invalid(kind, generation, persisted, observed, ctx, describe_error(exc))
+        actions.foreign = list(observed.foreign)
+        return actions
     p = Pass.open(owner, generation, spec, persisted, observed, ctx)
-    return plan_dataset(p) if kind == "SyntheticDataset" else plan_experiment(p)
+    actions = plan_dataset(p) if kind == "SyntheticDataset" else plan_experiment(p)
+    actions.foreign = list(observed.foreign)
+    return actions
 
 
 @functools.lru_cache(maxsize=512)
@@ -120,5 +136,20 @@ def fail_status(
     conds.stop_activity(reason)
     model.message = message[:4096]
     model.completion_time = model.completion_time or stamp
+    finish_status(model, conds, generation)
+    return model.wire()
+
+
+def blocked_status(
+    kind: str, status: dict[str, Any], body: dict[str, Any], names: list[str], stamp: str
+) -> dict[str, Any]:
+    """``status`` with Degraded=True: Jobs the resource does not control hold the names of Jobs it must
+    create (found while applying a plan: such Jobs need not carry our labels, so the plan missed them)."""
+    model = status_model(kind, status)
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    owner = Owner(kind, str(meta.get("name")), str(meta.get("namespace") or ""), str(meta.get("uid") or ""))
+    conds = Conditions([c.wire() for c in model.conditions], generation, stamp)
+    name_taken(conds, owner, names)
     finish_status(model, conds, generation)
     return model.wire()

@@ -87,6 +87,7 @@ def job(
         conditions=conditions,
         ttl=ttl,
         deleting=deleting,
+        controller_uid="uid-exp" if stage == "train" else "uid-ds",  # controlled by the resource
     )
 
 
@@ -138,7 +139,9 @@ def test_a_new_dataset_starts_its_first_stage_with_a_task_configmap_and_one_job(
     assert (task["stage"], task["attempt"], task["shards"], task["shard_ids"]) == ("prompts", 1, 1, None)
     status = actions.status
     assert condition(status, "Accepted")["status"] == "True"
-    assert status["phase"] == "Pending" and status["startTime"] == "2026-01-01T12:00:00Z"
+    # Queued for the Job just created (not Pending: the work has started and never steps back to Pending)
+    assert status["phase"] == "Queued" and status["startTime"] == "2026-01-01T12:00:00Z"
+    assert condition(status, "Queued")["reason"] == "JobStarting"
     assert stage_status(actions, "prompts")["state"] == "Running"
     assert stage_status(actions, "prompts")["job"] == "ds-prompts-a1"
 
