@@ -68,6 +68,11 @@ def plan(body: dict[str, Any], observed: Observed, ctx: Context) -> Actions:
         actions = _invalid(kind, generation, persisted, observed, ctx, describe_error(exc))
         actions.foreign = list(observed.foreign)
         return actions
+    refused = refused_output(spec.output.uri)
+    if refused is not None:
+        actions = _invalid(kind, generation, persisted, observed, ctx, refused, reason="UnsupportedOutput")
+        actions.foreign = list(observed.foreign)
+        return actions
     p = Pass.open(owner, generation, spec, persisted, observed, ctx)
     actions = plan_dataset(p) if kind == "SyntheticDataset" else plan_experiment(p)
     actions.foreign = list(observed.foreign)
@@ -100,6 +105,21 @@ def _camel(part: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
+def refused_output(uri: str) -> str | None:
+    """Why the operator cannot run a resource with this output URI, or None.
+
+    A file:// output would be written into each worker pod's own filesystem (an emptyDir that goes with
+    the pod): the artifacts would be scattered over pods and lost, and no later stage could read them."""
+    if uri.startswith("file://"):
+        return (
+            f"spec.output.uri {uri} is a file:// folder: on a cluster it would land in each worker pod's "
+            "own emptyDir and vanish with the pod. Use an s3:// URI (MinIO, Ceph and GCS/R2 in S3 mode work "
+            "too); file:// outputs are for `synthrec run` on one machine. spec.output is immutable: create a "
+            "new resource with an s3:// output"
+        )
+    return None
+
+
 def _invalid(
     kind: str,
     generation: int | None,
@@ -107,14 +127,18 @@ def _invalid(
     observed: Observed,
     ctx: Context,
     message: str,
+    *,
+    reason: str = "InvalidSpec",
 ) -> Actions:
-    """An invalid spec that slipped past the schema: Failed/InvalidSpec, and no Jobs."""
+    """A spec the operator cannot run (invalid past the schema, or an output it refuses): Failed with
+    ``reason`` and Accepted=False, and no Jobs."""
     status = status_model(kind, persisted)
     conds = Conditions(status.conditions and [c.wire() for c in status.conditions], generation, ctx.stamp)
-    conds.set("Accepted", False, "InvalidSpec", message)
-    conds.set("Failed", True, "InvalidSpec", f"the spec is invalid: {message}")
-    conds.stop_activity("InvalidSpec")
-    status.message = f"invalid spec: {message}"[:4096]
+    conds.set("Accepted", False, reason, message)
+    prefix = "the spec is invalid: " if reason == "InvalidSpec" else ""
+    conds.set("Failed", True, reason, f"{prefix}{message}")
+    conds.stop_activity(reason)
+    status.message = (f"invalid spec: {message}" if reason == "InvalidSpec" else message)[:4096]
     status.completion_time = status.completion_time or ctx.stamp
     actions = Actions(status={})
     for job in observed.jobs:  # a spec that became invalid (never via the API server) stops its Jobs

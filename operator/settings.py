@@ -27,6 +27,8 @@ SYNTHREC_RESYNC_INTERVAL            seconds between reconciles of a resource wit
 SYNTHREC_RECONCILE_MIN_INTERVAL     minimum seconds between two reconciles of one resource (default 0.5)
 SYNTHREC_MAX_CONCURRENT_RECONCILES  reconciles running at once across resources (default 8)
 SYNTHREC_REQUEST_TIMEOUT            seconds per Kubernetes API request (default 30)
+SYNTHREC_CLEANUP_TIMEOUT            seconds a cleanup Job (onDelete: Delete) may take before the data is
+                                    kept and the resource let go (default 1800)
 SYNTHREC_LEADER_ELECTION            true (default): lead a coordination.k8s.io Lease before doing anything
 SYNTHREC_LEASE_NAME                 the Lease's name (default synthrec-operator)
 SYNTHREC_LEASE_NAMESPACE            its namespace (default $POD_NAMESPACE, else the pod's own, else default)
@@ -77,6 +79,8 @@ class OperatorConfig:
     max_concurrent_reconciles: int = 8
     request_timeout: float = 30.0
     fold_grace_seconds: float = 30.0
+    cleanup_timeout: float = 1800.0  # onDelete: Delete (operator/cleanup.py)
+    cleanup_poll_interval: float = 5.0
     leader_election: bool = True  # only `synthrec operator` (operator/process.py) reads these
     lease_name: str = "synthrec-operator"
     lease_namespace: str | None = None
@@ -131,6 +135,7 @@ class OperatorConfig:
                 _number(env, "SYNTHREC_MAX_CONCURRENT_RECONCILES", 8, minimum=1, integer=True)
             ),
             request_timeout=_number(env, "SYNTHREC_REQUEST_TIMEOUT", 30.0, minimum=1.0),
+            cleanup_timeout=_number(env, "SYNTHREC_CLEANUP_TIMEOUT", 1800.0, minimum=10.0),
             **_leader_election(env),
         )
 

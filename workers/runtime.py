@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,14 @@ from typing import Any
 from synthrec import contract
 from synthrec.contract.summaries import FailureSummary, Summary, summary_line
 from synthrec.plan.tasks import load_task
-from synthrec.storage import Storage, StorageConflict, StorageError, TransientStorageError, open_storage
+from synthrec.storage import (
+    RecordingStorage,
+    Storage,
+    StorageConflict,
+    StorageError,
+    TransientStorageError,
+    open_storage,
+)
 from synthrec.tiny import TINY_SCHEME, TinyModels, build_tiny_models, default_tiny_dir, resolve_uri
 
 log = logging.getLogger("synthrec.workers")
@@ -199,6 +207,24 @@ def write_spec_json(task: Any, storage: Storage) -> None:
         log.warning("could not write %s: %s", storage.url(key), exc)
 
 
+def recording(storage: Storage, task: Any, stage: str, shard: int | None) -> Storage:
+    """``storage`` with every key written recorded in this process's ledger (synthrec.contract.written),
+    for a resource with a uid (every one on a cluster): deleting its artifacts then deletes exactly
+    those. Local runs (no uid) write no ledger."""
+    from synthrec.contract.layout import written_keys
+    from synthrec.contract.written import Writer, WrittenKeys
+
+    ref = task.resource
+    if not ref.uid:
+        return storage
+    writer = Writer(kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid)
+
+    def render(keys: list[str]) -> bytes:
+        return WrittenKeys(resource=writer, stage=stage, shard=shard, keys=keys).document()
+
+    return RecordingStorage(storage, written_keys(stage, shard, uuid.uuid4().hex[:12]), render)
+
+
 def write_termination_log(summary: Summary) -> None:
     path = os.environ.get(contract.ENV_TERMINATION_LOG, contract.DEFAULT_TERMINATION_LOG)
     try:
@@ -231,6 +257,8 @@ def run_stage(stage: str, fn: Callable[[StageContext], Summary], task_path: str,
         except (IndexError, ValueError) as exc:
             raise ConfigError(f"cannot pick a shard: {exc}") from None
         storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
+        if stage != "cleanup":
+            storage = recording(storage, task, stage, shard_id)
         progress_path = os.environ.get(contract.ENV_PROGRESS_FILE)
         progress = Progress(stage, shard_id, path=Path(progress_path) if progress_path else None)
         ctx = StageContext(task=task, shard=shard_id, storage=storage, progress=progress)

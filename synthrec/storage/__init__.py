@@ -24,6 +24,7 @@ from synthrec.storage.errors import (
     TransientStorageError,
 )
 from synthrec.storage.files import TMP_SUFFIX, FileStorage, atomic_output, exclusive_lock, sha256_file
+from synthrec.storage.recording import RecordingStorage
 from synthrec.storage.s3 import RetryPolicy, S3Storage, S3Tuning
 from synthrec.storage.uris import URIError, parse_storage_uri
 
@@ -66,6 +67,7 @@ __all__ = [
     "MiB",
     "ObjectInfo",
     "ObjectNotFound",
+    "RecordingStorage",
     "RetryPolicy",
     "S3Storage",
     "S3Tuning",

@@ -42,7 +42,7 @@ from synthrec.plan import parse_ranges
 from tests.harness.k8s import running_operator, serving, wait_for
 from tests.k8s.emulator import ApiCall, RealisticEmulator, _rbac_verb
 from tests.k8s.kubelet import FakeKubelet
-from tests.k8s.runners import Runner
+from tests.k8s.runners import FakeRunner, Runner
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS = "synthrec.io/v1alpha1/syntheticdatasets"
@@ -249,6 +249,18 @@ def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
             _merge(target[key], value)
         else:
             target[key] = value
+
+
+class StageRunner:
+    """Real workers (``python -m synthrec.workers``, subprocesses) for the stages in ``real``, instant fake
+    ones for the others: a pipeline that writes real artifacts where a test needs them, fast elsewhere."""
+
+    def __init__(self, real: set[str], fake: Any, subprocess: Runner) -> None:
+        self.real, self.fake, self.subprocess = real, FakeRunner(fake), subprocess
+
+    async def start(self, launch: Any) -> Any:
+        stage = (launch.job["metadata"].get("labels") or {}).get("synthrec.io/stage")
+        return await (self.subprocess if stage in self.real else self.fake).start(launch)
 
 
 class ManualClock:

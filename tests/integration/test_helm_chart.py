@@ -421,9 +421,9 @@ def test_without_leader_election_there_is_no_lease_role_and_only_one_replica() -
     objects = render_chart({"operator": {"leaderElection": {"enabled": False}}})
     assert not of_kind(objects, "Role")
     assert env_of(one(objects, "Deployment"))["SYNTHREC_LEADER_ELECTION"] == "false"
-    with pytest.raises(helm_python.HelmError, match="replicas > 1 needs operator.leaderElection.enabled"):
+    with pytest.raises(helm_python.HelmError, match=r"replicas > 1 needs operator\.leaderElection\.enabled"):
         render_chart({"operator": {"replicas": 2, "leaderElection": {"enabled": False}}})
-    with pytest.raises(helm_python.HelmError, match="retryPeriod < renewDeadline < leaseDuration"):
+    with pytest.raises(helm_python.HelmError, match=r"retryPeriod < renewDeadline < leaseDuration"):
         render_chart({"operator": {"leaderElection": {"renewDeadline": 20}}})
 
 

@@ -387,6 +387,19 @@ def test_an_invalid_spec_fails_without_jobs_and_is_reconsidered_when_the_spec_ch
     assert condition(again.status, "Failed") is None
 
 
+@pytest.mark.parametrize("make", [dataset, experiment])
+def test_a_file_output_is_refused_with_a_clear_condition_and_no_jobs(make: Any) -> None:
+    body = make(output={"uri": "file:///data/out/"})
+    actions = plan(body, Observed(), CTX)
+    assert not actions.create
+    accepted, failed = condition(actions.status, "Accepted"), condition(actions.status, "Failed")
+    assert accepted["status"] == "False" and accepted["reason"] == "UnsupportedOutput"
+    assert failed["status"] == "True" and failed["reason"] == "UnsupportedOutput"
+    assert "file:///data/out/" in failed["message"] and "emptyDir" in failed["message"]
+    assert "s3://" in failed["message"]
+    assert actions.status["phase"] == "Failed"
+
+
 def test_terminal_states_are_sticky() -> None:
     done = plan(dataset(), Observed(), CTX).status
     done["conditions"].append(
