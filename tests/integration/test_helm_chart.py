@@ -262,7 +262,7 @@ def test_the_service_monitor_scrapes_the_metrics_service() -> None:
 def test_the_network_policy_admits_only_metrics_scrapes() -> None:
     values = load_values(CHART / "ci" / "gpu-cluster-values.yaml")
     objects = render_chart(values)
-    policy = one(objects, "NetworkPolicy")
+    (policy,) = [n for n in of_kind(objects, "NetworkPolicy") if n["metadata"]["name"] == "synthrec-operator"]
     pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
