@@ -107,7 +107,8 @@ cluster scope -> [] (every namespace). Callers use `include ... | fromJsonArray`
 {{/*
 The operator's API permissions (the same rules for a ClusterRole and for each namespaced Role): exactly the
 calls its tests record (tests/operator_api_calls.json; tests/integration/test_helm_chart.py compares).
-Reads come from watches (list + watch), never single GETs; writes are create, merge-patch and delete.
+Reads come from watches (list + watch); single GETs only fetch fresh state for a decision (whose Job holds a
+name, a resource after a 409). Writes are create, merge-patch, conditional update and delete.
 */}}
 {{- define "synthrec.operatorRules" -}}
 # The two custom resources: watched; read afresh after a conflicting status write (409); patched only for
