@@ -16,8 +16,9 @@ import pytest
 from synthrec.operator.kube import KubeApi
 from synthrec.operator.leader import LeaderElector, LeaseSettings, micro_time
 from synthrec.operator.observed import JobView, PodView, owner_key
+from synthrec.operator.process import run_operator
 from synthrec.operator.reconciler import Reconciler
-from tests.harness.k8s import wait_for
+from tests.harness.k8s import free_port, wait_for
 from tests.harness.operator import (
     CONFIGMAPS,
     DATASETS,
@@ -120,6 +121,34 @@ async def test_a_replica_that_cannot_renew_its_lease_stops_writing_and_exits(k8s
         k8s_op[kmock.method.PUT, k8s_op.resource(LEASES)] << 503
         assert await a.stopped() == 1
         assert a.reconcilers[0]._stopped  # every reconcile task was cancelled
+
+
+async def test_a_standby_serves_its_liveness_endpoint_and_stops_on_request(k8s, lease_api) -> None:
+    import aiohttp
+
+    holder = elector(lease_api, "the-leader", ManualClock())
+    assert await holder.try_acquire_or_renew()
+    port = free_port()
+    config = LEADING.with_overrides(liveness_port=port)
+    stop = asyncio.Event()
+    standby = LeaderElector(
+        LeaseSettings(LEASE, NS, "standby", lease_duration=20, renew_deadline=15, retry_period=0.05),
+        lease_api,
+    )
+    running = asyncio.create_task(run_operator(config, elector=standby, stop=stop, login=False))
+
+    async def health() -> dict[str, Any] | None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/healthz") as resp,
+        ):
+            return await resp.json() if resp.status == 200 else None
+
+    answer = await wait_for(health, 15, message="the standby's /healthz")
+    assert answer == {"leader": False, "lease": f"{NS}/{LEASE}", "holder": "the-leader"}
+    stop.set()
+    assert await asyncio.wait_for(running, 30) == 0  # stopped while standing by: Kopf never started
+    assert k8s.get_object(LEASES, LEASE, NS)["spec"]["holderIdentity"] == "the-leader"
 
 
 # --------------------------------------------------------------------------------------- the Lease

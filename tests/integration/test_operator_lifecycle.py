@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import yaml
 
 from synthrec.operator.settings import FINALIZER
 from synthrec.storage import open_storage
-from tests.harness.k8s import running_operator, wait_for
+from tests.harness.k8s import free_port, running_operator, wait_for
 from tests.harness.operator import (
     CONFIGMAPS,
     DATASETS,
@@ -326,12 +325,6 @@ async def test_liveness_endpoint_reports_the_age_of_the_last_watch_event(k8s_op,
             assert resp.status == 200
             health = await resp.json()
         assert 0 <= health["lastWatchEventAgeSeconds"] < 5 and health["resources"] == 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_a_stale_task_configmap_of_the_same_name_is_replaced(k8s_op, tmp_path: Path) -> None:
