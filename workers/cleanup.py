@@ -9,7 +9,11 @@ URI survives. It refuses, deleting nothing, when:
 - the output URI is a bucket root (or ``file:///``): never a place one resource owns;
 - a ledger under the prefix belongs to another resource (another uid: a resource nested below, one that
   shares the prefix, or an earlier resource of the same name whose artifacts were retained), or cannot
-  be read: deleting our keys could delete its data.
+  be read: deleting our keys could delete its data;
+- the prefix lies inside another resource's output (a ledger of another uid at an enclosing folder's
+  root): a key this resource recorded may be one that resource wrote (a write that was refused or lost
+  still stays in the write-ahead ledger). An enclosing folder the namespace's credentials may not list
+  is skipped: credentials scoped to a team's prefix cannot see, and could not have written, above it.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import logging
 
 from synthrec.contract.layout import WRITTEN_KEYS
 from synthrec.contract.summaries import CleanupSummary
-from synthrec.contract.written import WrittenKeys, is_ledger, parse_written, root_refusal
-from synthrec.storage import ObjectNotFound, Storage
+from synthrec.contract.written import WrittenKeys, enclosing_folders, is_ledger, parse_written, root_refusal
+from synthrec.storage import ObjectNotFound, Storage, StoragePermissionError
 from synthrec.workers.runtime import ConfigError, StageContext
 
 log = logging.getLogger("synthrec.workers.cleanup")
@@ -48,14 +52,15 @@ def run(ctx: StageContext) -> CleanupSummary:
             ours.append(key)
             written.update(doc.keys)
         else:
-            r = doc.resource
-            others.append(f"{r.kind} {r.namespace + '/' if r.namespace else ''}{r.name} (uid {r.uid}, {key})")
+            others.append(_whose(doc, key))
+    others += _enclosing_ledgers(ctx, uid)
     if others:
         shown = "; ".join(others[:SHOWN]) + (
             f"; and {len(others) - SHOWN} more" if len(others) > SHOWN else ""
         )
         raise ConfigError(
-            f"refusing to delete anything under {storage.uri}: it also holds artifacts of another resource: "
+            f"refusing to delete anything under {storage.uri}: it holds, or lies inside, "
+            f"artifacts of another resource: "
             f"{shown}. Delete this resource's objects by hand if they are no longer needed"
         )
     doomed = sorted((written & listing) - set(ledgers))
@@ -75,6 +80,28 @@ def run(ctx: StageContext) -> CleanupSummary:
         kept,
     )
     return CleanupSummary(deleted=len(doomed), kept=kept, ledgers=len(ours))
+
+
+def _whose(doc: WrittenKeys, where: str) -> str:
+    r = doc.resource
+    return f"{r.kind} {r.namespace + '/' if r.namespace else ''}{r.name} (uid {r.uid}, {where})"
+
+
+def _enclosing_ledgers(ctx: StageContext, uid: str) -> list[str]:
+    """Other resources' ledgers at the root of a folder enclosing the output (see the module docstring)."""
+    found: list[str] = []
+    for folder in enclosing_folders(ctx.task.output.uri):
+        outer = ctx.open(folder)
+        try:
+            keys = [info.key for info in outer.list(WRITTEN_KEYS)]
+        except StoragePermissionError as exc:
+            log.info("not checking %s for other resources' ledgers: %s", folder, exc)
+            continue
+        for key in keys:
+            doc = _read(outer, key)
+            if doc is not None and doc.resource.uid != uid:
+                found.append(_whose(doc, outer.url(key)))
+    return found
 
 
 def _read(storage: Storage, key: str) -> WrittenKeys | None:

@@ -50,6 +50,20 @@ def parse_written(raw: bytes, where: str) -> WrittenKeys:
     return parse_document(WrittenKeys, raw, where)
 
 
+def enclosing_folders(uri: str) -> list[str]:
+    """The folders that hold ``uri`` (nearest first, up to the bucket or filesystem root), where the output
+    of another resource that encloses this one would keep its ledgers."""
+    try:
+        parsed = parse_storage_uri(uri, allow_tiny=False)
+    except URIError:
+        return []
+    if parsed.scheme not in ("s3", "file"):
+        return []
+    parts = [p for p in parsed.path.split("/") if p]
+    base = f"s3://{parsed.bucket}/" if parsed.scheme == "s3" else "file:///"
+    return [base + "".join(f"{p}/" for p in parts[:n]) for n in range(len(parts) - 1, -1, -1)]
+
+
 def root_refusal(uri: str) -> str | None:
     """Why the artifacts under ``uri`` are never deleted, whatever the ledgers say (a bucket or filesystem
     root is nobody's output), or None."""

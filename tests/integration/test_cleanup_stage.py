@@ -1,7 +1,8 @@
 """Deleting a resource's artifacts touches exactly what the resource wrote: its workers record every key
 (write-ahead, one ledger per process, with the resource's uid) and the cleanup stage deletes those keys,
 on S3 (moto) and file:// alike. Objects synthrec did not write survive; a bucket root, or a prefix that
-holds another resource's ledger, is refused with nothing deleted."""
+holds another resource's ledger or lies inside another resource's output, is refused with nothing
+deleted."""
 
 from __future__ import annotations
 
@@ -94,15 +95,15 @@ def test_a_local_run_without_a_uid_writes_no_ledger(tmp_path: Path, monkeypatch:
     assert keys(uri) == {"prompts.done.json", "prompts.jsonl", "spec.json"}
 
 
-@pytest.mark.parametrize("where", ["same", "nested"])
+@pytest.mark.parametrize("where", ["same", "nested", "enclosing"])
 def test_a_prefix_that_holds_another_resources_ledger_is_refused(
     root: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri = root + "ds/"
     write_prompts(uri, tmp_path, monkeypatch, ref())
-    # Another resource wrote at the same prefix (or one nested below it): deleting our keys could delete
-    # its data (it wrote the same spec.json), so nothing is deleted.
-    other = uri if where == "same" else uri + "sub/"
+    # Another resource wrote at the same prefix, one nested below it or one enclosing it: deleting our keys
+    # could delete its data (it wrote the same spec.json, or keys under ours), so nothing is deleted.
+    other = {"same": uri, "nested": uri + "sub/", "enclosing": root}[where]
     write_prompts(other, tmp_path, monkeypatch, ref(OTHER_UID, name="other"))
     before = keys(uri)
     code, summary = clean(uri, tmp_path, monkeypatch)
@@ -110,6 +111,22 @@ def test_a_prefix_that_holds_another_resources_ledger_is_refused(
     assert "another resource" in summary.message and f"uid {OTHER_UID}" in summary.message
     assert "team-a/other" in summary.message
     assert keys(uri) == before
+
+
+def test_credentials_that_may_not_list_an_enclosing_folder_still_clean_up_their_own_prefix(
+    s3_faults: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A team's key may list only below its prefix (the usual IAM policy): the enclosing folders it may not
+    list are skipped, the ones it may list are still checked."""
+    uri = s3_faults.uri + "team/ds/"
+    write_prompts(uri, tmp_path, monkeypatch, ref())
+    listing_the_bucket_root = "prefix=.synthrec%2Fwritten"
+    s3_faults.proxy.fail(None, status=403, code="AccessDenied", method="GET", path=listing_the_bucket_root)
+    code, summary = clean(uri, tmp_path, monkeypatch)
+    assert code == contract.EXIT_OK, summary
+    assert summary.deleted == 3 and keys(uri) == set()
+    assert s3_faults.proxy.count(method="GET", path=listing_the_bucket_root) == 1
+    assert s3_faults.proxy.count(method="GET", path="prefix=team%2F.synthrec%2Fwritten") == 1
 
 
 def test_a_bucket_root_is_refused(s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
