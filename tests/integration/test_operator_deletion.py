@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pytest
 
 from synthrec.contract.layout import WRITTEN_KEYS
 from synthrec.contract.written import Writer, WrittenKeys
@@ -123,19 +124,29 @@ async def test_deleting_removes_what_the_resource_wrote_with_its_namespaces_cred
     record_api_calls(k8s_op, "delete-artifacts")
 
 
-async def test_a_prefix_holding_another_resources_artifacts_is_kept_whole(
-    k8s_op, s3_faults, tmp_path: Path
-) -> None:
-    uri = s3_faults.uri + "team-a/ds/"
+OTHERS = {
     # An earlier dataset of the same name wrote here and kept its artifacts (onDelete: Retain).
-    earlier = WrittenKeys(
-        resource=Writer(kind="SyntheticDataset", name="ds", namespace=NS, uid="uid-of-an-earlier-ds"),
-        stage="generate",
-        shard=0,
-        keys=["shards/gen-00000.tar"],
-    )
+    "earlier": (
+        "team-a/ds/",
+        Writer(kind="SyntheticDataset", name="ds", namespace=NS, uid="uid-of-an-earlier-ds"),
+    ),
+    # Team B's dataset, in another namespace, wrote here; team A's resource points at B's prefix.
+    "team-b": (
+        "team-b/data/",
+        Writer(kind="SyntheticDataset", name="data", namespace="team-b", uid="uid-of-b"),
+    ),
+}
+
+
+@pytest.mark.parametrize("other", list(OTHERS))
+async def test_a_prefix_holding_another_resources_artifacts_is_kept_whole(
+    other: str, k8s_op, s3_faults, tmp_path: Path
+) -> None:
+    prefix, writer = OTHERS[other]
+    uri = s3_faults.uri + prefix
+    theirs = WrittenKeys(resource=writer, stage="generate", shard=0, keys=["shards/gen-00000.tar"])
     storage = open_storage(uri)
-    storage.write_bytes(WRITTEN_KEYS + "generate-00000-earlier.json", earlier.document())
+    storage.write_bytes(WRITTEN_KEYS + "generate-00000-earlier.json", theirs.document())
     storage.write_bytes("shards/gen-00000.tar", b"its shard")
     await team_secret(k8s_op)
     async with operator_harness(k8s_op, runner(), tmp_path, QUICK) as h:
@@ -146,7 +157,7 @@ async def test_a_prefix_holding_another_resources_artifacts_is_kept_whole(
         await wait_for(lambda: h.obj(DATASETS, "ds") is None, 60, message="finalizer released")
         assert keys(uri) == before
         (event,) = await wait_for(lambda: events(h, "ArtifactsRetained"), 10, message="the Event")
-        assert event["type"] == "Warning" and "uid-of-an-earlier-ds" in event["message"]
+        assert event["type"] == "Warning" and writer.uid in event["message"]
     record_api_calls(k8s_op, "delete-artifacts")
 
 
