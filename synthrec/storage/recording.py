@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 
 from synthrec.storage.base import ObjectInfo, Storage, clean_key
 
+_WRITING = ("write", "upload", "put", "copy", "commit", "move", "rename")
+
 
 class _Ledger:
     """The keys one process wrote (or is about to write), persisted at ``key`` of ``storage``."""
@@ -99,7 +101,8 @@ class RecordingStorage(Storage):
         return self.inner.sha256(key)
 
     def __getattr__(self, name: str) -> object:
-        # Backend specifics (S3Storage.bucket, .endpoint, FileStorage.root) read through.
-        if name == "inner":
-            raise AttributeError(name)
+        # Backend specifics (S3Storage.bucket, .endpoint, FileStorage.root) read through; a way of writing
+        # that this class does not record never does (it would write behind the ledger's back).
+        if name == "inner" or name.startswith(_WRITING):
+            raise AttributeError(f"{type(self).__name__} does not record {name!r}: add it here first")
         return getattr(self.inner, name)

@@ -199,3 +199,8 @@ def test_keys_are_recorded_before_they_are_written_also_through_child_storages(t
     recording.write_bytes("a.json", b"2")  # a key is recorded once
     assert inner.read_bytes(ledger) == b"a.json\nruns/r1/metrics.json"
     assert inner.read_bytes("runs/r1/metrics.json") == b"{}"
+    # Backend specifics read through, but a way of writing it does not record is never passed through.
+    assert recording.root == inner.root  # type: ignore[attr-defined]
+    inner.write_if_absent = inner.write_bytes  # type: ignore[attr-defined]  # a backend's own writer
+    with pytest.raises(AttributeError, match="does not record 'write_if_absent'"):
+        recording.write_if_absent("b.json", b"1")  # type: ignore[attr-defined]
