@@ -71,5 +71,5 @@ class InvalidKey(StorageError, ValueError):
 def local_error(e: OSError, message: str) -> StorageError:
     """A StorageError for an OSError on the local side: StorageFull when the disk is full."""
     if e.errno in NO_SPACE:
-        return StorageFull(f"{message}: no space left on the local disk ({e.strerror or e})")
+        return StorageFull(f"{message}: no space left on the device ({e.strerror or e})")
     return StorageError(f"{message}: {e}")
