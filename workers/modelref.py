@@ -60,6 +60,13 @@ class ModelRefError(ValueError):
         self.failure: Failure = failure
 
 
+def _hub_offline() -> bool:
+    """Whether huggingface_hub runs in offline mode (HF_HUB_OFFLINE, read when it was imported)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def fetch_failure(e: BaseException) -> Failure:
     """Whether a failed download may work on another try: a full disk, the network, 5xx/429 answers."""
     if isinstance(e, OSError) and e.errno in NO_SPACE:
@@ -173,7 +180,8 @@ def _snapshot(ref: str, parsed: ModelRef, cache_dir: Path | None) -> tuple[Path,
             f"{what}: not in the local cache and the hub cannot be reached (offline mode via "
             f"HF_HUB_OFFLINE, or no network): {_first_line(e)}. Check the network and HF_ENDPOINT, "
             f"pre-download it into HF_HOME, {alternatives}",
-            failure="retryable",
+            # Offline mode is the user's setting: no retry can fetch the model. A network outage may pass.
+            failure="config" if _hub_offline() else "retryable",
         ) from e
     except Exception as e:  # HTTP errors, timeouts, disk errors: one message, the class says who retries
         raise ModelRefError(
