@@ -164,20 +164,31 @@ class TrainTask(_TaskBase):
     )
 
 
-Task = Annotated[
-    PromptsTask | GenerateTask | FilterTask | ReduceTask | TrainTask, Field(discriminator="stage")
-]
+class CleanupTask(_TaskBase):
+    """Delete what the resource wrote (``spec.output.onDelete: Delete``): the keys its ledgers list
+    (synthrec.contract.written), run in the resource's namespace with that namespace's credentials."""
+
+    stage: Literal["cleanup"] = "cleanup"
+    spec_hash: str = Field(default="", description="Unused: a cleanup depends on no spec.")
+
+
+def cleanup_task(resource: ResourceRef, output: StorageTarget) -> CleanupTask:
+    return CleanupTask(resource=resource, output=output)
+
+
+AnyTask = PromptsTask | GenerateTask | FilterTask | ReduceTask | TrainTask | CleanupTask
+Task = Annotated[AnyTask, Field(discriminator="stage")]
 
 
 class _TaskFile(_Model):
     task: Task
 
 
-def dump_task(task: PromptsTask | GenerateTask | FilterTask | ReduceTask | TrainTask) -> str:
+def dump_task(task: AnyTask) -> str:
     return json.dumps(task.model_dump(mode="json", by_alias=False), indent=1, sort_keys=True)
 
 
-def load_task(source: str | Path) -> PromptsTask | GenerateTask | FilterTask | ReduceTask | TrainTask:
+def load_task(source: str | Path) -> AnyTask:
     """Read a task file; raises ValueError with the path on anything unreadable or invalid."""
     path = Path(source)
     try:

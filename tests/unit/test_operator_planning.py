@@ -87,6 +87,7 @@ def job(
         conditions=conditions,
         ttl=ttl,
         deleting=deleting,
+        controller_uid="uid-exp" if stage == "train" else "uid-ds",  # controlled by the resource
     )
 
 
@@ -138,7 +139,9 @@ def test_a_new_dataset_starts_its_first_stage_with_a_task_configmap_and_one_job(
     assert (task["stage"], task["attempt"], task["shards"], task["shard_ids"]) == ("prompts", 1, 1, None)
     status = actions.status
     assert condition(status, "Accepted")["status"] == "True"
-    assert status["phase"] == "Pending" and status["startTime"] == "2026-01-01T12:00:00Z"
+    # Queued for the Job just created (not Pending: the work has started and never steps back to Pending)
+    assert status["phase"] == "Queued" and status["startTime"] == "2026-01-01T12:00:00Z"
+    assert condition(status, "Queued")["reason"] == "JobStarting"
     assert stage_status(actions, "prompts")["state"] == "Running"
     assert stage_status(actions, "prompts")["job"] == "ds-prompts-a1"
 
@@ -382,6 +385,19 @@ def test_an_invalid_spec_fails_without_jobs_and_is_reconsidered_when_the_spec_ch
     again = plan(fixed, Observed(), CTX)
     assert [c.name for c in again.create] == ["ds-prompts-a1"]
     assert condition(again.status, "Failed") is None
+
+
+@pytest.mark.parametrize("make", [dataset, experiment])
+def test_a_file_output_is_refused_with_a_clear_condition_and_no_jobs(make: Any) -> None:
+    body = make(output={"uri": "file:///data/out/"})
+    actions = plan(body, Observed(), CTX)
+    assert not actions.create
+    accepted, failed = condition(actions.status, "Accepted"), condition(actions.status, "Failed")
+    assert accepted["status"] == "False" and accepted["reason"] == "UnsupportedOutput"
+    assert failed["status"] == "True" and failed["reason"] == "UnsupportedOutput"
+    assert "file:///data/out/" in failed["message"] and "emptyDir" in failed["message"]
+    assert "s3://" in failed["message"]
+    assert actions.status["phase"] == "Failed"
 
 
 def test_terminal_states_are_sticky() -> None:
