@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthrec.workers.decode import ImageDataset, Pixels, device_batches, image_loader, split_preprocess
-from synthrec.workers.modelref import ModelRefError, default_cache_dir, resolve_model
-from synthrec.workers.runtime import ConfigError, Progress
+from synthrec.workers.modelref import ModelRefError, default_cache_dir, fetch_failure, resolve_model
+from synthrec.workers.runtime import ConfigError, Progress, worker_error
 
 if TYPE_CHECKING:
     import torch
@@ -138,13 +138,14 @@ class ClipModel:
             return self.pixels.normalize(images, self.device)
         return images.to(self.device, non_blocking=True)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised float32 features of a batch (uint8 from ``pixels``, or preprocessed floats)."""
+    def encode(self, images: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """L2-normalised (or, with ``normalize=False``, raw) float32 features of a batch (uint8 from
+        ``pixels``, or preprocessed floats); no gradients."""
         import torch
 
         with torch.inference_mode(), self.autocast():
             feats = self.model.encode_image(self.normalize(images)).float()
-        return torch.nn.functional.normalize(feats, dim=-1)
+        return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
 
     def image_shape(self) -> tuple[int, ...]:
         return self.pixels.shape
@@ -178,7 +179,7 @@ def load_clip(
             weights_from or ref, allow_name=True, storage_opts=storage_opts, cache_dir=cache_dir
         )
     except ModelRefError as e:
-        raise ConfigError(f"CLIP model: {e}") from e
+        raise worker_error(e.failure, f"CLIP model: {e}") from e
     kwargs: dict[str, Any] = {}
     if weights_from is not None:
         assert resolved.path is not None
@@ -204,8 +205,11 @@ def load_clip(
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
         tokenizer = open_clip.get_tokenizer(name)
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
-        raise ConfigError(f"CLIP model {ref!r} (pretrained {pretrained!r}) cannot be loaded: {e}") from e
+    except (RuntimeError, ValueError, OSError, KeyError) as e:  # a download of named weights may fail too
+        failure = fetch_failure(e) if isinstance(e, OSError) else "config"
+        raise worker_error(
+            failure, f"CLIP model {ref!r} (pretrained {pretrained!r}) cannot be loaded: {e}"
+        ) from e
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)

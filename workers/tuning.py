@@ -35,8 +35,12 @@ losses stay on it, and the host reads them once per epoch (the logging interval:
 epoch's mean loss), where validation also runs.
 
 Selection: ``last`` reports the head after the final epoch; ``best-validation`` keeps the head of the
-epoch with the best top-1 on the validation split (first best on ties). The test split is never looked
-at during training.
+epoch with the best top-1 on the validation set (first best on ties). With a validation set the other
+one is kept too (``TuneResult.alternative``), so a run reports both. The test split is never looked at
+during training.
+
+``softTarget.pseudoLabels: hard`` replaces SCE by the cross-entropy with the teacher's argmax class (the
+official ``--hard_pseudo_label``), still weighted by ``softTarget.weight``.
 """
 
 from __future__ import annotations
@@ -97,17 +101,39 @@ TEACHER_FLOAT32_ELEMENTS = (
 
 
 def teacher_targets(
-    teacher: nn.Module, features: torch.Tensor, temperature: float, chunk: int = 16384
+    teacher: nn.Module, features: torch.Tensor, soft: Any, chunk: int = 16384
 ) -> torch.Tensor:
-    """softmax(teacher(x) / T) for every cached synthetic example, once: [N, C], float32 (float16 when
-    N x C exceeds TEACHER_FLOAT32_ELEMENTS: ~1e-3 relative, next to memory of the features' size)."""
+    """What the fixed teacher says of every cached synthetic example, computed once: softmax(teacher(x) /
+    T), [N, C] float32 (float16 when N x C exceeds TEACHER_FLOAT32_ELEMENTS: ~1e-3 relative, next to
+    memory of the features' size); with ``pseudoLabels: hard`` its argmax class, [N] int64."""
+    hard = soft.pseudo_labels == "hard"
     with torch.no_grad():
-        parts = [
-            F.softmax(teacher(features[i : i + chunk]).float() / temperature, dim=-1)
-            for i in range(0, len(features), chunk)
-        ]
-    targets = torch.cat(parts) if parts else torch.zeros((0, 0), device=features.device)
-    return targets.half() if targets.numel() > TEACHER_FLOAT32_ELEMENTS else targets
+        parts = []
+        for i in range(0, len(features), chunk):
+            logits = teacher(features[i : i + chunk]).float()
+            parts.append(logits.argmax(dim=-1) if hard else F.softmax(logits / soft.temperature, dim=-1))
+    if not parts:
+        return torch.zeros(
+            (0,) if hard else (0, 0), device=features.device, dtype=torch.long if hard else None
+        )
+    targets = torch.cat(parts)
+    return targets.half() if not hard and targets.numel() > TEACHER_FLOAT32_ELEMENTS else targets
+
+
+def targets_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The teacher term from ``teacher_targets``' rows of the batch: SCE with soft targets, or the
+    cross-entropy with the teacher's class (the official ``Hard_pseudo_label_CE``)."""
+    if targets.dtype == torch.long:
+        return F.cross_entropy(student_logits.float(), targets)
+    return soft_cross_entropy(student_logits, targets)
+
+
+def teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, soft: Any) -> torch.Tensor:
+    """The teacher term of the synthetic loss: SCE at ``soft.temperature``, or with ``pseudoLabels: hard``
+    the cross-entropy with the teacher's argmax class (the official ``Hard_pseudo_label_CE``)."""
+    if soft.pseudo_labels == "hard":
+        return F.cross_entropy(student_logits.float(), teacher_logits.argmax(dim=-1))
+    return sce_loss(student_logits, teacher_logits, soft.temperature)
 
 
 def lr_at(step: int, base: float, warmup: int, total: int) -> float:
@@ -339,6 +365,10 @@ class TuneResult:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # per epoch: phase, loss, lr, val_top1
     steps: list[dict[str, float]] = field(default_factory=list)  # per step: loss, syn, real, lr
     selected_epoch: int | None = None  # 1-based global epoch whose head is reported
+    best_validation_epoch: int | None = None  # 1-based global epoch with the best validation top-1
+    # With a validation set, the state of the model NOT reported (the best-validation one when the last is
+    # reported, the last one otherwise), so that both are evaluated: {"head", "source", "epoch"}
+    alternative: dict[str, Any] | None = None
 
 
 def tune(
@@ -367,7 +397,7 @@ def tune(
     device = head.weight.device
     weight = ct.soft_target.weight
     targets = (
-        teacher_targets(teacher, syn_cached, ct.soft_target.temperature)
+        teacher_targets(teacher, syn_cached, ct.soft_target)
         if syn_cached is not None and n_syn and weight > 0
         else None
     )
@@ -411,7 +441,7 @@ def tune(
                     ce = F.cross_entropy(logits, syn_y[s_idx], label_smoothing=ct.label_smoothing)
                     syn_loss = (1 - weight) * ce
                     if targets is not None:
-                        syn_loss = syn_loss + weight * soft_cross_entropy(logits, targets[s_idx])
+                        syn_loss = syn_loss + weight * targets_loss(logits, targets[s_idx])
                     loss = loss + ct.synthetic_loss_weight * syn_loss
                 if x_real is not None:
                     logits = head(x_real)
@@ -438,16 +468,19 @@ def tune(
             if validate is not None:
                 head.eval()
                 epoch["val_top1"] = validate()
-                if ct.selection == "best-validation" and (best is None or epoch["val_top1"] > best[0]):
-                    best = (epoch["val_top1"], _snapshot(head, source, global_epoch))
+                if best is None or epoch["val_top1"] > best[0]:
+                    best = (epoch["val_top1"], snapshot(head, source, global_epoch))
             result.epochs.append(epoch)
     head.eval()
     result.selected_epoch = global_epoch or None
     if best is not None:
         snap = best[1]
-        head.load_state_dict(snap["head"])
-        source.load_state(snap["source"])
-        result.selected_epoch = snap["epoch"]
+        result.best_validation_epoch = snap["epoch"]
+        result.alternative = snap
+        if ct.selection == "best-validation":
+            result.alternative = snapshot(head, source, global_epoch)
+            load_snapshot(head, source, snap)
+            result.selected_epoch = snap["epoch"]
     return result
 
 
@@ -466,8 +499,19 @@ def _read_losses(records: list[dict[str, Any]], pending: list[torch.Tensor]) -> 
     return out
 
 
-def _snapshot(head: LinearHead, source: Any, epoch: int) -> dict[str, Any]:
-    return {"head": copy.deepcopy(head.state_dict()), "source": source.state(), "epoch": epoch}
+def snapshot(head: LinearHead, source: Any, epoch: int) -> dict[str, Any]:
+    """The trainable state (head, and the encoder's when ``source`` has one) after ``epoch``."""
+    return {
+        "head": copy.deepcopy(head.state_dict()),
+        "source": source.state() if source is not None else {},
+        "epoch": epoch,
+    }
+
+
+def load_snapshot(head: LinearHead, source: Any, snap: dict[str, Any]) -> None:
+    head.load_state_dict(snap["head"])
+    if source is not None:
+        source.load_state(snap["source"])
 
 
 # ----------------------------------------------------------------------------------------- evaluation
