@@ -12,6 +12,7 @@ Dataset::
     features/gen-00012.safetensors   CLIP image features + zero-shot probabilities of that shard
     features/gen-00012.done.json
     index/kept.jsonl                 kept samples (shard, key, class, score, soft target)
+    index/shards/gen-00012.jsonl     every decodable sample of that shard: key, class, kept (tar order)
     manifest.json                    dataset card (written last by reduce)
     progress/<stage>-00012.json      small in-flight progress files (best effort, not a commit)
     report/index.html                dataset report
@@ -63,6 +64,11 @@ class DatasetLayout:
     @staticmethod
     def features(shard: int) -> str:
         return f"features/{shard_name('gen', shard)}.safetensors"
+
+    @staticmethod
+    def shard_index(shard: int) -> str:
+        """The kept flag of each sample of one shard, so a reader of the shard needs nothing else."""
+        return f"index/shards/{shard_name('gen', shard)}.jsonl"
 
     @staticmethod
     def features_marker(shard: int) -> str:

@@ -11,7 +11,8 @@ Real Guidance (few-shot, paper §3.2): the same items run through the image-to-i
 (shared weights), each starting from its class's real shot (center-cropped to a square, resized to the
 resolution) at ``realGuidance.resolved_strength()``; images_per_class / shots images per real shot.
 
-Tar members per sample: ``<key>.jpg`` and ``<key>.json``; keys are built from indexes only
+Tar members per sample: ``<key>.jpg``, ``<key>.json`` and ``<key>.cls`` (the class index, so the webdataset
+library's ``to_tuple("jpg", "cls")`` works on the shards as they are); keys are built from indexes only
 (``c00003-p00012-i00004``: class, prompt row, image), so names with quotes, slashes, '..' or any unicode
 never reach a file name. The JSON holds class, class_name, prompt, seed, item and the generation settings.
 """
@@ -199,6 +200,7 @@ class ShardGenerator:
             tar_path,
             key=lambda item: item.key,
             metadata=self._metadata,
+            label=lambda item: item.class_index,
             quality=self.gen.jpeg_quality,
             on_written=self.ctx.progress.advance,
         )

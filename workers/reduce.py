@@ -36,8 +36,16 @@ Outputs: ``index/kept.jsonl`` (one JSON object per kept image, sorted by shard a
     {"shard": 3, "key": "c00002-p00010-i00004", "class": 2, "class_name": "...", "score": 0.81,
      "passed": true, "features": "features/gen-00003.safetensors", "row": 17}
 
-and ``manifest.json`` (fields in ``_manifest``). Termination summary: generated, passed, kept, rejected,
-manifest (URI), digest (sha256 of manifest.json).
+``index/shards/gen-NNNNN.jsonl`` per committed shard: every decodable sample of the shard in tar order with
+its kept flag, so a reader of one shard (the pre-training loader, or a user with the webdataset library,
+docs/datasets.md) knows which samples to use without reading the dataset-wide index::
+
+    {"key": "c00002-p00010-i00004", "class": 2, "kept": true}
+
+Each shard record in the manifest gains ``index`` (that key), ``index_sha256``, ``kept`` and the per-class
+counts ``classes`` / ``kept_classes`` ({"2": 17}), from which a size cap is planned without reading any
+shard. And ``manifest.json`` (fields in ``_manifest``). Termination summary: generated, passed, kept,
+rejected, manifest (URI), digest (sha256 of manifest.json).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import logging
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +191,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 fh.write(json.dumps(_row(item, labels), ensure_ascii=False, sort_keys=True) + "\n")
         index_sha = sha256_file(index_path)
         storage.upload_file(index_path, layout.index)
+        _write_shard_indexes(storage, Path(tmp), collected, kept)
     manifest = _manifest(
         task, labels, collected, per_class, kept, index_sha, rf_info, started=started, t_collect=t_collect
     )
@@ -430,6 +440,33 @@ def _select(
     return per_class, kept_items
 
 
+def _write_shard_indexes(storage: Storage, folder: Path, collected: _Collected, kept: list[_Item]) -> None:
+    """Write index/shards/gen-NNNNN.jsonl of every committed shard and add its counts to the shard record."""
+    kept_ids = {(item.shard, item.key) for item in kept}
+    by_shard: dict[int, list[_Item]] = {}
+    for item in collected.items:
+        by_shard.setdefault(item.shard, []).append(item)
+    for record in collected.shards:
+        shard = record["shard"]
+        path = folder / f"shard-{shard}.jsonl"
+        classes: Counter[int] = Counter()
+        kept_classes: Counter[int] = Counter()
+        with open(path, "w", encoding="utf-8") as fh:
+            for item in by_shard.get(shard, []):
+                flag = (shard, item.key) in kept_ids
+                fh.write(json.dumps({"key": item.key, "class": item.cls, "kept": flag}) + "\n")
+                classes[item.cls] += 1
+                kept_classes[item.cls] += flag
+        key = DatasetLayout.shard_index(shard)
+        record["index_sha256"] = sha256_file(path)
+        storage.upload_file(path, key)
+        path.unlink()
+        record["index"] = key
+        record["kept"] = sum(kept_classes.values())
+        record["classes"] = {str(c): n for c, n in sorted(classes.items())}
+        record["kept_classes"] = {str(c): n for c, n in sorted(kept_classes.items()) if n}
+
+
 def _row(item: _Item, labels: ResolvedLabels) -> dict[str, Any]:
     row: dict[str, Any] = {
         "shard": item.shard,
@@ -517,7 +554,12 @@ def _manifest(
             "keep_rate": round(n_kept / generated, 6) if generated else None,
         },
         "per_class": per_class,
-        "index": {"key": DatasetLayout.index, "sha256": index_sha, "rows": n_kept},
+        "index": {
+            "key": DatasetLayout.index,
+            "sha256": index_sha,
+            "rows": n_kept,
+            "per_shard": "shards[].index: every sample of the shard with its kept flag",
+        },
         "shards": collected.shards,
         "shards_total": spec.sharding.shards,
         "shards_missing": collected.missing,

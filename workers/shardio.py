@@ -82,7 +82,8 @@ def sample_json(meta: dict[str, Any]) -> bytes:
 
 
 class BackgroundShardWriter:
-    """Encodes batches of images to JPEG and appends ``<key>.jpg`` + ``<key>.json`` to a tar, off-thread.
+    """Encodes batches of images to JPEG and appends ``<key>.jpg`` + ``<key>.json`` (+ ``<key>.cls`` when
+    ``label`` is given: the class index as ASCII digits, WebDataset's convention) to a tar, off-thread.
 
     ``put(items, images)`` hands a batch over (blocking only when ``max_pending`` batches are queued);
     ``close()`` waits for everything to be written and closes the tar; an error on the writer thread
@@ -95,6 +96,7 @@ class BackgroundShardWriter:
         *,
         key: Callable[[Any], str],
         metadata: Callable[[Any], dict[str, Any]],
+        label: Callable[[Any], int] | None = None,
         quality: int = 95,
         max_pending: int = 3,
         on_written: Callable[[int], None] | None = None,
@@ -102,6 +104,7 @@ class BackgroundShardWriter:
         self._tar = DeterministicTar(path)
         self._key = key
         self._metadata = metadata
+        self._label = label
         self._quality = quality
         self._on_written = on_written
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
@@ -169,6 +172,8 @@ class BackgroundShardWriter:
                     key = self._key(item)
                     self._tar.add(f"{key}.jpg", encode_jpeg(image, self._quality))
                     self._tar.add(f"{key}.json", sample_json(self._metadata(item)))
+                    if self._label is not None:
+                        self._tar.add(f"{key}.cls", str(int(self._label(item))).encode())
                     self.count += 1
                 self.seconds_busy += time.perf_counter() - started
                 if self._on_written is not None:

@@ -2,7 +2,8 @@
 
 A generated shard ``shards/gen-NNNNN.tar`` is a WebDataset tar: ``<key>.jpg`` + ``<key>.json`` (at least
 ``class`` (int index), ``class_name``, ``prompt``, ``seed``, ``item``, ``real_source``, ``model``,
-``revision``). Its marker ``shards/gen-NNNNN.done.json`` carries the generate stage hash and the tar's
+``revision``) + ``<key>.cls`` (the class index as text; older shards lack it, so readers here use the json's
+``class``). Its marker ``shards/gen-NNNNN.done.json`` carries the generate stage hash and the tar's
 sha256, which is checked after download: a damaged tar is a DataError (delete the marker to regenerate).
 
 Policy for damaged samples inside a verified tar (the generator wrote bad bytes): a JPEG that does not
