@@ -22,6 +22,9 @@ Experiment::
     spec.json
     features/<cache key>/...         cached CLIP features, keyed by backbone + data digest
     runs/<run>/metrics.json, head.safetensors, curve.json, confusion.json, done.json
+    runs/<run>/pretrain/card.json, backbone.safetensors, metrics.json, curve.json, done.json
+    runs/<run>/pretrain/checkpoints/latest.json, step-00001234.pt, final.pt
+    runs/<run>/transfer/<kind>/metrics.json, curve.json, done.json   (classification, linear-probe, detection)
     summary.json                     all runs, written by the reporter
     report/index.html
 """
@@ -110,6 +113,16 @@ class ExperimentLayout:
     @staticmethod
     def features(cache_key: str, name: str) -> str:
         return f"features/{cache_key}/{name}"
+
+    @staticmethod
+    def pretrain(run: str, name: str = "") -> str:
+        """A pre-training run's folder (``name=''``) or a file in it."""
+        return f"runs/{run}/pretrain/{name}"
+
+    @staticmethod
+    def transfer(run: str, kind: str, name: str = "") -> str:
+        """A transfer evaluation's folder (``name=''``) or a file in it."""
+        return f"runs/{run}/transfer/{kind}/{name}"
 
     @staticmethod
     def progress(run: str) -> str:

@@ -20,7 +20,11 @@ STAGES = {
     "filter": "synthrec.workers.filter",
     "reduce": "synthrec.workers.reduce",
     "train": "synthrec.workers.train",
+    # distributed stages: the module's main() launches torchrun (or is a rank under it)
+    "pretrain": "synthrec.workers.pretrain.stage",
+    "transfer": "synthrec.workers.pretrain.stage",
 }
+DISTRIBUTED = ("pretrain", "transfer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     module = importlib.import_module(STAGES[args.stage])
+    if args.stage in DISTRIBUTED:
+        return module.main(args.stage, args.task)
     return run_stage(args.stage, module.run, args.task, args.shard)
 
 

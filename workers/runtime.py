@@ -225,19 +225,26 @@ def run_stage(
         write_termination_log(summary)
         log.info("%s shard %s done: %s", stage, shard_id, contract.summary_line(summary))
         return contract.EXIT_OK
-    except WorkerError as exc:
-        return _fail(summary, exc.kind, str(exc), exc.exit_code)
-    except StorageConflict as exc:
-        return _fail(summary, "config", str(exc), contract.EXIT_CONFIG_ERROR)
-    except TransientStorageError as exc:
-        return _fail(summary, "retryable", str(exc), contract.EXIT_RETRYABLE)
-    except StorageError as exc:
-        return _fail(summary, "config", str(exc), contract.EXIT_CONFIG_ERROR)
-    except KeyboardInterrupt:
-        return _fail(summary, "retryable", "interrupted", contract.EXIT_RETRYABLE)
-    except Exception as exc:  # a bug or an unforeseen environment problem: retrying is the safe default
-        log.error("unexpected error in %s:\n%s", stage, traceback.format_exc())
-        return _fail(summary, "retryable", f"{type(exc).__name__}: {exc}", contract.EXIT_RETRYABLE)
+    except (Exception, KeyboardInterrupt) as exc:
+        kind, message, code = classify_failure(exc, stage)
+        return _fail(summary, kind, message, code)
+
+
+def classify_failure(exc: BaseException, stage: str) -> tuple[str, str, int]:
+    """(kind, message, exit code) of a stage's failure under the contract; an unexpected exception is
+    logged with its traceback and treated as retryable (a bug or an unforeseen environment problem)."""
+    if isinstance(exc, WorkerError):
+        return exc.kind, str(exc), exc.exit_code
+    if isinstance(exc, StorageConflict):
+        return "config", str(exc), contract.EXIT_CONFIG_ERROR
+    if isinstance(exc, TransientStorageError):
+        return "retryable", str(exc), contract.EXIT_RETRYABLE
+    if isinstance(exc, StorageError):
+        return "config", str(exc), contract.EXIT_CONFIG_ERROR
+    if isinstance(exc, KeyboardInterrupt):
+        return "retryable", "interrupted", contract.EXIT_RETRYABLE
+    log.error("unexpected error in %s:\n%s", stage, "".join(traceback.format_exception(exc)))
+    return "retryable", f"{type(exc).__name__}: {exc}", contract.EXIT_RETRYABLE
 
 
 def _fail(summary: dict[str, Any], kind: str, message: str, code: int) -> int:

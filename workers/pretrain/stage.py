@@ -1,0 +1,210 @@
+"""The entry of the distributed stages (``pretrain``, ``transfer``): ``python -m synthrec.workers STAGE
+--task FILE`` as every other stage, with the same exit codes and termination summary.
+
+Started by a user, the local runner or a pod, the process is the launcher (synthrec.workers.pretrain.
+distributed): a finished run answers at once from its ``done.json``; one process on one node runs the
+rank in place; anything larger runs torchrun, forwards SIGTERM to it, and maps the ranks' result files
+onto the contract (configuration error 3 > data error 42 > retryable 1). Under torchrun the process is a
+rank: it joins the process group, runs the stage function, and SIGTERM/SIGINT only set ``stop``, which
+the training loop turns, on the same step on every rank, into a checkpoint and a clean exit (an exception
+raised inside a collective would hang the other ranks).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synthrec import contract
+from synthrec.storage import Storage, open_storage
+from synthrec.workers.pretrain import distributed
+from synthrec.workers.runtime import ConfigError, Progress, classify_failure, write_termination_log
+
+log = logging.getLogger(__name__)
+
+STAGE_MODULES = {
+    "pretrain": "synthrec.workers.pretrain.pretrain",
+    "transfer": "synthrec.workers.pretrain.transfer",
+}
+_PRIORITY = {contract.EXIT_CONFIG_ERROR: 3, contract.EXIT_DATA_ERROR: 2, contract.EXIT_RETRYABLE: 1}
+
+
+@dataclass
+class RankContext:
+    task: Any  # PretrainTask | TransferTask
+    rank: distributed.Rank
+    storage: Storage  # the experiment's output root
+    progress: Progress
+    stop: threading.Event  # set by SIGTERM / SIGINT
+
+    def open(self, uri: str, endpoint: str | None = None, region: str | None = None) -> Storage:
+        return open_storage(
+            uri, endpoint=endpoint or self.task.output.endpoint, region=region or self.task.output.region
+        )
+
+
+def load_task(path: str, stage: str) -> Any:
+    """The task file of a distributed stage; ConfigError naming the file for anything invalid."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from synthrec.workers.pretrain.task import DistributedTask
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read task file {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"task file {path} is not JSON: {exc}") from None
+    try:
+        task = TypeAdapter(DistributedTask).validate_python(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"task file {path} is not a valid {stage} task:\n{exc}") from None
+    if task.stage != stage:
+        raise ConfigError(f"task file {path} is for stage {task.stage!r}, not {stage!r}")
+    return task
+
+
+def main(stage: str, task_path: str) -> int:
+    if distributed.under_torchrun():
+        return run_rank(stage, task_path)
+    return launch(stage, task_path)
+
+
+# ------------------------------------------------------------------------------------------- launcher
+
+
+def launch(stage: str, task_path: str) -> int:
+    summary: dict[str, Any] = {"stage": stage}
+    started = time.monotonic()
+    try:
+        task = load_task(task_path, stage)
+        module = importlib.import_module(STAGE_MODULES[stage])
+        storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
+        done = module.finished(task, storage)
+        if done is not None:
+            log.info("%s %s is already committed for this spec; nothing to do", stage, task.run)
+            return _succeed({**summary, **done, "skipped": True})
+        gpus, cpus = _visible_gpus(), os.cpu_count() or 1
+        nproc = task.distributed.nproc_per_node or max(1, gpus)
+        if task.distributed.nnodes == 1 and nproc == 1:
+            return run_rank(stage, task_path)
+        with tempfile.TemporaryDirectory(prefix="synthrec-ranks-") as results:
+            cmd = distributed.launch_for_task(
+                task, task_path, python=sys.executable, gpus=gpus, cpus=cpus, results_dir=results
+            )
+            log.info("starting %s", " ".join(cmd.argv))
+            code = _run_forwarding_signals(cmd)
+            ranks = distributed.read_rank_results(results)
+    except (Exception, KeyboardInterrupt) as exc:
+        kind, message, code = classify_failure(exc, stage)
+        return _failed({**summary, "ok": False, "error": kind, "message": message}, code)
+    summary["seconds"] = round(time.monotonic() - started, 2)
+    if code == 0 and ranks.get(0, {}).get("ok"):
+        return _succeed({**summary, **ranks[0]["summary"]})
+    failures = [r for r in ranks.values() if not r.get("ok")]
+    if failures:
+        worst = max(failures, key=lambda r: _PRIORITY.get(r["code"], 0))
+        return _failed({**summary, **worst["summary"]}, worst["code"])
+    message = (
+        f"torchrun exited with code {code} and no process reported a result (killed, out of memory, or the "
+        "rendezvous failed); see the log above"
+    )
+    return _failed(
+        {**summary, "ok": False, "error": "retryable", "message": message}, contract.EXIT_RETRYABLE
+    )
+
+
+def _visible_gpus() -> int:
+    if os.environ.get(contract.ENV_DEVICE, "").startswith("cpu"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _run_forwarding_signals(cmd: distributed.Launch) -> int:
+    """Run torchrun; SIGTERM/SIGINT received here go to it (it stops the ranks and waits for them)."""
+    proc = subprocess.Popen(cmd.argv, env={**os.environ, **cmd.env})
+    previous = {}
+
+    def forward(signum: int, frame: Any) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, forward)
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _succeed(summary: dict[str, Any]) -> int:
+    summary["ok"] = True
+    write_termination_log(summary)
+    log.info("%s done: %s", summary.get("stage"), contract.summary_line(summary))
+    return contract.EXIT_OK
+
+
+def _failed(summary: dict[str, Any], code: int) -> int:
+    write_termination_log(summary)
+    print(
+        f"synthrec {summary.get('stage')}: {summary.get('error')} error: {summary.get('message')}",
+        file=sys.stderr,
+    )
+    return code
+
+
+# ----------------------------------------------------------------------------------------------- rank
+
+
+def run_rank(stage: str, task_path: str) -> int:
+    """One process of the stage (rank 0 of 1 when not under torchrun)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    summary: dict[str, Any] = {"stage": stage}
+    started = time.monotonic()
+    rank: distributed.Rank | None = None
+    try:
+        task = load_task(task_path, stage)
+        module = importlib.import_module(STAGE_MODULES[stage])
+        rank = distributed.init_rank(task.distributed.backend, os.environ.get(contract.ENV_DEVICE))
+        summary["rank"] = rank.rank
+        storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
+        progress_file = os.environ.get(contract.ENV_PROGRESS_FILE) if rank.is_main else None
+        progress = Progress(stage, 0, path=Path(progress_file) if progress_file else None)
+        result = module.run(RankContext(task, rank, storage, progress, stop))
+        progress.finish()
+        summary.update(result)
+        summary["ok"] = True
+        summary["seconds"] = round(time.monotonic() - started, 2)
+        code = contract.EXIT_OK
+    except (Exception, KeyboardInterrupt) as exc:
+        kind, message, code = classify_failure(exc, stage)
+        summary.update(ok=False, error=kind, message=message)
+    finally:
+        if rank is not None:
+            rank.close()
+    number = rank.rank if rank is not None else int(os.environ.get("RANK", "0"))
+    distributed.write_rank_result(number, {"ok": summary["ok"], "code": code, "summary": summary})
+    if os.environ.get(distributed.ENV_RESULTS) is None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        (_succeed if code == 0 else lambda s: _failed(s, code))(summary)
+    elif code != 0:
+        print(
+            f"synthrec {stage} rank {number}: {summary.get('error')} error: {summary.get('message')}",
+            file=sys.stderr,
+        )
+    return code
