@@ -120,9 +120,9 @@ class ExperimentLayout:
         return f"runs/{run}/pretrain/{name}"
 
     @staticmethod
-    def transfer(run: str, kind: str, name: str = "") -> str:
-        """A transfer evaluation's folder (``name=''``) or a file in it."""
-        return f"runs/{run}/transfer/{kind}/{name}"
+    def transfer(run: str, kind: str = "", name: str = "") -> str:
+        """A run's transfer folder, an evaluation's folder (``kind``) or a file in it."""
+        return f"runs/{run}/transfer/" + (f"{kind}/" if kind else "") + name
 
     @staticmethod
     def progress(run: str) -> str:

@@ -43,7 +43,7 @@ def finished(task: Any, storage: Storage) -> dict[str, Any] | None:
         return None
     if marker["spec_hash"] != task.spec_hash:
         raise StorageConflict(
-            f"{storage.url(ExperimentLayout.pretrain(task.run))} was committed by spec hash "
+            f"{storage.uri}{ExperimentLayout.pretrain(task.run)} was committed by spec hash "
             f"{marker['spec_hash']}, "
             f"not this run's {task.spec_hash}; use a new output URI or delete runs/{task.run}/pretrain/"
         )

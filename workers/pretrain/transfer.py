@@ -35,7 +35,7 @@ def _committed(task: Any, storage: Storage, kind: str) -> dict[str, Any] | None:
         return None
     if marker["spec_hash"] != task.spec_hash:
         raise StorageConflict(
-            f"{storage.url(folder)} was committed by spec hash {marker['spec_hash']}, not this run's "
+            f"{storage.uri}{folder} was committed by spec hash {marker['spec_hash']}, not this run's "
             f"{task.spec_hash}; use a new output URI or delete it"
         )
     return storage.read_json(folder + "metrics.json")
@@ -48,7 +48,7 @@ def _summary(task: Any, results: dict[str, dict[str, Any]], storage: Storage) ->
             out["ap50"], out["ap50_voc07"] = metrics["ap50"], metrics["ap50_voc07"]
         else:
             out[f"{kind}_top1"] = metrics["top1"]
-    out["metrics"] = storage.url(ExperimentLayout.transfer(task.run, ""))
+    out["metrics"] = storage.uri + ExperimentLayout.transfer(task.run)
     return out
 
 
