@@ -153,7 +153,7 @@ VOC_NAMES = ("circle", "square")
 
 
 def write_voc(root: Path, *, images: int, split: str, size: int = 64, seed: int = 0) -> str:
-    """A VOC folder with 1-2 objects (circles and squares) per image; some objects are 'difficult'."""
+    """A VOC folder with 1-2 objects (circles and squares) per image; some are marked difficult."""
     rng = random.Random(seed)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -163,13 +163,14 @@ def write_voc(root: Path, *, images: int, split: str, size: int = 64, seed: int 
         img = Image.new("RGB", (size, size), tuple(rng.randint(150, 235) for _ in range(3)))
         d = ImageDraw.Draw(img)
         objects = []
-        for k in range(rng.randint(1, 2)):
+        hard = n % 3 == 2  # every third image has two objects, the second one marked difficult
+        for k in range(2 if hard else rng.randint(1, 2)):
             cls = rng.randrange(len(VOC_NAMES))
             s = rng.randint(size // 4, size // 2)
             x = rng.randint(0, size // 2 - 1) if k == 0 else rng.randint(size // 2, size - s - 1)
             y = rng.randint(0, size - s - 1)
             box = shape(d, cls, rng, size, (x, y, x + s, y + s))
-            objects.append((VOC_NAMES[cls], box, int(rng.random() < 0.1)))
+            objects.append((VOC_NAMES[cls], box, int(hard and k == 1)))
         img.save(root / "JPEGImages" / f"{image_id}.jpg", quality=92)
         xml = [
             f"<annotation><filename>{image_id}.jpg</filename><size><width>{size}</width><height>{size}</height><depth>3</depth></size>"
