@@ -142,3 +142,32 @@ def test_the_queue_starts_as_normalised_random_columns_identical_on_every_proces
     a, b = MoCo(TinyBackbone(), dim=4, queue=8, seed=3), MoCo(TinyBackbone(), dim=4, queue=8, seed=3)
     assert torch.equal(a.queue, b.queue)
     assert torch.allclose(a.queue.norm(dim=0), torch.ones(8)) and int(a.queue_ptr) == 0
+
+
+def _shuffle_in_group(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(100 + rank)  # different RNG per rank: the permutation must still be rank 0's
+        model = MoCo(TinyBackbone(), dim=4, queue=8)
+        x = torch.arange(4 * 12, dtype=torch.float32).reshape(4, 3, 2, 2) + 1000 * rank
+        shuffled, undo = model._shuffle(x)
+        restored = model._unshuffle(shuffled.flatten(1)[:, :4].contiguous(), undo)
+        torch.save({"shuffled": shuffled, "restored": restored, "x": x}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_shuffling_bn_deals_the_global_key_batch_and_unshuffling_restores_each_ranks_order(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    args = (2, f"file://{tmp_path}/rendezvous", str(tmp_path))
+    mp.start_processes(_shuffle_in_group, args=args, nprocs=2, start_method="fork")
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    everything = torch.cat([r["x"] for r in results])
+    dealt = torch.cat([r["shuffled"] for r in results])
+    assert not torch.equal(dealt, everything)  # shuffled across the two ranks ...
+    assert sorted(dealt[:, 0, 0, 0].tolist()) == sorted(everything[:, 0, 0, 0].tolist())  # ... a permutation
+    for r in results:  # every rank gets its own samples back, in its own order
+        assert torch.equal(r["restored"], r["x"].flatten(1)[:, :4])

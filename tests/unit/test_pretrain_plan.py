@@ -224,8 +224,13 @@ def test_fewer_shards_than_readers_are_split_into_parts_by_position() -> None:
 
     parts = units(Plan(), readers=5)  # type: ignore[arg-type]
     assert [(u.plan.shard, u.part, u.parts, u.count) for u in parts] == [
-        (0, 0, 3, 4), (0, 1, 3, 3), (0, 2, 3, 3), (1, 0, 3, 3), (1, 1, 3, 2), (1, 2, 3, 2),
-    ]  # fmt: skip
+        (0, 0, 3, 4),
+        (0, 1, 3, 3),
+        (0, 2, 3, 3),
+        (1, 0, 3, 3),
+        (1, 1, 3, 2),
+        (1, 2, 3, 2),
+    ]
 
 
 def test_loader_worker_w_owns_every_wth_batch_of_the_epoch() -> None:
@@ -241,9 +246,20 @@ def test_the_local_launch_is_standalone_with_one_process_per_gpu_or_one_on_cpu()
     task = pretrain()
     cpu = distributed.launch_for_task(task, "/t.json", python="py", gpus=0, cpus=8, results_dir="/r")
     assert cpu.argv == [
-        "py", "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=1", "--max-restarts=0",
-        "--shutdown-timeout=120", "--standalone", "-m", "synthrec.workers", "pretrain", "--task", "/t.json",
-    ]  # fmt: skip
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc-per-node=1",
+        "--max-restarts=0",
+        "--shutdown-timeout=120",
+        "--standalone",
+        "-m",
+        "synthrec.workers",
+        "pretrain",
+        "--task",
+        "/t.json",
+    ]
     assert cpu.env == {"OMP_NUM_THREADS": "8", distributed.ENV_RESULTS: "/r"}
     gpu = distributed.launch_for_task(task, "/t.json", python="py", gpus=4, cpus=32, results_dir=None)
     assert gpu.nproc_per_node == 4 and gpu.env == {"OMP_NUM_THREADS": "8"}
@@ -268,10 +284,15 @@ def test_a_multi_node_launch_meets_at_index_0s_stable_hostname() -> None:
     )
     assert "--standalone" not in cmd.argv
     assert cmd.argv[3:11] == [
-        "--nnodes=4", "--nproc-per-node=8", "--max-restarts=3", "--shutdown-timeout=120",
-        "--rdzv-backend=c10d", "--rdzv-endpoint=exp-pre-a1-0.exp-pre:29500", "--rdzv-id=exp-pre-a1",
+        "--nnodes=4",
+        "--nproc-per-node=8",
+        "--max-restarts=3",
+        "--shutdown-timeout=120",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=exp-pre-a1-0.exp-pre:29500",
+        "--rdzv-id=exp-pre-a1",
         "--rdzv-conf=join_timeout=900",
-    ]  # fmt: skip
+    ]
     assert cmd.argv[-5:] == ["-m", "synthrec.workers", "pretrain", "--task", "/etc/synthrec/task/task.json"]
     with pytest.raises(ValueError, match="needs the Job's name"):
         distributed.launch_command(

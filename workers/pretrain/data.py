@@ -447,6 +447,17 @@ def _forever(make: Callable[[], Iterator[Any]], what: str) -> Iterator[Any]:
             raise DataError(f"{what} yielded no samples")
 
 
+def _mix(
+    syn: Iterator[dict[str, Any]], reals: Iterator[dict[str, Any]], fraction: float, rng: random.Random
+) -> Iterator[dict[str, Any]]:
+    """Synthetic samples until they run out, each preceded by real ones drawn with probability
+    ``fraction`` (so real samples make that share of the pass)."""
+    for sample in syn:
+        while rng.random() < fraction:
+            yield next(reals)
+        yield sample
+
+
 def _interleave(
     items: list[Any], open_one: Callable[[Any], Iterator[Any]], width: int, rng: random.Random
 ) -> Iterator[Any]:
@@ -547,6 +558,8 @@ class ShardStream(IterableDataset):
             yield tuple(torch.stack(parts) for parts in zip(*batch, strict=True))
 
     def _samples(self, reader: int) -> Iterator[dict[str, Any]]:
+        """The reader's samples: passes over its units (shuffled within each pass, so an epoch uses each
+        selected image once before any repeats), real samples mixed in at the fraction."""
         import webdataset as wds
 
         cfg, plan = self.config, self.plan
@@ -556,20 +569,23 @@ class ShardStream(IterableDataset):
             raise DataError(
                 f"reader {reader} was dealt no shards; the selection is too small for {self.readers} readers"
             )
-        syn = _forever(
-            lambda: _interleave(
+        reals = self._reals(reader, rng) if plan.real is not None else None
+
+        def one_pass() -> Iterator[dict[str, Any]]:
+            syn = _interleave(
                 mine, lambda u: unit_samples(u, plan.images, plan.cap_seed), cfg.open_shards, rng
-            ),
+            )
+            if reals is None:
+                return syn
+            fraction = plan.real.fraction  # type: ignore[union-attr]
+            return _mix(syn, reals, fraction, rng)
+
+        return _forever(
+            lambda: wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=rng)(one_pass()),
             f"reader {reader}'s shards",
         )
-        stream: Iterator[dict[str, Any]] = syn
-        if plan.real is not None:
-            stream = self._mixed(syn, reader, rng)
-        return wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=rng)(stream)
 
-    def _mixed(
-        self, syn: Iterator[dict[str, Any]], reader: int, rng: random.Random
-    ) -> Iterator[dict[str, Any]]:
+    def _reals(self, reader: int, rng: random.Random) -> Iterator[dict[str, Any]]:
         from synthrec.workers.realdata import _ClassResolver
 
         cfg, real = self.config, self.plan.real
@@ -579,7 +595,7 @@ class ShardStream(IterableDataset):
         parts = max(1, math.ceil(self.readers / len(real.tars)))
         pieces = [(t, p, parts) for t in real.tars for p in range(parts)]
         mine = assign(pieces, self.readers, cfg.seed, self.epoch, lambda _: 1)[reader]
-        reals = _forever(
+        return _forever(
             lambda: _interleave(
                 mine,
                 lambda piece: real_samples(*piece, resolver, cfg.endpoint, cfg.region),
@@ -588,8 +604,6 @@ class ShardStream(IterableDataset):
             ),
             f"real data {real.data.uri}",
         )
-        while True:
-            yield next(reals) if rng.random() < real.fraction else next(syn)
 
     def transform(self) -> Callable[[Any], Any]:
         if self._transform is None:

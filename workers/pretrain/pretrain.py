@@ -107,6 +107,7 @@ class Trainer:
         self.pending = [0.0, 0]  # loss sum and steps since the last curve point
         self.images_seen = 0
         self.seconds = 0.0
+        self.resumed_at: list[int] = []  # steps this run was resumed at (provenance)
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -244,6 +245,7 @@ class Trainer:
             position = dict(state["position"])
             self.curve, self.pending = list(state["curve"]), list(state["pending"])
             self.images_seen, self.seconds = state["meta"]["images"], state["meta"]["seconds"]
+            self.resumed_at = [*state["meta"].get("resumed_at", []), position["step"]]
             if state["meta"]["world"] == rank.world:
                 checkpoint.set_rng_state(state["rng"][rank.rank], device)
             else:
@@ -323,6 +325,7 @@ class Trainer:
                     "seconds": self.seconds,
                     "spec_hash": task.spec_hash,
                     "recipe": recipe.as_dict(),
+                    "resumed_at": self.resumed_at,
                 },
             }
             pointer = ckpts.save(state, position["step"], final=final) if rank.is_main else None
@@ -470,6 +473,7 @@ class Trainer:
             "device": self.device.type,
             "recipe": self.recipe.as_dict(),
             "data": plan.describe(),
+            "resumed_at": self.resumed_at,
         }
         card = {
             "kind": CARD_KIND,

@@ -1,0 +1,428 @@
+"""The pretrain and transfer stages end to end on CPU, with timm's tiny ``test_resnet`` and drawn data:
+
+- the shard stream over a dataset written by the real generate shard writer and reduce stage: every
+  selected image once per epoch over ranks x loader workers, the same batches from the same seed, a
+  resumed epoch equal to the rest of the uninterrupted one, the size cap, S3 like file://;
+- supervised and MoCo v2 pre-training through torchrun with 2 processes on gloo;
+- SIGTERM at a chosen step (an event: the progress reporter's own step count), a checkpoint, and a resumed
+  run that reproduces the uninterrupted loss curve;
+- transfer of the pre-trained backbone: fine-tuning and a linear probe on a drawn classification set,
+  Faster R-CNN on a drawn VOC set, and the refusal of a ViT for detection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from synthrec import contract
+from synthrec.storage import open_storage, upload_tree
+from synthrec.workers.pretrain import stage
+from synthrec.workers.pretrain.data import (
+    LoaderConfig,
+    ShardStream,
+    plan_data,
+    read_manifest,
+    unit_samples,
+    units,
+)
+from synthrec.workers.pretrain.task import PretrainTask, TransferTask
+from tests.pretrain_data import CLASSES, VOC_NAMES, write_imagefolder, write_synthetic_dataset, write_voc
+
+pytestmark = pytest.mark.slow
+
+RESOURCE = {"kind": "RecognitionExperiment", "name": "pre"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """4 classes x 32 drawn 32 px images in 16 class-contiguous shards, reduced (everything kept)."""
+    root = tmp_path_factory.mktemp("pretrain-data")
+    uri, manifest = write_synthetic_dataset(root, per_class=32, shards=16)
+    return {"uri": uri, "manifest": manifest, "root": root}
+
+
+def pretrain_task(out: Path, dataset_uri: str, **kw: Any) -> PretrainTask:
+    doc: dict[str, Any] = {
+        "resource": RESOURCE,
+        "output": {"uri": out.as_uri() + "/"},
+        "spec_hash": "spec-1",
+        "run": "r1",
+        "objective": "supervised",
+        "backbone": "test_resnet",
+        "data": {
+            "synthetic": [{"uri": dataset_uri}],
+            "image_size": 32,
+            "loader_workers": 1,
+            "shuffle_buffer": 64,
+        },
+        "batch_size": 16,
+        "epochs": 4,
+        "log_every": 4,
+        "optimizer": {"lr": 0.05, "warmup_epochs": 0},
+    }
+    for key, value in kw.items():
+        doc[key] = (
+            {**doc[key], **value} if isinstance(value, dict) and isinstance(doc.get(key), dict) else value
+        )
+    return PretrainTask.model_validate(doc)
+
+
+def worker(stage_name: str, task: Any, folder: Path) -> tuple[int, dict[str, Any]]:
+    """``python -m synthrec.workers STAGE --task F`` as the executors start it; exit code and summary."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stage_name}-task.json"
+    path.write_text(task.model_dump_json())
+    log = folder / f"{stage_name}-termination.log"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        contract.ENV_TERMINATION_LOG: str(log),
+        "PYTHONPATH": str(Path.cwd()),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "synthrec.workers", stage_name, "--task", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    summary = contract.parse_summary(log.read_text()) if log.exists() else None
+    assert summary is not None, proc.stderr[-3000:]
+    return proc.returncode, summary
+
+
+def curve(out: Path, run: str = "r1") -> list[dict[str, Any]]:
+    return json.loads((out / "runs" / run / "pretrain" / "curve.json").read_text())["points"]
+
+
+# ------------------------------------------------------------------------------------------ the loader
+
+
+def _plan(task: PretrainTask) -> Any:
+    return plan_data(task, [read_manifest(s, None, None) for s in task.data.synthetic], [])
+
+
+def _config(rank: int, world: int, workers: int, task: PretrainTask, steps: int) -> LoaderConfig:
+    return LoaderConfig(
+        rank=rank,
+        world=world,
+        workers=workers,
+        local_batch=task.batch_size // world,
+        steps_per_epoch=steps,
+        seed=task.seed,
+        image_size=32,
+        objective=task.objective,
+        shuffle_buffer=16,
+    )
+
+
+def _batches(stream: ShardStream, workers: int, epoch: int, first: int = 0) -> list[tuple[Any, ...]]:
+    stream.set_epoch(epoch, first)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
+    return list(loader)
+
+
+def test_an_epoch_deals_every_image_once_over_ranks_and_workers(
+    dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    task = pretrain_task(tmp_path, dataset["uri"])
+    plan = _plan(task)
+    assert plan.selected == 128 and len(plan.shards) == 16
+    seen: Counter[str] = Counter()
+    for rank in (0, 1):
+        stream = ShardStream(plan, _config(rank, 2, 2, task, steps=8))
+        for worker_id in (0, 1):  # what each DataLoader worker of each rank reads: 4 batches of 8
+            samples = stream._samples(rank * 2 + worker_id)
+            for _ in range(4 * 8):
+                sample = next(samples)
+                assert sample["cls"] == int(
+                    sample["key"].split("/")[1][1:6]
+                )  # the label is the image's class
+                seen[sample["key"]] += 1
+    assert len(seen) == 128 and set(seen.values()) == {1}
+
+
+def test_the_same_seed_gives_the_same_batches_and_a_resumed_epoch_continues_it(
+    dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    task = pretrain_task(tmp_path, dataset["uri"])
+    stream = ShardStream(_plan(task), _config(1, 2, 2, task, steps=8))
+    first = _batches(stream, 2, epoch=0)
+    assert len(first) == 8 and first[0][0].shape == (8, 3, 32, 32) and first[0][0].dtype == torch.uint8
+    # a run stopped after 3 batches of this epoch continues with exactly the batches it had not seen,
+    # although the DataLoader asks worker 0 first and batch 3 belongs to worker 1
+    rest = _batches(stream, 2, epoch=0, first=3)
+    assert len(rest) == 5
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first[3:], rest, strict=True)
+    )
+    # each epoch deals and shuffles anew
+    keys = [next(stream._samples(3))["key"] for stream.epoch in (0, 0, 1)]
+    assert keys[0] == keys[1] != keys[2]
+
+
+def test_the_size_cap_takes_exactly_that_many_images_keeping_each_class_share(
+    dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    task = pretrain_task(tmp_path, dataset["uri"], data={"size": 50, "cap_seed": 3})
+    plan = _plan(task)
+    keys = [s for u in units(plan, 1) for s in unit_samples(u, plan.images, plan.cap_seed)]
+    assert len(keys) == len({s["key"] for s in keys}) == 50
+    assert sorted(Counter(s["cls"] for s in keys).values()) == [12, 12, 13, 13]
+    again = [s["key"] for u in units(_plan(task), 1) for s in unit_samples(u, plan.images, plan.cap_seed)]
+    assert again == [s["key"] for s in keys]
+
+
+def test_shards_stream_from_s3_as_from_files_through_a_dropped_connection(
+    dataset: dict[str, Any], s3_faults: Any, tmp_path: Path
+) -> None:
+    upload_tree(open_storage(s3_faults.uri + "ds/"), dataset["root"] / "dataset")
+    local = pretrain_task(tmp_path, dataset["uri"])
+    remote = pretrain_task(tmp_path, s3_faults.uri + "ds/")
+    s3_faults.proxy.drop(1, method="GET", path="shards/gen-00003.tar")
+    for rank in (0, 1):
+        files = ShardStream(_plan(local), _config(rank, 2, 1, local, steps=8))._samples(rank)
+        s3 = ShardStream(_plan(remote), _config(rank, 2, 1, remote, steps=8))._samples(rank)
+        for _ in range(64):
+            a, b = next(files), next(s3)
+            assert (a["key"], a["cls"], a["image"]) == (b["key"], b["cls"], b["image"])
+    dropped = [s for s in s3_faults.proxy.seen if s.status == 0]
+    assert [s.path.endswith("shards/gen-00003.tar") for s in dropped] == [True]  # dropped once, then retried
+
+
+# ------------------------------------------------------------------------------------ pre-training
+
+
+@pytest.fixture(scope="module")
+def supervised_run(dataset: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("supervised")
+    task = pretrain_task(out, dataset["uri"], distributed={"nproc_per_node": 2})
+    code, summary = worker("pretrain", task, out / "tasks")
+    return {"out": out, "code": code, "summary": summary, "task": task}
+
+
+def test_supervised_pretraining_with_two_processes_learns_and_writes_its_card(
+    supervised_run: dict[str, Any],
+) -> None:
+    out, summary = supervised_run["out"], supervised_run["summary"]
+    assert supervised_run["code"] == 0, summary
+    assert summary["steps"] == 32 and summary["run"] == "r1"
+    points = curve(out)
+    assert [p["step"] for p in points] == list(range(4, 33, 4))
+    assert sum(p["loss"] for p in points[-2:]) < 0.7 * sum(p["loss"] for p in points[:2])
+    folder = out / "runs" / "r1" / "pretrain"
+    card = json.loads((folder / "card.json").read_text())
+    assert (card["backbone"], card["objective"], card["world_size"], card["steps"]) == (
+        "test_resnet",
+        "supervised",
+        2,
+        32,
+    )
+    assert card["classes"] == list(CLASSES) and card["data"]["selected"] == 128
+    assert card["recipe"]["family"] == "resnet" and card["recipe"]["lr"] == 0.05
+    import hashlib
+
+    assert (
+        card["files"]["backbone.safetensors"]
+        == hashlib.sha256((folder / "backbone.safetensors").read_bytes()).hexdigest()
+    )
+    pointer = json.loads((folder / "checkpoints" / "latest.json").read_text())
+    assert (
+        pointer["final"]
+        and pointer["step"] == 32
+        and card["files"]["checkpoint"]["sha256"] == pointer["sha256"]
+    )
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("fc.") for k in load_file(folder / "backbone.safetensors"))  # no classifier
+    # the committed run answers at once the second time
+    code, again = worker("pretrain", supervised_run["task"], out / "tasks")
+    assert code == 0 and again["skipped"] is True and again["loss"] == summary["loss"]
+
+
+def test_moco_v2_pretraining_with_two_processes_learns_instance_discrimination(
+    dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    task = pretrain_task(
+        tmp_path,
+        dataset["uri"],
+        objective="moco-v2",
+        distributed={"nproc_per_node": 2},
+        epochs=8,
+        log_every=8,
+        moco={"queue": 16, "momentum": 0.9},
+        optimizer={"lr": 0.03},
+    )
+    code, summary = worker("pretrain", task, tmp_path / "tasks")
+    assert code == 0, summary
+    points = curve(tmp_path)
+    assert len(points) == 8
+    # the first point is against the random initial queue; from then on the loss must go down
+    assert points[-1]["loss"] < points[1]["loss"]
+    card = json.loads((tmp_path / "runs" / "r1" / "pretrain" / "card.json").read_text())
+    assert card["moco"]["queue"] == 16 and card["classes"] is None and card["world_size"] == 2
+
+
+class _SigtermAt:
+    """A progress reporter that sends this process SIGTERM when the training reaches ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from synthrec.workers.runtime import Progress
+
+        at = self.step
+
+        class Reporter(Progress):
+            def advance(self, n: int = 1) -> None:
+                super().advance(n)
+                if self.done == at:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        return Reporter(*args, **kwargs)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_repeats_the_uninterrupted_curve(
+    dataset: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(contract.ENV_TERMINATION_LOG, str(tmp_path / "termination.log"))
+    monkeypatch.setattr(torch, "get_num_threads", torch.get_num_threads)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    torch.set_num_threads(1)
+    try:
+        kw = {
+            "data": {"loader_workers": 2},
+            "log_every": 1,
+            "epochs": 3,
+            "checkpoint": {"every_minutes": 1000},
+        }
+        whole = pretrain_task(tmp_path / "whole", dataset["uri"], **kw)
+        broken = pretrain_task(tmp_path / "broken", dataset["uri"], **kw)
+        for name, task in (("whole", whole), ("broken", broken)):
+            (tmp_path / f"{name}.json").write_text(task.model_dump_json())
+        assert stage.run_rank("pretrain", str(tmp_path / "whole.json")) == 0
+        # SIGTERM in the middle of the second epoch (step 11 of 24: batch 3, which loader worker 1 owns)
+        monkeypatch.setattr(stage, "Progress", _SigtermAt(11))
+        code = stage.run_rank("pretrain", str(tmp_path / "broken.json"))
+        summary = contract.parse_summary((tmp_path / "termination.log").read_text())
+        assert code == contract.EXIT_RETRYABLE and "stopped at step 11 of 24" in summary["message"]
+        pointer = json.loads((tmp_path / "broken/runs/r1/pretrain/checkpoints/latest.json").read_text())
+        assert pointer["step"] == 11 and not pointer["final"]
+        assert not (tmp_path / "broken/runs/r1/pretrain/done.json").exists()
+        monkeypatch.undo()
+        monkeypatch.setenv(contract.ENV_TERMINATION_LOG, str(tmp_path / "termination.log"))
+        assert stage.run_rank("pretrain", str(tmp_path / "broken.json")) == 0
+        metrics = json.loads((tmp_path / "broken/runs/r1/pretrain/metrics.json").read_text())
+        assert metrics["resumed_at"] == [11]  # it continued from the checkpoint, it did not start over
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    a, b = curve(tmp_path / "whole"), curve(tmp_path / "broken")
+    assert [p["step"] for p in a] == [p["step"] for p in b] == list(range(1, 25))
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-5) and y["lr"] == pytest.approx(x["lr"])
+
+
+# ---------------------------------------------------------------------------------------------- transfer
+
+
+LABELS = {"classes": [{"name": n} for n in CLASSES]}
+
+
+def test_the_pretrained_backbone_transfers_to_classification_and_detection(
+    supervised_run: dict[str, Any], tmp_path: Path
+) -> None:
+    assert supervised_run["code"] == 0
+    train = write_imagefolder(tmp_path / "train", per_class=12, seed=1)
+    test = write_imagefolder(tmp_path / "test", per_class=8, seed=2)
+    voc = write_voc(tmp_path / "voc", images=16, split="trainval", size=48, seed=3)
+    write_voc(tmp_path / "voc", images=8, split="test", size=48, seed=4)
+    split = {
+        "labels": LABELS,
+        "train": {"uri": train},
+        "test": {"uri": test},
+        "image_size": 32,
+        "loader_workers": 0,
+    }
+    task = TransferTask.model_validate(
+        {
+            "resource": RESOURCE,
+            "output": {"uri": (tmp_path / "out").as_uri() + "/"},
+            "spec_hash": "t1",
+            "run": "r1",
+            "source": {"pretrain": (supervised_run["out"] / "runs/r1/pretrain").as_uri() + "/"},
+            "classification": {**split, "epochs": 3, "batch_size": 16, "lr": 0.05},
+            "linear_probe": {**split, "epochs": 30, "batch_size": 16, "lr": 1.0},
+            "detection": {
+                "train": [{"uri": voc}],
+                "test": {"uri": voc, "split": "test"},
+                "classes": list(VOC_NAMES),
+                "iterations": 6,
+                "batch_size": 2,
+                "min_size_train": [48],
+                "min_size_test": 48,
+                "max_size": 48,
+                "warmup_iterations": 2,
+                "loader_workers": 0,
+            },
+        }
+    )
+    code, summary = worker("transfer", task, tmp_path / "tasks")
+    assert code == 0, summary
+    # chance is 25 %: the pre-trained features already separate the drawn classes
+    assert summary["classification_top1"] > 50 and summary["linear_probe_top1"] > 50
+    folder = tmp_path / "out" / "runs" / "r1" / "transfer"
+    classification = json.loads((folder / "classification" / "metrics.json").read_text())
+    assert classification["test_images"] == 32 and classification["classes"] == list(CLASSES)
+    assert classification["source"]["card"]["backbone"] == "test_resnet"
+    detection = json.loads((folder / "detection" / "metrics.json").read_text())
+    assert detection["images"] == 8 and detection["detections"] > 0
+    assert 0 <= detection["ap50"] <= 100 and 0 <= detection["ap50_voc07"] <= 100
+    assert summary["ap50"] == detection["ap50"] and len(detection["per_class_ap50"]) == 2
+    assert all(
+        (folder / kind / "done.json").exists() for kind in ("classification", "linear-probe", "detection")
+    )
+
+
+def test_a_vit_is_refused_for_detection_before_any_data_is_read(tmp_path: Path) -> None:
+    task = TransferTask.model_validate(
+        {
+            "resource": RESOURCE,
+            "output": {"uri": (tmp_path / "out").as_uri() + "/"},
+            "spec_hash": "t",
+            "run": "v",
+            "source": {"backbone": "test_vit"},
+            "detection": {
+                "train": [{"uri": "file:///nonexistent/voc/"}],
+                "test": {"uri": "file:///nonexistent/voc/"},
+            },
+        }
+    )
+    code, summary = worker("transfer", task, tmp_path / "tasks")
+    assert code == contract.EXIT_CONFIG_ERROR and summary["error"] == "config"
+    assert "single-scale feature map" in summary["message"] and "test_vit" in summary["message"]
+
+
+def test_an_s3_stream_resumes_from_the_byte_it_had_read_when_the_connection_drops(s3_bucket: Any) -> None:
+    from synthrec.workers.pretrain.data import S3Stream
+
+    data = os.urandom(300_000)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="x/blob.tar", Body=data)
+    stream = S3Stream(open_storage(s3_bucket.uri + "x/"), "blob.tar")
+    head = stream.read(100_000)
+    stream.body._raw_stream.close()  # the connection drops in the middle of the body
+    rest = b""
+    while chunk := stream.read(65536):
+        rest += chunk
+    assert head + rest == data
