@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,20 @@ COLOURS = ((220, 40, 40), (40, 180, 60), (40, 70, 220), (230, 210, 40))
 
 
 def draw(cls: int, rng: random.Random, size: int = 32) -> Image.Image:
-    """A picture of class ``cls``: its colour and shape at a random place and scale on a light background
-    of 4 x 4 random tiles (so that every image is an instance of its own, as self-supervision needs)."""
-    tiles = Image.new("RGB", (4, 4))
-    tiles.putdata([tuple(rng.randint(120, 245) for _ in range(3)) for _ in range(16)])
-    img = tiles.resize((size, size), Image.Resampling.NEAREST)
+    """A picture of class ``cls``: its colour and shape at a random place and scale, on a background of
+    light stripes with a random angle, period and tint. The stripes make every image an instance of its
+    own that survives cropping and colour jitter, which self-supervised learning needs to learn anything
+    within a few dozen steps."""
+    angle, period, phase = (
+        rng.uniform(0, math.pi),
+        rng.uniform(size / 6, size / 2),
+        rng.uniform(0, 2 * math.pi),
+    )
+    tint = np.array([rng.randint(150, 250) for _ in range(3)], dtype=np.float64)
+    y, x = np.mgrid[0:size, 0:size]
+    wave = 0.5 + 0.5 * np.sin(2 * math.pi * (x * math.cos(angle) + y * math.sin(angle)) / period + phase)
+    pixels = (0.55 + 0.45 * wave)[..., None] * tint
+    img = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
     shape(ImageDraw.Draw(img), cls, rng, size)
     return img
 
@@ -166,7 +176,7 @@ def write_voc(root: Path, *, images: int, split: str, size: int = 64, seed: int 
         hard = n % 3 == 2  # every third image has two objects, the second one marked difficult
         for k in range(2 if hard else rng.randint(1, 2)):
             cls = rng.randrange(len(VOC_NAMES))
-            s = rng.randint(size // 4, size // 2)
+            s = rng.randint(size // 4, size // 2 - 2)
             x = rng.randint(0, size // 2 - 1) if k == 0 else rng.randint(size // 2, size - s - 1)
             y = rng.randint(0, size - s - 1)
             box = shape(d, cls, rng, size, (x, y, x + s, y + s))

@@ -18,11 +18,12 @@ import random
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from synthrec.storage import Storage, StorageConflict, read_marker, sha256_file, write_marker
-from synthrec.workers.runtime import DataError
+from synthrec.workers.runtime import DataError, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +138,62 @@ class Checkpoints:
         for key in steps[: max(0, len(steps) - self.keep)]:
             if not key.endswith(newest):
                 self.storage.delete(key)
+
+
+def restore(ckpts: Checkpoints, rank: Any, modules: dict[str, Any]) -> dict[str, Any] | None:
+    """Resume from the latest checkpoint: load each of ``modules`` (model, optimizer, scheduler, ...) from
+    its entry and this rank's RNG states (when the world size is unchanged); returns the whole saved state
+    for the caller's own fields, or None when there is none."""
+    pointer = ckpts.latest()
+    if pointer is None:
+        return None
+    state = ckpts.load(pointer)
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    if state["world"] == rank.world:
+        set_rng_state(state["rng"][rank.rank], rank.device)
+    else:
+        log.warning("resuming with %d processes instead of %d: the random streams differ from the "
+                    "interrupted run's", rank.world, state["world"])  # fmt: skip
+    log.info("resumed from %s (step %d)", ckpts.storage.url(pointer["checkpoint"]), pointer["step"])
+    return state
+
+
+def save_state(
+    ckpts: Checkpoints,
+    rank: Any,
+    step: int,
+    modules: dict[str, Any],
+    fields: dict[str, Any],
+    *,
+    final: bool = False,
+) -> dict[str, Any]:
+    """Every rank's RNG states are gathered; rank 0 writes the modules' state dicts and ``fields``; all
+    ranks wait for it. Returns the committed pointer (empty on the other ranks)."""
+    rngs = rank.gather_objects(rng_state(rank.device))
+    pointer: dict[str, Any] = {}
+    if rank.is_main:
+        state = {name: module.state_dict() for name, module in modules.items()}
+        pointer = ckpts.save({**state, **fields, "rng": rngs, "world": rank.world}, step, final=final)
+    rank.barrier()
+    return pointer
+
+
+class Preemption:
+    """After every step the ranks agree on two flags, "a checkpoint is due" (every ``every_s`` seconds of
+    rank 0's clock) and "stop" (SIGTERM/SIGINT on any rank), so that all of them save, or stop, on the same
+    step: ``save`` runs on either, and a stop then raises Terminated (retryable: the next attempt
+    resumes)."""
+
+    def __init__(self, rank: Any, stop: Any, every_s: float, save: Callable[[], Any]) -> None:
+        self.rank, self.stop, self.every_s, self.save = rank, stop, every_s, save
+        self.last = time.monotonic()
+
+    def after_step(self, where: str) -> None:
+        due = self.rank.is_main and time.monotonic() - self.last >= self.every_s
+        due, stopping = self.rank.agree(due, self.stop.is_set())
+        if due or stopping:
+            self.save()
+            self.last = time.monotonic()
+        if stopping:
+            raise Terminated(f"stopped {where} after a signal; the checkpoint resumes it")

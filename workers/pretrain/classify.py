@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,7 @@ from torch import nn
 
 from synthrec.workers.pretrain import augment
 from synthrec.workers.pretrain.data import stable_hash
-from synthrec.workers.runtime import DataError, Terminated
+from synthrec.workers.runtime import DataError
 
 log = logging.getLogger(__name__)
 
@@ -170,32 +169,16 @@ def fine_tune(ctx: Any, cfg: Any, model: Any, mean: Any, std: Any, ckpts: Any) -
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     position, curve = {"epoch": 0, "batch": 0}, []
-    pointer = ckpts.latest()
-    if pointer is not None:
-        state = ckpts.load(pointer)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    modules = {"model": model, "optimizer": optimizer}
+    state = checkpoint.restore(ckpts, rank, modules)
+    if state is not None:
         position, curve = dict(state["position"]), list(state["curve"])
-        if state["world"] == rank.world:
-            checkpoint.set_rng_state(state["rng"][rank.rank], device)
 
     def save() -> None:
-        rngs = rank.gather_objects(checkpoint.rng_state(device))
-        if rank.is_main:
-            ckpts.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "position": dict(position),
-                    "curve": curve,
-                    "rng": rngs,
-                    "world": rank.world,
-                },
-                position["epoch"] * steps + position["batch"],
-            )
-        rank.barrier()
+        step = position["epoch"] * steps + position["batch"]
+        checkpoint.save_state(ckpts, rank, step, modules, {"position": dict(position), "curve": curve})
 
-    every, last = task_checkpoint_seconds(task), time.monotonic()
+    preemption = checkpoint.Preemption(rank, ctx.stop, 60.0 * task.checkpoint.every_minutes, save)
     ctx.progress.start(cfg.epochs * steps)
     ctx.progress.advance(position["epoch"] * steps + position["batch"])
     while position["epoch"] < cfg.epochs:
@@ -217,14 +200,7 @@ def fine_tune(ctx: Any, cfg: Any, model: Any, mean: Any, std: Any, ckpts: Any) -
             total, n = total + loss.item(), n + 1
             position["batch"] += 1
             ctx.progress.advance()
-            due, stop = rank.agree(rank.is_main and time.monotonic() - last >= every, ctx.stop.is_set())
-            if due or stop:
-                save()
-                last = time.monotonic()
-            if stop:
-                raise Terminated(
-                    f"stopped in fine-tuning epoch {epoch} after a signal; the checkpoint resumes it"
-                )
+            preemption.after_step(f"in fine-tuning epoch {epoch}")
         curve.append(
             {"epoch": epoch + 1, "loss": round(total / max(1, n), 6), "lr": optimizer.param_groups[0]["lr"]}
         )
@@ -245,10 +221,6 @@ def fine_tune(ctx: Any, cfg: Any, model: Any, mean: Any, std: Any, ckpts: Any) -
         test_data=test_set.info,
     )
     return {"metrics": metrics, "curve": curve}
-
-
-def task_checkpoint_seconds(task: Any) -> float:
-    return 60.0 * getattr(getattr(task, "checkpoint", None), "every_minutes", 10.0)
 
 
 @torch.no_grad()
@@ -285,21 +257,16 @@ def linear_probe(ctx: Any, cfg: Any, backbone: Any, mean: Any, std: Any) -> dict
     normalise = augment.DeviceAugment(num_classes=None, mean=mean, std=std).normalise
     backbone.to(device)
     batch = max(1, cfg.batch_size // ctx.rank.world)
-    x_train, y_train = features(
-        backbone,
-        ImageSet(train_set.items, reader, transform, task.seed),
-        ctx,
-        batch,
-        cfg.loader_workers,
-        normalise,
-    )
-    x_test, y_test = features(
-        backbone,
-        ImageSet(test_set.items, reader, transform, task.seed),
-        ctx,
-        batch,
-        cfg.loader_workers,
-        normalise,
+    (x_train, y_train), (x_test, y_test) = (
+        features(
+            backbone,
+            ImageSet(split.items, reader, transform, task.seed),
+            ctx,
+            batch,
+            cfg.loader_workers,
+            normalise,
+        )
+        for split in (train_set, test_set)
     )
     classes = len(train_set.classes)
     generator = torch.Generator().manual_seed(task.seed)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections import OrderedDict
 from typing import Any
 
@@ -25,7 +24,7 @@ from torch import nn
 
 from synthrec.workers.pretrain import voc
 from synthrec.workers.pretrain.data import stable_hash
-from synthrec.workers.runtime import ConfigError, DataError, Terminated
+from synthrec.workers.runtime import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ def train_and_test(
     ctx: Any, cfg: Any, backbone_name: str, state: dict[str, Any] | None, mean: Any, std: Any, ckpts: Any
 ) -> dict[str, Any]:
     from synthrec.workers.pretrain import checkpoint
-    from synthrec.workers.pretrain.classify import shard_indices, task_checkpoint_seconds
+    from synthrec.workers.pretrain.classify import shard_indices
     from synthrec.workers.train import RealReader
 
     task, rank, device = ctx.task, ctx.rank, ctx.rank.device
@@ -185,33 +184,16 @@ def train_and_test(
     )
     iteration, curve = 0, []
     torch.manual_seed(task.seed * 1009 + rank.rank)
-    pointer = ckpts.latest()
-    if pointer is not None:
-        saved = ckpts.load(pointer)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+    modules = {"model": model, "optimizer": optimizer}
+    saved = checkpoint.restore(ckpts, rank, modules)
+    if saved is not None:
         iteration, curve = saved["iteration"], list(saved["curve"])
-        if saved["world"] == rank.world:
-            checkpoint.set_rng_state(saved["rng"][rank.rank], device)
 
     def save() -> None:
-        rngs = rank.gather_objects(checkpoint.rng_state(device))
-        if rank.is_main:
-            ckpts.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "iteration": iteration,
-                    "curve": curve,
-                    "rng": rngs,
-                    "world": rank.world,
-                },
-                iteration,
-            )
-        rank.barrier()
+        checkpoint.save_state(ckpts, rank, iteration, modules, {"iteration": iteration, "curve": curve})
 
     per_epoch = max(1, (len(train_set) - len(train_set) % rank.world) // rank.world // local)
-    every, last = task_checkpoint_seconds(task), time.monotonic()
+    preemption = checkpoint.Preemption(rank, ctx.stop, 60.0 * task.checkpoint.every_minutes, save)
     ctx.progress.start(cfg.iterations)
     ctx.progress.advance(iteration)
     pending = [0.0, 0]
@@ -247,14 +229,7 @@ def train_and_test(
                 )
                 pending = [0.0, 0]
             ctx.progress.advance()
-            due, stop = rank.agree(rank.is_main and time.monotonic() - last >= every, ctx.stop.is_set())
-            if due or stop:
-                save()
-                last = time.monotonic()
-            if stop:
-                raise Terminated(
-                    f"stopped at detection iteration {iteration} after a signal; the checkpoint resumes it"
-                )
+            preemption.after_step(f"at detection iteration {iteration}")
             if iteration >= cfg.iterations:
                 break
     save()

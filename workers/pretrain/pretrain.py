@@ -28,7 +28,8 @@ from typing import Any
 
 from synthrec.layout import ExperimentLayout
 from synthrec.storage import Storage, StorageConflict, read_marker, write_marker
-from synthrec.workers.runtime import ConfigError, RetryableError, Terminated
+from synthrec.workers.pretrain.task import batch_problem
+from synthrec.workers.runtime import ConfigError, RetryableError
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,23 @@ CARD_KIND = "SynthrecPretrainCard"
 CARD_VERSION = 1
 
 
+def committed(storage: Storage, folder: str, spec_hash: str) -> bool:
+    """Whether ``folder``'s done.json is committed by this spec; StorageConflict when by another."""
+    marker = read_marker(storage, folder + "done.json")
+    if marker is None:
+        return False
+    if marker["spec_hash"] != spec_hash:
+        raise StorageConflict(
+            f"{storage.uri}{folder} was committed by spec hash {marker['spec_hash']}, not this run's "
+            f"{spec_hash}; nothing was overwritten. Use a new output URI or delete that folder"
+        )
+    return True
+
+
 def finished(task: Any, storage: Storage) -> dict[str, Any] | None:
     """The summary of a committed run of this spec, or None; StorageConflict for another spec's run."""
-    marker = read_marker(storage, ExperimentLayout.pretrain(task.run, "done.json"))
-    if marker is None:
+    if not committed(storage, ExperimentLayout.pretrain(task.run), task.spec_hash):
         return None
-    if marker["spec_hash"] != task.spec_hash:
-        raise StorageConflict(
-            f"{storage.uri}{ExperimentLayout.pretrain(task.run)} was committed by spec hash "
-            f"{marker['spec_hash']}, "
-            f"not this run's {task.spec_hash}; use a new output URI or delete runs/{task.run}/pretrain/"
-        )
     metrics = storage.read_json(ExperimentLayout.pretrain(task.run, "metrics.json"))
     return summary(task.run, metrics, storage)
 
@@ -199,15 +206,9 @@ class Trainer:
         task, rank, device = self.task, self.rank, self.device
         plan = self._plan()
         model, backbone, self.loaded = self._model(len(plan.classes))
-        if task.batch_size % rank.world:
-            raise ConfigError(
-                f"batch_size {task.batch_size} is not divisible by the world size {rank.world} "
-                f"({task.distributed.nnodes} nodes x {rank.world // task.distributed.nnodes} processes)"
-            )
-        if task.objective == "moco-v2" and task.moco.queue % task.batch_size:
-            raise ConfigError(
-                f"moco.queue {task.moco.queue} must be a multiple of batch_size {task.batch_size}"
-            )
+        problem = batch_problem(task, task.distributed.nnodes, rank.world // task.distributed.nnodes)
+        if problem:
+            raise ConfigError(problem)
         local_batch = task.batch_size // rank.world
         spe = plan.epoch_samples // task.batch_size
         if spe == 0:
@@ -235,33 +236,13 @@ class Trainer:
 
         position = {"epoch": 0, "batch": 0, "step": 0}
         torch.manual_seed(task.seed * 1009 + rank.rank)  # per-rank randomness (drop path, mixup, erasing)
-        pointer = ckpts.latest()
-        if pointer is not None:
-            state = ckpts.load(pointer)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
+        modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        state = checkpoint.restore(ckpts, rank, modules)
+        if state is not None:
             position = dict(state["position"])
             self.curve, self.pending = list(state["curve"]), list(state["pending"])
             self.images_seen, self.seconds = state["meta"]["images"], state["meta"]["seconds"]
-            self.resumed_at = [*state["meta"].get("resumed_at", []), position["step"]]
-            if state["meta"]["world"] == rank.world:
-                checkpoint.set_rng_state(state["rng"][rank.rank], device)
-            else:
-                log.warning(
-                    "resuming with %d processes instead of %d: the data and RNG streams differ from "
-                    "the interrupted run's",
-                    rank.world,
-                    state["meta"]["world"],
-                )
-            log.info(
-                "resumed from %s at step %d (epoch %d, batch %d)",
-                pointer["checkpoint"],
-                position["step"],
-                position["epoch"],
-                position["batch"],
-            )
+            self.resumed_at = [*state["meta"]["resumed_at"], position["step"]]
             del state
         ddp = model
         if rank.backend is not None:
@@ -308,35 +289,22 @@ class Trainer:
         )
 
         def save(final: bool = False) -> dict[str, Any]:
-            rngs = rank.gather_objects(checkpoint.rng_state(device))
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rngs,
+            meta = {
+                "loader_workers": workers, "images": self.images_seen, "seconds": self.seconds,
+                "spec_hash": task.spec_hash, "recipe": recipe.as_dict(), "resumed_at": self.resumed_at,
+            }  # fmt: skip
+            fields = {
                 "position": dict(position),
                 "curve": self.curve,
                 "pending": list(self.pending),
-                "meta": {
-                    "world": rank.world,
-                    "loader_workers": workers,
-                    "images": self.images_seen,
-                    "seconds": self.seconds,
-                    "spec_hash": task.spec_hash,
-                    "recipe": recipe.as_dict(),
-                    "resumed_at": self.resumed_at,
-                },
+                "meta": meta,
             }
-            pointer = ckpts.save(state, position["step"], final=final) if rank.is_main else None
-            rank.barrier()
-            return pointer or {}
+            return checkpoint.save_state(ckpts, rank, position["step"], modules, fields, final=final)
 
         progress = self.ctx.progress
         progress.start(total)
         progress.advance(position["step"])
-        every = task.checkpoint.every_minutes * 60.0
-        last_save = time.monotonic()
+        preemption = checkpoint.Preemption(rank, self.ctx.stop, task.checkpoint.every_minutes * 60.0, save)
         started_at = time.monotonic()
         step = position["step"]
         while step < total:
@@ -357,16 +325,7 @@ class Trainer:
                     self._log_point(step, optimizer.param_groups[0]["lr"], position)
                 self.seconds += time.monotonic() - t0
                 progress.advance()
-                due, stopping = rank.agree(
-                    rank.is_main and time.monotonic() - last_save >= every, self.ctx.stop.is_set()
-                )
-                if due or stopping:
-                    save()
-                    last_save = time.monotonic()
-                if stopping:
-                    raise Terminated(
-                        f"stopped at step {step} of {total} after a signal; the checkpoint resumes it"
-                    )
+                preemption.after_step(f"at step {step} of {total}")
                 if step >= total:
                     break
             del batches

@@ -211,6 +211,7 @@ class _DistributedTask(_TaskBase):
     precision: Precision = Field(default="auto", description="auto: bf16 on GPU, fp32 on CPU.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     distributed: Distributed = Field(default_factory=Distributed)
+    checkpoint: Checkpointing = Field(default_factory=Checkpointing)
 
     @field_validator("run")
     @classmethod
@@ -234,7 +235,6 @@ class PretrainTask(_DistributedTask):
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     supervised: SupervisedSettings = Field(default_factory=SupervisedSettings)
     moco: MocoSettings = Field(default_factory=MocoSettings)
-    checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     log_every: int = Field(default=10, ge=1, description="Steps between points of the loss curve.")
 
     _v_init = field_validator("init")(lambda v: check_weights_ref(v))
@@ -242,19 +242,26 @@ class PretrainTask(_DistributedTask):
     @model_validator(mode="after")
     def _combinations(self) -> PretrainTask:
         d = self.distributed
-        if d.nproc_per_node is not None:
-            world = d.nnodes * d.nproc_per_node
-            if self.batch_size % world:
-                raise ValueError(
-                    f"batch_size {self.batch_size} is not divisible by the world size {world} "
-                    f"(distributed.nnodes {d.nnodes} x nproc_per_node {d.nproc_per_node})"
-                )
-        if self.objective == "moco-v2" and self.moco.queue % self.batch_size:
-            raise ValueError(
-                f"moco.queue {self.moco.queue} must be a multiple of batch_size {self.batch_size}: each step "
-                "replaces one global batch of keys in the queue (as the official code asserts)"
-            )
+        problem = batch_problem(self, d.nnodes, d.nproc_per_node)
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+def batch_problem(task: PretrainTask, nnodes: int, nproc_per_node: int | None) -> str | None:
+    """What is wrong with the global batch for this world (None: nothing); checked when the task is
+    validated (if the processes per node are given) and again by the ranks (when they are counted)."""
+    if nproc_per_node is not None and task.batch_size % (nnodes * nproc_per_node):
+        return (
+            f"batch_size {task.batch_size} is not divisible by the world size {nnodes * nproc_per_node} "
+            f"(distributed.nnodes {nnodes} x nproc_per_node {nproc_per_node})"
+        )
+    if task.objective == "moco-v2" and task.moco.queue % task.batch_size:
+        return (
+            f"moco.queue {task.moco.queue} must be a multiple of batch_size {task.batch_size}: each step "
+            "replaces one global batch of keys in the queue (as the official code asserts)"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------------------- transfer

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from synthrec.layout import ExperimentLayout
-from synthrec.storage import Storage, StorageConflict, read_marker, write_marker
+from synthrec.storage import Storage, write_marker
 from synthrec.workers.runtime import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,16 +29,10 @@ def requested(task: Any) -> list[str]:
 
 
 def _committed(task: Any, storage: Storage, kind: str) -> dict[str, Any] | None:
+    from synthrec.workers.pretrain.pretrain import committed
+
     folder = ExperimentLayout.transfer(task.run, FOLDERS[kind])
-    marker = read_marker(storage, folder + "done.json")
-    if marker is None:
-        return None
-    if marker["spec_hash"] != task.spec_hash:
-        raise StorageConflict(
-            f"{storage.uri}{folder} was committed by spec hash {marker['spec_hash']}, not this run's "
-            f"{task.spec_hash}; use a new output URI or delete it"
-        )
-    return storage.read_json(folder + "metrics.json")
+    return storage.read_json(folder + "metrics.json") if committed(storage, folder, task.spec_hash) else None
 
 
 def _summary(task: Any, results: dict[str, dict[str, Any]], storage: Storage) -> dict[str, Any]:
