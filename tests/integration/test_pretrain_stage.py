@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,45 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_repeats_the_uninterrupte
     assert [p["step"] for p in a] == [p["step"] for p in b] == list(range(1, 25))
     for x, y in zip(a, b, strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-5) and y["lr"] == pytest.approx(x["lr"])
+
+
+def test_sigterm_to_the_launcher_stops_both_ranks_with_a_checkpoint(
+    dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    """What a pod eviction does: SIGTERM to PID 1 (our launcher), forwarded through torchrun to the ranks."""
+    task = pretrain_task(tmp_path, dataset["uri"], distributed={"nproc_per_node": 2}, epochs=1000)
+    path = tmp_path / "task.json"
+    path.write_text(task.model_dump_json())
+    progress, log = tmp_path / "progress.json", tmp_path / "termination.log"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        contract.ENV_TERMINATION_LOG: str(log),
+        contract.ENV_PROGRESS_FILE: str(progress),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "synthrec.workers", "pretrain", "--task", str(path)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # the event: rank 0 reports its first finished step (8000 steps would take far longer than this)
+        while not (progress.exists() and json.loads(progress.read_text() or "{}").get("done", 0) >= 1):
+            assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = contract.parse_summary(log.read_text())
+    assert proc.returncode == contract.EXIT_RETRYABLE, stderr[-3000:]
+    assert (
+        summary["error"] == "retryable" and "after a signal; the checkpoint resumes it" in summary["message"]
+    )
+    pointer = json.loads((tmp_path / "runs/r1/pretrain/checkpoints/latest.json").read_text())
+    assert 1 <= pointer["step"] < 8000 and not pointer["final"]
 
 
 # ---------------------------------------------------------------------------------------------- transfer
