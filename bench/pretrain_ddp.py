@@ -66,7 +66,9 @@ def run(root: Path, uri: str, nproc: int, args: argparse.Namespace, objective: s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--nproc", type=int, default=None, help="N (default: cores on CPU, GPUs with --gpu)")
     parser.add_argument("--batch", type=int, default=None, help="per-process batch (CPU 16, GPU 128)")
@@ -91,7 +93,9 @@ def main() -> None:
         uri, _ = write_synthetic_dataset(Path(tmp), per_class=args.images // 4, shards=32, size=size)
         result: dict[str, Any] = {"cpu": cpu_name(), "gpu": torch.cuda.get_device_name() if gpu else None,
                                   "nproc": args.nproc, "per_process_batch": args.batch, "steps": args.steps}  # fmt: skip
-        print(f"{result['gpu'] or result['cpu']}: {args.backbone} at {args.crop} px, {args.batch} images per process")
+        print(
+            f"{result['gpu'] or result['cpu']}: {args.backbone} at {args.crop} px, {args.batch} images per process"
+        )
         print(f"{'objective':<12} {'1 proc img/s':>13} {f'{args.nproc} procs img/s':>15} {'efficiency':>11}")
         for objective in objectives:
             one = run(Path(tmp), uri, 1, args, objective)["images_per_s"]

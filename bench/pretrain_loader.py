@@ -97,7 +97,9 @@ def loader_rate(uri: str, objective: str, image_size: int, batch: int, workers: 
 
     s, steps = stream(task(uri, objective, image_size, batch, workers), workers, batch)
     s.set_epoch(0)
-    loader = torch.utils.data.DataLoader(s, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        s, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
+    )
     it = iter(loader)
     next(it)  # start-up (workers, first shards, shuffle buffer) is not the steady rate
     started = time.perf_counter()
@@ -140,7 +142,9 @@ def gpu(uri: str, batch: int, workers: int, steps: int) -> dict[str, Any]:
     ceiling = steps * batch / (time.perf_counter() - t0)
     s, epoch_steps = stream(task(uri, "supervised", 224, batch, workers), workers, batch)
     s.set_epoch(0)
-    loader = torch.utils.data.DataLoader(s, batch_size=None, num_workers=workers, pin_memory=True, prefetch_factor=4)
+    loader = torch.utils.data.DataLoader(
+        s, batch_size=None, num_workers=workers, pin_memory=True, prefetch_factor=4
+    )
     it = iter(loader)
     images, labels = next(it)
     step(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
@@ -152,11 +156,17 @@ def gpu(uri: str, batch: int, workers: int, steps: int) -> dict[str, Any]:
         step(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
     torch.cuda.synchronize()
     end_to_end = n * batch / (time.perf_counter() - t0)
-    return {"ceiling_img_s": round(ceiling, 1), "end_to_end_img_s": round(end_to_end, 1), "share": round(end_to_end / ceiling, 3)}
+    return {
+        "ceiling_img_s": round(ceiling, 1),
+        "end_to_end_img_s": round(end_to_end, 1),
+        "share": round(end_to_end / ceiling, 3),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--size", type=int, default=256, help="stored image size (px)")
     parser.add_argument("--crop", type=int, default=224)
@@ -183,7 +193,9 @@ def main() -> None:
         for objective in ("supervised", "moco-v2"):
             rows[f"{objective}, 1 worker"] = loader_rate(uri, objective, args.crop, args.batch, 0)
             if args.workers > 1:
-                rows[f"{objective}, {args.workers} workers"] = loader_rate(uri, objective, args.crop, args.batch, args.workers)
+                rows[f"{objective}, {args.workers} workers"] = loader_rate(
+                    uri, objective, args.crop, args.batch, args.workers
+                )
     print(f"{cpu_name()}; {args.images} images of {args.size} px, crops {args.crop}, batch {args.batch}")
     print(f"{'pipeline':<28} {'img/s':>8} {'vs decode-only':>15}")
     for name, rate in rows.items():
@@ -193,7 +205,9 @@ def main() -> None:
         result[f"{objective} per-worker / decode-only"] = round(rows[f"{objective}, 1 worker"] / decode, 3)
         if args.workers > 1:
             many = rows[f"{objective}, {args.workers} workers"]
-            result[f"{objective} {args.workers}-worker scaling"] = round(many / (args.workers * rows[f"{objective}, 1 worker"]), 3)
+            result[f"{objective} {args.workers}-worker scaling"] = round(
+                many / (args.workers * rows[f"{objective}, 1 worker"]), 3
+            )
     print(json.dumps(result))
 
 
