@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_name  # noqa: E402
+from machine import cpu_name
 
 
 def run(root: Path, uri: str, nproc: int, args: argparse.Namespace, objective: str) -> dict[str, Any]:
@@ -56,10 +56,14 @@ def run(root: Path, uri: str, nproc: int, args: argparse.Namespace, objective: s
     path = root / f"{objective}-{nproc}.json"
     path.write_text(task.model_dump_json())
     env = {**os.environ, "SYNTHREC_TERMINATION_LOG": str(root / f"{objective}-{nproc}.log")}
-    if not args.gpu:
-        env["SYNTHREC_DEVICE"] = "cpu"
-    proc = subprocess.run([sys.executable, "-m", "synthrec.workers", "pretrain", "--task", str(path)], env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    if not args.gpu:  # one thread per process, with one process as with N (torchrun would set N threads/N)
+        env.update(SYNTHREC_DEVICE="cpu", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "synthrec.workers", "pretrain", "--task", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     return json.loads((out / "runs" / "bench" / "pretrain" / "metrics.json").read_text())
@@ -91,10 +95,16 @@ def main() -> None:
         from tests.pretrain_data import write_synthetic_dataset
 
         uri, _ = write_synthetic_dataset(Path(tmp), per_class=args.images // 4, shards=32, size=size)
-        result: dict[str, Any] = {"cpu": cpu_name(), "gpu": torch.cuda.get_device_name() if gpu else None,
-                                  "nproc": args.nproc, "per_process_batch": args.batch, "steps": args.steps}  # fmt: skip
+        result: dict[str, Any] = {
+            "cpu": cpu_name(),
+            "gpu": torch.cuda.get_device_name() if gpu else None,
+            "nproc": args.nproc,
+            "per_process_batch": args.batch,
+            "steps": args.steps,
+        }
         print(
-            f"{result['gpu'] or result['cpu']}: {args.backbone} at {args.crop} px, {args.batch} images per process"
+            f"{result['gpu'] or result['cpu']}: {args.backbone} at {args.crop} px, "
+            f"{args.batch} images per process"
         )
         print(f"{'objective':<12} {'1 proc img/s':>13} {f'{args.nproc} procs img/s':>15} {'efficiency':>11}")
         for objective in objectives:

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_name  # noqa: E402
+from machine import cpu_name
 
 
 def dataset(root: Path, images: int, size: int) -> str:
@@ -69,10 +69,17 @@ def stream(t: Any, workers: int, batch: int) -> Any:
     recipe = resolve_recipe(t.objective, False, batch)
     steps = plan.epoch_samples // batch
     config = LoaderConfig(
-        rank=0, world=1, workers=workers, local_batch=batch, steps_per_epoch=steps, seed=0,
-        image_size=t.data.image_size, objective=t.objective, randaugment=recipe.randaugment,
+        rank=0,
+        world=1,
+        workers=workers,
+        local_batch=batch,
+        steps_per_epoch=steps,
+        seed=0,
+        image_size=t.data.image_size,
+        objective=t.objective,
+        randaugment=recipe.randaugment,
         shuffle_buffer=t.data.shuffle_buffer,
-    )  # fmt: skip
+    )
     return ShardStream(plan, config), steps
 
 
@@ -182,10 +189,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="synthrec-bench-") as tmp:
         uri = dataset(Path(tmp), args.images, args.size)
         if args.gpu:
-            result = {"cpu": cpu_name(), "gpu": torch.cuda.get_device_name(), "batch": args.batch,
-                      "workers": args.workers, **gpu(uri, args.batch, args.workers, args.steps)}  # fmt: skip
-            print(f"end to end {result['end_to_end_img_s']} img/s vs synthetic input {result['ceiling_img_s']} img/s: "
-                  f"{100 * result['share']:.1f} % (goal >= 90 %)")  # fmt: skip
+            result = {
+                "cpu": cpu_name(),
+                "gpu": torch.cuda.get_device_name(),
+                "batch": args.batch,
+                "workers": args.workers,
+                **gpu(uri, args.batch, args.workers, args.steps),
+            }
+            print(
+                f"end to end {result['end_to_end_img_s']} img/s vs synthetic input "
+                f"{result['ceiling_img_s']} img/s: "
+                f"{100 * result['share']:.1f} % (goal >= 90 %)"
+            )
             print(json.dumps(result))
             return
         decode = decode_only(uri)
