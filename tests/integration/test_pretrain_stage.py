@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -26,6 +27,8 @@ import pytest
 import torch
 
 from synthrec import contract
+from synthrec.api import LabelSpace
+from synthrec.labels import resolve_labels
 from synthrec.storage import open_storage, upload_tree
 from synthrec.workers.pretrain import stage
 from synthrec.workers.pretrain.data import (
@@ -42,6 +45,7 @@ from tests.pretrain_data import CLASSES, VOC_NAMES, write_imagefolder, write_syn
 pytestmark = pytest.mark.slow
 
 RESOURCE = {"kind": "RecognitionExperiment", "name": "pre"}
+LABELS = {"classes": [{"name": n} for n in CLASSES]}
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +186,48 @@ def test_the_size_cap_takes_exactly_that_many_images_keeping_each_class_share(
     assert sorted(Counter(s["cls"] for s in keys).values()) == [12, 12, 13, 13]
     again = [s["key"] for u in units(_plan(task), 1) for s in unit_samples(u, plan.images, plan.cap_seed)]
     assert again == [s["key"] for s in keys]
+
+
+def test_real_images_are_mixed_in_at_the_fraction_with_their_labels_matched(
+    dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    import webdataset as wds
+
+    from tests.pretrain_data import draw, jpeg
+
+    real = tmp_path / "real"
+    real.mkdir()
+    rng = random.Random(9)
+    for part in range(2):
+        with wds.TarWriter(str(real / f"real-{part}.tar")) as sink:
+            for i in range(20):
+                c = i % 4
+                label = (
+                    {"cls": str(c).encode()}
+                    if part == 0
+                    else {"json": json.dumps({"class": CLASSES[c]}).encode()}
+                )
+                sink.write({"__key__": f"r{part}-{i:03d}", "jpg": jpeg(draw(c, rng)), **label})
+    task = pretrain_task(
+        tmp_path,
+        dataset["uri"],
+        data={"real": {"data": {"uri": real.as_uri() + "/", "format": "webdataset"}, "fraction": 0.5}},
+    )
+    plan = plan_data(
+        task,
+        [read_manifest(s, None, None) for s in task.data.synthetic],
+        [f"{real.as_uri()}/real-{p}.tar" for p in (0, 1)],
+    )
+    assert plan.epoch_samples == 256  # 128 synthetic images are half of an epoch
+    config = _config(0, 1, 1, task, steps=16)
+    config.labels = resolve_labels(LabelSpace.model_validate(LABELS))
+    samples = ShardStream(plan, config)._samples(0)
+    drawn = [next(samples) for _ in range(256)]
+    reals = [s for s in drawn if s["key"].startswith("real/")]
+    assert 96 <= len(reals) <= 160  # 128 expected
+    assert all(s["cls"] == int(s["key"].split("-")[1]) % 4 for s in reals)  # cls text and json class names
+    assert {s["key"].split("/")[1][:2] for s in reals} == {"r0", "r1"}
+    assert len({s["key"] for s in drawn if not s["key"].startswith("real/")}) == len(drawn) - len(reals)
 
 
 def test_shards_stream_from_s3_as_from_files_through_a_dropped_connection(
@@ -381,9 +427,6 @@ def test_sigterm_to_the_launcher_stops_both_ranks_with_a_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------------- transfer
-
-
-LABELS = {"classes": [{"name": n} for n in CLASSES]}
 
 
 def test_the_pretrained_backbone_transfers_to_classification_and_detection(
