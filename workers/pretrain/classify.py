@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from synthrec.workers.pretrain import augment
+from synthrec.workers.pretrain import augment, distributed
 from synthrec.workers.pretrain.data import stable_hash
 from synthrec.workers.runtime import DataError
 
@@ -93,7 +93,14 @@ def _loader(dataset: Any, indices: list[int], batch: int, workers: int, pin: boo
     batches = [indices[i : i + batch] for i in range(0, len(indices), batch)]
     if drop_last and batches and len(batches[-1]) < batch:
         batches.pop()
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=pin,
+        worker_init_fn=distributed.ignore_stop_signals if workers else None,
+    )
+    return distributed.batches(loader)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from synthrec.workers.pretrain import voc
+from synthrec.workers.pretrain import distributed, voc
 from synthrec.workers.pretrain.data import stable_hash
 from synthrec.workers.runtime import ConfigError, DataError
 
@@ -203,10 +203,14 @@ def train_and_test(
         indices = shard_indices(len(train_set), rank.rank, rank.world, epoch, task.seed)
         batches = [indices[i : i + local] for i in range(0, len(indices) - local + 1, local)][offset:]
         loader = torch.utils.data.DataLoader(
-            train_set, batch_sampler=batches, num_workers=cfg.loader_workers, collate_fn=_collate
+            train_set,
+            batch_sampler=batches,
+            num_workers=cfg.loader_workers,
+            collate_fn=_collate,
+            worker_init_fn=distributed.ignore_stop_signals if cfg.loader_workers else None,
         )
         ddp.train()
-        for images, targets in loader:
+        for images, targets in distributed.batches(loader):
             for group in optimizer.param_groups:
                 group["lr"] = detection_lr(cfg, iteration, base_lr)
             images = [im.to(device) for im in images]

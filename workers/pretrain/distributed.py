@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,29 @@ def read_rank_results(folder: str | Path) -> dict[int, dict[str, Any]]:
         except (OSError, ValueError):
             continue
     return out
+
+
+# ----------------------------------------------------------------------------------- loader workers
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def ignore_stop_signals(_: int = 0) -> None:
+    """``worker_init_fn`` of every DataLoader of a rank. Stopping is the rank's decision: torchrun signals
+    the rank's whole process group, and a loader worker killed by it (torch gives workers a C handler
+    that dies on SIGTERM) would fail the rank before it saves its checkpoint. The DataLoader ends its
+    workers with a message, and a worker whose rank died exits on its own."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def batches(loader: Iterable[Any]) -> Iterator[Any]:
+    """``iter(loader)`` with the stop signals blocked while the workers start, so that a signal arriving
+    before a worker has run ``ignore_stop_signals`` waits in it (and is then ignored) instead of killing it;
+    the rank gets its own copy as soon as the workers are up."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import signal
 import time
 from typing import Any
 
@@ -85,12 +84,6 @@ def autocast_dtype(precision: str, device: Any) -> Any:
     if precision == "fp16" and not cuda:
         raise ConfigError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
-def _worker_init(_: int) -> None:
-    # the rank's handlers only set a flag; a DataLoader worker must stay killable by its parent
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _state_checksum(tensors: dict[str, Any]) -> float:
@@ -198,7 +191,7 @@ class Trainer:
         import torch
         from torch.utils.data import DataLoader
 
-        from synthrec.workers.pretrain import checkpoint
+        from synthrec.workers.pretrain import checkpoint, distributed
         from synthrec.workers.pretrain.augment import DeviceAugment
         from synthrec.workers.pretrain.data import LoaderConfig, ShardStream
         from synthrec.workers.pretrain.recipes import lr_at
@@ -279,7 +272,7 @@ class Trainer:
             pin_memory=device.type == "cuda",
             prefetch_factor=task.data.prefetch_factor if workers else None,
             persistent_workers=False,
-            worker_init_fn=_worker_init if workers else None,
+            worker_init_fn=distributed.ignore_stop_signals if workers else None,
         )
         self.augment = DeviceAugment(
             num_classes=len(plan.classes) if task.objective == "supervised" else None,
@@ -309,7 +302,7 @@ class Trainer:
         step = position["step"]
         while step < total:
             stream.set_epoch(position["epoch"], position["batch"])
-            batches = iter(loader)
+            batches = distributed.batches(loader)
             for b in range(position["batch"], spe):
                 t0 = time.monotonic()
                 loss = self._step(ddp, next(batches), optimizer, scaler)
