@@ -34,8 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n"
         "  python -m synthrec.workers generate --task /etc/synthrec/task/task.json   # in a pod\n"
         "  python -m synthrec.workers generate --task task.json --shard 3           # shard 3 locally\n"
-        "  python -m synthrec.workers pretrain --task task.json      # starts torchrun when it needs more\n"
-        "                                                            # than one process (docs/pretraining.md)\n"
+        "  python -m synthrec.workers pretrain --task task.json      # torchrun when it needs more than\n"
+        "                                                            # one process (docs/pretraining.md)\n"
         "exit codes: 0 ok, 1 retryable, 3 configuration error (fails the Job),\n"
         "            42 data error (fails the shard)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
