@@ -92,7 +92,7 @@ def main() -> None:
     args.backbone, args.crop, size = ("resnet50", 224, 256) if gpu else ("test_resnet", 64, 64)
     objectives = ["supervised", "moco-v2"] if args.objective == "both" else [args.objective]
     with tempfile.TemporaryDirectory(prefix="synthrec-ddp-") as tmp:
-        from tests.pretrain_data import write_synthetic_dataset
+        from tests.harness.pretraining import write_synthetic_dataset
 
         uri, _ = write_synthetic_dataset(Path(tmp), per_class=args.images // 4, shards=32, size=size)
         result: dict[str, Any] = {

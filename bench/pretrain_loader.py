@@ -38,7 +38,7 @@ from machine import cpu_name
 
 
 def dataset(root: Path, images: int, size: int) -> str:
-    from tests.pretrain_data import write_synthetic_dataset
+    from tests.harness.pretraining import write_synthetic_dataset
 
     uri, _ = write_synthetic_dataset(root, per_class=images // 4, shards=8, size=size)
     return uri

@@ -10,11 +10,13 @@ Layouts (``RealData.format``):
   and its label the first of: ``<key>.cls`` (text), ``<key>.json`` field ``class``, ``label`` or ``cls``.
   An image of such a sample has the URI ``<tar uri>#<member name>``.
 
-Matching to the label space (``synthrec.labels.resolve_labels``):
+Matching to the label space (``synthrec.api.labels.resolve_labels``):
 
 - Without ``class_mapping``: a folder name (or a string label) matches the class whose ``name`` (or, if no
-  name matches, ``head_name``) is equal after ``normalise_folder_name`` (case-insensitive, '_' and '-'
-  read as spaces). An integer WebDataset label is the class index of the label space.
+  name matches, ``head_name``, or the release's ``folder`` a preset knows: EuroSAT's ``AnnualCrop``,
+  ImageNet's ``n01440764``, CUB's ``001.Black_footed_Albatross``) is equal after
+  ``normalise_folder_name`` (case-insensitive, '_' and '-' read as spaces). An integer WebDataset label
+  is the class index of the label space.
 - With ``class_mapping`` (folder or label -> class name): only mapped folders/labels are used; the target
   must be a class ``name`` of the label space. Several folders may deliberately map to one class.
 
@@ -62,7 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthrec.api import RealData
-from synthrec.labels import ResolvedLabels, normalise_folder_name
+from synthrec.api.labels import ResolvedLabels, normalise_folder_name
 from synthrec.storage import ObjectNotFound, Storage, StorageError
 from synthrec.workers.runtime import ConfigError, DataError
 
@@ -105,7 +107,7 @@ class RealIndex:
 def index_real_data(data: RealData, labels: ResolvedLabels, opener: Opener) -> RealIndex:
     """List the images of ``data`` and assign each to a class of ``labels`` (see the module policy)."""
     storage = opener(data.uri)
-    resolver = _ClassResolver(data, labels)
+    resolver = ClassResolver(data, labels)
     skipped: Counter[str] = Counter()
     by_class: dict[int, list[RealImage]] = defaultdict(list)
     try:
@@ -146,7 +148,7 @@ def index_real_data(data: RealData, labels: ResolvedLabels, opener: Opener) -> R
     )
 
 
-class _ClassResolver:
+class ClassResolver:
     """Folder name / WebDataset label -> class index, following the module's matching rules."""
 
     def __init__(self, data: RealData, labels: ResolvedLabels) -> None:
@@ -166,9 +168,10 @@ class _ClassResolver:
                 )
             self.mapping = {k: by_name[v] for k, v in data.class_mapping.items()}
         self._by_name: dict[str, int] = {}
-        for attr in ("head_name", "name"):  # name wins over head_name: assigned last
+        for attr in ("folder", "head_name", "name"):  # name wins over head_name and folder: assigned last
             for c in labels.classes:
-                self._by_name[normalise_folder_name(getattr(c, attr))] = c.index
+                if getattr(c, attr):
+                    self._by_name[normalise_folder_name(getattr(c, attr))] = c.index
 
     def resolve(self, label: str | int) -> int | None:
         token = str(label)
@@ -212,7 +215,7 @@ def _bad_listing(data: RealData, uri: str, what: str, skipped: Counter[str]) -> 
 def _index_imagefolder(
     storage: Storage,
     data: RealData,
-    resolver: _ClassResolver,
+    resolver: ClassResolver,
     by_class: dict[int, list[RealImage]],
     skipped: Counter[str],
 ) -> None:
@@ -238,7 +241,7 @@ def _index_imagefolder(
 def _index_webdataset(
     storage: Storage,
     data: RealData,
-    resolver: _ClassResolver,
+    resolver: ClassResolver,
     by_class: dict[int, list[RealImage]],
     skipped: Counter[str],
 ) -> None:
@@ -301,7 +304,7 @@ def _tar_samples(path: Path, tar_uri: str) -> list[_WdsSample]:
                     sample.image = member
                 elif ext == "cls" or (ext == "json" and key not in from_cls):
                     raw = tar.extractfile(member)
-                    label = _parse_label(ext, raw.read() if raw else b"", tar_uri, member.name)
+                    label = parse_label(ext, raw.read() if raw else b"", tar_uri, member.name)
                     if ext == "cls":
                         from_cls.add(key)
                     if label is not None:
@@ -311,7 +314,7 @@ def _tar_samples(path: Path, tar_uri: str) -> list[_WdsSample]:
     return list(samples.values())
 
 
-def _parse_label(ext: str, raw: bytes, tar_uri: str, member: str) -> str | int | None:
+def parse_label(ext: str, raw: bytes, tar_uri: str, member: str) -> str | int | None:
     if ext == "cls":
         text = raw.decode("utf-8", "replace").strip()
         return int(text) if text.lstrip("-").isdigit() else (text or None)

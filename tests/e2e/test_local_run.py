@@ -122,6 +122,17 @@ def test_the_dataset_card_and_the_metrics_of_every_run_are_written(quickstart: Q
     manifest = json.loads((quickstart.dataset / "manifest.json").read_text())
     assert manifest["counts"]["generated"] == 96 and manifest["counts"]["kept"] == 4 * 12
     assert [c["kept"] for c in manifest["per_class"]] == [12, 12, 12, 12]
+    # The card says how the images were made: the tiny SD's native 64 px, stored as asked, no RG; and which
+    # prompts the CLIP Filter scored with (the official one per class).
+    generation = manifest["generation"]
+    assert (generation["generation_resolution"], generation["resolution"], generation["resize"]) == (
+        64,
+        64,
+        None,
+    )
+    assert generation["generation_resolution_source"] == "pipeline native size"
+    assert generation["real_guidance"] is None and generation["steps"] == 4
+    assert manifest["filter"]["prompts"]["example"] == ["a photo of a red circle."]
     runs = sorted(p.parent.name for p in (quickstart.experiment / "runs").glob("*/metrics.json"))
     assert runs == sorted(f"shots{s}-seed1-{v}" for s in (0, 1, 4) for v in ("ct-init", "ct-syn"))
     for run in runs:

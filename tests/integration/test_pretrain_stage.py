@@ -28,7 +28,7 @@ import torch
 
 from synthrec import contract
 from synthrec.api import LabelSpace
-from synthrec.labels import resolve_labels
+from synthrec.api.labels import resolve_labels
 from synthrec.storage import open_storage, upload_tree
 from synthrec.workers.pretrain import stage
 from synthrec.workers.pretrain.data import (
@@ -40,7 +40,13 @@ from synthrec.workers.pretrain.data import (
     units,
 )
 from synthrec.workers.pretrain.task import PretrainTask, TransferTask
-from tests.pretrain_data import CLASSES, VOC_NAMES, write_imagefolder, write_synthetic_dataset, write_voc
+from tests.harness.pretraining import (
+    CLASSES,
+    VOC_NAMES,
+    write_imagefolder,
+    write_synthetic_dataset,
+    write_voc,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +88,7 @@ def pretrain_task(out: Path, dataset_uri: str, **kw: Any) -> PretrainTask:
     return PretrainTask.model_validate(doc)
 
 
-def worker(stage_name: str, task: Any, folder: Path) -> tuple[int, dict[str, Any]]:
+def worker(stage_name: str, task: Any, folder: Path) -> tuple[int, Any]:
     """``python -m synthrec.workers STAGE --task F`` as the executors start it; exit code and summary."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stage_name}-task.json"
@@ -193,7 +199,7 @@ def test_real_images_are_mixed_in_at_the_fraction_with_their_labels_matched(
 ) -> None:
     import webdataset as wds
 
-    from tests.pretrain_data import draw, jpeg
+    from tests.harness.pretraining import draw, jpeg
 
     real = tmp_path / "real"
     real.mkdir()
@@ -263,7 +269,7 @@ def test_supervised_pretraining_with_two_processes_learns_and_writes_its_card(
 ) -> None:
     out, summary = supervised_run["out"], supervised_run["summary"]
     assert supervised_run["code"] == 0, summary
-    assert summary["steps"] == 32 and summary["run"] == "r1"
+    assert summary.steps == 32 and summary.run == "r1"
     points = curve(out)
     assert [p["step"] for p in points] == list(range(4, 33, 4))
     assert sum(p["loss"] for p in points[-2:]) < 0.7 * sum(p["loss"] for p in points[:2])
@@ -294,7 +300,7 @@ def test_supervised_pretraining_with_two_processes_learns_and_writes_its_card(
     assert not any(k.startswith("fc.") for k in load_file(folder / "backbone.safetensors"))  # no classifier
     # the committed run answers at once the second time
     code, again = worker("pretrain", supervised_run["task"], out / "tasks")
-    assert code == 0 and again["skipped"] is True and again["loss"] == summary["loss"]
+    assert code == 0 and again.skipped is True and again.loss == summary.loss
 
 
 def test_moco_v2_pretraining_with_two_processes_learns_instance_discrimination(
@@ -369,7 +375,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_repeats_the_uninterrupte
         monkeypatch.setattr(stage, "Progress", _SigtermAt(11))
         code = stage.run_rank("pretrain", str(tmp_path / "broken.json"))
         summary = contract.parse_summary((tmp_path / "termination.log").read_text())
-        assert code == contract.EXIT_RETRYABLE and "stopped at step 11 of 24" in summary["message"]
+        assert code == contract.EXIT_RETRYABLE and "stopped at step 11 of 24" in summary.message
         pointer = json.loads((tmp_path / "broken/runs/r1/pretrain/checkpoints/latest.json").read_text())
         assert pointer["step"] == 11 and not pointer["final"]
         assert not (tmp_path / "broken/runs/r1/pretrain/done.json").exists()
@@ -419,9 +425,7 @@ def test_sigterm_to_the_launcher_stops_both_ranks_with_a_checkpoint(
             proc.kill()
     summary = contract.parse_summary(log.read_text())
     assert proc.returncode == contract.EXIT_RETRYABLE, stderr[-3000:]
-    assert (
-        summary["error"] == "retryable" and "after a signal; the checkpoint resumes it" in summary["message"]
-    )
+    assert summary.error == "retryable" and "after a signal; the checkpoint resumes it" in summary.message
     pointer = json.loads((tmp_path / "runs/r1/pretrain/checkpoints/latest.json").read_text())
     assert 1 <= pointer["step"] < 8000 and not pointer["final"]
 
@@ -470,7 +474,7 @@ def test_the_pretrained_backbone_transfers_to_classification_and_detection(
     code, summary = worker("transfer", task, tmp_path / "tasks")
     assert code == 0, summary
     # chance is 25 %: the pre-trained features already separate the drawn classes
-    assert summary["classification_top1"] > 50 and summary["linear_probe_top1"] > 50
+    assert summary.classification_top1 > 50 and summary.linear_probe_top1 > 50
     folder = tmp_path / "out" / "runs" / "r1" / "transfer"
     classification = json.loads((folder / "classification" / "metrics.json").read_text())
     assert classification["test_images"] == 32 and classification["classes"] == list(CLASSES)
@@ -478,7 +482,7 @@ def test_the_pretrained_backbone_transfers_to_classification_and_detection(
     detection = json.loads((folder / "detection" / "metrics.json").read_text())
     assert detection["images"] == 8 and detection["detections"] > 0
     assert 0 <= detection["ap50"] <= 100 and 0 <= detection["ap50_voc07"] <= 100
-    assert summary["ap50"] == detection["ap50"] and len(detection["per_class_ap50"]) == 2
+    assert summary.ap50 == detection["ap50"] and len(detection["per_class_ap50"]) == 2
     assert all(
         (folder / kind / "done.json").exists() for kind in ("classification", "linear-probe", "detection")
     )
@@ -499,19 +503,5 @@ def test_a_vit_is_refused_for_detection_before_any_data_is_read(tmp_path: Path) 
         }
     )
     code, summary = worker("transfer", task, tmp_path / "tasks")
-    assert code == contract.EXIT_CONFIG_ERROR and summary["error"] == "config"
-    assert "single-scale feature map" in summary["message"] and "test_vit" in summary["message"]
-
-
-def test_an_s3_stream_resumes_from_the_byte_it_had_read_when_the_connection_drops(s3_bucket: Any) -> None:
-    from synthrec.workers.pretrain.data import S3Stream
-
-    data = os.urandom(300_000)
-    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="x/blob.tar", Body=data)
-    stream = S3Stream(open_storage(s3_bucket.uri + "x/"), "blob.tar")
-    head = stream.read(100_000)
-    stream.body._raw_stream.close()  # the connection drops in the middle of the body
-    rest = b""
-    while chunk := stream.read(65536):
-        rest += chunk
-    assert head + rest == data
+    assert code == contract.EXIT_CONFIG_ERROR and summary.error == "config"
+    assert "single-scale feature map" in summary.message and "test_vit" in summary.message

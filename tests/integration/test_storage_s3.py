@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from synthrec.storage import (
     upload_tree,
     write_marker,
 )
-from tests.fixtures.s3 import FAST_RETRIES
+from tests.harness.s3 import FAST_RETRIES
 
 MiB = 1024 * 1024
 # Our retry layer only, with tiny waits: keeps fault tests fast and the request counts exact.
@@ -90,8 +90,19 @@ def test_missing_objects_raise_object_not_found_naming_the_uri(storage: Storage,
     ):
         with pytest.raises(ObjectNotFound, match=r"root/missing\.json does not exist"):
             call()
+    with pytest.raises(ObjectNotFound, match=r"root/missing\.json does not exist"):
+        storage.open_stream("missing.json")
     assert not (tmp_path / "out").exists()
     storage.delete("missing.json")  # deleting a missing object is fine
+
+
+def test_a_stream_reads_an_object_front_to_back(storage: Storage) -> None:
+    data = os.urandom(3 * MiB + 17)
+    storage.write_bytes("blobs/big.tar", data)
+    with storage.open_stream("blobs/big.tar") as stream:
+        head = stream.read(1000)
+        rest = b"".join(iter(lambda: stream.read(65536), b""))
+    assert head + rest == data
 
 
 def test_list_is_recursive_sorted_and_filtered_by_prefix(storage: Storage) -> None:
@@ -215,7 +226,8 @@ def test_commit_file_from_another_spec_conflicts_and_changes_nothing(
     first = commit_file(storage, src, "d.tar", "d.done.json", spec_hash="one")
     other = _local(tmp_path, "other.tar", b"from spec two")
 
-    with pytest.raises(StorageConflict, match=r"d\.tar is already committed by spec hash one.*\(two\)"):
+    conflict = r"d\.tar is already committed by another spec \(spec hash one.*\(two\)"
+    with pytest.raises(StorageConflict, match=conflict):
         commit_file(storage, other, "d.tar", "d.done.json", spec_hash="two")
 
     assert storage.read_bytes("d.tar") == b"from spec one"
@@ -321,6 +333,18 @@ def test_s3_dropped_connections_are_retried(s3_faults, tmp_path: Path) -> None:
     assert (tmp_path / "k").read_bytes() == b"v" * 1000
 
 
+def test_s3_a_stream_resumes_from_the_byte_it_had_read_when_the_connection_drops(s3_faults) -> None:
+    data = os.urandom(5 * MiB)
+    s3_faults.client.put_object(Bucket=s3_faults.name, Key="x/blob.tar", Body=data)
+    stream = open_storage(s3_faults.uri + "x/", retry=FAST).open_stream("blob.tar")
+    head = stream.read(100_000)  # the buffer holds the first MiB, the body has the rest
+    assert 0 < stream.raw.pos < len(data)
+    stream.raw.body._raw_stream.close()  # the connection drops in the middle of the body
+    rest = b"".join(iter(lambda: stream.read(65536), b""))
+    assert head + rest == data
+    assert s3_faults.proxy.count(method="GET", path="x/blob.tar") == 2  # one ranged GET resumed it
+
+
 def test_s3_a_failed_multipart_part_is_retried(s3_faults, tmp_path: Path) -> None:
     tuning = S3Tuning(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
     storage = open_storage(s3_faults.uri, retry=FAST, tuning=tuning)
@@ -348,11 +372,23 @@ def test_s3_botocore_retries_inside_one_operation_with_the_default_policy(
     assert caplog.records == []  # our outer layer was not needed
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordedBackoff(RetryPolicy):
+    """FAST, recording every backoff it chooses."""
+
+    chosen: list[float] = dataclasses.field(default_factory=list)
+
+    def delay(self, retry: int) -> float:
+        value = super().delay(retry)
+        self.chosen.append(value)
+        return value
+
+
 def test_s3_permanent_failure_surfaces_as_transient_storage_error(s3_faults) -> None:
-    storage = open_storage(s3_faults.uri, retry=FAST)
+    policy = RecordedBackoff(**{f.name: getattr(FAST, f.name) for f in dataclasses.fields(FAST)})
+    storage = open_storage(s3_faults.uri, retry=policy)
     s3_faults.proxy.fail(None, status=503, code="SlowDown")
 
-    started = time.monotonic()
     with pytest.raises(TransientStorageError) as info:
         storage.read_bytes("shards/gen-00001.tar")
 
@@ -361,7 +397,9 @@ def test_s3_permanent_failure_surfaces_as_transient_storage_error(s3_faults) -> 
     assert "after 4 attempts" in message and "SlowDown" in message
     assert s3_faults.endpoint in message and "retry later" in message
     assert s3_faults.proxy.count() == 4
-    assert time.monotonic() - started < 10  # FAST backs off for milliseconds; loose for a busy machine
+    # between the 4 attempts, 3 jittered exponential backoffs, each within the policy's bounds
+    bounds = [min(FAST.max_delay, FAST.base_delay * 2**retry) for retry in range(3)]
+    assert len(policy.chosen) == 3 and all(0 <= d <= b for d, b in zip(policy.chosen, bounds, strict=True))
 
 
 def test_s3_access_denied_is_a_permission_error_without_retries(s3_faults) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from synthrec.contract.manifest import DatasetManifest, ShardRecord
 from synthrec.storage import open_storage
 from synthrec.workers.pretrain import distributed
 from synthrec.workers.pretrain.data import (
@@ -25,6 +26,7 @@ from synthrec.workers.pretrain.data import (
 from synthrec.workers.pretrain.recipes import lr_at, resolve_recipe
 from synthrec.workers.pretrain.task import PretrainTask, TransferTask
 from synthrec.workers.runtime import ConfigError, DataError
+from tests.harness.artifacts import dataset_manifest
 
 BASE = {
     "resource": {"kind": "RecognitionExperiment", "name": "x"},
@@ -132,22 +134,23 @@ def test_the_cap_is_exact_proportional_and_deterministic() -> None:
         allocate([1, 2], 4, seed=0, ids=[0, 1])
 
 
-def _manifest(shards: list[dict[int, tuple[int, int]]], classes: int = 4) -> dict[str, Any]:
+def _manifest(shards: list[dict[int, tuple[int, int]]], classes: int = 4) -> DatasetManifest:
     """A manifest as reduce writes it: per shard {class: (images, kept)}."""
-    return {
-        "labels": {"classes": [f"c{i}" for i in range(classes)]},
-        "shards": [
-            {
-                "shard": s,
-                "tar": f"shards/gen-{s:05d}.tar",
-                "index": f"index/shards/gen-{s:05d}.jsonl",
-                "index_sha256": None,
-                "classes": {str(c): n for c, (n, _) in counts.items()},
-                "kept_classes": {str(c): k for c, (_, k) in counts.items() if k},
-            }
-            for s, counts in enumerate(shards)
-        ],
-    }
+    records = [
+        {
+            "shard": s,
+            "tar": f"shards/gen-{s:05d}.tar",
+            "images": sum(n for n, _ in counts.values()),
+            "corrupt": 0,
+            "index": f"index/shards/gen-{s:05d}.jsonl",
+            "index_sha256": None,
+            "kept": sum(k for _, k in counts.values()),
+            "classes": {str(c): n for c, (n, _) in counts.items()},
+            "kept_classes": {str(c): k for c, (_, k) in counts.items() if k},
+        }
+        for s, counts in enumerate(shards)
+    ]
+    return dataset_manifest("r", [f"c{i}" for i in range(classes)], shards=records)
 
 
 def _storage() -> Any:
@@ -178,7 +181,9 @@ def test_the_plan_takes_kept_or_all_images_and_caps_keeping_each_class_share() -
             [(manifest, "d", _storage())],
             [],
         )
-    old = {"labels": manifest["labels"], "shards": [{"shard": 0, "tar": "shards/gen-00000.tar"}]}
+    old = manifest.model_copy(
+        update={"shards": [ShardRecord(shard=0, tar="shards/gen-00000.tar", images=1, corrupt=0)]}
+    )
     with pytest.raises(DataError, match="older synthrec without per-shard index files"):
         plan_data(pretrain(), [(old, "d", _storage())], [])
 

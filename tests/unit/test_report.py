@@ -15,12 +15,14 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save
 
-from synthrec import api, confusion, plan
-from synthrec.layout import DatasetLayout, ExperimentLayout
+from synthrec import api, plan
+from synthrec.contract import confusion
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
+from synthrec.plan.tasks import ResourceRef
 from synthrec.report import build_report, safetensors_matrix
 from synthrec.storage import FileStorage, open_storage, write_marker
-from synthrec.tasks import ResourceRef
 from synthrec.workers.runtime import spec_document
+from tests.harness.artifacts import dataset_manifest, run_metrics
 
 CLASSES = ["cat <b>&", "dog"]
 
@@ -92,20 +94,7 @@ def write_dataset(root: Path, model: str = "hf://org/sd") -> None:
         {"shard": 0, "key": keys[2], "class": 1, "score": 0.8, "passed": True},
     ]
     storage.write_bytes(DatasetLayout.index, "".join(json.dumps(k) + "\n" for k in kept).encode())
-    per_class = [
-        {"index": c, "name": n, "generated": 2, "passed": 1, "kept": 1, "accept_rate": 0.5, "keep_rate": 0.5}
-        for c, n in enumerate(CLASSES)
-    ]
-    storage.write_json(
-        DatasetLayout.manifest,
-        {
-            "spec_hash": hashes["reduce"],
-            "labels": {"classes": CLASSES},
-            "filter": {"enabled": True},
-            "counts": {"generated": 4, "passed": 2, "kept": 2, "rejected": 2, "accept_rate": 0.5},
-            "per_class": per_class,
-        },
-    )
+    storage.write_json(DatasetLayout.manifest, dataset_manifest(hashes["reduce"], CLASSES).document())
 
 
 def write_experiment(root: Path) -> None:
@@ -136,8 +125,8 @@ def write_experiment(root: Path) -> None:
     matrices = confusion.document(CLASSES, [[4, 6], [3, 7]], [[6, 4], [7, 3]])
     for run in runs[:3]:  # the last run is not done
         top1 = 50.0 + run.shots + run.seed
-        metrics = {"top1": top1, "zero_shot_top1": 45.0, "per_class": per_class}
-        storage.write_json(ExperimentLayout.run_metrics(run.name), metrics)
+        metrics = run_metrics(run.name, top1=top1, zero_shot_top1=45.0, classes=CLASSES, per_class=per_class)
+        storage.write_json(ExperimentLayout.run_metrics(run.name), metrics.document())
         storage.write_json(ExperimentLayout.run_confusion(run.name), matrices)
         curve = {"epochs": [{"epoch": e, "loss": 2.0 / e} for e in range(1, 4)], "steps": []}
         storage.write_json(ExperimentLayout.run(run.name, "curve.json"), curve)

@@ -9,7 +9,7 @@ import pytest
 from synthrec.storage import open_storage
 from synthrec.workers.pretrain.voc import VocImage, VocObject, read_voc, voc_metrics
 from synthrec.workers.runtime import DataError
-from tests.pretrain_data import VOC_NAMES, write_voc
+from tests.harness.pretraining import VOC_NAMES, write_voc
 
 
 @pytest.fixture

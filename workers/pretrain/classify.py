@@ -44,7 +44,7 @@ class LabelledSet:
 
 def index_set(data: Any, labels: Any, opener: Any) -> LabelledSet:
     """The images of a RealData split as (URI, class), sorted by URI within classes."""
-    from synthrec.labels import resolve_labels
+    from synthrec.api.labels import resolve_labels
     from synthrec.workers.realdata import describe, index_real_data
 
     resolved = resolve_labels(labels)
@@ -142,8 +142,8 @@ def cosine_lr(base: float, epoch: int, epochs: int, step: int, steps: int, warmu
 
 def fine_tune(ctx: Any, cfg: Any, model: Any, mean: Any, std: Any, ckpts: Any) -> dict[str, Any]:
     """Full fine-tuning of ``model`` (backbone + fresh classifier) on ``cfg.train``; test top-1."""
+    from synthrec.workers.features import RealReader
     from synthrec.workers.pretrain import checkpoint
-    from synthrec.workers.train import RealReader
 
     task, rank, device = ctx.task, ctx.rank, ctx.rank.device
     opener = lambda uri: ctx.open(uri)  # noqa: E731
@@ -254,7 +254,7 @@ def features(model: Any, dataset: Any, ctx: Any, batch: int, workers: int, norma
 
 def linear_probe(ctx: Any, cfg: Any, backbone: Any, mean: Any, std: Any) -> dict[str, Any]:
     """MoCo's linear classification protocol on cached features of the frozen backbone."""
-    from synthrec.workers.train import RealReader
+    from synthrec.workers.features import RealReader
 
     task, device = ctx.task, ctx.rank.device
     opener = lambda uri: ctx.open(uri)  # noqa: E731

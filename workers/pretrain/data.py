@@ -36,7 +36,6 @@ Reading (``ShardStream``, an IterableDataset; one reader = one DataLoader worker
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -47,6 +46,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset
 
+from synthrec.contract.manifest import DatasetManifest, ShardRecord
 from synthrec.storage import ObjectNotFound, Storage, StorageError, open_storage
 from synthrec.workers.runtime import ConfigError, DataError
 
@@ -141,10 +141,10 @@ class DataPlan:
 
 def read_manifest(
     source: Any, endpoint: str | None, region: str | None
-) -> tuple[dict[str, Any], str, Storage]:
-    """A synthetic dataset's manifest (dict), its sha256 and its storage; DataError when the dataset is
+) -> tuple[DatasetManifest, str, Storage]:
+    """A synthetic dataset's manifest, its sha256 and its storage; DataError when the dataset is
     incomplete or changed since it was pinned."""
-    from synthrec.workers.train import read_pinned_manifest
+    from synthrec.workers.features import read_pinned_manifest
 
     storage = open_storage(source.uri, endpoint=source.endpoint or endpoint, region=source.region or region)
     manifest, digest = read_pinned_manifest(storage, source.uri, source.digest)
@@ -167,14 +167,14 @@ def allocate(available: list[int], cap: int, seed: int, ids: list[Any]) -> list[
 
 
 def plan_data(
-    task: Any, manifests: list[tuple[dict[str, Any], str, Storage]], real_tars: list[str]
+    task: Any, manifests: list[tuple[DatasetManifest, str, Storage]], real_tars: list[str]
 ) -> DataPlan:
     """The epoch plan of a pretrain task from its datasets' manifests (pure)."""
     data = task.data
     classes: tuple[str, ...] | None = None
-    rows: list[tuple[int, dict[str, Any], Storage, dict[int, int]]] = []
+    rows: list[tuple[int, ShardRecord, Storage, dict[int, int]]] = []
     for i, (manifest, _, storage) in enumerate(manifests):
-        names = tuple(manifest["labels"]["classes"])
+        names = tuple(manifest.labels.classes)
         if classes is None:
             classes = names
         elif names != classes and task.objective == "supervised":
@@ -183,17 +183,17 @@ def plan_data(
                 f"data.synthetic[0] ({len(names)} vs {len(classes)} classes, first {names[:2]} vs "
                 f"{classes[:2]}); supervised pre-training needs one label space"
             )
-        for record in manifest["shards"]:
-            if "index" not in record:
+        for record in manifest.shards:
+            if record.index is None or record.classes is None or record.kept_classes is None:
                 raise DataError(
                     f"dataset {storage.uri} was reduced by an older synthrec without per-shard index files; "
                     f"delete {storage.url('manifest.json')} and run its reduce stage again (it only reads "
                     "the committed shards)"
                 )
-            counts = record["kept_classes"] if data.images == "kept" else record["classes"]
+            counts = record.kept_classes if data.images == "kept" else record.classes
             rows.append((i, record, storage, {int(c): int(n) for c, n in counts.items()}))
     assert classes is not None
-    units = [(i, r["shard"], c, n) for i, r, _, counts in rows for c, n in sorted(counts.items()) if n]
+    units = [(i, r.shard, c, n) for i, r, _, counts in rows for c, n in sorted(counts.items()) if n]
     available = sum(n for *_, n in units)
     if data.size is not None:
         if data.size > available:
@@ -210,7 +210,7 @@ def plan_data(
             take.setdefault((i, shard), []).append((c, n))
     shards = []
     for i, record, storage, counts in rows:
-        t = take.get((i, record["shard"]))
+        t = take.get((i, record.shard))
         if not t:
             continue
         source = task.data.synthetic[i]
@@ -218,10 +218,10 @@ def plan_data(
             ShardPlan(
                 source=i,
                 root=storage.uri,
-                shard=record["shard"],
-                tar=record["tar"],
-                index=record["index"],
-                index_sha256=record.get("index_sha256"),
+                shard=record.shard,
+                tar=record.tar,
+                index=record.index,  # type: ignore[arg-type]  # checked above
+                index_sha256=record.index_sha256,
                 available=sum(counts.values()),
                 take=tuple(t),
                 endpoint=source.endpoint or task.output.endpoint,
@@ -287,67 +287,13 @@ def batches_of(worker: int, workers: int, first: int, end: int) -> int:
 
 
 def open_stream(root: str, key: str, endpoint: str | None, region: str | None) -> Any:
-    """A readable binary stream of ``root/key``: a local file, or a resumable S3 object stream."""
+    """A buffered binary stream of ``root/key`` (file://, or S3 resumed with ranged GETs when a connection
+    drops: synthrec.storage ``open_stream``); DataError when it is missing."""
     storage = open_storage(root, endpoint=endpoint, region=region)
-    if storage.uri.startswith("file://"):
-        from urllib.parse import unquote
-
-        try:
-            return open(unquote(storage.url(key)[len("file://") :]), "rb")
-        except FileNotFoundError:
-            raise DataError(f"{storage.url(key)} does not exist; the dataset is incomplete") from None
-    return io.BufferedReader(S3Stream(storage, key), buffer_size=1 << 20)
-
-
-class S3Stream(io.RawIOBase):
-    """An S3 object read front to back; a dropped connection is resumed with a ranged GET from the last
-    byte read (up to the storage's retry policy), so a long shard survives a flaky network."""
-
-    def __init__(self, storage: Any, key: str) -> None:
-        self.storage = storage
-        self.key = key
-        self.full = storage.prefix + key
-        self.pos = 0
-        self.body: Any = None
-        self._open()
-
-    def _open(self) -> None:
-        kwargs = {"Bucket": self.storage.bucket, "Key": self.full}
-        if self.pos:
-            kwargs["Range"] = f"bytes={self.pos}-"
-        self.body = self.storage._call(
-            "read", self.key, lambda: self.storage.client.get_object(**kwargs)["Body"]
-        )
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        from synthrec.storage import _is_transient
-
-        view = memoryview(buffer)
-        for attempt in range(1, self.storage.retry.attempts + 1):
-            try:
-                data = self.body.read(len(view))
-                break
-            except Exception as exc:
-                if not _is_transient(exc) or attempt == self.storage.retry.attempts:
-                    raise DataError(
-                        f"reading {self.storage.url(self.key)} failed at byte {self.pos}: {exc}"
-                    ) from exc
-                log.warning(
-                    "reading %s dropped at byte %d (%s); resuming", self.storage.url(self.key), self.pos, exc
-                )
-                self._open()
-        n = len(data)
-        view[:n] = data
-        self.pos += n
-        return n
-
-    def close(self) -> None:
-        if self.body is not None:
-            self.body.close()
-        super().close()
+    try:
+        return storage.open_stream(key)
+    except ObjectNotFound:
+        raise DataError(f"{storage.url(key)} does not exist; the dataset is incomplete") from None
 
 
 def select_keys(rows: list[dict[str, Any]], plan: ShardPlan, images: str, cap_seed: int) -> dict[str, int]:
@@ -420,7 +366,7 @@ def real_samples(
 ) -> Iterator[dict[str, Any]]:
     """Samples of a real WebDataset shard (every ``parts``-th from ``part``) with a label of the label
     space; samples without image or with a label outside it are skipped."""
-    from synthrec.workers.realdata import _parse_label
+    from synthrec.workers.realdata import parse_label
 
     folder, _, name = tar_uri.rpartition("/")
     stream = open_stream(folder + "/", name, endpoint, region)
@@ -431,7 +377,7 @@ def real_samples(
         label = None
         for ext in ("cls", "json"):
             if ext in sample and label is None:
-                label = _parse_label(ext, sample[ext], tar_uri, sample["__key__"])
+                label = parse_label(ext, sample[ext], tar_uri, sample["__key__"])
         index = resolver.resolve(label) if label is not None else None
         if image is not None and index is not None:
             yield {"key": f"real/{sample['__key__']}", "image": image, "cls": index}
@@ -586,11 +532,11 @@ class ShardStream(IterableDataset):
         )
 
     def _reals(self, reader: int, rng: random.Random) -> Iterator[dict[str, Any]]:
-        from synthrec.workers.realdata import _ClassResolver
+        from synthrec.workers.realdata import ClassResolver
 
         cfg, real = self.config, self.plan.real
         assert real is not None
-        resolver = _ClassResolver(real.data, cfg.labels)
+        resolver = ClassResolver(real.data, cfg.labels)
         # real shards have no sample counts: dealt by number, in parts by position when too few
         parts = max(1, math.ceil(self.readers / len(real.tars)))
         pieces = [(t, p, parts) for t in real.tars for p in range(parts)]

@@ -148,9 +148,9 @@ def detection_lr(cfg: Any, iteration: int, base: float) -> float:
 def train_and_test(
     ctx: Any, cfg: Any, backbone_name: str, state: dict[str, Any] | None, mean: Any, std: Any, ckpts: Any
 ) -> dict[str, Any]:
+    from synthrec.workers.features import RealReader
     from synthrec.workers.pretrain import checkpoint
     from synthrec.workers.pretrain.classify import shard_indices
-    from synthrec.workers.train import RealReader
 
     task, rank, device = ctx.task, ctx.rank, ctx.rank.device
     train_images: list[voc.VocImage] = []

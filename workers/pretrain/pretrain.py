@@ -25,8 +25,9 @@ import logging
 import time
 from typing import Any
 
-from synthrec.layout import ExperimentLayout
-from synthrec.storage import Storage, StorageConflict, read_marker, write_marker
+from synthrec.contract.layout import ExperimentLayout
+from synthrec.contract.summaries import PretrainSummary
+from synthrec.storage import Storage, existing_commit, read_marker, write_marker
 from synthrec.workers.pretrain.task import batch_problem
 from synthrec.workers.runtime import ConfigError, RetryableError
 
@@ -38,18 +39,11 @@ CARD_VERSION = 1
 
 def committed(storage: Storage, folder: str, spec_hash: str) -> bool:
     """Whether ``folder``'s done.json is committed by this spec; StorageConflict when by another."""
-    marker = read_marker(storage, folder + "done.json")
-    if marker is None:
-        return False
-    if marker["spec_hash"] != spec_hash:
-        raise StorageConflict(
-            f"{storage.uri}{folder} was committed by spec hash {marker['spec_hash']}, not this run's "
-            f"{spec_hash}; nothing was overwritten. Use a new output URI or delete that folder"
-        )
-    return True
+    marker = folder + "done.json"
+    return existing_commit(storage, marker, spec_hash, what=storage.uri + folder) is not None
 
 
-def finished(task: Any, storage: Storage) -> dict[str, Any] | None:
+def finished(task: Any, storage: Storage) -> PretrainSummary | None:
     """The summary of a committed run of this spec, or None; StorageConflict for another spec's run."""
     if not committed(storage, ExperimentLayout.pretrain(task.run), task.spec_hash):
         return None
@@ -57,20 +51,21 @@ def finished(task: Any, storage: Storage) -> dict[str, Any] | None:
     return summary(task.run, metrics, storage)
 
 
-def summary(run: str, metrics: dict[str, Any], storage: Storage) -> dict[str, Any]:
-    return {
-        "run": run,
-        "steps": metrics["steps"],
-        "loss": metrics["final_loss"],
-        "images_per_s": metrics["images_per_s"],
-        "card": storage.url(ExperimentLayout.pretrain(run, "card.json")),
-    }
+def summary(run: str, metrics: dict[str, Any], storage: Storage) -> PretrainSummary:
+    return PretrainSummary(
+        run=run,
+        steps=metrics["steps"],
+        loss=metrics["final_loss"],
+        images_per_s=metrics["images_per_s"],
+        world_size=metrics["world_size"],
+        card=storage.url(ExperimentLayout.pretrain(run, "card.json")),
+    )
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: Any) -> PretrainSummary:
     done = finished(ctx.task, ctx.storage)
     if done is not None:
-        return {**done, "skipped": True}
+        return done.model_copy(update={"skipped": True})
     return Trainer(ctx).train()
 
 
@@ -187,7 +182,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ train
 
-    def train(self) -> dict[str, Any]:
+    def train(self) -> PretrainSummary:
         import torch
         from torch.utils.data import DataLoader
 
@@ -326,7 +321,7 @@ class Trainer:
         self._check_replicas(model)
         final = save(final=True)
         if not rank.is_main:
-            return {"run": task.run, "steps": step}
+            return PretrainSummary(run=task.run, steps=step, world_size=rank.world)
         return self._finish(plan, backbone, final, step, spe, total, train_seconds)
 
     def _step(self, ddp: Any, batch: Any, optimizer: Any, scaler: Any) -> Any:
@@ -395,7 +390,7 @@ class Trainer:
         spe: int,
         total: int,
         train_seconds: float,
-    ) -> dict[str, Any]:
+    ) -> PretrainSummary:
         import timm
         import torch
         from safetensors.torch import save as save_safetensors
@@ -469,7 +464,7 @@ class Trainer:
 
 def _labels(classes: tuple[str, ...]) -> Any:
     from synthrec.api import LabelSpace
-    from synthrec.labels import resolve_labels
+    from synthrec.api.labels import resolve_labels
 
     return resolve_labels(LabelSpace.model_validate({"classes": [{"name": c} for c in classes]}))
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from synthrec import contract
+from synthrec.contract.summaries import FailureSummary, Summary, parse_summary, summary_line
 from synthrec.storage import Storage, open_storage
 from synthrec.workers.pretrain import distributed
 from synthrec.workers.runtime import ConfigError, Progress, classify_failure, write_termination_log
@@ -85,7 +86,6 @@ def main(stage: str, task_path: str) -> int:
 
 
 def launch(stage: str, task_path: str) -> int:
-    summary: dict[str, Any] = {"stage": stage}
     started = time.monotonic()
     try:
         task = load_task(task_path, stage)
@@ -94,7 +94,7 @@ def launch(stage: str, task_path: str) -> int:
         done = module.finished(task, storage)
         if done is not None:
             log.info("%s %s is already committed for this spec; nothing to do", stage, task.run)
-            return _succeed({**summary, **done, "skipped": True})
+            return _succeed(done.model_copy(update={"skipped": True}))
         gpus, cpus = _visible_gpus(), os.cpu_count() or 1
         nproc = task.distributed.nproc_per_node or max(1, gpus)
         if task.distributed.nnodes == 1 and nproc == 1:
@@ -108,21 +108,23 @@ def launch(stage: str, task_path: str) -> int:
             ranks = distributed.read_rank_results(results)
     except (Exception, KeyboardInterrupt) as exc:
         kind, message, code = classify_failure(exc, stage)
-        return _failed({**summary, "ok": False, "error": kind, "message": message}, code)
-    summary["seconds"] = round(time.monotonic() - started, 2)
-    if code == 0 and ranks.get(0, {}).get("ok"):
-        return _succeed({**summary, **ranks[0]["summary"]})
-    failures = [r for r in ranks.values() if not r.get("ok")]
+        return _failed(FailureSummary(stage=stage, error=kind, message=message), code)  # type: ignore[arg-type]
+    seconds = round(time.monotonic() - started, 2)
+    summaries = {n: parse_summary(json.dumps(r.get("summary"))) for n, r in ranks.items()}
+    first = summaries.get(0)
+    if code == 0 and first is not None and first.ok:
+        return _succeed(first.model_copy(update={"seconds": seconds}))
+    failures = [(r["code"], summaries[n]) for n, r in ranks.items() if not r.get("ok")]
     if failures:
-        worst = max(failures, key=lambda r: _PRIORITY.get(r["code"], 0))
-        return _failed({**summary, **worst["summary"]}, worst["code"])
+        worst_code, worst = max(failures, key=lambda f: _PRIORITY.get(f[0], 0))
+        if worst is not None:
+            return _failed(worst.model_copy(update={"seconds": seconds}), worst_code)
     message = (
         f"torchrun exited with code {code} and no process reported a result (killed, out of memory, or the "
         "rendezvous failed); see the log above"
     )
-    return _failed(
-        {**summary, "ok": False, "error": "retryable", "message": message}, contract.EXIT_RETRYABLE
-    )
+    failure = FailureSummary(stage=stage, error="retryable", message=message, seconds=seconds)
+    return _failed(failure, contract.EXIT_RETRYABLE)
 
 
 def _visible_gpus() -> int:
@@ -151,23 +153,17 @@ def _run_forwarding_signals(cmd: distributed.Launch) -> int:
             signal.signal(sig, handler)
 
 
-def _succeed(summary: dict[str, Any]) -> int:
-    summary["ok"] = True
+def _succeed(summary: Summary) -> int:
     write_termination_log(summary)
-    log.info("%s done: %s", summary.get("stage"), contract.summary_line(summary))
+    log.info("%s done: %s", summary.stage, summary_line(summary))
     return contract.EXIT_OK
 
 
-def _failed(summary: dict[str, Any], code: int) -> int:
+def _failed(summary: Summary, code: int) -> int:
     write_termination_log(summary)
-    print(
-        f"synthrec {summary.get('stage')}: {summary.get('error')} error: {summary.get('message')}",
-        file=sys.stderr,
-    )
+    if isinstance(summary, FailureSummary):
+        print(f"synthrec {summary.stage}: {summary.error} error: {summary.message}", file=sys.stderr)
     return code
-
-
-# ----------------------------------------------------------------------------------------------- rank
 
 
 def run_rank(stage: str, task_path: str) -> int:
@@ -175,36 +171,31 @@ def run_rank(stage: str, task_path: str) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
-    summary: dict[str, Any] = {"stage": stage}
     started = time.monotonic()
     rank: distributed.Rank | None = None
+    summary: Summary
     try:
         task = load_task(task_path, stage)
         module = importlib.import_module(STAGE_MODULES[stage])
         rank = distributed.init_rank(task.distributed.backend, os.environ.get(contract.ENV_DEVICE))
-        summary["rank"] = rank.rank
         storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
         progress_file = os.environ.get(contract.ENV_PROGRESS_FILE) if rank.is_main else None
         progress = Progress(stage, 0, path=Path(progress_file) if progress_file else None)
         result = module.run(RankContext(task, rank, storage, progress, stop))
         progress.finish()
-        summary.update(result)
-        summary["ok"] = True
-        summary["seconds"] = round(time.monotonic() - started, 2)
+        summary = result.model_copy(update={"ok": True, "seconds": round(time.monotonic() - started, 2)})
         code = contract.EXIT_OK
     except (Exception, KeyboardInterrupt) as exc:
         kind, message, code = classify_failure(exc, stage)
-        summary.update(ok=False, error=kind, message=message)
+        summary = FailureSummary(stage=stage, error=kind, message=message)  # type: ignore[arg-type]
     finally:
         if rank is not None:
             rank.close()
     number = rank.rank if rank is not None else int(os.environ.get("RANK", "0"))
-    distributed.write_rank_result(number, {"ok": summary["ok"], "code": code, "summary": summary})
+    result_doc = {"ok": summary.ok, "code": code, "summary": summary.model_dump(mode="json")}
+    distributed.write_rank_result(number, result_doc)
     if os.environ.get(distributed.ENV_RESULTS) is None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        (_succeed if code == 0 else lambda s: _failed(s, code))(summary)
-    elif code != 0:
-        print(
-            f"synthrec {stage} rank {number}: {summary.get('error')} error: {summary.get('message')}",
-            file=sys.stderr,
-        )
+        return _succeed(summary) if code == 0 else _failed(summary, code)
+    if isinstance(summary, FailureSummary):
+        print(f"synthrec {stage} rank {number}: {summary.error} error: {summary.message}", file=sys.stderr)
     return code

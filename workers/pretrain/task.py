@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from synthrec.api import ApiModel, LabelSpace, RealData
-from synthrec.tasks import _TaskBase
-from synthrec.uris import URIError, parse_model_ref, parse_storage_uri
+from synthrec.plan.tasks import _TaskBase
+from synthrec.storage.uris import URIError, parse_model_ref, parse_storage_uri
 
 Objective = Literal["supervised", "moco-v2"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]

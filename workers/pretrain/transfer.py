@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from synthrec.layout import ExperimentLayout
+from synthrec.contract.layout import ExperimentLayout
+from synthrec.contract.summaries import TransferSummary
 from synthrec.storage import Storage, write_marker
 from synthrec.workers.runtime import ConfigError
 
@@ -35,18 +36,17 @@ def _committed(task: Any, storage: Storage, kind: str) -> dict[str, Any] | None:
     return storage.read_json(folder + "metrics.json") if committed(storage, folder, task.spec_hash) else None
 
 
-def _summary(task: Any, results: dict[str, dict[str, Any]], storage: Storage) -> dict[str, Any]:
-    out: dict[str, Any] = {"run": task.run}
+def _summary(task: Any, results: dict[str, dict[str, Any]], storage: Storage) -> TransferSummary:
+    out = TransferSummary(run=task.run, metrics=storage.uri + ExperimentLayout.transfer(task.run))
     for kind, metrics in results.items():
         if kind == "detection":
-            out["ap50"], out["ap50_voc07"] = metrics["ap50"], metrics["ap50_voc07"]
+            out.ap50, out.ap50_voc07 = metrics["ap50"], metrics["ap50_voc07"]
         else:
-            out[f"{kind}_top1"] = metrics["top1"]
-    out["metrics"] = storage.uri + ExperimentLayout.transfer(task.run)
+            setattr(out, f"{kind}_top1", metrics["top1"])
     return out
 
 
-def finished(task: Any, storage: Storage) -> dict[str, Any] | None:
+def finished(task: Any, storage: Storage) -> TransferSummary | None:
     results = {}
     for kind in requested(task):
         metrics = _committed(task, storage, kind)
@@ -97,7 +97,7 @@ def check_combinations(task: Any, backbone_name: str) -> None:
             raise ConfigError(f"detection: {problem}; use classification or linear_probe for this backbone")
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: Any) -> TransferSummary:
     import torch
 
     from synthrec.workers.pretrain import backbones, checkpoint, classify, detection
@@ -118,7 +118,7 @@ def run(ctx: Any) -> dict[str, Any]:
         if kind == "detection":
             out = detection.train_and_test(ctx, cfg, name, state, mean, std, ckpts)
         else:
-            from synthrec.labels import resolve_labels
+            from synthrec.api.labels import resolve_labels
 
             classes = len(resolve_labels(cfg.labels))
             model = backbones.create_model(

@@ -1,0 +1,297 @@
+"""The report page: one self-contained ``index.html`` rendered from the typed artifacts."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from synthrec.contract import artifacts, confusion
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
+from synthrec.contract.manifest import DatasetManifest
+from synthrec.report.images import MAX_GRID_CLASSES, attach_images, dataset_grids, read_jsonl
+from synthrec.report.plots import plot_accept_rates, plot_confusion, plot_curves, plot_top1_vs_shots
+from synthrec.storage import ObjectNotFound, Storage
+from synthrec.tiny import references_tiny
+
+PROMPTS_PER_CLASS = 3
+WEAKEST_CLASSES = 20  # rows of the best run's per-class table
+CONFUSED_PAIRS = 10
+HEATMAP_MAX_CLASSES = 40  # a confusion-matrix plot beyond this is unreadable; the pairs table stays
+TINY_NOTE = (
+    "These results come from synthrec's built-in tiny models (tiny://), which have RANDOM weights: the "
+    "images are coloured noise and every accuracy below is meaningless. The report shows the mechanics "
+    "of the pipeline only; use real models (see the README) for real numbers."
+)
+
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+h3 { margin-top: 1.5em; }
+table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+.warn { background: #fde8e8; border: 2px solid #c62828; color: #8e0000; padding: .8em 1em;
+        font-weight: bold; }
+.note { color: #666; font-size: .9em; }
+.grid { display: flex; flex-wrap: wrap; gap: 6px; margin: .3em 0 .8em; }
+figure { margin: 0; width: 132px; font-size: .72em; }
+figure img { width: 128px; height: 128px; object-fit: cover; display: block; border: 2px solid #2e7d32; }
+figure.rej img { border-color: #c62828; }
+figcaption { overflow-wrap: anywhere; } .score { font-weight: bold; }
+code { background: #f3f3f3; padding: 0 .2em; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def _rate(value: Any) -> str:
+    return f"{100 * value:.0f}%" if isinstance(value, int | float) else "-"
+
+
+class Renderer:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        (folder / "plots").mkdir(parents=True, exist_ok=True)
+        (folder / "img").mkdir(parents=True, exist_ok=True)
+
+    def render(self, found: list[artifacts.FoundResource], source: str) -> None:
+        tiny = any(references_tiny(res.spec) for res in found)
+        datasets = [r for r in found if r.kind == "SyntheticDataset"]
+        experiments = [r for r in found if r.kind == "RecognitionExperiment"]
+        body = [f"<h1>synthrec report</h1><p class='note'>{_e(source)} &middot; {_e(_now())}</p>"]
+        if tiny:
+            body.append(f"<p class='warn'>{_e(TINY_NOTE)}</p>")
+        body.append("<ul>")
+        for res in datasets + experiments:
+            body.append(f"<li><a href='#{_e(_anchor(res))}'>{_e(res.kind)} {_e(res.name)}</a></li>")
+        body.append("</ul>")
+        for res in datasets:
+            body.append(self.dataset(res))
+        for res in experiments:
+            body.append(self.experiment(res))
+        if tiny:
+            body.append(f"<p class='warn'>{_e(TINY_NOTE)}</p>")
+        page = (
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>synthrec report</title><style>{CSS}</style></head><body>"
+            + "\n".join(body)
+            + "</body></html>\n"
+        )
+        (self.folder / "index.html").write_text(page, encoding="utf-8")
+
+    # ---- datasets
+
+    def dataset(self, res: artifacts.FoundResource) -> str:
+        state = res.dataset_state()
+        spec = state.spec
+        out = [f"<h2 id='{_e(_anchor(res))}'>SyntheticDataset {_e(res.name)}</h2>"]
+        out.append(f"<p class='note'>{_e(res.uri)}</p>")
+        gen, prompts, filt, rg = spec.generator, spec.prompts, spec.filter, spec.real_guidance
+        out.append("<table>")
+        for label, value in (
+            ("prompts", f"{prompts.strategy} {prompts.model or ''}".strip()),
+            ("generator", f"{gen.model} ({gen.steps} steps, guidance {gen.guidance_scale})"),
+            ("real guidance", json.dumps(rg.wire()) if rg else "no"),
+            ("CLIP filter", json.dumps(filt.clip.wire()) if filt.enabled else "disabled"),
+            ("keep per class", filt.keep_per_class),
+        ):
+            out.append(f"<tr><th class='l'>{_e(label)}</th><td class='l'>{_e(value)}</td></tr>")
+        out.append("</table>")
+        stages = ", ".join(f"{s.stage} {len(s.committed)}/{s.shards}" for s in state.stages if s.enabled)
+        if state.manifest is None:
+            out.append(
+                f"<p class='warn'>Not complete yet (no manifest.json); committed shards: {_e(stages)}</p>"
+            )
+            out.append(self.prompt_samples(res.storage, None))
+            return "\n".join(out)
+        manifest = state.manifest
+        counts = manifest.counts
+        out.append(
+            f"<p>{counts.generated} images generated, {counts.passed} passed the CLIP filter threshold "
+            f"({_e(_rate(counts.accept_rate))}), {counts.kept} kept, {counts.rejected} rejected. "
+            f"Shards: {_e(stages)}. Dataset card: <code>manifest.json</code> "
+            f"(sha256 <code>{_e(str(state.manifest_digest)[:16])}</code>).</p>"
+        )
+        per_class = manifest.per_class
+        out.append("<h3>Accept rates per class</h3><table><tr><th class='l'>class</th><th>generated</th>")
+        out.append("<th>passed</th><th>kept</th><th>accept rate</th><th>keep rate</th></tr>")
+        for c in per_class:
+            out.append(
+                f"<tr><td class='l'>{_e(c.name)}</td><td>{c.generated}</td><td>{c.passed}</td>"
+                f"<td>{c.kept}</td><td>{_rate(c.accept_rate)}</td><td>{_rate(c.keep_rate)}</td></tr>"
+            )
+        out.append("</table>")
+        if per_class:
+            rel = f"plots/{res.name}-accept-rates.png"
+            plot_accept_rates(per_class, self.folder / rel, f"{res.name}: CLIP filter per class")
+            out.append(f"<img src='{_e(rel)}' alt='accept rates per class'>")
+        out.append(self.prompt_samples(res.storage, manifest))
+        out.append(self.grids(res, manifest))
+        return "\n".join(out)
+
+    def prompt_samples(self, storage: Storage, manifest: DatasetManifest | None) -> str:
+        rows = read_jsonl(storage, DatasetLayout.prompts)
+        if not rows:
+            return "<p class='note'>No prompts yet.</p>"
+        per_class: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        totals: dict[int, int] = defaultdict(int)
+        for row in rows:
+            c = int(row.get("class", -1))
+            totals[c] += 1
+            if len(per_class[c]) < PROMPTS_PER_CLASS:
+                per_class[c].append(row)
+        out = [f"<h3>Prompt samples</h3><p class='note'>{len(rows)} prompts in prompts.jsonl.</p><table>"]
+        out.append("<tr><th class='l'>class</th><th>prompts</th><th class='l'>samples</th></tr>")
+        for c in sorted(per_class)[:MAX_GRID_CLASSES]:
+            samples = "<br>".join(
+                f"{_e(r.get('prompt'))} <span class='note'>({_e(r.get('source'))}, "
+                f"{_e(r.get('images'))} images)</span>"
+                for r in per_class[c]
+            )
+            name = per_class[c][0].get("class_name", c)
+            out.append(
+                f"<tr><td class='l'>{_e(name)}</td><td>{totals[c]}</td><td class='l'>{samples}</td></tr>"
+            )
+        out.append("</table>")
+        if len(per_class) > MAX_GRID_CLASSES:
+            out.append(f"<p class='note'>First {MAX_GRID_CLASSES} of {len(per_class)} classes shown.</p>")
+        return "\n".join(out)
+
+    def grids(self, res: artifacts.FoundResource, manifest: DatasetManifest) -> str:
+        grids = dataset_grids(res.storage, manifest)
+        attach_images(res.storage, grids, self.folder, f"img/{res.name}")
+        out = ["<h3>Kept and rejected images</h3>"]
+        out.append(
+            "<p class='note'>Green: kept by the CLIP filter; red: rejected. The score is the CLIP zero-shot "
+            "probability of the intended class.</p>"
+        )
+        for grid in grids:
+            out.append(f"<h4>{_e(grid.name)}</h4>")
+            for title, samples, css in (("kept", grid.kept, ""), ("rejected", grid.rejected, "rej")):
+                if not samples:
+                    continue
+                out.append(f"<div class='note'>{title}</div><div class='grid'>")
+                for s in samples:
+                    img = f"<img src='{_e(s.image)}' alt='{_e(s.key)}'>" if s.image else ""
+                    score = "-" if s.score is None else f"{s.score:.2f}"
+                    out.append(
+                        f"<figure class='{css}'>{img}<figcaption><span class='score'>{score}</span> "
+                        f"{_e(s.prompt)}</figcaption></figure>"
+                    )
+                out.append("</div>")
+        classes = manifest.labels.classes
+        if len(classes) > len(grids):
+            out.append(f"<p class='note'>Grids for the first {len(grids)} of {len(classes)} classes.</p>")
+        return "\n".join(out)
+
+    # ---- experiments
+
+    def experiment(self, res: artifacts.FoundResource) -> str:
+        state = res.experiment_state()
+        out = [f"<h2 id='{_e(_anchor(res))}'>RecognitionExperiment {_e(res.name)}</h2>"]
+        out.append(f"<p class='note'>{_e(res.uri)}</p>")
+        out.append(f"<p>Backbone: <code>{_e(json.dumps(state.spec.backbone.wire()))}</code>. ")
+        out.append(f"{sum(r.done for r in state.runs)} of {len(state.runs)} runs done.</p>")
+        out.append(
+            "<h3>Accuracy of all runs</h3><table><tr><th class='l'>run</th><th>shots</th><th>seed</th>"
+        )
+        out.append("<th class='l'>variant</th><th>top-1</th><th>zero-shot top-1</th><th>change</th>")
+        out.append("<th>synthetic images</th><th>real images</th></tr>")
+        for r in state.runs:
+            counts = r.metrics.counts if r.metrics else None
+            change = (
+                "-" if r.top1 is None or r.zero_shot_top1 is None else f"{r.top1 - r.zero_shot_top1:+.1f}"
+            )
+            out.append(
+                f"<tr><td class='l'>{_e(r.name)}</td><td>{r.shots}</td><td>{r.seed}</td>"
+                f"<td class='l'>{_e(r.variant or '-')}</td>"
+                f"<td>{_pct(r.top1) if r.done else 'not done'}</td><td>{_pct(r.zero_shot_top1)}</td>"
+                f"<td>{change}</td><td>{counts.synthetic if counts else '-'}</td>"
+                f"<td>{counts.real_train if counts else '-'}</td></tr>"
+            )
+        out.append("</table>")
+        rel = f"plots/{res.name}-top1-vs-shots.png"
+        if plot_top1_vs_shots(state.runs, self.folder / rel, f"{res.name}: top-1 against shots"):
+            out.append(f"<img src='{_e(rel)}' alt='top-1 against shots'>")
+        curves = {}
+        for r in state.runs:
+            if r.done:
+                try:
+                    curve = res.storage.read_json(ExperimentLayout.run(r.name, "curve.json"))
+                except (ObjectNotFound, ValueError):
+                    continue
+                if isinstance(curve, dict):
+                    curves[r.name] = curve
+        rel = f"plots/{res.name}-curves.png"
+        if plot_curves(curves, self.folder / rel, f"{res.name}: training curves"):
+            out.append(f"<h3>Training curves</h3><img src='{_e(rel)}' alt='training curves'>")
+        elif state.runs:
+            out.append("<p class='note'>No training curves (no run trained a head, e.g. zero-shot only).</p>")
+        out.append(self.best_run(res, state))
+        return "\n".join(out)
+
+    def best_run(self, res: artifacts.FoundResource, state: artifacts.ExperimentState) -> str:
+        """Where the best finished run errs: its weakest classes, its most confused pairs, its matrix."""
+        done = [r for r in state.runs if r.done and r.top1 is not None]
+        if not done:
+            return ""
+        best = max(done, key=lambda r: r.top1 or 0.0)  # the first of equals, in matrix order
+        out = [f"<h3>Where the best run errs: {_e(best.name)} ({_pct(best.top1)} top-1)</h3>"]
+        per_class = [c for c in (best.metrics.per_class if best.metrics else []) if c.top1 is not None]
+        if per_class:
+            weakest = sorted(per_class, key=lambda c: (c.top1 or 0.0, c.index))[:WEAKEST_CLASSES]
+            out.append("<table><tr><th class='l'>class</th><th>test images</th><th>top-1</th>")
+            out.append("<th>zero-shot top-1</th><th>change</th></tr>")
+            for c in weakest:
+                zs = c.zero_shot_top1
+                change = "-" if zs is None or c.top1 is None else f"{c.top1 - zs:+.1f}"
+                out.append(
+                    f"<tr><td class='l'>{_e(c.name)}</td><td>{c.count}</td><td>{_pct(c.top1)}</td>"
+                    f"<td>{_pct(zs)}</td><td>{change}</td></tr>"
+                )
+            out.append("</table>")
+            if len(per_class) > len(weakest):
+                out.append(f"<p class='note'>The {len(weakest)} weakest of {len(per_class)} classes.</p>")
+        try:
+            doc = res.storage.read_json(ExperimentLayout.run_confusion(best.name))
+        except (ObjectNotFound, ValueError):
+            doc = None
+        if not (isinstance(doc, dict) and isinstance(doc.get("classes"), list) and "test" in doc):
+            out.append("<p class='note'>No readable confusion matrix for this run (confusion.json).</p>")
+            return "\n".join(out)
+        pairs = confusion.most_confused(doc, CONFUSED_PAIRS)
+        if pairs:
+            out.append("<table><tr><th class='l'>true class</th><th class='l'>predicted as</th>")
+            out.append("<th>test images</th><th>% of the class</th><th>same error, zero-shot CLIP</th></tr>")
+            for p in pairs:
+                out.append(
+                    f"<tr><td class='l'>{_e(p.true)}</td><td class='l'>{_e(p.predicted)}</td><td>{p.count}"
+                    f"</td><td>{p.share:.1f}</td><td>{p.zero_shot_count}</td></tr>"
+                )
+            out.append("</table>")
+        if len(doc["classes"]) <= HEATMAP_MAX_CLASSES:
+            rel = f"plots/{res.name}-confusion.png"
+            plot_confusion(doc, self.folder / rel, f"{best.name}: confusion on the test split")
+            out.append(f"<img src='{_e(rel)}' alt='confusion matrix of {_e(best.name)}'>")
+        return "\n".join(out)
+
+
+def _anchor(res: artifacts.FoundResource) -> str:
+    return f"{'ds' if res.kind == 'SyntheticDataset' else 'ex'}-{res.name}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
