@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from synthrec.contract.manifest import DatasetManifest, ShardRecord
+from synthrec.plan.tasks import PretrainTask, TransferTask
 from synthrec.storage import open_storage
 from synthrec.workers.pretrain import distributed
 from synthrec.workers.pretrain.data import (
@@ -24,7 +25,6 @@ from synthrec.workers.pretrain.data import (
     units,
 )
 from synthrec.workers.pretrain.recipes import lr_at, resolve_recipe
-from synthrec.workers.pretrain.task import PretrainTask, TransferTask
 from synthrec.workers.runtime import ConfigError, DataError
 from tests.harness.artifacts import dataset_manifest
 
@@ -53,10 +53,10 @@ def pretrain(**kw: Any) -> PretrainTask:
 def test_the_task_rejects_combinations_that_cannot_run_with_the_field_named() -> None:
     with pytest.raises(ValidationError, match="batch_size 256 is not divisible by the world size 3"):
         pretrain(distributed={"nproc_per_node": 3})
+    with pytest.raises(ValidationError, match=r"world size 6 \(2 node\(s\) x 3 process\(es\)\)"):
+        pretrain(distributed={"nnodes": 2, "nproc_per_node": 3})
     with pytest.raises(ValidationError, match=r"moco\.queue 65536 must be a multiple of batch_size 384"):
         pretrain(objective="moco-v2", batch_size=384)
-    with pytest.raises(ValidationError, match="nnodes > 1 needs job and service"):
-        pretrain(distributed={"nnodes": 2})
     with pytest.raises(ValidationError, match="format must be webdataset"):
         pretrain(
             data={
@@ -159,7 +159,8 @@ def _storage() -> Any:
 
 def test_the_plan_takes_kept_or_all_images_and_caps_keeping_each_class_share() -> None:
     manifest = _manifest([{0: (100, 50), 1: (20, 10)}, {1: (80, 40), 2: (100, 60)}, {3: (100, 0)}])
-    kept = plan_data(pretrain(), [(manifest, "d" * 64, _storage())], [])
+    kept_only = {"synthetic": [{"uri": "file:///d/"}], "images": "kept"}
+    kept = plan_data(pretrain(data=kept_only), [(manifest, "d" * 64, _storage())], [])
     assert kept.selected == kept.available == 160 and len(kept.shards) == 2  # shard 2 has nothing kept
     everything = plan_data(
         pretrain(data={"synthetic": [{"uri": "file:///d/"}], "images": "all"}),
@@ -167,9 +168,7 @@ def test_the_plan_takes_kept_or_all_images_and_caps_keeping_each_class_share() -
         [],
     )
     assert everything.selected == 400 and len(everything.shards) == 3
-    capped = plan_data(
-        pretrain(data={"synthetic": [{"uri": "file:///d/"}], "size": 80}), [(manifest, "d", _storage())], []
-    )
+    capped = plan_data(pretrain(data={**kept_only, "size": 80}), [(manifest, "d", _storage())], [])
     per_class = Counter()
     for s in capped.shards:
         for c, n in s.take:
@@ -177,7 +176,7 @@ def test_the_plan_takes_kept_or_all_images_and_caps_keeping_each_class_share() -
     assert capped.selected == 80 and dict(per_class) == {0: 25, 1: 25, 2: 30}
     with pytest.raises(ConfigError, match=r"data\.size 161 exceeds the 160 kept images"):
         plan_data(
-            pretrain(data={"synthetic": [{"uri": "file:///d/"}], "size": 161}),
+            pretrain(data={**kept_only, "size": 161}),
             [(manifest, "d", _storage())],
             [],
         )
@@ -185,7 +184,7 @@ def test_the_plan_takes_kept_or_all_images_and_caps_keeping_each_class_share() -
         update={"shards": [ShardRecord(shard=0, tar="shards/gen-00000.tar", images=1, corrupt=0)]}
     )
     with pytest.raises(DataError, match="older synthrec without per-shard index files"):
-        plan_data(pretrain(), [(old, "d", _storage())], [])
+        plan_data(pretrain(data=kept_only), [(old, "d", _storage())], [])
 
 
 def test_a_shard_selects_its_kept_keys_and_the_cap_ranks_keys_by_seed() -> None:
@@ -274,32 +273,43 @@ def test_the_local_launch_is_standalone_with_one_process_per_gpu_or_one_on_cpu()
     assert forced.nproc_per_node == 2
 
 
-def test_a_multi_node_launch_meets_at_index_0s_stable_hostname() -> None:
-    task = pretrain(
-        distributed={
-            "nnodes": 4,
-            "nproc_per_node": 8,
-            "job": "exp-pre-a1",
-            "service": "exp-pre",
-            "port": 29500,
-        }
-    )
-    cmd = distributed.launch_for_task(
-        task, "/etc/synthrec/task/task.json", python="python", gpus=8, cpus=64, results_dir=None
-    )
-    assert "--standalone" not in cmd.argv
-    assert cmd.argv[3:11] == [
-        "--nnodes=4",
-        "--nproc-per-node=8",
-        "--max-restarts=3",
-        "--shutdown-timeout=120",
-        "--rdzv-backend=c10d",
-        "--rdzv-endpoint=exp-pre-a1-0.exp-pre:29500",
-        "--rdzv-id=exp-pre-a1",
-        "--rdzv-conf=join_timeout=900",
-    ]
-    assert cmd.argv[-5:] == ["-m", "synthrec.workers", "pretrain", "--task", "/etc/synthrec/task/task.json"]
-    with pytest.raises(ValueError, match="needs the Job's name"):
+def test_a_multi_node_launch_meets_at_index_0s_stable_hostname_which_hosts_the_store() -> None:
+    task = pretrain(distributed={"nnodes": 4, "nproc_per_node": 8, "shutdown_timeout": 270}, attempt=2)
+    task_file = "/etc/synthrec/task/task.json"
+    pods = {
+        index: distributed.launch_for_task(
+            task,
+            task_file,
+            python="python",
+            gpus=8,
+            cpus=64,
+            results_dir=None,
+            environ={"SYNTHREC_RDZV_ENDPOINT": "x-r3-pretrain-a2-0.x-r3-pretrain-a2:29500", **index_env},
+        )
+        for index, index_env in ((0, {"JOB_COMPLETION_INDEX": "0"}), (3, {"JOB_COMPLETION_INDEX": "3"}))
+    }
+    for index, cmd in pods.items():
+        assert "--standalone" not in cmd.argv
+        assert cmd.argv[3:11] == [
+            "--nnodes=4",
+            "--nproc-per-node=8",
+            "--max-restarts=3",
+            "--shutdown-timeout=270",
+            "--rdzv-backend=c10d",
+            "--rdzv-endpoint=x-r3-pretrain-a2-0.x-r3-pretrain-a2:29500",
+            "--rdzv-id=x-r1-a2",  # the same on every pod of the attempt
+            f"--rdzv-conf=join_timeout=900,is_host={int(index == 0)}",
+        ]
+        assert cmd.argv[-5:] == [
+            "-m",
+            "synthrec.workers",
+            "pretrain",
+            "--task",
+            "/etc/synthrec/task/task.json",
+        ]
+    with pytest.raises(ConfigError, match="needs SYNTHREC_RDZV_ENDPOINT"):
+        distributed.launch_for_task(task, "t", python="p", gpus=8, cpus=8, results_dir=None, environ={})
+    with pytest.raises(ValueError, match="needs the rendezvous endpoint"):
         distributed.launch_command(
             stage="pretrain", task_path="t", python="p", nnodes=2, nproc_per_node=1, max_restarts=0
         )

@@ -10,8 +10,10 @@ Job) and a transient one (retry). Under torchrun (``LOCAL_RANK`` is set) the sam
 
 Locally: one node, ``--standalone`` rendezvous, one process per visible GPU (one on CPU). On a cluster:
 one pod per node of an Indexed Job, a c10d rendezvous on index 0's stable hostname
-``<job>-0.<service>:<port>`` (the headless Service gives it DNS), ``--nproc-per-node`` = GPUs per pod
-and ``--max-restarts`` for elastic recovery.
+``<job>-0.<service>:<port>`` (the headless Service gives it DNS; the operator passes it in
+``SYNTHREC_RDZV_ENDPOINT``), ``--nproc-per-node`` = GPUs per pod and ``--max-restarts`` for elastic
+recovery; ``--shutdown-timeout`` is the time the ranks get for their checkpoint after SIGTERM, within the
+pod's grace period.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from synthrec.contract.worker import ENV_COMPLETION_INDEX, ENV_RENDEZVOUS
 
 ENV_RESULTS = "SYNTHREC_RANK_RESULTS"  # folder where each rank writes rank-<n>.json
 DEFAULT_SHUTDOWN_TIMEOUT = 120  # seconds torchrun waits after SIGTERM: time for the final checkpoint
@@ -46,18 +50,19 @@ def launch_command(
     nnodes: int,
     nproc_per_node: int,
     max_restarts: int,
-    job: str | None = None,
-    service: str | None = None,
-    port: int = 29400,
+    endpoint: str | None = None,
+    node_index: int = 0,
+    run_id: str | None = None,
     threads_per_process: int | None = None,
     results_dir: str | None = None,
     shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT,
 ) -> Launch:
     """The torchrun command line and environment for one node of a distributed stage.
 
-    ``nnodes == 1`` without ``job``: a standalone rendezvous on this machine. Otherwise every pod of the
-    Indexed Job ``job`` runs the same command with a c10d rendezvous on ``<job>-0.<service>:<port>`` (run
-    id = the Job's name, so a replacement pod of the same Job joins the same group)."""
+    Without ``endpoint`` (one node): a standalone rendezvous on this machine. Otherwise every pod of the
+    Indexed Job runs the same command with a c10d rendezvous on ``endpoint`` (``<job>-0.<service>:<port>``,
+    index 0's stable hostname); index 0 hosts the store (``is_host``: no guessing from DNS) and ``run_id``
+    is the same on every pod of the group."""
     if nnodes < 1 or nproc_per_node < 1:
         raise ValueError(f"nnodes {nnodes} and nproc_per_node {nproc_per_node} must be at least 1")
     argv = [
@@ -69,17 +74,19 @@ def launch_command(
         f"--max-restarts={max_restarts}",
         f"--shutdown-timeout={shutdown_timeout}",
     ]
-    if nnodes == 1 and job is None:
+    if endpoint is None:
+        if nnodes > 1:
+            raise ValueError(f"a launch on {nnodes} nodes needs the rendezvous endpoint of index 0")
         argv.append("--standalone")
     else:
-        if not job or not service:
-            raise ValueError("a multi-node launch needs the Job's name and its headless Service's name")
+        if not run_id:
+            raise ValueError("a multi-node launch needs a run id shared by every node")
         argv += [
             "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={job}-0.{service}:{port}",
-            f"--rdzv-id={job}",
-            # pods of a gang start within minutes of each other (image pulls); wait for all of them
-            "--rdzv-conf=join_timeout=900",
+            f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id={run_id}",
+            # pods of a gang start within minutes of each other (image pulls): wait for all of them
+            f"--rdzv-conf=join_timeout=900,is_host={int(node_index == 0)}",
         ]
     argv += ["-m", "synthrec.workers", stage, "--task", task_path]
     env: dict[str, str] = {}
@@ -91,11 +98,29 @@ def launch_command(
 
 
 def launch_for_task(
-    task: Any, task_path: str, *, python: str, gpus: int, cpus: int, results_dir: str | None
+    task: Any,
+    task_path: str,
+    *,
+    python: str,
+    gpus: int,
+    cpus: int,
+    results_dir: str | None,
+    environ: Mapping[str, str] = os.environ,
 ) -> Launch:
-    """``launch_command`` for a task on a machine with ``gpus`` visible GPUs and ``cpus`` cores."""
+    """``launch_command`` for a task on a machine with ``gpus`` visible GPUs and ``cpus`` cores; on
+    several nodes the rendezvous endpoint and this node's index come from the pod's environment
+    (``SYNTHREC_RDZV_ENDPOINT``, set by the operator, and ``JOB_COMPLETION_INDEX``)."""
+    from synthrec.workers.runtime import ConfigError
+
     d = task.distributed
     nproc = d.nproc_per_node or (gpus if gpus > 0 else 1)
+    endpoint = environ.get(ENV_RENDEZVOUS) if d.nnodes > 1 else None
+    if d.nnodes > 1 and not endpoint:
+        raise ConfigError(
+            f"this {task.stage} stage runs on {d.nnodes} nodes and needs {ENV_RENDEZVOUS} (index 0's "
+            "<job>-0.<service>:<port>, which the operator sets on the Job's pods); run it through the "
+            "operator, or with distributed nodes 1"
+        )
     return launch_command(
         stage=task.stage,
         task_path=task_path,
@@ -103,11 +128,12 @@ def launch_for_task(
         nnodes=d.nnodes,
         nproc_per_node=nproc,
         max_restarts=d.max_restarts if d.max_restarts is not None else (3 if d.nnodes > 1 else 0),
-        job=d.job if d.nnodes > 1 else None,
-        service=d.service if d.nnodes > 1 else None,
-        port=d.port,
+        endpoint=endpoint,
+        node_index=int(environ.get(ENV_COMPLETION_INDEX) or 0),
+        run_id=f"{task.resource.name}-{task.run}-a{task.attempt}",
         threads_per_process=max(1, cpus // nproc),
         results_dir=results_dir,
+        shutdown_timeout=d.shutdown_timeout,
     )
 
 

@@ -57,20 +57,12 @@ class RankContext:
 
 def load_task(path: str, stage: str) -> Any:
     """The task file of a distributed stage; ConfigError naming the file for anything invalid."""
-    from pydantic import TypeAdapter, ValidationError
-
-    from synthrec.workers.pretrain.task import DistributedTask
+    from synthrec.plan.tasks import load_task as read_task
 
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read task file {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"task file {path} is not JSON: {exc}") from None
-    try:
-        task = TypeAdapter(DistributedTask).validate_python(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"task file {path} is not a valid {stage} task:\n{exc}") from None
+        task = read_task(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if task.stage != stage:
         raise ConfigError(f"task file {path} is for stage {task.stage!r}, not {stage!r}")
     return task
@@ -111,8 +103,9 @@ def launch(stage: str, task_path: str) -> int:
         return _failed(FailureSummary(stage=stage, error=kind, message=message), code)  # type: ignore[arg-type]
     seconds = round(time.monotonic() - started, 2)
     summaries = {n: parse_summary(json.dumps(r.get("summary"))) for n, r in ranks.items()}
-    first = summaries.get(0)
-    if code == 0 and first is not None and first.ok:
+    # this node's ranks (rank 0 only on the node that got it): its lowest rank speaks for the node
+    first = summaries[min(summaries)] if summaries else None
+    if code == 0 and first is not None and all(r.get("ok") for r in ranks.values()):
         return _succeed(first.model_copy(update={"seconds": seconds}))
     failures = [(r["code"], summaries[n]) for n, r in ranks.items() if not r.get("ok")]
     if failures:
