@@ -158,8 +158,32 @@ class Method(ApiModel):
 class LabelSpaceData(ApiModel):
     """One value of matrix.labelSpaces: a named pre-training set (e.g. IN-1K Syn, IN-2K Syn)."""
 
-    name: DnsLabel
+    __cel_rules__ = (
+        Rule(
+            "!has(self.dataSizes) || self.dataSizes.all(s, s >= 0)",
+            "matrix.labelSpaces[].dataSizes values must be non-negative",
+            ".dataSizes",
+        ),
+    )
+
+    name: str = Field(
+        min_length=1, max_length=20, pattern=_DNS_LABEL, description="A short name (it is part of run names)."
+    )
     synthetic: list[SyntheticSource] = Field(min_length=1, max_length=16)
+    data_sizes: list[int] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description="This label space's sizes (e.g. IN-1K Syn 1.2M and 2.4M, IN-2K Syn 2.4M and 4.0M); "
+        "default: matrix.dataSizes.",
+    )
+
+    @field_validator("data_sizes")
+    @classmethod
+    def _unique(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and len(set(values)) != len(values):
+            raise ValueError(f"values must be unique, got {values}")
+        return values
 
 
 class Variant(ApiModel):
@@ -170,6 +194,13 @@ class Variant(ApiModel):
         default=None, max_length=16, description="Replaces data.synthetic ([] for real data only)."
     )
     classifier_tuning: ClassifierTuningOverrides | None = None  # type: ignore[valid-type]
+
+
+_PER_CELL = (
+    "size(self.seeds) * (has(self.inits) ? size(self.inits) : 1) * "
+    "(has(self.objectives) ? size(self.objectives) : 1)"
+)
+_SIZES = "(has(self.dataSizes) ? size(self.dataSizes) : 1)"
 
 
 class Matrix(ApiModel):
@@ -193,9 +224,11 @@ class Matrix(ApiModel):
             ".dataSizes",
         ),
         Rule(
-            "size(self.seeds) * (has(self.dataSizes) ? size(self.dataSizes) : 1) * "
-            "(has(self.inits) ? size(self.inits) : 1) * (has(self.objectives) ? size(self.objectives) : 1) * "
-            f"(has(self.labelSpaces) ? size(self.labelSpaces) : 1) <= {MAX_RUNS}",
+            # runs = seeds x inits x objectives x (sizes summed over the label spaces), bounded by the
+            # number of label spaces times the sizes of each (plain CEL has no sum or max)
+            f"has(self.labelSpaces) ? self.labelSpaces.all(l, {_PER_CELL} * size(self.labelSpaces) * "
+            f"(has(l.dataSizes) ? size(l.dataSizes) : {_SIZES}) <= {MAX_RUNS}) : "
+            f"{_PER_CELL} * {_SIZES} <= {MAX_RUNS}",
             f"the pre-training matrix expands to more than {MAX_RUNS} runs; split it into several "
             "experiments",
         ),
@@ -311,8 +344,10 @@ _PRETRAIN_RULES = (
         reason="FieldValueRequired",
     ),
     Rule(
-        "!has(self.method.pretrain) || has(self.method.pretrain.transfer) || !has(self.matrix.dataSizes) || "
-        "!self.matrix.dataSizes.exists(s, s == 0)",
+        "!has(self.method.pretrain) || has(self.method.pretrain.transfer) || "
+        "((!has(self.matrix.dataSizes) || !self.matrix.dataSizes.exists(s, s == 0)) && "
+        "(!has(self.matrix.labelSpaces) || !self.matrix.labelSpaces.exists(l, has(l.dataSizes) && "
+        "l.dataSizes.exists(s, s == 0))))",
         "matrix.dataSizes 0 runs no pre-training, only the transfer of the init: set "
         "method.pretrain.transfer",
         field_path=".matrix.dataSizes",
@@ -348,7 +383,7 @@ class RecognitionExperimentSpec(ApiModel):
 
     labels: LabelSpace
     backbone: Backbone = Field(default_factory=Backbone)
-    data: ExperimentData
+    data: ExperimentData = Field(default_factory=ExperimentData)
     method: Method = Field(default_factory=Method)
     matrix: Matrix = Field(default_factory=Matrix)
     execution: Execution = Field(default_factory=Execution)

@@ -54,15 +54,15 @@ def pretrain_runs(spec: RecognitionExperimentSpec) -> list[PretrainRun]:
     """The matrix expanded in a stable order (label space, objective, init, data size, seed)."""
     method, matrix = spec.method.pretrain, spec.matrix
     assert method is not None, "not a pre-training experiment"
-    spaces: list[tuple[str | None, list[SyntheticSource]]] = [
-        (s.name, list(s.synthetic)) for s in matrix.label_spaces or []
-    ] or [(None, list(spec.data.synthetic))]
+    default_sizes: list[int | None] = list(matrix.data_sizes or [None])
+    spaces: list[tuple[str | None, list[SyntheticSource], list[int | None]]] = [
+        (s.name, list(s.synthetic), list(s.data_sizes or default_sizes)) for s in matrix.label_spaces or []
+    ] or [(None, list(spec.data.synthetic), default_sizes)]
     objectives = list(matrix.objectives or [method.objective])
     inits = list(matrix.inits or [method.init])
-    sizes: list[int | None] = list(matrix.data_sizes or [None])
     seeds = matrix.seeds
     runs: list[PretrainRun] = []
-    for space, synthetic in spaces:
+    for space, synthetic, sizes in spaces:
         for objective in objectives:
             for init in inits:
                 for size in sizes:
@@ -168,6 +168,7 @@ def pretrain_task(
         spec_hash=pretrain_hash(spec, run, inputs),
         attempt=attempt,
         run=run.name,
+        experiment=spec,
         precision=method.precision,
         seed=run.seed,
         distributed=placement(spec, cluster=cluster),
@@ -213,6 +214,7 @@ def transfer_task(
         spec_hash=transfer_hash(spec, run, source_hash),
         attempt=attempt,
         run=run.name,
+        experiment=spec,
         precision=method.precision,
         seed=run.seed,
         distributed=placement(spec, cluster=cluster),

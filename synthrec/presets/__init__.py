@@ -63,6 +63,7 @@ PRESET_NAMES: tuple[str, ...] = (
     "imagenet_r",
     "imagenet_sketch",
     "oxford_pets",
+    "pascal_voc",
     "stanford_cars",
     "sun397",
     "tiny",
@@ -76,6 +77,7 @@ PRESET_ALIASES: dict[str, str] = {
     "imagenet_2k": "imagenet2k",
     "in2k": "imagenet2k",
     "pets": "oxford_pets",
+    "voc": "pascal_voc",
     "oxford_iiit_pet": "oxford_pets",
     "oxfordpets": "oxford_pets",
     "flowers": "flowers102",
@@ -413,6 +415,14 @@ _IMAGENET_R_STYLES = (
     "a {} in a video game.",
 )
 
+# PASCAL VOC's 20 classes in the devkit's order (the detection transfer's label space, Tables 10-11), named
+# in words; the devkit's spelling is the folder (its XML <name>).
+_VOC_DEVKIT = (
+    "aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike person "
+    "pottedplant sheep sofa train tvmonitor"
+).split()
+_VOC_WORDS = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
+
 _TINY_CLASSES = ("red circle", "green square", "blue triangle", "yellow cross")
 _TINY_TEMPLATES = ("a photo of a {c}.", "a drawing of a {c}.")
 
@@ -591,6 +601,13 @@ _SPECS: dict[str, _Spec] = {
         templates=_from_clip_benchmark(_CB_TEMPLATES, "pets"),
         filter_template="a photo of a {c}, a type of pet.",
         filter_source=_ANALOGY_CF,
+    ),
+    "pascal_voc": _Spec(
+        "PASCAL VOC (20 classes)",
+        names=_inline([_VOC_WORDS.get(n, n) for n in _VOC_DEVKIT], "the VOC devkit's classes, in words"),
+        folders=_inline(_VOC_DEVKIT, "the VOC devkit's class names (Annotations <name>)"),
+        templates=_inline(("a photo of a {c}.",), "synthrec (no paper head for VOC)"),
+        filter_source=f"{_ANALOGY_CF} ('a photo of a {{c}}.')",
     ),
     "stanford_cars": _Spec(
         "Stanford Cars",

@@ -38,6 +38,7 @@ CLASS_COUNTS = {
     "imagenet_r": 200,
     "imagenet_sketch": 1000,
     "oxford_pets": 37,
+    "pascal_voc": 20,
     "stanford_cars": 196,
     "sun397": 397,
     "tiny": 4,
@@ -64,8 +65,9 @@ def _clip_benchmark(filename: str) -> dict:
 def test_preset_names_are_exactly_the_papers_datasets_plus_tiny():
     assert set(PRESET_NAMES) == set(CLASS_COUNTS)
     assert list(PRESET_NAMES) == sorted(PRESET_NAMES)
-    # Table 1's 17 datasets, the pre-training study's IN-2K (Tables 9-11) and the offline demo
-    assert {row[0] for row in TABLE1} == set(PRESET_NAMES) - {"tiny", "imagenet2k"} and len(TABLE1) == 17
+    # Table 1's 17 datasets, the pre-training study's IN-2K and VOC (Tables 9-11) and the offline demo
+    others = {"tiny", "imagenet2k", "pascal_voc"}
+    assert {row[0] for row in TABLE1} == set(PRESET_NAMES) - others and len(TABLE1) == 17
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -379,7 +381,7 @@ def test_without_the_workers_extra_presets_that_need_it_say_what_to_install():
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "19 4"
+    assert lines[0] == "20 4"
     assert [line.split()[0] for line in lines[1:]] == ["imagenet1k", "cifar10", "eurosat"]
     assert "'open_clip'" in lines[1] and "'clip_benchmark'" in lines[2]
     assert all("synthrec[workers]" in line for line in lines[1:])
@@ -405,3 +407,11 @@ def test_in2k_is_imagenet1k_plus_1000_imagenet21k_classes_drawn_reproducibly_fro
     assert "blake2b" in in2k.provenance["classes"] and "imagenet12k_synsets.txt" in in2k.provenance["classes"]
     # the draw is fixed: the same first and last classes on every machine and version of synthrec
     assert (extra[0].folder, extra[-1].folder) == ("n02752496", "n02882894")
+
+
+def test_pascal_voc_names_its_classes_in_words_with_the_devkits_spelling_as_folders():
+    voc = get_preset("voc")
+    from synthrec.api.pretraining import VOC_CLASSES
+
+    assert [c.folder or c.name for c in voc.classes] == list(VOC_CLASSES)  # the detector's class order
+    assert voc.names[10] == "dining table" and voc.classes[10].folder == "diningtable"
