@@ -174,11 +174,11 @@ def spec_document(task: Any) -> dict[str, Any]:
         "metadata": {"name": task.resource.name, "namespace": task.resource.namespace},
         "synthrec": __version__,
     }
-    if task.stage == "train":
+    if task.stage in ("train", "pretrain", "transfer"):
         spec = task.experiment
         doc["spec"] = spec.wire()
         doc["specHash"] = plan.experiment_hash(spec)
-        doc["runs"] = [r.name for r in plan.experiment_runs(spec)]
+        doc["runs"] = [r.name for r in plan.runs_of(spec)]
     else:
         doc["spec"] = task.dataset.wire()
         doc["hashes"] = dict(task.hashes)

@@ -20,7 +20,14 @@ from synthrec.contract.base import DocumentError
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout, StorageLayout
 from synthrec.contract.manifest import DatasetManifest, parse_manifest
 from synthrec.contract.metrics import RunMetrics, parse_metrics
-from synthrec.plan.tasks import Run
+from synthrec.contract.pretraining import (
+    TRANSFER_KINDS,
+    PretrainMetrics,
+    TransferMetrics,
+    parse_pretrain_metrics,
+    parse_transfer_metrics,
+)
+from synthrec.plan.tasks import PretrainRun, Run
 from synthrec.storage import ObjectNotFound, Storage, StorageError, open_storage
 
 _SHARD_MARKER = re.compile(r"^(shards|features)/gen-(\d+)\.done\.json$")
@@ -186,19 +193,61 @@ class RunState:
 
 
 @dataclass
+class PretrainRunState:
+    """A pre-training run (the plan's record of it) and its stages' artifacts: the pre-trained backbone's
+    metrics and each transfer evaluation's metrics, counted only when committed by this spec."""
+
+    run: PretrainRun
+    stages: list[str]  # what the plan runs: pretrain (unless data size 0), transfer (when asked for)
+    kinds: list[str]  # the transfer evaluations asked for (folders: classification, linear-probe, ...)
+    pretrain_done: bool = False
+    transfer_done: bool = False
+    stale: bool = False  # a done.json exists, but for other inputs
+    pretrain: PretrainMetrics | None = None
+    transfer: dict[str, TransferMetrics] = field(default_factory=dict)  # folder -> metrics
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def done(self) -> bool:
+        return ("pretrain" not in self.stages or self.pretrain_done) and (
+            "transfer" not in self.stages or self.transfer_done
+        )
+
+    @property
+    def stage(self) -> str:
+        """The stage still to run ('done' when none)."""
+        if "pretrain" in self.stages and not self.pretrain_done:
+            return "pretrain"
+        return "transfer" if "transfer" in self.stages and not self.transfer_done else "done"
+
+    def result(self, kind: str) -> float | None:
+        """The table's number of one evaluation: top-1, or the VOC07 AP50 of detection."""
+        metrics = self.transfer.get(kind)
+        return metrics.headline if metrics else None
+
+
+@dataclass
 class ExperimentState:
     name: str
     uri: str
     spec: api.RecognitionExperimentSpec
     runs: list[RunState]
+    pretraining: list[PretrainRunState] = field(default_factory=list)  # method.pretrain: its runs
 
     @property
     def complete(self) -> bool:
-        return all(r.done for r in self.runs)
+        return all(r.done for r in self.runs) and all(r.done for r in self.pretraining)
 
     @property
     def missing(self) -> list[RunState]:
         return [r for r in self.runs if not r.done]
+
+    @property
+    def all_runs(self) -> list[RunState] | list[PretrainRunState]:
+        return self.pretraining if self.spec.method.pretrain is not None else self.runs
 
 
 def experiment_state(
@@ -211,8 +260,11 @@ def experiment_state(
     """The runs of an experiment and which of them are done.
 
     With ``run_hashes`` (run name -> the run's spec hash, what the runner computes from the pinned dataset
-    digests) a run counts as done only when its done.json carries that hash; without, any done.json does.
+    digests; ``<run>/pretrain`` and ``<run>/transfer`` for a pre-training run's stages) a run counts as
+    done only when its done.json carries that hash; without, any done.json does.
     """
+    if spec.method.pretrain is not None:
+        return ExperimentState(name, storage.uri, spec, [], pretrain_states(storage, spec, run_hashes))
     runs = []
     for r in plan.experiment_runs(spec):
         state = RunState(r)
@@ -231,8 +283,78 @@ def experiment_state(
     return ExperimentState(name, storage.uri, spec, runs)
 
 
+def pretrain_states(
+    storage: Storage, spec: api.RecognitionExperimentSpec, run_hashes: dict[str, str] | None = None
+) -> list[PretrainRunState]:
+    """The runs of a pre-training experiment and which of their stages are committed."""
+    hashes = run_hashes or {}
+    transfer = spec.method.pretrain.transfer if spec.method.pretrain else None
+    kinds = [folder for field_, folder in TRANSFER_KINDS.items() if transfer and getattr(transfer, field_)]
+    states = []
+    for r in plan.pretrain_runs(spec):
+        state = PretrainRunState(r, plan.run_stages(spec, r), kinds)
+        marker = _marker_hash(storage, ExperimentLayout.pretrain(r.name, "done.json"))
+        if marker is not None:
+            wanted = hashes.get(f"{r.name}/pretrain")
+            state.pretrain_done = wanted is None or marker == wanted
+            state.stale |= not state.pretrain_done
+        if state.pretrain_done:
+            state.pretrain = _parsed(
+                storage, ExperimentLayout.pretrain(r.name, "metrics.json"), parse_pretrain_metrics
+            )
+        for kind in kinds:
+            folder = ExperimentLayout.transfer(r.name, kind)
+            marker = _marker_hash(storage, folder + "done.json")
+            wanted = hashes.get(f"{r.name}/transfer")
+            if marker is not None and (wanted is None or marker == wanted):
+                metrics = _parsed(storage, folder + "metrics.json", parse_transfer_metrics)
+                if metrics is not None:
+                    state.transfer[kind] = metrics
+            elif marker is not None:
+                state.stale = True
+        state.transfer_done = bool(kinds) and len(state.transfer) == len(kinds)
+        states.append(state)
+    return states
+
+
+def _parsed(storage: Storage, key: str, parse: Any) -> Any:
+    try:
+        return parse(storage.read_bytes(key), storage.url(key))
+    except (ObjectNotFound, DocumentError):
+        return None
+
+
+def pretrain_rows(state: ExperimentState) -> list[dict[str, Any]]:
+    """The transfer table (the paper's Tables 8-11): one row per pre-training run, its numbers as
+    percentages (detection: the VOC07 11-point AP50)."""
+    rows = []
+    for r in state.pretraining:
+        rows.append(
+            {
+                "name": r.name,
+                "objective": r.run.objective,
+                "label_space": r.run.label_space,
+                "size": r.run.size,
+                "init": r.run.init,
+                "seed": r.run.seed,
+                "stage": r.stage,
+                "state": "Succeeded" if r.done else "Pending",
+                "pretrain_steps": r.pretrain.steps if r.pretrain else None,
+                "pretrain_loss": r.pretrain.final_loss if r.pretrain else None,
+                "classification_top1": r.result("classification"),
+                "linear_probe_top1": r.result("linear-probe"),
+                "ap50": r.result("detection"),
+            }
+        )
+    return rows
+
+
 def experiment_summary(state: ExperimentState) -> dict[str, Any]:
-    """summary.json of an experiment: every run with its top-1 and the zero-shot baseline, and the best."""
+    """summary.json of an experiment: every run with its top-1 and the zero-shot baseline, and the best;
+    a pre-training experiment: the transfer table."""
+    if state.spec.method.pretrain is not None:
+        rows = pretrain_rows(state)
+        return {"experiment": state.name, "pretraining": rows, "complete": state.complete}
     rows = []
     for r in state.runs:
         rows.append(

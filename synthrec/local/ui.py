@@ -195,6 +195,11 @@ class RichUI(QuietUI):
             title = f"RecognitionExperiment {ex.name}" + (
                 " (tiny models: accuracy is meaningless)" if tiny else ""
             )
+            if ex.state.spec.method.pretrain is not None:
+                self.console.print(transfer_table(ex.state, title))
+                if not ex.ok:
+                    self._print(f"  {ex.message}", "red")
+                continue
             table = Table(title=title, title_justify="left")
             for column in ("run", "shots", "seed", "variant", "top-1", "zero-shot", "change"):
                 table.add_column(column, justify="left" if column in ("run", "variant") else "right")
@@ -218,6 +223,35 @@ class RichUI(QuietUI):
 
     def report(self, where: str, *, tiny: bool) -> None:
         self._print(f"report: {where}", "bold")
+
+
+def transfer_table(state: Any, title: str) -> Any:
+    """A pre-training experiment's runs as the paper's Tables 8-11 lay them out: one row per run (data
+    size, initialisation, objective, label space) with its transfer results."""
+    from rich.table import Table
+
+    from synthrec.contract.artifacts import pretrain_rows
+
+    table = Table(title=title, title_justify="left")
+    columns = ("run", "label space", "objective", "init", "data size", "top-1 (fine-tune)", "linear probe")
+    for column in (*columns, "AP50 (VOC07)"):
+        table.add_column(
+            column, justify="right" if column in ("data size", *columns[5:], "AP50 (VOC07)") else "left"
+        )
+    for row in pretrain_rows(state):
+        size = "all" if row["size"] is None else f"{row['size']:,}"
+        done = row["state"] == "Succeeded"
+        table.add_row(
+            row["name"],
+            row["label_space"] or "-",
+            row["objective"],
+            row["init"],
+            size,
+            _pct(row["classification_top1"]) if done else f"({row['stage']})",
+            _pct(row["linear_probe_top1"]),
+            _pct(row["ap50"]),
+        )
+    return table
 
 
 def _pct(value: float | None) -> str:

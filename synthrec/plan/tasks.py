@@ -199,6 +199,9 @@ class PretrainTaskData(PretrainData):
 
 class _DistributedTask(_TaskBase):
     run: str = Field(max_length=63, description="Run name: its artifacts live under runs/<run>/.")
+    experiment: RecognitionExperimentSpec | None = Field(
+        default=None, description="The spec as written, for the experiment's spec.json (None: a bare task)."
+    )
     precision: Precision = "auto"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     distributed: Placement = Field(default_factory=Placement)

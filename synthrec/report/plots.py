@@ -75,6 +75,40 @@ def plot_top1_vs_shots(runs: list[artifacts.RunState], path: Path, title: str) -
     return True
 
 
+def plot_transfer_vs_size(
+    rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...], path: Path, title: str
+) -> bool:
+    """Each evaluation's result against the synthetic data size, one line per initialisation (and
+    objective and label space when they vary): the paper's Tables 8-11 as curves."""
+    panels = [(key, label) for key, label in columns if any(r[key] is not None for r in rows)]
+    sizes = sorted({r["size"] for r in rows if r["size"] is not None})
+    if not panels or not sizes:
+        return False
+    varies = {k for k in ("objective", "label_space") if len({r[k] for r in rows}) > 1}
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=100, squeeze=False)
+    positions = {s: i for i, s in enumerate(sizes)}  # even spacing: 0, 1.2M, 2.4M, 3.6M
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for r in rows:
+            if r[key] is not None and r["size"] is not None:
+                name = " / ".join([r["init"], *(str(r[k]) for k in sorted(varies))])
+                lines[name].append((positions[r["size"]], r[key]))
+        for name, points in sorted(lines.items()):
+            points.sort()
+            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+        ax.set_xticks(range(len(sizes)), [f"{s / 1e6:g}M" if s >= 100_000 else str(s) for s in sizes])
+        ax.set_xlabel("synthetic images (0: no synthetic pre-training)")
+        ax.set_ylabel(label.split(" by ")[0])
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="initialisation")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return True
+
+
 def plot_curves(curves: dict[str, dict[str, Any]], path: Path, title: str) -> bool:
     """Training loss per epoch of every run (per step when a run has no epochs)."""
     lines = {}

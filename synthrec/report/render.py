@@ -13,7 +13,13 @@ from synthrec.contract import artifacts, confusion
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.contract.manifest import DatasetManifest
 from synthrec.report.images import MAX_GRID_CLASSES, attach_images, dataset_grids, read_jsonl
-from synthrec.report.plots import plot_accept_rates, plot_confusion, plot_curves, plot_top1_vs_shots
+from synthrec.report.plots import (
+    plot_accept_rates,
+    plot_confusion,
+    plot_curves,
+    plot_top1_vs_shots,
+    plot_transfer_vs_size,
+)
 from synthrec.storage import ObjectNotFound, Storage
 from synthrec.tiny import references_tiny
 
@@ -201,6 +207,8 @@ class Renderer:
 
     def experiment(self, res: artifacts.FoundResource) -> str:
         state = res.experiment_state()
+        if state.spec.method.pretrain is not None:
+            return self.pretraining(res, state)
         out = [f"<h2 id='{_e(_anchor(res))}'>RecognitionExperiment {_e(res.name)}</h2>"]
         out.append(f"<p class='note'>{_e(res.uri)}</p>")
         out.append(f"<p>Backbone: <code>{_e(json.dumps(state.spec.backbone.wire()))}</code>. ")
@@ -241,6 +249,57 @@ class Renderer:
         elif state.runs:
             out.append("<p class='note'>No training curves (no run trained a head, e.g. zero-shot only).</p>")
         out.append(self.best_run(res, state))
+        return "\n".join(out)
+
+    def pretraining(self, res: artifacts.FoundResource, state: artifacts.ExperimentState) -> str:
+        """A pre-training experiment as the paper's Tables 8-11: per evaluation, the result against the
+        synthetic data size for each initialisation (objective, label space), a plot of the same, and
+        every run with its pre-training numbers."""
+        method = state.spec.method.pretrain
+        assert method is not None
+        rows = artifacts.pretrain_rows(state)
+        out = [f"<h2 id='{_e(_anchor(res))}'>RecognitionExperiment {_e(res.name)} (pre-training)</h2>"]
+        out.append(f"<p class='note'>{_e(res.uri)}</p>")
+        out.append(
+            f"<p>Backbone <code>{_e(method.backbone)}</code>, global batch {method.batch_size}, "
+            f"{_e(method.epochs or 'recipe')} epochs, {method.distributed.nodes} node(s); "
+            f"{sum(r.done for r in state.pretraining)} of {len(state.pretraining)} runs done. Data size 0: "
+            "no synthetic pre-training (the init is transferred as it is).</p>"
+        )
+        for key, title in TRANSFER_COLUMNS:
+            if all(row[key] is None for row in rows):
+                continue
+            sizes = sorted({row["size"] for row in rows}, key=lambda s: -1 if s is None else s)
+            groups: dict[tuple[str, str, str], dict[int | None, float | None]] = defaultdict(dict)
+            for row in rows:
+                groups[row["label_space"] or "-", row["objective"], row["init"]][row["size"]] = row[key]
+            out.append(f"<h3>{_e(title)}</h3><table><tr><th class='l'>label space</th>")
+            out.append("<th class='l'>objective</th><th class='l'>init</th>")
+            out.extend(f"<th>{_e(_size(size))}</th>" for size in sizes)
+            out.append("</tr>")
+            for (space, objective, init), cells in groups.items():
+                out.append(
+                    f"<tr><td class='l'>{_e(space)}</td><td class='l'>{_e(objective)}</td>"
+                    f"<td class='l'>{_e(init)}</td>"
+                    + "".join(f"<td>{_pct(cells.get(size))}</td>" for size in sizes)
+                    + "</tr>"
+                )
+            out.append("</table>")
+        rel = f"plots/{res.name}-transfer-vs-size.png"
+        if plot_transfer_vs_size(rows, TRANSFER_COLUMNS, self.folder / rel, f"{res.name}: transfer"):
+            out.append(f"<img src='{_e(rel)}' alt='transfer results against synthetic data size'>")
+        out.append("<h3>Runs</h3><table><tr><th class='l'>run</th><th class='l'>stage</th>")
+        out.append("<th>steps</th><th>final loss</th><th>fine-tune top-1</th><th>linear probe</th>")
+        out.append("<th>AP50 (VOC07)</th></tr>")
+        for row in rows:
+            loss = "-" if row["pretrain_loss"] is None else f"{row['pretrain_loss']:.3f}"
+            out.append(
+                f"<tr><td class='l'>{_e(row['name'])}</td><td class='l'>{_e(row['stage'])}</td>"
+                f"<td>{_e(row['pretrain_steps'] or '-')}</td><td>{loss}</td>"
+                f"<td>{_pct(row['classification_top1'])}</td><td>{_pct(row['linear_probe_top1'])}</td>"
+                f"<td>{_pct(row['ap50'])}</td></tr>"
+            )
+        out.append("</table>")
         return "\n".join(out)
 
     def best_run(self, res: artifacts.FoundResource, state: artifacts.ExperimentState) -> str:
@@ -287,6 +346,18 @@ class Renderer:
             plot_confusion(doc, self.folder / rel, f"{best.name}: confusion on the test split")
             out.append(f"<img src='{_e(rel)}' alt='confusion matrix of {_e(best.name)}'>")
         return "\n".join(out)
+
+
+# The transfer table's evaluations (artifacts.pretrain_rows keys) and their titles.
+TRANSFER_COLUMNS = (
+    ("classification_top1", "Fine-tuning top-1 (%) by synthetic data size"),
+    ("linear_probe_top1", "Linear probe top-1 (%) by synthetic data size"),
+    ("ap50", "Detection AP50 (VOC07 11-point, %) by synthetic data size"),
+)
+
+
+def _size(size: int | None) -> str:
+    return "all" if size is None else f"{size:,}"
 
 
 def _anchor(res: artifacts.FoundResource) -> str:

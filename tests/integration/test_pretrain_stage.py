@@ -29,6 +29,7 @@ import torch
 from synthrec import contract
 from synthrec.api import LabelSpace
 from synthrec.api.labels import resolve_labels
+from synthrec.plan.tasks import PretrainTask, TransferTask
 from synthrec.storage import open_storage, upload_tree
 from synthrec.workers.pretrain import stage
 from synthrec.workers.pretrain.data import (
@@ -39,7 +40,6 @@ from synthrec.workers.pretrain.data import (
     unit_samples,
     units,
 )
-from synthrec.workers.pretrain.task import PretrainTask, TransferTask
 from tests.harness.pretraining import (
     CLASSES,
     VOC_NAMES,
@@ -477,12 +477,14 @@ def test_the_pretrained_backbone_transfers_to_classification_and_detection(
     assert summary.classification_top1 > 50 and summary.linear_probe_top1 > 50
     folder = tmp_path / "out" / "runs" / "r1" / "transfer"
     classification = json.loads((folder / "classification" / "metrics.json").read_text())
-    assert classification["test_images"] == 32 and classification["classes"] == list(CLASSES)
+    assert classification["counts"]["test_images"] == 32 and classification["classes"] == list(CLASSES)
+    assert classification["kind"] == "classification" and classification["settings"]["epochs"] == 3
     assert classification["source"]["card"]["backbone"] == "test_resnet"
     detection = json.loads((folder / "detection" / "metrics.json").read_text())
-    assert detection["images"] == 8 and detection["detections"] > 0
+    assert detection["counts"]["images"] == 8 and detection["counts"]["detections"] > 0
     assert 0 <= detection["ap50"] <= 100 and 0 <= detection["ap50_voc07"] <= 100
-    assert summary.ap50 == detection["ap50"] and len(detection["per_class_ap50"]) == 2
+    assert summary.ap50 == detection["ap50"] and len(detection["per_class"]) == 2
+    assert "11-point" in detection["notes"]["evaluator"]
     assert all(
         (folder / kind / "done.json").exists() for kind in ("classification", "linear-probe", "detection")
     )

@@ -1,6 +1,6 @@
 """Detection transfer: torchvision Faster R-CNN with a feature pyramid on the pre-trained timm backbone,
 trained and tested on PASCAL VOC folders (synthrec.workers.pretrain.voc), the MoCo detection protocol's
-solver (synthrec.workers.pretrain.task.DetectionTransfer).
+solver (synthrec.api.pretraining.DetectionTransfer).
 
 The backbone's feature maps at strides 4, 8, 16 and 32 (timm ``forward_intermediates``) feed torchvision's
 FeaturePyramidNetwork (256 channels, plus a max-pooled level), which is what torchvision's Faster R-CNN

@@ -25,16 +25,21 @@ import logging
 import time
 from typing import Any
 
+from synthrec.contract.base import DocumentError
 from synthrec.contract.layout import ExperimentLayout
+from synthrec.contract.pretraining import (
+    DataUse,
+    PretrainCard,
+    PretrainMetrics,
+    parse_card,
+    parse_pretrain_metrics,
+)
 from synthrec.contract.summaries import PretrainSummary
+from synthrec.plan.tasks import batch_problem
 from synthrec.storage import Storage, existing_commit, read_marker, write_marker
-from synthrec.workers.pretrain.task import batch_problem
-from synthrec.workers.runtime import ConfigError, RetryableError
+from synthrec.workers.runtime import ConfigError, DataError, RetryableError
 
 log = logging.getLogger(__name__)
-
-CARD_KIND = "SynthrecPretrainCard"
-CARD_VERSION = 1
 
 
 def committed(storage: Storage, folder: str, spec_hash: str) -> bool:
@@ -47,17 +52,23 @@ def finished(task: Any, storage: Storage) -> PretrainSummary | None:
     """The summary of a committed run of this spec, or None; StorageConflict for another spec's run."""
     if not committed(storage, ExperimentLayout.pretrain(task.run), task.spec_hash):
         return None
-    metrics = storage.read_json(ExperimentLayout.pretrain(task.run, "metrics.json"))
+    key = ExperimentLayout.pretrain(task.run, "metrics.json")
+    try:
+        metrics = parse_pretrain_metrics(storage.read_bytes(key), storage.url(key))
+    except DocumentError as exc:
+        raise DataError(
+            f"{exc}; delete {storage.uri}{ExperimentLayout.pretrain(task.run)} to redo it"
+        ) from None
     return summary(task.run, metrics, storage)
 
 
-def summary(run: str, metrics: dict[str, Any], storage: Storage) -> PretrainSummary:
+def summary(run: str, metrics: PretrainMetrics, storage: Storage) -> PretrainSummary:
     return PretrainSummary(
         run=run,
-        steps=metrics["steps"],
-        loss=metrics["final_loss"],
-        images_per_s=metrics["images_per_s"],
-        world_size=metrics["world_size"],
+        steps=metrics.steps,
+        loss=metrics.final_loss,
+        images_per_s=metrics.images_per_s,
+        world_size=metrics.world_size,
         card=storage.url(ExperimentLayout.pretrain(run, "card.json")),
     )
 
@@ -320,8 +331,9 @@ class Trainer:
         train_seconds = time.monotonic() - started_at
         self._check_replicas(model)
         final = save(final=True)
-        if not rank.is_main:
-            return PretrainSummary(run=task.run, steps=step, world_size=rank.world)
+        if not rank.is_main:  # the curve is all-reduced: every rank knows the loss the card records
+            loss = self.curve[-1]["loss"] if self.curve else None
+            return PretrainSummary(run=task.run, steps=step, loss=loss, world_size=rank.world)
         return self._finish(plan, backbone, final, step, spe, total, train_seconds)
 
     def _step(self, ddp: Any, batch: Any, optimizer: Any, scaler: Any) -> Any:
@@ -403,60 +415,57 @@ class Trainer:
         storage.write_bytes(self.folder + "backbone.safetensors", blob)
         cfg = backbone.pretrained_cfg
         losses = [p["loss"] for p in self.curve]
-        metrics = {
-            "run": task.run,
-            "objective": task.objective,
-            "backbone": task.backbone,
-            "steps": step,
-            "steps_per_epoch": spe,
-            "epochs": round(step / spe, 4),
-            "images_seen": self.images_seen,
-            "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None,
-            "seconds_training": round(self.seconds, 2),
-            "images_per_s": round(self.images_seen / self.seconds, 2) if self.seconds else None,
-            "world_size": self.rank.world,
-            "precision": str(self.dtype).replace("torch.", "") if self.dtype else "fp32",
-            "device": self.device.type,
-            "recipe": self.recipe.as_dict(),
-            "data": plan.describe(),
-            "resumed_at": self.resumed_at,
-        }
-        card = {
-            "kind": CARD_KIND,
-            "version": CARD_VERSION,
-            "backbone": task.backbone,
-            "objective": task.objective,
-            "num_features": backbone.num_features,
-            "classes": list(plan.classes) if task.objective == "supervised" else None,
-            "image_size": task.data.image_size,
-            "mean": list(cfg.get("mean") or (0.485, 0.456, 0.406)),
-            "std": list(cfg.get("std") or (0.229, 0.224, 0.225)),
-            "init": self.loaded.as_dict() if self.loaded else {"ref": "scratch"},
-            "data": {
-                "datasets": [
-                    {"uri": s.uri, "name": s.name, "manifest_sha256": d}
-                    for s, d in zip(task.data.synthetic, plan.digests, strict=True)
-                ],
-                **plan.describe(),
-            },
-            "steps": step,
-            "epochs": round(step / spe, 4),
-            "global_batch": task.batch_size,
-            "world_size": self.rank.world,
-            "recipe": self.recipe.as_dict(),
-            "moco": task.moco.model_dump(mode="json") if task.objective == "moco-v2" else None,
-            "precision": metrics["precision"],
-            "final_loss": metrics["final_loss"],
-            "files": {
+        precision = str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
+        metrics = PretrainMetrics(
+            run=task.run,
+            objective=task.objective,
+            backbone=task.backbone,
+            steps=step,
+            steps_per_epoch=spe,
+            epochs=round(step / spe, 4),
+            images_seen=self.images_seen,
+            first_loss=losses[0] if losses else None,
+            final_loss=losses[-1] if losses else None,
+            seconds_training=round(self.seconds, 2),
+            images_per_s=round(self.images_seen / self.seconds, 2) if self.seconds else None,
+            world_size=self.rank.world,
+            precision=precision,
+            device=self.device.type,
+            recipe=self.recipe.as_dict(),
+            data=DataUse.model_validate(plan.describe()),
+            resumed_at=self.resumed_at,
+        )
+        datasets = [
+            {"uri": s.uri, "name": s.name, "manifest_sha256": d}
+            for s, d in zip(task.data.synthetic, plan.digests, strict=True)
+        ]
+        card = PretrainCard(
+            backbone=task.backbone,
+            objective=task.objective,
+            num_features=backbone.num_features,
+            classes=list(plan.classes) if task.objective == "supervised" else None,
+            image_size=task.data.image_size,
+            mean=list(cfg.get("mean") or (0.485, 0.456, 0.406)),
+            std=list(cfg.get("std") or (0.229, 0.224, 0.225)),
+            init=self.loaded.as_dict() if self.loaded else {"ref": "scratch"},
+            data=DataUse.model_validate({**plan.describe(), "datasets": datasets}),
+            steps=step,
+            epochs=round(step / spe, 4),
+            global_batch=task.batch_size,
+            world_size=self.rank.world,
+            recipe=self.recipe.as_dict(),
+            moco=task.moco.model_dump(mode="json") if task.objective == "moco-v2" else None,
+            precision=precision,
+            final_loss=metrics.final_loss,
+            files={
                 "backbone.safetensors": hashlib.sha256(blob).hexdigest(),
                 "checkpoint": {"key": final.get("checkpoint"), "sha256": final.get("sha256")},
             },
-            "spec_hash": task.spec_hash,
-            "versions": {"timm": timm.__version__, "torch": torch.__version__},
-        }
-        storage.write_json(self.folder + "card.json", card)
-        storage.write_json(self.folder + "metrics.json", metrics)
+            spec_hash=task.spec_hash,
+            versions={"timm": timm.__version__, "torch": torch.__version__},
+        )
+        storage.write_json(self.folder + "card.json", card.document())
+        storage.write_json(self.folder + "metrics.json", metrics.document())
         storage.write_json(self.folder + "curve.json", {"points": self.curve})
         write_marker(storage, self.folder + "done.json", spec_hash=task.spec_hash, steps=step)
         return summary(task.run, metrics, storage)
@@ -469,28 +478,29 @@ def _labels(classes: tuple[str, ...]) -> Any:
     return resolve_labels(LabelSpace.model_validate({"classes": [{"name": c} for c in classes]}))
 
 
-def read_card(storage: Storage) -> dict[str, Any]:
+def read_card(storage: Storage) -> PretrainCard:
     """card.json of a committed pre-training folder (``storage`` rooted at it); ConfigError otherwise."""
     from synthrec.storage import ObjectNotFound
 
     try:
         if read_marker(storage, "done.json") is None:
             raise ConfigError(f"{storage.uri} has no done.json: its pre-training has not finished")
-        card = storage.read_json("card.json")
+        raw = storage.read_bytes("card.json")
     except ObjectNotFound:
         raise ConfigError(
             f"{storage.uri} has no card.json: it is not a synthrec pre-training folder"
         ) from None
-    if card.get("kind") != CARD_KIND:
-        raise ConfigError(f"{storage.url('card.json')} is not a synthrec pre-training card")
-    return card
+    try:
+        return parse_card(raw, storage.url("card.json"))
+    except DocumentError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-def load_backbone_state(storage: Storage, card: dict[str, Any]) -> dict[str, Any]:
+def load_backbone_state(storage: Storage, card: PretrainCard) -> dict[str, Any]:
     """backbone.safetensors of a pre-training folder, checked against the card's sha256."""
     from safetensors.torch import load
 
     blob = storage.read_bytes("backbone.safetensors")
-    if hashlib.sha256(blob).hexdigest() != card["files"]["backbone.safetensors"]:
+    if hashlib.sha256(blob).hexdigest() != card.files["backbone.safetensors"]:
         raise ConfigError(f"{storage.url('backbone.safetensors')} does not match the sha256 in its card")
     return load(blob)

@@ -30,7 +30,14 @@ from synthrec import contract
 from synthrec.contract.summaries import FailureSummary, Summary, parse_summary, summary_line
 from synthrec.storage import Storage, open_storage
 from synthrec.workers.pretrain import distributed
-from synthrec.workers.runtime import ConfigError, Progress, classify_failure, write_termination_log
+from synthrec.workers.runtime import (
+    ConfigError,
+    Progress,
+    classify_failure,
+    open_location,
+    write_spec_json,
+    write_termination_log,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,8 @@ class RankContext:
     stop: threading.Event  # set by SIGTERM / SIGINT
 
     def open(self, uri: str, endpoint: str | None = None, region: str | None = None) -> Storage:
-        return open_storage(
+        """Another location (real data, VOC, a pre-training folder; tiny:// demo data resolved)."""
+        return open_location(
             uri, endpoint=endpoint or self.task.output.endpoint, region=region or self.task.output.region
         )
 
@@ -83,6 +91,8 @@ def launch(stage: str, task_path: str) -> int:
         task = load_task(task_path, stage)
         module = importlib.import_module(STAGE_MODULES[stage])
         storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
+        if task.experiment is not None:  # the experiment's root says what it is (synthrec status, report)
+            write_spec_json(task, storage)
         done = module.finished(task, storage)
         if done is not None:
             log.info("%s %s is already committed for this spec; nothing to do", stage, task.run)

@@ -14,35 +14,42 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from synthrec.contract.base import DocumentError
 from synthrec.contract.layout import ExperimentLayout
+from synthrec.contract.pretraining import TRANSFER_KINDS, TransferMetrics, parse_transfer_metrics
 from synthrec.contract.summaries import TransferSummary
 from synthrec.storage import Storage, write_marker
-from synthrec.workers.runtime import ConfigError
+from synthrec.workers.runtime import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("classification", "linear_probe", "detection")
-FOLDERS = {"classification": "classification", "linear_probe": "linear-probe", "detection": "detection"}
+KINDS = tuple(TRANSFER_KINDS)  # the task's fields, in the order the evaluations run
 
 
 def requested(task: Any) -> list[str]:
     return [k for k in KINDS if getattr(task, k) is not None]
 
 
-def _committed(task: Any, storage: Storage, kind: str) -> dict[str, Any] | None:
+def _committed(task: Any, storage: Storage, kind: str) -> TransferMetrics | None:
     from synthrec.workers.pretrain.pretrain import committed
 
-    folder = ExperimentLayout.transfer(task.run, FOLDERS[kind])
-    return storage.read_json(folder + "metrics.json") if committed(storage, folder, task.spec_hash) else None
+    folder = ExperimentLayout.transfer(task.run, TRANSFER_KINDS[kind])
+    if not committed(storage, folder, task.spec_hash):
+        return None
+    key = folder + "metrics.json"
+    try:
+        return parse_transfer_metrics(storage.read_bytes(key), storage.url(key))
+    except DocumentError as exc:
+        raise DataError(f"{exc}; delete {storage.uri}{folder} to redo that evaluation") from None
 
 
-def _summary(task: Any, results: dict[str, dict[str, Any]], storage: Storage) -> TransferSummary:
+def _summary(task: Any, results: dict[str, TransferMetrics], storage: Storage) -> TransferSummary:
     out = TransferSummary(run=task.run, metrics=storage.uri + ExperimentLayout.transfer(task.run))
     for kind, metrics in results.items():
         if kind == "detection":
-            out.ap50, out.ap50_voc07 = metrics["ap50"], metrics["ap50_voc07"]
+            out.ap50, out.ap50_voc07 = metrics.ap50, metrics.ap50_voc07
         else:
-            setattr(out, f"{kind}_top1", metrics["top1"])
+            setattr(out, f"{kind}_top1", metrics.top1)
     return out
 
 
@@ -56,6 +63,31 @@ def finished(task: Any, storage: Storage) -> TransferSummary | None:
     return _summary(task, results, storage)
 
 
+def typed_metrics(
+    task: Any, kind: str, raw: dict[str, Any], source: dict[str, Any], world: int
+) -> TransferMetrics:
+    """The evaluation's result (classify.fine_tune / linear_probe, detection.train_and_test) as its
+    typed document: the paper's numbers, per class, counts, the settings it ran with, the rest as notes."""
+    numbers = ("top1", "top5", "ap50", "ap50_voc07", "ap", "ap75")
+    counts = ("train_images", "test_images", "images", "objects", "detections", "skipped_objects")
+    per_class = raw.get("per_class_ap50") if kind == "detection" else raw.get("per_class_top1")
+    settings = ("epochs", "iterations", "batch_size", "lr", "milestones", "image_size", "norm", "feature_dim")
+    skip = {*numbers, *counts, *settings, "kind", "classes", "per_class_ap50", "per_class_top1"}
+    return TransferMetrics(
+        run=task.run,
+        kind=TRANSFER_KINDS[kind],
+        spec_hash=task.spec_hash,
+        world_size=world,
+        classes=list(raw["classes"]),
+        **{k: raw.get(k) for k in numbers},
+        per_class=list(per_class or []),
+        counts={k: int(raw[k]) for k in counts if raw.get(k) is not None},
+        settings={k: raw[k] for k in settings if k in raw},
+        source=source,
+        notes={k: v for k, v in raw.items() if k not in skip},
+    )
+
+
 def source_backbone(ctx: Any) -> tuple[str, dict[str, Any] | None, list[float], list[float], dict[str, Any]]:
     """(timm name, backbone state or None for scratch, mean, std, provenance) of the task's source."""
     from synthrec.workers.pretrain import backbones
@@ -67,11 +99,11 @@ def source_backbone(ctx: Any) -> tuple[str, dict[str, Any] | None, list[float], 
         folder = ctx.open(src.pretrain)
         card = read_card(folder)
         state = load_backbone_state(folder, card)
-        info = {
-            "pretrain": src.pretrain,
-            "card": {k: card.get(k) for k in ("backbone", "objective", "steps", "data", "files", "init")},
-        }
-        return card["backbone"], state, card["mean"], card["std"], info
+        summary = card.model_dump(
+            mode="json", include={"backbone", "objective", "steps", "data", "files", "init"}
+        )
+        info = {"pretrain": src.pretrain, "card": summary}
+        return card.backbone, state, card.mean, card.std, info
     probe = backbones.create_model(src.backbone, num_classes=0)
     opts = {"endpoint": ctx.task.output.endpoint, "region": ctx.task.output.region}
     loaded = backbones.load_weights(probe, src.backbone, src.init, field="source.init", storage_opts=opts)
@@ -105,13 +137,13 @@ def run(ctx: Any) -> TransferSummary:
     task, storage = ctx.task, ctx.storage
     name, state, mean, std, provenance = source_backbone(ctx)
     check_combinations(task, name)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, TransferMetrics] = {}
     for kind in requested(task):
         done = _committed(task, storage, kind)
         if done is not None:
             results[kind] = done
             continue
-        folder = ExperimentLayout.transfer(task.run, FOLDERS[kind])
+        folder = ExperimentLayout.transfer(task.run, TRANSFER_KINDS[kind])
         ckpts = checkpoint.Checkpoints(storage, folder + "checkpoints", task.spec_hash, keep=1)
         cfg = getattr(task, kind)
         torch.manual_seed(task.seed)
@@ -130,17 +162,12 @@ def run(ctx: Any) -> TransferSummary:
                 out = classify.fine_tune(ctx, cfg, model, mean, std, ckpts)
             else:
                 out = classify.linear_probe(ctx, cfg, model, mean, std)
-        metrics = {**out["metrics"], "source": provenance, "run": task.run, "world_size": ctx.rank.world}
+        metrics = typed_metrics(task, kind, out["metrics"], provenance, ctx.rank.world)
         if ctx.rank.is_main:
-            storage.write_json(folder + "metrics.json", metrics)
+            storage.write_json(folder + "metrics.json", metrics.document())
             storage.write_json(folder + "curve.json", {"points": out["curve"]})
             write_marker(storage, folder + "done.json", spec_hash=task.spec_hash, kind=kind)
         ctx.rank.barrier()
         results[kind] = metrics
-        log.info(
-            "transfer %s of %s: %s",
-            kind,
-            task.run,
-            {k: metrics.get(k) for k in ("top1", "ap50", "ap50_voc07")},
-        )
+        log.info("transfer %s of %s: %s %s", kind, task.run, metrics.kind, metrics.headline)
     return _summary(task, results, storage)
