@@ -1,8 +1,9 @@
 """The operator's writes to the Kubernetes API, idempotent and classified.
 
-Reads come from Kopf's watch streams (indexes); this module only writes: create ConfigMaps and Jobs (409 =
-already there = success), delete them (404 = already gone = success), patch Jobs and the status
-subresource of our resources. The ``kubernetes`` client is synchronous, so calls run in a small thread pool.
+Reads come from Kopf's watch streams (indexes); this module only writes: create ConfigMaps, Services (the
+headless Service of a multi-node torchrun Job) and Jobs (409 = already there = success), delete them (404
+= already gone = success), patch Jobs and the status subresource of our resources. The ``kubernetes``
+client is synchronous, so calls run in a small thread pool.
 """
 
 from __future__ import annotations
@@ -121,6 +122,29 @@ class KubeApi:
             ok=(409,),
         )
         return created is not None
+
+    async def create_service(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a Job's headless Service; 409 (one of this deterministic name exists) is success."""
+        name = body["metadata"]["name"]
+        created = await self._call(
+            "create",
+            f"Service {namespace}/{name}",
+            lambda: self.core.create_namespaced_service(
+                namespace, body, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(409,),
+        )
+        return created is not None
+
+    async def delete_service(self, namespace: str, name: str) -> None:
+        await self._call(
+            "delete",
+            f"Service {namespace}/{name}",
+            lambda: self.core.delete_namespaced_service(
+                name, namespace, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(404,),
+        )
 
     async def delete_job(self, namespace: str, name: str, propagation: str = "Foreground") -> None:
         await self._call(

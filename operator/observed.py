@@ -28,6 +28,8 @@ LABEL_RUN = "synthrec.io/run"
 # The shard ids of an attempt, as a range string: completion index i runs the i-th smallest id.
 ANNOTATION_SHARDS = "synthrec.io/shards"
 ANNOTATION_RUN_INDEX = "synthrec.io/run-index"
+# The headless Service of a multi-node (torchrun) Job: deleted with the Job's task ConfigMap.
+ANNOTATION_SERVICE = "synthrec.io/service"
 
 WORKER_CONTAINER = "worker"
 _JOB_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
@@ -77,6 +79,7 @@ class JobView:
     conditions: tuple[JobCondition, ...] = ()
     deleting: bool = False
     created: str = ""
+    service: str | None = None
 
     @classmethod
     def from_obj(cls, job: dict[str, Any]) -> JobView:
@@ -117,6 +120,7 @@ class JobView:
             ),
             deleting=bool(meta.get("deletionTimestamp")),
             created=str(meta.get("creationTimestamp") or ""),
+            service=annotations.get(ANNOTATION_SERVICE),
         )
 
     def condition(self, ctype: str) -> JobCondition | None:

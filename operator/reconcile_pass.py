@@ -48,12 +48,14 @@ class Observed:
 
 @dataclass(frozen=True)
 class Create:
-    """A stage attempt or run to start: its task ConfigMap first, then its Job."""
+    """A stage attempt or run to start: its task ConfigMap first, its headless Service (multi-node
+    torchrun stages), then its Job."""
 
     name: str
     configmap: dict[str, Any]
     job: dict[str, Any]
     event: Event
+    service: dict[str, Any] | None = None
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Actions:
     create: list[Create] = field(default_factory=list)
     delete_jobs: list[str] = field(default_factory=list)
     delete_configmaps: list[str] = field(default_factory=list)
+    delete_services: list[str] = field(default_factory=list)
     patch_jobs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)  # besides condition transitions
     requeue_after: float | None = None  # come back this soon even without a watch event
@@ -218,7 +221,7 @@ class Pass:
         for job in self.observed.jobs:
             if job.finished and not job.deleting and job.ttl is None and folded(job):
                 self.actions.patch_jobs.append((job.name, {"spec": {"ttlSecondsAfterFinished": ttl}}))
-                self.actions.delete_configmaps.append(job.name)
+                release(self.actions, job)
 
     def close(self) -> Actions:
         finish_status(self.status, self.conds, self.generation)
@@ -292,4 +295,11 @@ def stop_unfinished(actions: Actions, jobs: Iterable[JobView]) -> None:
     for job in jobs:
         if not job.finished and not job.deleting:
             actions.delete_jobs.append(job.name)
-            actions.delete_configmaps.append(job.name)
+            release(actions, job)
+
+
+def release(actions: Actions, job: JobView) -> None:
+    """What a Job leaves behind once it ends or is stopped: its task ConfigMap and its Service."""
+    actions.delete_configmaps.append(job.name)
+    if job.service:
+        actions.delete_services.append(job.service)

@@ -276,6 +276,8 @@ class Reconciler:
                 continue  # created a moment ago; the watch has not shown it yet
             try:
                 await api_.create_configmap(namespace, create.configmap)
+                if create.service is not None:  # before the Job: its pods' DNS names come from it
+                    await api_.create_service(namespace, create.service)
                 created = await api_.create_job(namespace, create.job)
             except ApiFailure as exc:
                 if exc.permanent:
@@ -293,6 +295,8 @@ class Reconciler:
         # reconcile plans both again, so a task ConfigMap is never left behind a Job that expired.
         for name in actions.delete_configmaps:
             await api_.delete_configmap(namespace, name)
+        for name in actions.delete_services:
+            await api_.delete_service(namespace, name)
         for name, patch in actions.patch_jobs:
             await api_.patch_job(namespace, name, patch)
         for event in actions.events:

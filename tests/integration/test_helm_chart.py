@@ -77,6 +77,7 @@ OPERATOR_GRANTS = {
     *{("update", "synthrec.io", r, "finalizers") for r in ("syntheticdatasets", "recognitionexperiments")},
     *{(v, "batch", "jobs", "") for v in ("list", "watch", "create", "patch", "delete")},
     *{(v, "", "configmaps", "") for v in ("create", "delete")},
+    *{(v, "", "services", "") for v in ("create", "delete")},  # headless Services of multi-node Jobs
     *{(v, "", "pods", "") for v in ("list", "watch")},
     ("create", "", "events", ""),
 }

@@ -125,6 +125,10 @@ Reads come from watches (list + watch), never single GETs; writes are create, me
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "delete"]
+# The headless Service of a multi-node (torchrun) Job: its pods' stable DNS names for the rendezvous.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create", "delete"]
 # Pods are only watched: scheduling problems and the workers' termination messages.
 - apiGroups: [""]
   resources: ["pods"]
