@@ -33,7 +33,7 @@ from machine import cpu_name
 
 
 def run(root: Path, uri: str, nproc: int, args: argparse.Namespace, objective: str) -> dict[str, Any]:
-    from synthrec.workers.pretrain.task import PretrainTask
+    from synthrec.plan.tasks import PretrainTask
 
     out = root / f"{objective}-{nproc}"
     task = PretrainTask.model_validate(

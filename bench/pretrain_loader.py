@@ -45,7 +45,7 @@ def dataset(root: Path, images: int, size: int) -> str:
 
 
 def task(uri: str, objective: str, image_size: int, batch: int, workers: int) -> Any:
-    from synthrec.workers.pretrain.task import PretrainTask
+    from synthrec.plan.tasks import PretrainTask
 
     return PretrainTask.model_validate(
         {
