@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 
 from synthrec.api.base import ApiModel, Rule, StorageUri, _check_storage_uri
 from synthrec.api.common import RealData
+from synthrec.presets import VOC_CLASSES  # the detector's class order (index 1..20; 0 is background)
 from synthrec.storage.uris import URIError, parse_model_ref
 
 Objective = Literal["supervised", "moco-v2"]
@@ -32,30 +33,6 @@ WEIGHTS_REF_PATTERN = r"^(scratch|timm(:[A-Za-z0-9_.\-]+)?|hf://.+|s3://.+|file:
 # timm families that give one feature map at one stride: the detector's FPN cannot take them.
 PLAIN_VIT_PATTERN = r"^(vit_|deit_|deit3_|beit|eva|cait_|xcit_|flexivit|test_vit)"
 TIMM_NAME_PATTERN = r"^[a-z0-9_.]+$"
-
-# PASCAL VOC's 20 classes in the devkit's order (class index 1..20 of the detector; 0 is background).
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 
 
 def check_weights_ref(value: str) -> str:

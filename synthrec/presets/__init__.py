@@ -39,6 +39,7 @@ __all__ = [
     "PRESET_ALIASES",
     "PRESET_NAMES",
     "TABLE1",
+    "VOC_CLASSES",
     "LabelClass",
     "Preset",
     "PresetError",
@@ -417,10 +418,28 @@ _IMAGENET_R_STYLES = (
 
 # PASCAL VOC's 20 classes in the devkit's order (the detection transfer's label space, Tables 10-11), named
 # in words; the devkit's spelling is the folder (its XML <name>).
-_VOC_DEVKIT = (
-    "aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike person "
-    "pottedplant sheep sofa train tvmonitor"
-).split()
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 _VOC_WORDS = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
 
 _TINY_CLASSES = ("red circle", "green square", "blue triangle", "yellow cross")
@@ -604,8 +623,8 @@ _SPECS: dict[str, _Spec] = {
     ),
     "pascal_voc": _Spec(
         "PASCAL VOC (20 classes)",
-        names=_inline([_VOC_WORDS.get(n, n) for n in _VOC_DEVKIT], "the VOC devkit's classes, in words"),
-        folders=_inline(_VOC_DEVKIT, "the VOC devkit's class names (Annotations <name>)"),
+        names=_inline([_VOC_WORDS.get(n, n) for n in VOC_CLASSES], "the VOC devkit's classes, in words"),
+        folders=_inline(VOC_CLASSES, "the VOC devkit's class names (Annotations <name>)"),
         templates=_inline(("a photo of a {c}.",), "synthrec (no paper head for VOC)"),
         filter_source=f"{_ANALOGY_CF} ('a photo of a {{c}}.')",
     ),
