@@ -11,7 +11,7 @@ from typing import Any
 from synthrec import api
 from synthrec.contract.layout import ExperimentLayout
 from synthrec.contract.summaries import TrainSummary
-from synthrec.operator.jobs import JobShape, child_labels, render_configmap, render_job, run_job_name
+from synthrec.operator.jobs import child_labels, render_configmap, run_job_name
 from synthrec.operator.observed import JobView
 from synthrec.operator.planning_pretrain import fold_pretraining
 from synthrec.operator.reconcile_pass import (
@@ -23,6 +23,7 @@ from synthrec.operator.reconcile_pass import (
     persisted_terminal,
     pods_by_job,
     release,
+    render_run_job,
     resource_ref,
     successful_pods,
 )
@@ -288,23 +289,7 @@ def _run_create(p: Pass, run: Any, attempt: int = 1) -> Create:
     task = train_task(spec, run, inputs, resource_ref(owner), attempt=attempt)
     name = run_job_name(owner.name, run.index, attempt)
     labels = child_labels(owner, TRAIN_STAGE, attempt, run=run.name)
-    shape = JobShape(
-        completions=1,
-        parallelism=1,
-        retries_per_index=spec.execution.retries_per_run,
-        max_failed_indexes=0,
-        active_deadline_seconds=p.remaining_deadline(),
-    )
-    job = render_job(
-        owner,
-        name=name,
-        stage=TRAIN_STAGE,
-        labels=labels,
-        shape=shape,
-        spec=spec,
-        defaults=p.ctx.defaults,
-        run_index=run.index,
-    )
+    job = render_run_job(p, name, TRAIN_STAGE, labels, run.index)
     return Create(
         name,
         render_configmap(owner, name, labels, task),

@@ -18,11 +18,9 @@ from synthrec.contract.layout import ExperimentLayout
 from synthrec.contract.summaries import PretrainSummary, TransferSummary
 from synthrec.operator.jobs import (
     Gang,
-    JobShape,
     child_labels,
     gang_service_name,
     render_configmap,
-    render_job,
     render_service,
     run_job_name,
 )
@@ -33,6 +31,7 @@ from synthrec.operator.reconcile_pass import (
     age_of,
     failed_pod_message,
     pods_by_job,
+    render_run_job,
     resource_ref,
     successful_pods,
 )
@@ -160,24 +159,7 @@ def _create(p: Pass, run: PretrainRun, stage: str, inputs: list[DatasetInput], a
         grace_seconds=method.distributed.termination_grace_seconds,
         service=gang_service_name(name) if nodes > 1 else None,
     )
-    shape = JobShape(
-        completions=nodes,
-        parallelism=nodes,
-        retries_per_index=spec.execution.retries_per_run,
-        max_failed_indexes=0,
-        active_deadline_seconds=p.remaining_deadline(),
-    )
-    job = render_job(
-        owner,
-        name=name,
-        stage=stage,
-        labels=labels,
-        shape=shape,
-        spec=spec,
-        defaults=p.ctx.defaults,
-        run_index=run.index,
-        gang=gang,
-    )
+    job = render_run_job(p, name, stage, labels, run.index, gang)
     service = render_service(owner, gang.service, labels, name, gang.port) if gang.service else None
     where = f"{nodes} pods x {max(1, spec.resources.gpus)} process(es)" if nodes > 1 else "1 pod"
     return Create(

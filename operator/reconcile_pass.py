@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from synthrec import api
-from synthrec.operator.jobs import Owner, WorkerDefaults
+from synthrec.operator.jobs import Gang, JobShape, Owner, WorkerDefaults, render_job
 from synthrec.operator.observed import DatasetView, JobView, PodView
 from synthrec.operator.status import Activity, Conditions, Event, pod_activity
 from synthrec.plan.tasks import ResourceRef
@@ -303,3 +303,29 @@ def release(actions: Actions, job: JobView) -> None:
     actions.delete_configmaps.append(job.name)
     if job.service:
         actions.delete_services.append(job.service)
+
+
+def render_run_job(
+    p: Pass, name: str, stage: str, labels: dict[str, str], run_index: int, gang: Gang | None = None
+) -> dict[str, Any]:
+    """The Job of one run (or one stage of a pre-training run): one pod, or a gang's ``nodes`` pods, each
+    index failing the run after ``execution.retriesPerRun`` retries."""
+    nodes = gang.nodes if gang else 1
+    shape = JobShape(
+        completions=nodes,
+        parallelism=nodes,
+        retries_per_index=p.spec.execution.retries_per_run,
+        max_failed_indexes=0,
+        active_deadline_seconds=p.remaining_deadline(),
+    )
+    return render_job(
+        p.owner,
+        name=name,
+        stage=stage,
+        labels=labels,
+        shape=shape,
+        spec=p.spec,
+        defaults=p.ctx.defaults,
+        run_index=run_index,
+        gang=gang,
+    )

@@ -147,6 +147,33 @@ def placement(spec: RecognitionExperimentSpec, *, cluster: bool) -> Placement:
     )
 
 
+def _common(
+    spec: RecognitionExperimentSpec,
+    run: PretrainRun,
+    resource: ResourceRef,
+    spec_hash: str,
+    *,
+    cluster: bool,
+    attempt: int,
+) -> dict[str, Any]:
+    """What both stages' tasks carry: where, which run, the spec (for spec.json), precision, seed,
+    placement and checkpoints."""
+    method = spec.method.pretrain
+    assert method is not None
+    return {
+        "resource": resource,
+        "output": storage_target(spec.output),
+        "spec_hash": spec_hash,
+        "attempt": attempt,
+        "run": run.name,
+        "experiment": spec,
+        "precision": method.precision,
+        "seed": run.seed,
+        "distributed": placement(spec, cluster=cluster),
+        "checkpoint": method.checkpoint,
+    }
+
+
 def pretrain_task(
     spec: RecognitionExperimentSpec,
     run: PretrainRun,
@@ -163,16 +190,7 @@ def pretrain_task(
         {**method.data.model_dump(), "synthetic": inputs, "size": run.size}
     )
     return PretrainTask(
-        resource=resource,
-        output=storage_target(spec.output),
-        spec_hash=pretrain_hash(spec, run, inputs),
-        attempt=attempt,
-        run=run.name,
-        experiment=spec,
-        precision=method.precision,
-        seed=run.seed,
-        distributed=placement(spec, cluster=cluster),
-        checkpoint=method.checkpoint,
+        **_common(spec, run, resource, pretrain_hash(spec, run, inputs), cluster=cluster, attempt=attempt),
         objective=run.objective,
         backbone=method.backbone,
         init=run.init,
@@ -209,16 +227,9 @@ def transfer_task(
     t = method.transfer
     split = {"labels": spec.labels, "train": spec.data.real_train, "test": spec.data.test}
     return TransferTask(
-        resource=resource,
-        output=storage_target(spec.output),
-        spec_hash=transfer_hash(spec, run, source_hash),
-        attempt=attempt,
-        run=run.name,
-        experiment=spec,
-        precision=method.precision,
-        seed=run.seed,
-        distributed=placement(spec, cluster=cluster),
-        checkpoint=method.checkpoint,
+        **_common(
+            spec, run, resource, transfer_hash(spec, run, source_hash), cluster=cluster, attempt=attempt
+        ),
         source=source,
         classification=ClassificationTransfer.model_validate({**t.classification.model_dump(), **split})
         if t.classification
