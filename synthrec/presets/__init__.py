@@ -296,7 +296,8 @@ def _imagenet_r_names() -> list[str]:
 # synsets (the ImageNet-21k classes timm keeps for having enough images) that are not ImageNet-1k classes:
 # ranked by blake2b("in2k", IN2K_SEED, synset), each named by its first WordNet lemma (timm's
 # imagenet_synset_to_lemma.txt) not already a class name (a synset whose lemmas are all taken is passed
-# over), until IN2K_EXTRA are drawn. The list is printed by `synthrec plan` and kept in the dataset card.
+# over), until IN2K_EXTRA are drawn. The names are in every dataset card (labels.classes), the synsets are
+# the preset's folders (real ImageNet-21k images in their release layout match them).
 IN2K_EXTRA = 1000
 IN2K_SEED = 0
 
