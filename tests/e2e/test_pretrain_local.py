@@ -1,7 +1,10 @@
 """`synthrec run examples/pretrain-tiny.yaml` end to end on CPU with the real workers: a tiny synthetic
 dataset, a tiny timm backbone pre-trained on it at two data sizes (torchrun's one process on CPU), every
 run transferred by fine-tuning and a linear probe; the transfer table in the summary, in `synthrec
-status` and in the report (with its plot); a second run answers from the committed artifacts."""
+status` and in the report (with its plot); a second run answers from the committed artifacts.
+
+One run's first pre-training attempt is preempted (SIGTERM at a chosen step, as a node drain would): the
+runner retries the stage and the retry continues from the checkpoint that SIGTERM saved."""
 
 from __future__ import annotations
 
@@ -20,6 +23,30 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "pretrain-tiny.yaml"
 RUNS = ("sup-0-scratch", "sup-32-scratch", "sup-64-scratch")
+PREEMPTED, AT_STEP = "sup-64-scratch", 5  # of 8 (64 images / batch 16 x 2 epochs): mid second epoch
+
+# Imported by every Python process of the run (sitecustomize on PYTHONPATH): in the worker of the preempted
+# run's pretrain stage, rank 0's progress reporter sends its own process SIGTERM when the step is reached,
+# once (the marker file says it happened). The event is the step count, not a time.
+PREEMPT_HOOK = f"""
+import os, signal, sys
+from pathlib import Path
+
+_marker = Path(os.environ["SYNTHREC_TEST_PREEMPTED"])
+_task = sys.argv[-1] if sys.argv[1:3] == ["pretrain", "--task"] else ""
+if Path(_task).name == "pretrain-{PREEMPTED}.json" and not _marker.exists():
+    from synthrec.workers import runtime
+
+    _advance = runtime.Progress.advance
+
+    def advance(self, n=1):
+        _advance(self, n)
+        if self.path is not None and self.done == {AT_STEP} and not _marker.exists():
+            _marker.write_text(str(self.done))
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    runtime.Progress.advance = advance
+"""
 
 
 def synthrec(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -37,15 +64,25 @@ def synthrec(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 def test_the_tiny_pretraining_example_runs_on_cpu_and_reports_its_transfer_table(
     tiny_models: TinyModels, tmp_path: Path
 ) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PREEMPT_HOOK)
+    preempted = tmp_path / "preempted"
     env = {
         **os.environ,
         "SYNTHREC_TINY_MODELS": str(tiny_models.root),
         "TMPDIR": str(tmp_path),
         "COLUMNS": "200",
+        "PYTHONPATH": os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "SYNTHREC_TEST_PREEMPTED": str(preempted),
     }
     store = tmp_path / "store"
     first = synthrec("run", str(EXAMPLE), "--storage", store.as_uri(), env=env)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    assert preempted.read_text() == str(AT_STEP)
+    said = " ".join(first.stdout.split())  # the console wraps long lines
+    retried = f"pretrain run {PREEMPTED} failed (exit code 1; try 1 of 2), retrying: stopped at step"
+    assert f"{retried} {AT_STEP} " in said
     assert "pretrain: 0/2 committed" in first.stdout and "transfer: 0/3 committed" in first.stdout
     for run in RUNS:
         assert run in first.stdout  # the summary's transfer table
@@ -61,6 +98,11 @@ def test_the_tiny_pretraining_example_runs_on_cpu_and_reports_its_transfer_table
             1,
         )
         assert (runs / run / "pretrain" / "backbone.safetensors").exists()
+        metrics = json.loads((runs / run / "pretrain" / "metrics.json").read_text())
+        # the retry continued from the checkpoint SIGTERM saved; the other run was never stopped
+        assert metrics["resumed_at"] == ([AT_STEP] if run == PREEMPTED else [])
+        curve = json.loads((runs / run / "pretrain" / "curve.json").read_text())["points"]
+        assert [p["step"] for p in curve] == list(range(2, selected // 16 * 2 + 1, 2))  # logEvery: 2
 
     status = synthrec("status", "--json", str(store), env=env)
     assert status.returncode == 0, status.stdout + status.stderr
