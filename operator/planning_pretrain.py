@@ -132,7 +132,9 @@ def _fold(result: api.RunResult, summary: object, stage: str, layout: Experiment
     """A finished stage's summary into the run's row (percentages; detection: the VOC07 AP50)."""
     if stage == PRETRAIN_STAGE:
         card = summary.card if isinstance(summary, PretrainSummary) else None
-        result.metrics = card or layout.url(ExperimentLayout.pretrain(run, "card.json"))
+        result.card = result.metrics = card or layout.url(ExperimentLayout.pretrain(run, "card.json"))
+        if isinstance(summary, PretrainSummary):
+            result.pretrain_steps, result.pretrain_loss = summary.steps, summary.loss
         return
     result.metrics = layout.root.rstrip("/") + "/" + ExperimentLayout.transfer(run)
     if isinstance(summary, TransferSummary):

@@ -129,6 +129,11 @@ class RunResult(ApiModel):
     data_size: int | None = Field(default=None, description="Synthetic images (unset: all; 0: none).")
     init: str | None = Field(default=None, max_length=1024)
     stage: str | None = Field(default=None, max_length=32, description="pretrain or transfer.")
+    pretrain_steps: int | None = Field(default=None, description="Optimizer steps of the pre-training.")
+    pretrain_loss: float | None = Field(default=None, description="The pre-training's last logged loss.")
+    card: str | None = Field(
+        default=None, max_length=1024, description="URI of the pre-trained backbone's card.json."
+    )
     classification_top1: float | None = None
     linear_probe_top1: float | None = None
     ap50: float | None = Field(default=None, description="VOC07 11-point AP50 of the detection transfer.")

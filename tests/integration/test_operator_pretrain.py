@@ -117,6 +117,7 @@ async def test_a_two_node_stage_is_an_indexed_job_and_a_headless_service_that_me
         out = tmp_path / "out" / "runs" / "sup-all-scratch"
         card = json.loads((out / "pretrain" / "card.json").read_text())
         assert card["world_size"] == 2 and card["data"]["selected"] == 32 and card["steps"] == 4
+        assert row["card"] == (out / "pretrain" / "card.json").as_uri() and row["pretrainSteps"] == 4
         probe = json.loads((out / "transfer" / "linear-probe" / "metrics.json").read_text())
         assert probe["world_size"] == 2 and probe["top1"] == row["linearProbeTop1"]
 

@@ -589,6 +589,10 @@ def test_a_pretraining_run_goes_through_its_stages_and_its_jobs_expire_once_fold
     )
     rows = {r["name"]: r for r in second.status["results"]}
     assert rows["sup-1k-scratch"]["stage"] == "transfer" and rows["sup-1k-scratch"]["state"] == "Running"
+    # the pre-training's own numbers stay in the row: steps, last loss, the card transfer reads
+    pretrained = rows["sup-1k-scratch"]
+    assert (pretrained["pretrainSteps"], pretrained["pretrainLoss"]) == (62, 1.5)
+    assert pretrained["card"] == "s3://bucket/exp/c.json"
     assert [c.name for c in second.create] == ["exp-r1-transfer-a1"]
     assert not second.patch_jobs  # not folded in the persisted status yet: the pretrain Job stays
     third = plan(
@@ -614,6 +618,8 @@ def test_a_pretraining_run_goes_through_its_stages_and_its_jobs_expire_once_fold
     rows = {r["name"]: r for r in last.status["results"]}
     assert rows["sup-1k-scratch"]["linearProbeTop1"] == 55.0 and rows["sup-0-scratch"]["top1"] == 40.0
     assert rows["sup-1k-scratch"]["metrics"] == "s3://bucket/exp/runs/sup-1k-scratch/transfer/"
+    assert rows["sup-1k-scratch"]["card"] == "s3://bucket/exp/c.json" and "card" not in rows["sup-0-scratch"]
+    assert rows["sup-1k-scratch"]["pretrainSteps"] == 62 and "pretrainSteps" not in rows["sup-0-scratch"]
     assert last.status["best"] == {"name": "sup-1k-scratch", "top1": 55.0}
     assert condition(last.status, "Complete")["status"] == "True"
     assert (rows["sup-1k-scratch"]["dataSize"], rows["sup-0-scratch"]["init"]) == (1000, "scratch")
