@@ -1,24 +1,28 @@
 """The HTML report of a storage (or of one resource): what was generated, what the filter kept, how well
 the classifiers do.
 
-One self-contained page, ``index.html``, with its images and PNG plots in ``img/`` and ``plots/`` beside it,
-referenced relatively: no JavaScript, no external CSS or fonts, so the folder can be copied, mailed or
-served from a bucket as it is. For each SyntheticDataset: the models, counts and accept rates per class
-(table and plot), samples of the prompts, and per class a grid of kept and rejected images with their
-prompts and CLIP scores. For each RecognitionExperiment: the accuracy table of all runs, top-1 against
-shots with the zero-shot baseline, the training curves, and where the best run errs (its weakest classes
-against zero-shot CLIP, the classes it confuses most, and its confusion matrix). Runs with the built-in
-tiny models say in red that the weights are random and the accuracy is meaningless.
+One self-contained page, ``index.html``, with its images and PNG plots in ``img/`` and ``plots/`` and the
+results as ``results.csv`` (every run) and ``table.csv`` (top-1 over seeds) beside it, referenced
+relatively: no JavaScript, no external CSS or fonts, so the folder can be copied, mailed or served from a
+bucket as it is. For each SyntheticDataset: the models, counts and accept rates per class (table and
+plot), samples of the prompts, and per class a grid of the kept images and, apart, of those that passed
+the threshold but were not kept and those below it, with their prompts and CLIP scores. For each
+RecognitionExperiment: top-1 over seeds per variant and shots (mean +- std, min-max) with zero-shot CLIP,
+as a table and a plot with a min-max band; every run with its TensorBoard log dir; each training
+objective on its own axes; and where the best run errs (its weakest classes against zero-shot CLIP, the
+classes it confuses most, and its confusion matrix with counts). Runs with the built-in tiny models say
+in red that the weights are random and the accuracy is meaningless.
 
 Everything is read from the artifacts (``synthrec.contract.artifacts``); class names and prompts are data
-and are escaped. Plots use matplotlib's Agg backend, imported only here.
+and are escaped. Plots use matplotlib's object API, imported only here.
 
-The package: ``render`` (the page), ``images`` (kept and rejected grids), ``plots``; this module holds the
-entry points.
+The package: ``render`` (the page), ``results`` (the numbers over seeds, the CSVs), ``images`` (the
+grids), ``plots``; this module holds the entry points.
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -96,9 +100,14 @@ def write_report(
 
 
 def _render_into(found: list[artifacts.FoundResource], folder: Path, source: str) -> None:
-    """Render in a fresh sibling folder, then swap it in, so a failed render leaves the old report."""
+    """Render in a fresh sibling folder, then swap it in, so a failed render leaves the old report.
+
+    The folder is made with the user's umask (mkdtemp would make it 0700): on a shared filesystem the
+    report is for others to open too, as every other file synthrec writes.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=folder.parent))
+    staging = folder.parent / f".report-{secrets.token_hex(8)}"
+    staging.mkdir()
     try:
         Renderer(staging).render(found, source)
         if folder.exists():

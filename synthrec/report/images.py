@@ -1,5 +1,7 @@
-"""The images of a dataset's report: per class a grid of kept and rejected samples with their CLIP
-scores and prompts, read from index/kept.jsonl, the features files and the shard tars (only the
+"""The images of a dataset's report: per class a grid of kept samples and of the two kinds of images
+that were not kept, those below the CLIP filter's threshold and those that passed it but were not among
+the K kept (``filter.keepPerClass``: drawn at random from the passing ones, or the top K), with their
+CLIP scores and prompts. Read from index/kept.jsonl, the features files and the shard tars (only the
 shards that hold grid images are read)."""
 
 from __future__ import annotations
@@ -10,18 +12,19 @@ import struct
 import tarfile
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from synthrec.contract.layout import DatasetLayout
-from synthrec.contract.manifest import DatasetManifest
+from synthrec.contract.manifest import ClassCounts, DatasetManifest
 from synthrec.storage import FileStorage, ObjectNotFound, Storage, StorageError
 
 MAX_GRID_CLASSES = 24  # classes with image grids (the accept-rate table and plot show every class)
-GRID_IMAGES = 8  # kept and rejected images shown per class
+GRID_IMAGES = 8  # images shown per class and group (kept, passed but not kept, below the threshold)
+GRID_SHARDS = 4  # shards whose features a class's not-kept images are looked for in
 THUMBNAIL_PX = 128
 
 
@@ -32,6 +35,7 @@ class Sample:
     class_index: int
     score: float | None
     kept: bool
+    passed: bool | None = None  # score above the threshold (None: not recorded)
     prompt: str = ""
     image: str | None = None  # path relative to the report folder
 
@@ -41,7 +45,12 @@ class ClassGrid:
     index: int
     name: str
     kept: list[Sample] = field(default_factory=list)
-    rejected: list[Sample] = field(default_factory=list)
+    not_chosen: list[Sample] = field(default_factory=list)  # passed the threshold, not among the K kept
+    below: list[Sample] = field(default_factory=list)  # at or below the threshold
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self.kept + self.not_chosen + self.below
 
 
 def read_jsonl(storage: Storage, key: str) -> list[dict[str, Any]]:
@@ -95,48 +104,103 @@ def local_copy(storage: Storage, key: str) -> Iterator[Path]:
 def dataset_grids(
     storage: Storage, manifest: DatasetManifest, max_classes: int = MAX_GRID_CLASSES
 ) -> list[ClassGrid]:
-    """Per class (the first ``max_classes``) up to GRID_IMAGES kept and rejected samples, with scores.
+    """Per class (the first ``max_classes``) up to GRID_IMAGES kept samples, and as many of each kind of
+    not-kept sample, with scores.
 
-    Kept samples come from index/kept.jsonl. Rejected ones are the other images of the shard holding the
-    class's first kept image, scored from that shard's features file. Only those shards are read.
+    Kept samples come from index/kept.jsonl. The others are the remaining images of the shards holding
+    the class's kept images (the first GRID_SHARDS of them), scored from those shards' features files and
+    split by the reduce stage's rule: a score above ``filter.threshold`` passed. Only those shards are read.
     """
     classes = manifest.labels.classes
+    threshold = manifest.filter.threshold
     kept_rows = read_jsonl(storage, DatasetLayout.index)
     grids = {i: ClassGrid(i, str(name)) for i, name in enumerate(classes[:max_classes])}
     kept_keys = {(int(r["shard"]), str(r["key"])) for r in kept_rows if "shard" in r and "key" in r}
-    first_shard: dict[int, int] = {}
+    shards: dict[int, list[int]] = defaultdict(list)  # class -> shards of its kept images, in order
     for row in kept_rows:
         c, shard = int(row.get("class", -1)), int(row.get("shard", -1))
-        if c in grids and len(grids[c].kept) < GRID_IMAGES:
-            score = row.get("score")
-            grids[c].kept.append(Sample(str(row["key"]), shard, c, number(score), True))
-            first_shard.setdefault(c, shard)
-    if manifest.filter.enabled:
-        for c, shard in sorted(first_shard.items()):
-            for sample in _rejected_in_shard(storage, shard, c, kept_keys):
-                if len(grids[c].rejected) >= GRID_IMAGES:
-                    break
-                grids[c].rejected.append(sample)
+        if c not in grids:
+            continue
+        if shard not in shards[c]:
+            shards[c].append(shard)
+        if len(grids[c].kept) < GRID_IMAGES:
+            passed = row.get("passed") if isinstance(row.get("passed"), bool) else None
+            grids[c].kept.append(Sample(str(row["key"]), shard, c, number(row.get("score")), True, passed))
+    if not manifest.filter.enabled:
+        return [grids[i] for i in sorted(grids)]
+    features: dict[int, _ShardScores | None] = {}
+    for c in sorted(shards):
+        grid = grids[c]
+        for shard in shards[c][:GRID_SHARDS]:
+            if shard not in features:
+                features[shard] = _shard_scores(storage, shard)
+            scores = features[shard]
+            for sample in scores.not_kept(c, kept_keys) if scores else []:
+                sample.passed = _passed(sample.score, threshold)
+                group = grid.not_chosen if sample.passed else grid.below
+                if len(group) < GRID_IMAGES:
+                    group.append(sample)
+            if len(grid.not_chosen) >= GRID_IMAGES and len(grid.below) >= GRID_IMAGES:
+                break
     return [grids[i] for i in sorted(grids)]
 
 
-def _rejected_in_shard(storage: Storage, shard: int, c: int, kept: set[tuple[int, str]]) -> list[Sample]:
+@dataclass(frozen=True)
+class NotKept:
+    """Why the images of a class (or of a dataset) were not kept, from the manifest's counts."""
+
+    corrupt: int
+    real_filtered: int  # dropped by Real Filtering before the CLIP filter scored the rest
+    below: int  # at or below the threshold (and not kept to fill K when too few passed)
+    not_chosen: int  # passed the threshold, not among the K kept
+
+    @classmethod
+    def of(cls, counts: Iterable[ClassCounts]) -> NotKept:
+        corrupt = real_filtered = below = not_chosen = 0
+        for c in counts:
+            scored_below = c.generated - c.corrupt - c.real_filtered - c.passed
+            corrupt += c.corrupt
+            real_filtered += c.real_filtered
+            below += scored_below - c.kept_below_threshold
+            not_chosen += c.passed - (c.kept - c.kept_below_threshold)
+        return cls(corrupt, real_filtered, below, not_chosen)
+
+
+def _passed(score: float | None, threshold: float | None) -> bool:
+    """The reduce stage's rule (synthrec.workers.reduce.clip_filter): an image passes when score > t."""
+    return score is not None and threshold is not None and score > threshold
+
+
+@dataclass
+class _ShardScores:
+    """A shard's features file as far as the grids need it: keys, classes and filter probabilities."""
+
+    shard: int
+    keys: list[str]
+    labels: list[int] | None
+    probs: list[list[float]]
+
+    def not_kept(self, c: int, kept: set[tuple[int, str]]) -> list[Sample]:
+        out = []
+        for row, key in enumerate(self.keys):
+            if (self.shard, key) in kept:
+                continue
+            if (self.labels[row] if self.labels else _class_of_key(key)) != c:
+                continue
+            score = self.probs[row][c] if row < len(self.probs) and c < len(self.probs[row]) else None
+            out.append(Sample(key, self.shard, c, score, False))
+        return out
+
+
+def _shard_scores(storage: Storage, shard: int) -> _ShardScores | None:
     try:
         data = storage.read_bytes(DatasetLayout.features(shard))
         meta = safetensors_header(data).get("__metadata__") or {}
-        keys = json.loads(meta.get("keys", "[]"))
+        keys = [str(k) for k in json.loads(meta.get("keys", "[]"))]
         probs = safetensors_matrix(data, "probs")
-    except (ObjectNotFound, ValueError, KeyError, struct.error):
-        return []
-    out = []
-    labels = _class_column(data, len(keys))
-    for row, key in enumerate(keys):
-        if (shard, key) in kept:
-            continue
-        if (labels[row] if labels else _class_of_key(key)) != c:
-            continue
-        out.append(Sample(key, shard, c, probs[row][c] if row < len(probs) else None, False))
-    return out
+    except (ObjectNotFound, ValueError, KeyError, TypeError, struct.error):
+        return None
+    return _ShardScores(shard, keys, _class_column(data, len(keys)), probs)
 
 
 def _class_column(data: bytes, n: int) -> list[int] | None:
@@ -169,7 +233,7 @@ def attach_images(storage: Storage, grids: list[ClassGrid], out_dir: Path, prefi
     """Copy the grids' images (thumbnails) into ``out_dir/prefix`` and fill in prompts from the tars."""
     by_shard: dict[int, list[Sample]] = defaultdict(list)
     for grid in grids:
-        for sample in grid.kept + grid.rejected:
+        for sample in grid.samples:
             by_shard[sample.shard].append(sample)
     (out_dir / prefix).mkdir(parents=True, exist_ok=True)
     for shard, samples in sorted(by_shard.items()):

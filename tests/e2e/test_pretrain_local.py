@@ -8,6 +8,7 @@ runner retries the stage and the retry continues from the checkpoint that SIGTER
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -120,6 +121,12 @@ def test_the_tiny_pretraining_example_runs_on_cpu_and_reports_its_transfer_table
     page = (store / "report" / "index.html").read_text()
     assert "Fine-tuning top-1 (%) by synthetic data size" in page and "Linear probe top-1" in page
     assert (store / "report" / "plots" / "tiny-pretrain-transfer-vs-size.png").stat().st_size > 0
+    with open(store / "report" / "transfer.csv", newline="") as f:  # the table, unrounded
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert set(rows) == set(RUNS) and "transfer.csv" in page and "results.csv" not in page
+    for run in RUNS:
+        assert float(rows[run]["classification_top1"]) == table[run]["classification_top1"]
+    assert rows["sup-0-scratch"]["pretrain_steps"] == "" and rows[PREEMPTED]["pretrain_steps"] == "8"
 
     again = synthrec("run", str(EXAMPLE), "--storage", store.as_uri(), env=env)
     assert again.returncode == 0, again.stderr[-3000:]

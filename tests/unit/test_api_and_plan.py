@@ -216,7 +216,7 @@ def test_defaults_are_filled_once_when_the_plan_is_made_and_the_task_carries_one
     del document["experiment"]
     rates = re.findall(r'"lr": ([^,}]+)', json.dumps(document))
     assert rates == ["0.001"]  # one learning rate besides the spec: the one the optimiser gets
-    # filling the default in the plan moved no hash (HASH_VERSION 2, issue 13): earlier outputs stay valid
+    # filling the default in the plan moved no hash (recorded at HASH_VERSION 2): outputs stay valid
     hashes = {name: plan.run_hash(spec, run, inputs) for name, run in runs.items()}
     assert hashes == {
         "shots0-seed1-a": "bb0fbbb06a5a85067930b6b7d5b739ddac542c9b44d3d982924c678005a93660",
