@@ -23,6 +23,7 @@ STAGES = {
     # distributed stages: the module's main() launches torchrun (or is a rank under it)
     "pretrain": "synthrec.workers.pretrain.stage",
     "transfer": "synthrec.workers.pretrain.stage",
+    "cleanup": "synthrec.workers.cleanup",
 }
 DISTRIBUTED = ("pretrain", "transfer")
 

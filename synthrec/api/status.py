@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from synthrec.api.base import MAX_RUNS, ApiModel
+from synthrec.api.base import MAX_PINNED_DATASETS, MAX_RUNS, ApiModel
 
 # ---------------------------------------------------------------------------------------------- status
 
@@ -114,10 +114,18 @@ class RunResult(ApiModel):
     shots: int | None = None
     seed: int
     variant: str | None = Field(default=None, max_length=63)
+    method: str | None = Field(
+        default=None, max_length=63, description="classifier-tuning, zero-shot, tip-adapter(-f) or coop."
+    )
     state: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
     top1: float | None = Field(
         default=None,
-        description="Test top-1 (pre-training: of the fine-tuned backbone, or the linear probe).",
+        description="Test top-1 of the model the run's selection picks (pre-training: of the fine-tuned "
+        "backbone, or the linear probe).",
+    )
+    top1_last: float | None = Field(default=None, description="Test top-1 of the last epoch's model.")
+    top1_best_validation: float | None = Field(
+        default=None, description="Test top-1 of the best epoch on the run's validation set, if it has one."
     )
     zero_shot_top1: float | None = None
     metrics: str | None = Field(
@@ -164,5 +172,5 @@ class RecognitionExperimentStatus(StatusBase):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     best: BestRun | None = None
-    datasets: list[PinnedDataset] = Field(default_factory=list, max_length=16)
+    datasets: list[PinnedDataset] = Field(default_factory=list, max_length=MAX_PINNED_DATASETS)
     artifacts: ExperimentArtifacts = Field(default_factory=ExperimentArtifacts)

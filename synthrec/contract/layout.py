@@ -16,6 +16,7 @@ Dataset::
     manifest.json                    dataset card (written last by reduce)
     progress/<stage>-00012.json      small in-flight progress files (best effort, not a commit)
     report/index.html                dataset report
+    .synthrec/written/<stage>-00012-<token>.json   the keys one worker process wrote (on a cluster)
 
 Experiment::
 
@@ -28,6 +29,7 @@ Experiment::
     runs/<run>/transfer/<kind>/metrics.json, curve.json, done.json   (classification, linear-probe, detection)
     summary.json                     all runs, written by the reporter
     report/index.html
+    .synthrec/written/...            as for datasets
 """
 
 from __future__ import annotations
@@ -37,10 +39,17 @@ from dataclasses import dataclass
 from synthrec.storage.uris import join
 
 SHARD_DIGITS = 5
+# Ledgers of written keys (synthrec.contract.written), for deleting exactly what a resource wrote.
+WRITTEN_KEYS = ".synthrec/written/"
 
 
 def shard_name(stage_prefix: str, shard: int) -> str:
     return f"{stage_prefix}-{shard:0{SHARD_DIGITS}d}"
+
+
+def written_keys(stage: str, shard: int | None, token: str) -> str:
+    """The ledger of one worker process (``token`` is unique to the process)."""
+    return f"{WRITTEN_KEYS}{shard_name(stage, shard or 0)}-{token}.json"
 
 
 @dataclass(frozen=True)

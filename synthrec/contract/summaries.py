@@ -90,7 +90,10 @@ class ReduceSummary(Summary):
 class TrainSummary(Summary):
     stage: Literal["train"] = "train"
     run: str
+    method: str | None = None
     top1: float | None
+    top1_last: float | None = None
+    top1_best_validation: float | None = None
     zero_shot_top1: float | None
     metrics: str | None = None  # URI of runs/<run>/metrics.json
 
@@ -119,6 +122,15 @@ class TransferSummary(Summary):
     metrics: str | None = None  # URI of runs/<run>/transfer/
 
 
+class CleanupSummary(Summary):
+    """What deleting a resource's artifacts did (``spec.output.onDelete: Delete``)."""
+
+    stage: Literal["cleanup"] = "cleanup"
+    deleted: int  # objects the resource wrote, deleted now
+    kept: int  # other objects under its output URI, which synthrec did not write for it: left alone
+    ledgers: int  # ledgers of written keys read (and deleted last)
+
+
 StageSummary = (
     PromptsSummary
     | GenerateSummary
@@ -127,6 +139,7 @@ StageSummary = (
     | TrainSummary
     | PretrainSummary
     | TransferSummary
+    | CleanupSummary
 )
 _BY_STAGE: dict[str, type[Summary]] = {
     "prompts": PromptsSummary,
@@ -136,6 +149,7 @@ _BY_STAGE: dict[str, type[Summary]] = {
     "train": TrainSummary,
     "pretrain": PretrainSummary,
     "transfer": TransferSummary,
+    "cleanup": CleanupSummary,
 }
 
 

@@ -35,6 +35,7 @@ from synthrec.workers.runtime import (
     Progress,
     classify_failure,
     open_location,
+    recording,
     write_spec_json,
     write_termination_log,
 )
@@ -91,6 +92,7 @@ def launch(stage: str, task_path: str) -> int:
         task = load_task(task_path, stage)
         module = importlib.import_module(STAGE_MODULES[stage])
         storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
+        storage = recording(storage, task, stage, None)  # what onDelete: Delete may delete
         if task.experiment is not None:  # the experiment's root says what it is (synthrec status, report)
             write_spec_json(task, storage)
         done = module.finished(task, storage)
@@ -182,6 +184,7 @@ def run_rank(stage: str, task_path: str) -> int:
         module = importlib.import_module(STAGE_MODULES[stage])
         rank = distributed.init_rank(task.distributed.backend, os.environ.get(contract.ENV_DEVICE))
         storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
+        storage = recording(storage, task, stage, None)  # each rank keeps its own ledger
         progress_file = os.environ.get(contract.ENV_PROGRESS_FILE) if rank.is_main else None
         progress = Progress(stage, 0, path=Path(progress_file) if progress_file else None)
         result = module.run(RankContext(task, rank, storage, progress, stop))
