@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synthrec.storage.base import CHUNK, MiB, ObjectInfo, Storage, clean_key
+from synthrec.storage.base import CHUNK, MAX_JSON_BYTES, MiB, ObjectInfo, Storage, clean_key
 from synthrec.storage.commit import commit_file, existing_commit, read_marker, upload_tree, write_marker
 from synthrec.storage.errors import (
     InvalidKey,
     ObjectNotFound,
+    ObjectTooLarge,
     StorageConflict,
     StorageError,
     StoragePermissionError,
@@ -60,12 +61,14 @@ def open_storage(
 
 __all__ = [
     "CHUNK",
+    "MAX_JSON_BYTES",
     "TMP_SUFFIX",
     "FileStorage",
     "InvalidKey",
     "MiB",
     "ObjectInfo",
     "ObjectNotFound",
+    "ObjectTooLarge",
     "RetryPolicy",
     "S3Storage",
     "S3Tuning",

@@ -25,3 +25,7 @@ class StorageConflict(StorageError):
 
 class InvalidKey(StorageError, ValueError):
     """A key that could escape the storage root or cannot be represented on every backend."""
+
+
+class ObjectTooLarge(StorageError):
+    """An object larger than the reader's cap; nothing beyond the cap was read."""
