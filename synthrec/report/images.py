@@ -4,7 +4,6 @@ shards that hold grid images are read)."""
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import tarfile
@@ -16,13 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from synthrec.contract.kept import parse_kept_row
 from synthrec.contract.layout import DatasetLayout
 from synthrec.contract.manifest import DatasetManifest
-from synthrec.storage import FileStorage, ObjectNotFound, Storage, StorageError
+from synthrec.contract.samples import parse_sample_meta
+from synthrec.limits import MAX_IMAGE_BYTES, MAX_JSON_MEMBER_BYTES, MemberTooLarge, read_member
+from synthrec.report.files import ReportFiles
+from synthrec.report.inputs import read_lines
+from synthrec.storage import FileStorage, ObjectNotFound, ObjectTooLarge, Storage, StorageError
 
 MAX_GRID_CLASSES = 24  # classes with image grids (the accept-rate table and plot show every class)
 GRID_IMAGES = 8  # kept and rejected images shown per class
 THUMBNAIL_PX = 128
+MAX_FEATURES_BYTES = 1024 * 1024 * 1024  # a features file of a 10,000-image shard is ~50 MB
+_KEYS = TypeAdapter(list[str])  # the sample keys in a features file's metadata
 
 
 @dataclass
@@ -42,23 +50,6 @@ class ClassGrid:
     name: str
     kept: list[Sample] = field(default_factory=list)
     rejected: list[Sample] = field(default_factory=list)
-
-
-def read_jsonl(storage: Storage, key: str) -> list[dict[str, Any]]:
-    try:
-        data = storage.read_bytes(key)
-    except ObjectNotFound:
-        return []
-    rows = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        if line.strip():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                rows.append(value)
-    return rows
 
 
 def safetensors_header(data: bytes) -> dict[str, Any]:
@@ -94,40 +85,40 @@ def local_copy(storage: Storage, key: str) -> Iterator[Path]:
 
 def dataset_grids(
     storage: Storage, manifest: DatasetManifest, max_classes: int = MAX_GRID_CLASSES
-) -> list[ClassGrid]:
-    """Per class (the first ``max_classes``) up to GRID_IMAGES kept and rejected samples, with scores.
+) -> tuple[list[ClassGrid], str | None]:
+    """Per class (the first ``max_classes``) up to GRID_IMAGES kept and rejected samples, with scores,
+    and a note on index rows that could not be read.
 
     Kept samples come from index/kept.jsonl. Rejected ones are the other images of the shard holding the
     class's first kept image, scored from that shard's features file. Only those shards are read.
     """
     classes = manifest.labels.classes
-    kept_rows = read_jsonl(storage, DatasetLayout.index)
+    lines, problem = read_lines(storage, DatasetLayout.index, parse_kept_row)
     grids = {i: ClassGrid(i, str(name)) for i, name in enumerate(classes[:max_classes])}
-    kept_keys = {(int(r["shard"]), str(r["key"])) for r in kept_rows if "shard" in r and "key" in r}
+    kept_keys = {(r.shard, r.key) for r in lines.rows}
     first_shard: dict[int, int] = {}
-    for row in kept_rows:
-        c, shard = int(row.get("class", -1)), int(row.get("shard", -1))
+    for row in lines.rows:
+        c = row.class_index
         if c in grids and len(grids[c].kept) < GRID_IMAGES:
-            score = row.get("score")
-            grids[c].kept.append(Sample(str(row["key"]), shard, c, number(score), True))
-            first_shard.setdefault(c, shard)
+            grids[c].kept.append(Sample(row.key, row.shard, c, row.score, True))
+            first_shard.setdefault(c, row.shard)
     if manifest.filter.enabled:
         for c, shard in sorted(first_shard.items()):
             for sample in _rejected_in_shard(storage, shard, c, kept_keys):
                 if len(grids[c].rejected) >= GRID_IMAGES:
                     break
                 grids[c].rejected.append(sample)
-    return [grids[i] for i in sorted(grids)]
+    return [grids[i] for i in sorted(grids)], problem
 
 
 def _rejected_in_shard(storage: Storage, shard: int, c: int, kept: set[tuple[int, str]]) -> list[Sample]:
     try:
-        data = storage.read_bytes(DatasetLayout.features(shard))
+        data = storage.read_bytes(DatasetLayout.features(shard), max_bytes=MAX_FEATURES_BYTES)
         meta = safetensors_header(data).get("__metadata__") or {}
-        keys = json.loads(meta.get("keys", "[]"))
+        keys = _KEYS.validate_json(meta.get("keys", "[]"))
         probs = safetensors_matrix(data, "probs")
-    except (ObjectNotFound, ValueError, KeyError, struct.error):
-        return []
+    except (ObjectNotFound, ObjectTooLarge, ValueError, KeyError, TypeError, AttributeError, struct.error):
+        return []  # a missing, damaged or planted features file: no rejected samples to show
     out = []
     labels = _class_column(data, len(keys))
     for row, key in enumerate(keys):
@@ -149,7 +140,7 @@ def _class_column(data: bytes, n: int) -> list[int] | None:
         (length,) = struct.unpack("<Q", data[:8])
         start, end = (8 + length + o for o in info["data_offsets"])
         return list(struct.unpack(f"<{n}q", data[start:end]))
-    except (KeyError, ValueError, struct.error):
+    except (KeyError, ValueError, TypeError, AttributeError, struct.error):
         return None
 
 
@@ -161,17 +152,13 @@ def _class_of_key(key: str) -> int:
         return -1
 
 
-def number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def attach_images(storage: Storage, grids: list[ClassGrid], out_dir: Path, prefix: str) -> None:
-    """Copy the grids' images (thumbnails) into ``out_dir/prefix`` and fill in prompts from the tars."""
+def attach_images(storage: Storage, grids: list[ClassGrid], files: ReportFiles, resource: str) -> None:
+    """Write the grids' images as thumbnails (``img/<resource>/<key>.jpg``, names made by ``files``) and
+    fill in prompts from the tars. Members are read with a size cap; images are decoded and re-encoded."""
     by_shard: dict[int, list[Sample]] = defaultdict(list)
     for grid in grids:
         for sample in grid.kept + grid.rejected:
             by_shard[sample.shard].append(sample)
-    (out_dir / prefix).mkdir(parents=True, exist_ok=True)
     for shard, samples in sorted(by_shard.items()):
         wanted = {s.key: s for s in samples}
         try:
@@ -181,28 +168,17 @@ def attach_images(storage: Storage, grids: list[ClassGrid], out_dir: Path, prefi
                     sample = wanted.get(stem)
                     if sample is None or not member.isfile():
                         continue
-                    handle = tar.extractfile(member)
-                    if handle is None:
-                        continue
-                    data = handle.read()
                     if ext == "json":
-                        with suppress(ValueError, AttributeError):
-                            sample.prompt = str(json.loads(data).get("prompt", ""))
+                        with suppress(ValueError):
+                            sample.prompt = parse_sample_meta(
+                                read_member(tar, member, MAX_JSON_MEMBER_BYTES)
+                            ).prompt
                     elif ext in ("jpg", "jpeg", "png", "webp"):
-                        rel = f"{prefix}/{stem}.jpg"
-                        _write_thumbnail(data, out_dir / rel)
-                        sample.image = rel
+                        with suppress(MemberTooLarge):
+                            rel = files.name("img", resource, stem, ext="jpg")
+                            if files.write_thumbnail(
+                                rel, read_member(tar, member, MAX_IMAGE_BYTES), THUMBNAIL_PX
+                            ):
+                                sample.image = rel
         except (StorageError, OSError, tarfile.TarError):
             continue  # a missing or damaged shard: its samples show without a picture
-
-
-def _write_thumbnail(data: bytes, path: Path) -> None:
-    try:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            im.save(path, format="JPEG", quality=90)
-    except Exception:  # no Pillow or an undecodable image: keep the original bytes
-        path.write_bytes(data)

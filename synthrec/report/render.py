@@ -5,16 +5,23 @@ from __future__ import annotations
 import html
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from synthrec.contract import artifacts, confusion
+from synthrec.contract.confusion import parse_confusion
+from synthrec.contract.curve import parse_curve
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.contract.manifest import DatasetManifest
-from synthrec.report.images import MAX_GRID_CLASSES, attach_images, dataset_grids, read_jsonl
+from synthrec.contract.prompts import PromptRow
+from synthrec.limits import bounded
+from synthrec.report.files import ReportFiles
+from synthrec.report.images import MAX_GRID_CLASSES, attach_images, dataset_grids
+from synthrec.report.inputs import read_document, read_lines
 from synthrec.report.plots import plot_accept_rates, plot_confusion, plot_curves, plot_top1_vs_shots
-from synthrec.storage import ObjectNotFound, Storage
+from synthrec.storage import Storage
 from synthrec.tiny import references_tiny
 
 PROMPTS_PER_CLASS = 3
@@ -63,16 +70,17 @@ def _rate(value: Any) -> str:
 class Renderer:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        (folder / "plots").mkdir(parents=True, exist_ok=True)
-        (folder / "img").mkdir(parents=True, exist_ok=True)
+        self.files = ReportFiles(folder)  # every file of the report is named and opened through it
 
-    def render(self, found: list[artifacts.FoundResource], source: str) -> None:
+    def render(self, found: list[artifacts.FoundResource], source: str, problems: Sequence[str] = ()) -> None:
+        """The page; ``problems``: what could not be read at all (one warning line each)."""
         tiny = any(references_tiny(res.spec) for res in found)
         datasets = [r for r in found if r.kind == "SyntheticDataset"]
         experiments = [r for r in found if r.kind == "RecognitionExperiment"]
         body = [f"<h1>synthrec report</h1><p class='note'>{_e(source)} &middot; {_e(_now())}</p>"]
         if tiny:
             body.append(f"<p class='warn'>{_e(TINY_NOTE)}</p>")
+        body.extend(_problem(p) for p in problems)
         body.append("<ul>")
         for res in datasets + experiments:
             body.append(f"<li><a href='#{_e(_anchor(res))}'>{_e(res.kind)} {_e(res.name)}</a></li>")
@@ -90,7 +98,7 @@ class Renderer:
             + "\n".join(body)
             + "</body></html>\n"
         )
-        (self.folder / "index.html").write_text(page, encoding="utf-8")
+        self.files.write_text(self.files.name("index", ext="html"), page)
 
     # ---- datasets
 
@@ -112,6 +120,8 @@ class Renderer:
         out.append("</table>")
         stages = ", ".join(f"{s.stage} {len(s.committed)}/{s.shards}" for s in state.stages if s.enabled)
         if state.manifest is None:
+            if state.manifest_problem:
+                out.append(_problem(state.manifest_problem))
             out.append(
                 f"<p class='warn'>Not complete yet (no manifest.json); committed shards: {_e(stages)}</p>"
             )
@@ -135,33 +145,34 @@ class Renderer:
             )
         out.append("</table>")
         if per_class:
-            rel = f"plots/{res.name}-accept-rates.png"
-            plot_accept_rates(per_class, self.folder / rel, f"{res.name}: CLIP filter per class")
+            rel = self.files.name("plots", f"{res.name}-accept-rates", ext="png")
+            plot_accept_rates(per_class, self.files.path(rel), f"{res.name}: CLIP filter per class")
             out.append(f"<img src='{_e(rel)}' alt='accept rates per class'>")
         out.append(self.prompt_samples(res.storage, manifest))
         out.append(self.grids(res, manifest))
         return "\n".join(out)
 
     def prompt_samples(self, storage: Storage, manifest: DatasetManifest | None) -> str:
-        rows = read_jsonl(storage, DatasetLayout.prompts)
+        lines, problem = read_lines(storage, DatasetLayout.prompts, PromptRow.from_json)
+        rows = lines.rows
         if not rows:
-            return "<p class='note'>No prompts yet.</p>"
-        per_class: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            return (_problem(problem) if problem else "") + "<p class='note'>No prompts yet.</p>"
+        per_class: dict[int, list[PromptRow]] = defaultdict(list)
         totals: dict[int, int] = defaultdict(int)
         for row in rows:
-            c = int(row.get("class", -1))
+            c = row.class_index
             totals[c] += 1
             if len(per_class[c]) < PROMPTS_PER_CLASS:
                 per_class[c].append(row)
-        out = [f"<h3>Prompt samples</h3><p class='note'>{len(rows)} prompts in prompts.jsonl.</p><table>"]
+        out = [_problem(problem)] if problem else []
+        out += [f"<h3>Prompt samples</h3><p class='note'>{len(rows)} prompts in prompts.jsonl.</p><table>"]
         out.append("<tr><th class='l'>class</th><th>prompts</th><th class='l'>samples</th></tr>")
         for c in sorted(per_class)[:MAX_GRID_CLASSES]:
             samples = "<br>".join(
-                f"{_e(r.get('prompt'))} <span class='note'>({_e(r.get('source'))}, "
-                f"{_e(r.get('images'))} images)</span>"
+                f"{_e(r.prompt)} <span class='note'>({_e(r.source)}, {_e(r.images)} images)</span>"
                 for r in per_class[c]
             )
-            name = per_class[c][0].get("class_name", c)
+            name = per_class[c][0].class_name
             out.append(
                 f"<tr><td class='l'>{_e(name)}</td><td>{totals[c]}</td><td class='l'>{samples}</td></tr>"
             )
@@ -171,9 +182,11 @@ class Renderer:
         return "\n".join(out)
 
     def grids(self, res: artifacts.FoundResource, manifest: DatasetManifest) -> str:
-        grids = dataset_grids(res.storage, manifest)
-        attach_images(res.storage, grids, self.folder, f"img/{res.name}")
+        grids, problem = dataset_grids(res.storage, manifest)
+        attach_images(res.storage, grids, self.files, res.name)
         out = ["<h3>Kept and rejected images</h3>"]
+        if problem:
+            out.append(_problem(problem))
         out.append(
             "<p class='note'>Green: kept by the CLIP filter; red: rejected. The score is the CLIP zero-shot "
             "probability of the intended class.</p>"
@@ -223,20 +236,22 @@ class Renderer:
                 f"<td>{counts.real_train if counts else '-'}</td></tr>"
             )
         out.append("</table>")
-        rel = f"plots/{res.name}-top1-vs-shots.png"
-        if plot_top1_vs_shots(state.runs, self.folder / rel, f"{res.name}: top-1 against shots"):
+        rel = self.files.name("plots", f"{res.name}-top1-vs-shots", ext="png")
+        if plot_top1_vs_shots(state.runs, self.files.path(rel), f"{res.name}: top-1 against shots"):
             out.append(f"<img src='{_e(rel)}' alt='top-1 against shots'>")
+        out.extend(_problem(r.problem) for r in state.runs if r.problem)
         curves = {}
         for r in state.runs:
             if r.done:
-                try:
-                    curve = res.storage.read_json(ExperimentLayout.run(r.name, "curve.json"))
-                except (ObjectNotFound, ValueError):
-                    continue
-                if isinstance(curve, dict):
-                    curves[r.name] = curve
-        rel = f"plots/{res.name}-curves.png"
-        if plot_curves(curves, self.folder / rel, f"{res.name}: training curves"):
+                curve, problem = read_document(
+                    res.storage, ExperimentLayout.run(r.name, "curve.json"), parse_curve
+                )
+                if problem:
+                    out.append(_problem(problem))
+                if curve is not None:
+                    curves[r.name] = curve.document()
+        rel = self.files.name("plots", f"{res.name}-curves", ext="png")
+        if plot_curves(curves, self.files.path(rel), f"{res.name}: training curves"):
             out.append(f"<h3>Training curves</h3><img src='{_e(rel)}' alt='training curves'>")
         elif state.runs:
             out.append("<p class='note'>No training curves (no run trained a head, e.g. zero-shot only).</p>")
@@ -265,13 +280,15 @@ class Renderer:
             out.append("</table>")
             if len(per_class) > len(weakest):
                 out.append(f"<p class='note'>The {len(weakest)} weakest of {len(per_class)} classes.</p>")
-        try:
-            doc = res.storage.read_json(ExperimentLayout.run_confusion(best.name))
-        except (ObjectNotFound, ValueError):
-            doc = None
-        if not (isinstance(doc, dict) and isinstance(doc.get("classes"), list) and "test" in doc):
+        parsed, problem = read_document(
+            res.storage, ExperimentLayout.run_confusion(best.name), parse_confusion
+        )
+        if parsed is None:
             out.append("<p class='note'>No readable confusion matrix for this run (confusion.json).</p>")
+            if problem:
+                out.append(_problem(problem))
             return "\n".join(out)
+        doc = parsed.document()
         pairs = confusion.most_confused(doc, CONFUSED_PAIRS)
         if pairs:
             out.append("<table><tr><th class='l'>true class</th><th class='l'>predicted as</th>")
@@ -283,10 +300,15 @@ class Renderer:
                 )
             out.append("</table>")
         if len(doc["classes"]) <= HEATMAP_MAX_CLASSES:
-            rel = f"plots/{res.name}-confusion.png"
-            plot_confusion(doc, self.folder / rel, f"{best.name}: confusion on the test split")
+            rel = self.files.name("plots", f"{res.name}-confusion", ext="png")
+            plot_confusion(doc, self.files.path(rel), f"{best.name}: confusion on the test split")
             out.append(f"<img src='{_e(rel)}' alt='confusion matrix of {_e(best.name)}'>")
         return "\n".join(out)
+
+
+def _problem(text: str) -> str:
+    """A note on something stored that could not be read (the rest of the report goes on)."""
+    return f"<p class='warn'>Could not read: {_e(bounded(text, 600))}</p>"
 
 
 def _anchor(res: artifacts.FoundResource) -> str:

@@ -47,6 +47,12 @@ def dataset_manifest(
             "templates": ["a photo of a {c}."],
         },
         "models": {"prompts": {"strategy": "basic"}, "generator": {"model": "file:///models/sd"}},
+        "generation": {
+            "steps": 50,
+            "guidance_scale": 2.0,
+            "generation_resolution_source": "the pipeline's native size",
+            "resolution": 64,
+        },
         "filter": {"enabled": filter_enabled, "seed": 0},
         "counts": {
             "generated": generated * n,
