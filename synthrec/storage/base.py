@@ -38,28 +38,38 @@ def clean_key(key: str, *, folder: bool = False) -> str:
     """
     if not isinstance(key, str):
         raise InvalidKey(f"storage keys are strings, got {type(key).__name__}")
+    problem = key_problem(key, folder=folder)
+    if problem:
+        raise InvalidKey(f"invalid storage key {key!r}: {problem}")
+    if folder and key == "":
+        return ""
+    body = key[:-1] if folder and key.endswith("/") else key
+    return body + "/" if folder else body
+
+
+def key_problem(key: str, *, folder: bool = False) -> str | None:
+    """What is wrong with ``key`` as a storage key (``clean_key``'s rules), or None. The storage URI
+    syntax (synthrec.storage.uris) applies the same rules to a URI's path, so that a URI that validates
+    opens, and one that would not open does not validate."""
     if folder:
         if key == "":
-            return ""
+            return None
         body = key[:-1] if key.endswith("/") else key
     else:
         body = key
-    problem = None
     if not body:
-        problem = "it is empty" if not folder else "it is only '/'"
-    elif body.startswith("/"):
-        problem = "it is absolute; keys are relative to the storage root"
-    elif "\\" in body:
-        problem = "it contains a backslash; use '/' between folders"
-    elif any(ord(c) < 32 or c == "\x7f" for c in body):
-        problem = "it contains a control character (NUL, newline, ...)"
-    elif body.endswith("/") or "//" in body:
-        problem = "it has an empty path segment ('//' or a trailing '/')"
-    elif any(part in ("..", ".") for part in body.split("/")):
-        problem = "it has a '.' or '..' segment"
-    if problem:
-        raise InvalidKey(f"invalid storage key {key!r}: {problem}")
-    return body + "/" if folder else body
+        return "it is empty" if not folder else "it is only '/'"
+    if body.startswith("/"):
+        return "it is absolute; keys are relative to the storage root"
+    if "\\" in body:
+        return "it contains a backslash; use '/' between folders"
+    if any(ord(c) < 32 or c == "\x7f" for c in body):
+        return "it contains a control character (NUL, newline, ...)"
+    if body.endswith("/") or "//" in body:
+        return "it has an empty path segment ('//' or a trailing '/')"
+    if any(part in ("..", ".") for part in body.split("/")):
+        return "it has a '.' or '..' segment"
+    return None
 
 
 def json_bytes(obj: Any) -> bytes:
