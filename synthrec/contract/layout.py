@@ -81,6 +81,7 @@ class ExperimentLayout:
     spec: str = "spec.json"
     summary: str = "summary.json"
     report: str = "report/index.html"
+    tensorboard: str = "runs/"  # the experiment's TensorBoard log dir: every run's tensorboard/ is below it
 
     def url(self, key: str) -> str:
         return join(self.root, key)

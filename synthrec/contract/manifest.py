@@ -163,7 +163,7 @@ class DatasetManifest(Part):
     created_at: str
     labels: ManifestLabels
     models: ManifestModels
-    generation: Generation
+    generation: Generation | None = None  # absent in manifests of fake or older writers
     filter: ManifestFilter
     soft_targets: SoftTargets | None = None
     counts: Counts

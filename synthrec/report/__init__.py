@@ -1,24 +1,28 @@
 """The HTML report of a storage (or of one resource): what was generated, what the filter kept, how well
 the classifiers do.
 
-One self-contained page, ``index.html``, with its images and PNG plots in ``img/`` and ``plots/`` beside it,
-referenced relatively: no JavaScript, no external CSS or fonts, so the folder can be copied, mailed or
-served from a bucket as it is. For each SyntheticDataset: the models, counts and accept rates per class
-(table and plot), samples of the prompts, and per class a grid of kept and rejected images with their
-prompts and CLIP scores. For each RecognitionExperiment: the accuracy table of all runs, top-1 against
-shots with the zero-shot baseline, the training curves, and where the best run errs (its weakest classes
-against zero-shot CLIP, the classes it confuses most, and its confusion matrix). Runs with the built-in
-tiny models say in red that the weights are random and the accuracy is meaningless.
+One self-contained page, ``index.html``, with its images and PNG plots in ``img/`` and ``plots/`` and the
+results as ``results.csv`` (every run) and ``table.csv`` (top-1 over seeds) beside it, referenced
+relatively: no JavaScript, no external CSS or fonts, so the folder can be copied, mailed or served from a
+bucket as it is. For each SyntheticDataset: the models, counts and accept rates per class (table and
+plot), samples of the prompts, and per class a grid of the kept images and, apart, of those that passed
+the threshold but were not kept and those below it, with their prompts and CLIP scores. For each
+RecognitionExperiment: top-1 over seeds per variant and shots (mean +- std, min-max) with zero-shot CLIP,
+as a table and a plot with a min-max band; every run with its TensorBoard log dir; each training
+objective on its own axes; and where the best run errs (its weakest classes against zero-shot CLIP, the
+classes it confuses most, and its confusion matrix with counts). Runs with the built-in tiny models say
+in red that the weights are random and the accuracy is meaningless.
 
 Everything is read from the artifacts (``synthrec.contract.artifacts``); class names and prompts are data
-and are escaped. Plots use matplotlib's Agg backend, imported only here.
+and are escaped. Plots use matplotlib's object API, imported only here.
 
-The package: ``render`` (the page), ``images`` (kept and rejected grids), ``plots``; this module holds the
-entry points.
+The package: ``render`` (the page), ``results`` (the numbers over seeds, the CSVs), ``images`` (the
+grids), ``plots``; this module holds the entry points.
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -111,21 +115,26 @@ def write_report(
 
 # Left in every report folder: a folder that holds it (or only what reports hold) may be replaced.
 REPORT_MARKER = ".synthrec-report"
-_REPORT_ENTRIES = {"index.html", "img", "plots", REPORT_MARKER}
+_REPORT_ENTRIES = {"index.html", "img", "plots", "results.csv", "table.csv", REPORT_MARKER}
 
 
 def _render_into(
     found: list[artifacts.FoundResource], folder: Path, source: str, problems: Sequence[str] = ()
 ) -> None:
     """Render in a fresh sibling folder, then swap it in, so a failed render leaves the old report.
-    An existing ``folder`` is only replaced when it is empty or an earlier report."""
+    An existing ``folder`` is only replaced when it is empty or an earlier report.
+
+    The folder is made with the user's umask (mkdtemp would make it 0700): on a shared filesystem the
+    report is for others to open too, as every other file synthrec writes.
+    """
     if folder.exists() and not _replaceable(folder):
         raise ReportError(
             f"{folder} exists and is not a synthrec report (no {REPORT_MARKER} in it); the report replaces "
             "its folder as a whole, so choose a new or empty folder for --out"
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=folder.parent))
+    staging = folder.parent / f".report-{secrets.token_hex(8)}"
+    staging.mkdir()
     try:
         Renderer(staging).render(found, source, problems)
         (staging / REPORT_MARKER).write_text("a synthrec report; `synthrec report` replaces this folder\n")

@@ -52,6 +52,15 @@ class ReportFiles:
         self._names.add(rel)
         return rel
 
+    def reserve(self, rel: str) -> str:
+        """Take a constant name of the report's own (``index.html``, ``results.csv``) as it is; one that
+        ``name`` would change is refused."""
+        stem, _, ext = rel.rpartition(".")
+        made = self.name(stem, ext=ext)
+        if made != rel:
+            raise ValueError(f"{rel!r} is not a plain report file name (it would be {made!r})")
+        return made
+
     def path(self, rel: str) -> Path:
         """The path of a name this object made, its folder created; anything else is refused."""
         if rel not in self._names:
@@ -62,8 +71,9 @@ class ReportFiles:
             raise ValueError(f"{rel!r} resolves outside the report folder {self.root}")
         return path
 
-    def write_text(self, rel: str, text: str) -> None:
-        self._write_new(self.path(rel), text.encode("utf-8"))
+    def write(self, rel: str, data: str | bytes) -> None:
+        """Write a file this object named (text as UTF-8)."""
+        self._write_new(self.path(rel), data.encode("utf-8") if isinstance(data, str) else data)
 
     def write_thumbnail(self, rel: str, data: bytes, size: int) -> bool:
         """Decode ``data`` and write it as a JPEG of at most ``size`` pixels a side. False (and no file)

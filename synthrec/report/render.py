@@ -18,12 +18,35 @@ from synthrec.contract.manifest import DatasetManifest
 from synthrec.contract.prompts import PromptRow
 from synthrec.limits import bounded
 from synthrec.report.files import ReportFiles
-from synthrec.report.images import MAX_GRID_CLASSES, attach_images, dataset_grids
+from synthrec.report.images import MAX_GRID_CLASSES, NotKept, attach_images, dataset_grids
 from synthrec.report.inputs import read_document, read_lines
-from synthrec.report.plots import plot_accept_rates, plot_confusion, plot_curves, plot_top1_vs_shots
+from synthrec.report.plots import (
+    accept_rates_figure,
+    confusion_figure,
+    loss_curves,
+    losses_figure,
+    png,
+    top1_figure,
+)
+from synthrec.report.results import (
+    RESULT_FIELDS,
+    RESULTS_CSV,
+    TABLE_CSV,
+    TABLE_FIELDS,
+    ResultTable,
+    Stats,
+    result_rows,
+    result_table,
+    run_state,
+    series_of,
+    table_rows,
+    tensorboard_dir,
+    to_csv,
+)
 from synthrec.storage import Storage
 from synthrec.tiny import references_tiny
 
+INDEX = "index.html"
 PROMPTS_PER_CLASS = 3
 WEAKEST_CLASSES = 20  # rows of the best run's per-class table
 CONFUSED_PAIRS = 10
@@ -48,10 +71,11 @@ th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 .note { color: #666; font-size: .9em; }
 .grid { display: flex; flex-wrap: wrap; gap: 6px; margin: .3em 0 .8em; }
 figure { margin: 0; width: 132px; font-size: .72em; }
-figure img { width: 128px; height: 128px; object-fit: cover; display: block; border: 2px solid #2e7d32; }
-figure.rej img { border-color: #c62828; }
+figure img { width: 128px; height: 128px; object-fit: cover; display: block; border: 3px solid #2e7d32; }
+figure.nc img { border-color: #ef8f00; } figure.b img { border-color: #c62828; }
+.k { color: #2e7d32; } .nc { color: #b86e00; } .b { color: #c62828; }
 figcaption { overflow-wrap: anywhere; } .score { font-weight: bold; }
-code { background: #f3f3f3; padding: 0 .2em; }
+code { background: #f3f3f3; padding: 0 .2em; } td.uri { max-width: 30em; overflow-wrap: anywhere; }
 """
 
 
@@ -71,6 +95,15 @@ class Renderer:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.files = ReportFiles(folder)  # every file of the report is named and opened through it
+        for own in (INDEX, RESULTS_CSV, TABLE_CSV):  # the page's own names (constants the page links to)
+            self.files.reserve(own)
+        self.results: list[dict[str, Any]] = []  # results.csv: every run of every experiment
+        self.table: list[dict[str, Any]] = []  # table.csv: per experiment, series and shots
+
+    def write(self, rel: str, data: str | bytes) -> None:
+        """Write one file of the report (the page, the CSVs, the plots): ``rel`` is a name ``self.files``
+        made, never a stored string."""
+        self.files.write(rel, data)
 
     def render(self, found: list[artifacts.FoundResource], source: str, problems: Sequence[str] = ()) -> None:
         """The page; ``problems``: what could not be read at all (one warning line each)."""
@@ -81,6 +114,11 @@ class Renderer:
         if tiny:
             body.append(f"<p class='warn'>{_e(TINY_NOTE)}</p>")
         body.extend(_problem(p) for p in problems)
+        if experiments:
+            body.append(
+                f"<p>All results as CSV: <a href='{RESULTS_CSV}'>{RESULTS_CSV}</a> (every run) and "
+                f"<a href='{TABLE_CSV}'>{TABLE_CSV}</a> (top-1 over seeds per variant and shots).</p>"
+            )
         body.append("<ul>")
         for res in datasets + experiments:
             body.append(f"<li><a href='#{_e(_anchor(res))}'>{_e(res.kind)} {_e(res.name)}</a></li>")
@@ -98,7 +136,10 @@ class Renderer:
             + "\n".join(body)
             + "</body></html>\n"
         )
-        self.files.write_text(self.files.name("index", ext="html"), page)
+        if experiments:
+            self.write(RESULTS_CSV, to_csv(RESULT_FIELDS, self.results))
+            self.write(TABLE_CSV, to_csv(TABLE_FIELDS, self.table))
+        self.write(INDEX, page)
 
     # ---- datasets
 
@@ -129,24 +170,31 @@ class Renderer:
             return "\n".join(out)
         manifest = state.manifest
         counts = manifest.counts
+        out.append(f"<p>{self.counts_sentence(manifest)} Shards: {_e(stages)}. Dataset card: ")
         out.append(
-            f"<p>{counts.generated} images generated, {counts.passed} passed the CLIP filter threshold "
-            f"({_e(_rate(counts.accept_rate))}), {counts.kept} kept, {counts.rejected} rejected. "
-            f"Shards: {_e(stages)}. Dataset card: <code>manifest.json</code> "
-            f"(sha256 <code>{_e(str(state.manifest_digest)[:16])}</code>).</p>"
+            f"<code>manifest.json</code> (sha256 <code>{_e(str(state.manifest_digest)[:16])}</code>).</p>"
         )
         per_class = manifest.per_class
+        rf = counts.real_filtered > 0 or manifest.filter.real_filtering is not None
+        corrupt = counts.corrupt > 0
         out.append("<h3>Accept rates per class</h3><table><tr><th class='l'>class</th><th>generated</th>")
-        out.append("<th>passed</th><th>kept</th><th>accept rate</th><th>keep rate</th></tr>")
+        out.append("<th>corrupt</th>" if corrupt else "")
+        out.append("<th>dropped by Real Filtering</th>" if rf else "")
+        out.append("<th>passed</th><th>kept</th><th>passed, not kept</th><th>below the threshold</th>")
+        out.append("<th>accept rate</th><th>keep rate</th></tr>")
         for c in per_class:
+            split = NotKept.of([c])
             out.append(
-                f"<tr><td class='l'>{_e(c.name)}</td><td>{c.generated}</td><td>{c.passed}</td>"
-                f"<td>{c.kept}</td><td>{_rate(c.accept_rate)}</td><td>{_rate(c.keep_rate)}</td></tr>"
+                f"<tr><td class='l'>{_e(c.name)}</td><td>{c.generated}</td>"
+                + (f"<td>{c.corrupt}</td>" if corrupt else "")
+                + (f"<td>{c.real_filtered}</td>" if rf else "")
+                + f"<td>{c.passed}</td><td>{c.kept}</td><td>{split.not_chosen}</td><td>{split.below}</td>"
+                f"<td>{_rate(c.accept_rate)}</td><td>{_rate(c.keep_rate)}</td></tr>"
             )
         out.append("</table>")
         if per_class:
             rel = self.files.name("plots", f"{res.name}-accept-rates", ext="png")
-            plot_accept_rates(per_class, self.files.path(rel), f"{res.name}: CLIP filter per class")
+            self.write(rel, png(accept_rates_figure(per_class, f"{res.name}: CLIP filter per class")))
             out.append(f"<img src='{_e(rel)}' alt='accept rates per class'>")
         out.append(self.prompt_samples(res.storage, manifest))
         out.append(self.grids(res, manifest))
@@ -181,27 +229,80 @@ class Renderer:
             out.append(f"<p class='note'>First {MAX_GRID_CLASSES} of {len(per_class)} classes shown.</p>")
         return "\n".join(out)
 
+    def counts_sentence(self, manifest: DatasetManifest) -> str:
+        """What happened to the generated images, with the two kinds of not-kept images apart."""
+        counts, filt = manifest.counts, manifest.filter
+        if not filt.enabled:
+            return f"{counts.generated} images generated, {counts.kept} kept (the CLIP filter is disabled)."
+        split = NotKept.of(manifest.per_class)
+        below_kept = sum(c.kept_below_threshold for c in manifest.per_class)
+        threshold = "-" if filt.threshold is None else f"{filt.threshold:.3g}"
+        rule = f", {filt.threshold_rule}" if filt.threshold_rule else ""
+        text = (
+            f"{counts.generated} images generated, {counts.passed} passed the CLIP filter threshold "
+            f"(score &gt; {_e(threshold + rule)}; {_e(_rate(counts.accept_rate))}), {counts.kept} kept "
+            f"({_e(filt.keep_per_class)} per class, {_e(_selection(filt.selection))}"
+        )
+        if below_kept:
+            text += f"; {below_kept} of them below the threshold, as too few passed"
+        text += (
+            f"). Not kept: <b>{split.not_chosen} passed the threshold but were not among the kept</b>, "
+            f"<b>{split.below} were below the threshold</b>"
+        )
+        if split.real_filtered:
+            text += f", {split.real_filtered} were dropped by Real Filtering"
+        if split.corrupt:
+            text += f", {split.corrupt} could not be decoded"
+        return text + "."
+
     def grids(self, res: artifacts.FoundResource, manifest: DatasetManifest) -> str:
         grids, problem = dataset_grids(res.storage, manifest)
         attach_images(res.storage, grids, self.files, res.name)
-        out = ["<h3>Kept and rejected images</h3>"]
+        filt = manifest.filter
+        out = ["<h3>Kept and not kept images</h3>"]
         if problem:
             out.append(_problem(problem))
-        out.append(
-            "<p class='note'>Green: kept by the CLIP filter; red: rejected. The score is the CLIP zero-shot "
-            "probability of the intended class.</p>"
+        why = (
+            "the K kept are drawn at random from those that passed, so these can score as high as kept ones"
+            if filt.selection == "random"
+            else f"the K kept are {_e(_selection(filt.selection))}"
         )
+        out.append(
+            "<p class='note'>The score is the CLIP zero-shot probability of the intended class. "
+            "<span class='k'>Green: kept</span>. <span class='nc'>Amber: passed the threshold but not kept"
+            f"</span>: {why}. <span class='b'>Red: at or below the threshold</span>.</p>"
+        )
+        if filt.real_filtering is not None:
+            out.append(
+                "<p class='note'>Real Filtering was on: the images it dropped are among the not-kept ones, "
+                "grouped by their score here; the table above counts them apart.</p>"
+            )
+        by_index = {c.index: c for c in manifest.per_class}
         for grid in grids:
-            out.append(f"<h4>{_e(grid.name)}</h4>")
-            for title, samples, css in (("kept", grid.kept, ""), ("rejected", grid.rejected, "rej")):
+            counts = by_index.get(grid.index)
+            split = NotKept.of([counts]) if counts else None
+            summary = (
+                f" <span class='note'>{counts.kept} kept, {split.not_chosen} passed but not kept, "
+                f"{split.below} below the threshold</span>"
+                if counts and split and filt.enabled
+                else ""
+            )
+            out.append(f"<h4>{_e(grid.name)}{summary}</h4>")
+            for title, samples, css in (
+                ("kept", grid.kept, "k"),
+                ("passed the threshold, not kept", grid.not_chosen, "nc"),
+                ("below the threshold", grid.below, "b"),
+            ):
                 if not samples:
                     continue
                 out.append(f"<div class='note'>{title}</div><div class='grid'>")
                 for s in samples:
                     img = f"<img src='{_e(s.image)}' alt='{_e(s.key)}'>" if s.image else ""
                     score = "-" if s.score is None else f"{s.score:.2f}"
+                    below = s.kept and s.passed is False  # kept to fill K when too few passed
+                    flag = " <span class='note'>(below the threshold)</span>" if below else ""
                     out.append(
-                        f"<figure class='{css}'>{img}<figcaption><span class='score'>{score}</span> "
+                        f"<figure class='{css}'>{img}<figcaption><span class='score'>{score}</span>{flag} "
                         f"{_e(s.prompt)}</figcaption></figure>"
                     )
                 out.append("</div>")
@@ -218,11 +319,53 @@ class Renderer:
         out.append(f"<p class='note'>{_e(res.uri)}</p>")
         out.append(f"<p>Backbone: <code>{_e(json.dumps(state.spec.backbone.wire()))}</code>. ")
         out.append(f"{sum(r.done for r in state.runs)} of {len(state.runs)} runs done.</p>")
+        table = result_table(state.runs)
+        self.results += result_rows(res, state)
+        self.table += table_rows(res.name, table)
+        out.append(self.seeds_table(table))
+        fig = top1_figure(table, f"{res.name}: top-1 against shots")
+        if fig is not None:
+            rel = self.files.name("plots", f"{res.name}-top1-vs-shots", ext="png")
+            self.write(rel, png(fig))
+            out.append(f"<img src='{_e(rel)}' alt='top-1 against shots'>")
+        out.append(self.runs_table(res, state))
+        out.append(self.losses(res, state))
+        out.append(self.best_run(res, state))
+        return "\n".join(out)
+
+    def seeds_table(self, table: ResultTable) -> str:
+        """The paper's table: a row per series (zero-shot CLIP first), a column per number of shots."""
+        if not table.rows:
+            return ""
+        out = ["<h3>Top-1 over seeds</h3><table><tr><th class='l'>top-1 (%)</th>"]
+        out += [f"<th>{s} shot{'' if s == 1 else 's'}</th>" for s in table.shots]
+        out.append("</tr>")
+        for name, cells in table.rows.items():
+            out.append(f"<tr><td class='l'>{_e(name)}</td>")
+            for shots in table.shots:
+                out.append(f"<td>{_cell(cells.get(shots))}</td>")
+            out.append("</tr>")
+        out.append("</table>")
         out.append(
-            "<h3>Accuracy of all runs</h3><table><tr><th class='l'>run</th><th>shots</th><th>seed</th>"
+            "<p class='note'>Mean &plusmn; sample standard deviation over the finished runs (seeds), their "
+            "min&ndash;max and their number. Zero-shot CLIP as each column's runs measured it. The same "
+            f"numbers, unrounded, are in <a href='{TABLE_CSV}'>{TABLE_CSV}</a>; every run in "
+            f"<a href='{RESULTS_CSV}'>{RESULTS_CSV}</a>.</p>"
         )
-        out.append("<th class='l'>variant</th><th>top-1</th><th>zero-shot top-1</th><th>change</th>")
-        out.append("<th>synthetic images</th><th>real images</th></tr>")
+        return "\n".join(out)
+
+    def runs_table(self, res: artifacts.FoundResource, state: artifacts.ExperimentState) -> str:
+        out = ["<h3>All runs</h3>"]
+        if any(tensorboard_dir(r) for r in state.runs):
+            layout = ExperimentLayout(res.storage.uri)
+            logdir = layout.url(layout.tensorboard)
+            out.append(
+                "<p>TensorBoard shows every run of this experiment, their scalars and hyper-parameters: "
+                f"<code>tensorboard --logdir {_e(logdir)}</code>; each run's own log dir is in its row.</p>"
+            )
+        out.append("<table><tr><th class='l'>run</th><th>shots</th><th>seed</th><th class='l'>variant</th>")
+        out.append("<th>top-1</th><th>zero-shot top-1</th><th>change</th><th>synthetic images</th>")
+        out.append("<th>real images</th><th class='l'>logs</th></tr>")
         for r in state.runs:
             counts = r.metrics.counts if r.metrics else None
             change = (
@@ -231,32 +374,45 @@ class Renderer:
             out.append(
                 f"<tr><td class='l'>{_e(r.name)}</td><td>{r.shots}</td><td>{r.seed}</td>"
                 f"<td class='l'>{_e(r.variant or '-')}</td>"
-                f"<td>{_pct(r.top1) if r.done else 'not done'}</td><td>{_pct(r.zero_shot_top1)}</td>"
+                f"<td>{_pct(r.top1) if r.done else _e(run_state(r))}</td><td>{_pct(r.zero_shot_top1)}</td>"
                 f"<td>{change}</td><td>{counts.synthetic if counts else '-'}</td>"
-                f"<td>{counts.real_train if counts else '-'}</td></tr>"
+                f"<td>{counts.real_train if counts else '-'}</td>"
+                f"<td class='l uri'>{_tracking_links(r)}</td></tr>"
             )
         out.append("</table>")
-        rel = self.files.name("plots", f"{res.name}-top1-vs-shots", ext="png")
-        if plot_top1_vs_shots(state.runs, self.files.path(rel), f"{res.name}: top-1 against shots"):
-            out.append(f"<img src='{_e(rel)}' alt='top-1 against shots'>")
+        out.append("</table>")
         out.extend(_problem(r.problem) for r in state.runs if r.problem)
-        curves = {}
+        return "\n".join(out)
+
+    def losses(self, res: artifacts.FoundResource, state: artifacts.ExperimentState) -> str:
+        curves, notes = {}, []
         for r in state.runs:
             if r.done:
                 curve, problem = read_document(
                     res.storage, ExperimentLayout.run(r.name, "curve.json"), parse_curve
                 )
                 if problem:
-                    out.append(_problem(problem))
+                    notes.append(_problem(problem))
                 if curve is not None:
-                    curves[r.name] = curve.document()
+                    curves[r.name] = loss_curves(curve.document())
+        series = {r.name: series_of(r) for r in state.runs}
+        fig = losses_figure(curves, series, f"{res.name}: training curves")
+        if fig is None:
+            if state.runs:
+                notes.append(
+                    "<p class='note'>No training curves (no run trained a head, e.g. zero-shot only).</p>"
+                )
+            return "\n".join(notes)
         rel = self.files.name("plots", f"{res.name}-curves", ext="png")
-        if plot_curves(curves, self.files.path(rel), f"{res.name}: training curves"):
-            out.append(f"<h3>Training curves</h3><img src='{_e(rel)}' alt='training curves'>")
-        elif state.runs:
-            out.append("<p class='note'>No training curves (no run trained a head, e.g. zero-shot only).</p>")
-        out.append(self.best_run(res, state))
-        return "\n".join(out)
+        self.write(rel, png(fig))
+        return "\n".join(
+            [
+                *notes,
+                "<h3>Training curves</h3><p class='note'>Each objective on its own axes: they are different "
+                "losses on different scales. Per step, at its place in the epochs.</p>"
+                f"<img src='{_e(rel)}' alt='training curves'>",
+            ]
+        )
 
     def best_run(self, res: artifacts.FoundResource, state: artifacts.ExperimentState) -> str:
         """Where the best finished run errs: its weakest classes, its most confused pairs, its matrix."""
@@ -301,14 +457,65 @@ class Renderer:
             out.append("</table>")
         if len(doc["classes"]) <= HEATMAP_MAX_CLASSES:
             rel = self.files.name("plots", f"{res.name}-confusion", ext="png")
-            plot_confusion(doc, self.files.path(rel), f"{best.name}: confusion on the test split")
+            self.write(rel, png(confusion_figure(doc, f"{best.name}: confusion on the test split")))
             out.append(f"<img src='{_e(rel)}' alt='confusion matrix of {_e(best.name)}'>")
+            out.append("<p class='note'>Numbers: test images; colour: their share of the true class.</p>")
         return "\n".join(out)
 
 
 def _problem(text: str) -> str:
     """A note on something stored that could not be read (the rest of the report goes on)."""
     return f"<p class='warn'>Could not read: {_e(bounded(text, 600))}</p>"
+
+
+def _cell(stats: Stats | None) -> str:
+    """One cell of the seeds table: mean +- std, then min-max and how many runs it is over."""
+    if stats is None or stats.mean is None:
+        return "-" if stats is None else f"<span class='note'>0 of {stats.planned} runs</span>"
+    text = f"<b>{stats.mean:.1f}</b>"
+    if stats.std is not None:
+        text += f" &plusmn; {stats.std:.1f}"
+    runs = f"n={stats.n}" if stats.n == stats.planned else f"n={stats.n} of {stats.planned}"
+    spread = f"{stats.low:.1f}&ndash;{stats.high:.1f}, " if stats.n > 1 else ""
+    return f"{text}<br><span class='note'>{spread}{runs}</span>"
+
+
+def _link(uri: str, text: str) -> str:
+    """A link to a web page (W&B, an MLflow server); any other URI is shown to copy, never linked."""
+    if uri.startswith(("http://", "https://")):
+        return f"<a href='{_e(uri)}' title='{_e(uri)}'>{_e(text)}</a>"
+    return f"<code>{_e(uri)}</code>"
+
+
+def _tracking_links(run: artifacts.RunState) -> str:
+    """Where the run was logged (metrics.json ``tracking``): its TensorBoard log dir, W&B, MLflow."""
+    tracking = run.metrics.tracking if run.metrics else {}
+    links = []
+    tensorboard = tensorboard_dir(run)
+    if tensorboard:  # a folder for `tensorboard --logdir`, not a page: shown to copy, and the page keeps
+        # referring only to files beside it (a copied report or one served from a bucket has no broken links)
+        links.append(f"TensorBoard: <code>{_e(tensorboard)}</code>")
+    wandb = tracking.get("wandb")
+    if isinstance(wandb, dict) and isinstance(wandb.get("url"), str):
+        links.append(_link(wandb["url"], "W&B run"))
+    mlflow = tracking.get("mlflow")
+    if isinstance(mlflow, dict) and mlflow.get("run_id"):
+        server = str(mlflow.get("tracking_uri") or "").rstrip("/")
+        run_id, experiment_id = str(mlflow["run_id"]), str(mlflow.get("experiment_id") or "")
+        if server.startswith(("http://", "https://")) and experiment_id:
+            links.append(_link(f"{server}/#/experiments/{experiment_id}/runs/{run_id}", "MLflow run"))
+        else:
+            links.append(f"MLflow run <code>{_e(run_id)}</code> at <code>{_e(server)}</code>")
+    return "<br>".join(links) or "-"
+
+
+def _selection(selection: str | None) -> str:
+    """How the CLIP filter chose the K kept images of a class (synthrec.workers.reduce.clip_filter)."""
+    if selection == "random":
+        return "drawn at random"
+    if selection == "top":
+        return "the top K by score"
+    return str(selection or "-")
 
 
 def _anchor(res: artifacts.FoundResource) -> str:

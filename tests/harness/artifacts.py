@@ -1,12 +1,48 @@
-"""Valid typed artifacts for tests that need a manifest.json or a metrics.json without running the workers
-that write them: the same models (synthrec.contract) the workers build, filled with small numbers."""
+"""Valid typed artifacts for tests that need a manifest.json, a metrics.json or a resource's spec.json
+without running the workers that write them: the same models (synthrec.contract) the workers build,
+filled with small numbers."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from synthrec import api, plan
+from synthrec.contract.layout import DatasetLayout
 from synthrec.contract.manifest import DatasetManifest
 from synthrec.contract.metrics import RunMetrics
+from synthrec.plan.tasks import ResourceRef, Run
+from synthrec.storage import Storage
+
+
+def write_dataset_spec(storage: Storage, name: str, spec: dict[str, Any]) -> dict[str, str]:
+    """spec.json of a SyntheticDataset ``name`` at the root of ``storage``, as the workers write it;
+    returns its stage hashes (for commit markers)."""
+    from synthrec.workers.runtime import spec_document
+
+    res = api.parse_resource(_body("SyntheticDataset", name, spec))
+    task = plan.dataset_task(res.spec, "prompts", ResourceRef(kind="SyntheticDataset", name=name))
+    storage.write_json(DatasetLayout.spec, spec_document(task))
+    return plan.dataset_hashes(res.spec)
+
+
+def write_experiment_spec(storage: Storage, name: str, spec: dict[str, Any]) -> list[Run]:
+    """spec.json of a RecognitionExperiment ``name`` at the root of ``storage``; returns its runs."""
+    from synthrec.workers.runtime import spec_document
+
+    res = api.parse_resource(_body("RecognitionExperiment", name, spec))
+    runs = plan.experiment_runs(res.spec)
+    ref = ResourceRef(kind="RecognitionExperiment", name=name)
+    storage.write_json(DatasetLayout.spec, spec_document(plan.train_task(res.spec, runs[0], [], ref)))
+    return runs
+
+
+def _body(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "synthrec.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {"output": {"uri": "file:///unused/"}, **spec},
+    }
 
 
 def dataset_manifest(

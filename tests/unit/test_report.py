@@ -15,30 +15,13 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save
 
-from synthrec import api, plan
 from synthrec.contract import confusion
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout
-from synthrec.plan.tasks import ResourceRef
 from synthrec.report import build_report, safetensors_matrix
 from synthrec.storage import FileStorage, open_storage, write_marker
-from synthrec.workers.runtime import spec_document
-from tests.harness.artifacts import dataset_manifest, run_metrics
+from tests.harness.artifacts import dataset_manifest, run_metrics, write_dataset_spec, write_experiment_spec
 
 CLASSES = ["cat <b>&", "dog"]
-
-
-def dataset_body(model: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "synthrec.io/v1alpha1",
-        "kind": "SyntheticDataset",
-        "metadata": {"name": "pets"},
-        "spec": {
-            "labels": {"classes": [{"name": c} for c in CLASSES]},
-            "generator": {"model": model},
-            "filter": {"keepPerClass": 1},
-            "output": {"uri": "file:///unused/"},
-        },
-    }
 
 
 def jpeg(color: tuple[int, int, int]) -> bytes:
@@ -55,11 +38,9 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_dataset(root: Path, model: str = "hf://org/sd") -> None:
     """The artifacts of a finished one-shard dataset: two images per class, one kept per class."""
-    res = api.parse_resource(dataset_body(model))
-    hashes = plan.dataset_hashes(res.spec)
     storage = FileStorage(root)
-    task = plan.dataset_task(res.spec, "prompts", ResourceRef(kind="SyntheticDataset", name="pets"))
-    storage.write_json(DatasetLayout.spec, spec_document(task))
+    spec = {"labels": {"classes": [{"name": c} for c in CLASSES]}, "generator": {"model": model}}
+    hashes = write_dataset_spec(storage, "pets", {**spec, "filter": {"keepPerClass": 1}})
     prompts = [
         {
             "class": c,
@@ -98,26 +79,14 @@ def write_dataset(root: Path, model: str = "hf://org/sd") -> None:
 
 
 def write_experiment(root: Path) -> None:
-    body = {
-        "apiVersion": "synthrec.io/v1alpha1",
-        "kind": "RecognitionExperiment",
-        "metadata": {"name": "pets-ct"},
-        "spec": {
-            "labels": {"classes": [{"name": c} for c in CLASSES]},
-            "data": {
-                "synthetic": [{"datasetRef": "pets"}],
-                "realTrain": {"uri": "file:///real/train/"},
-                "test": {"uri": "file:///real/test/"},
-            },
-            "matrix": {"shots": [0, 4], "seeds": [1, 2]},
-            "output": {"uri": "file:///unused/"},
-        },
-    }
-    res = api.parse_resource(body)
     storage = FileStorage(root)
-    runs = plan.experiment_runs(res.spec)
-    task = plan.train_task(res.spec, runs[0], [], ResourceRef(kind="RecognitionExperiment", name="pets-ct"))
-    storage.write_json(ExperimentLayout.spec, spec_document(task))
+    data = {
+        "synthetic": [{"datasetRef": "pets"}],
+        "realTrain": {"uri": "file:///r/"},
+        "test": {"uri": "file:///t/"},
+    }
+    spec = {"labels": {"classes": [{"name": c} for c in CLASSES]}, "data": data}
+    runs = write_experiment_spec(storage, "pets-ct", {**spec, "matrix": {"shots": [0, 4], "seeds": [1, 2]}})
     per_class = [  # 10 test images per class; cat gets worse than zero-shot CLIP, dog better
         {"index": 0, "name": CLASSES[0], "count": 10, "top1": 40.0, "zero_shot_top1": 60.0},
         {"index": 1, "name": CLASSES[1], "count": 10, "top1": 70.0, "zero_shot_top1": 30.0},
@@ -158,7 +127,7 @@ def test_the_report_shows_grids_rates_prompts_runs_and_plots_from_files_beside_i
         "plots/pets-ct-confusion.png",
     } <= set(files)
     # kept: the index's scores; rejected: the features file's probability of the intended class
-    grid = html.split("Kept and rejected images")[1]
+    grid = html.split("Kept and not kept images")[1]
     assert re.search(r"<span class='score'>0\.90</span> &lt;i&gt;cat &lt;b&gt;&amp;&lt;/i&gt; prompt", grid)
     assert "<span class='score'>0.30</span>" in grid  # cat image 1: rejected, p(cat) = 0.3
     assert "<span class='score'>0.40</span>" in grid  # dog image 1: rejected, p(dog) = 0.4
