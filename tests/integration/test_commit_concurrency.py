@@ -288,6 +288,24 @@ def test_s3_that_rejects_conditional_headers_is_used_without_them(s3_faults, mon
     assert_one_consistent_commit(storage, [marker])
 
 
+def test_s3_409_conditional_request_conflict_is_retried_into_one_commit(
+    s3_faults, monkeypatch, tmp_path
+) -> None:
+    """S3 answers a conditional write that races another on the same key with 409
+    ConditionalRequestConflict and says to retry; moto never does, so the proxy injects it."""
+    monkeypatch.setattr(s3_module, "_CONDITIONAL", {})
+    storage = open_storage(s3_faults.uri)
+    assert storage.atomic_creates
+    rule = s3_faults.proxy.fail(
+        2, status=409, code="ConditionalRequestConflict", method="PUT", path="shards/", header="If-None-Match"
+    )
+
+    marker = _commit(storage, tmp_path, "only")
+
+    assert rule.hits == 2
+    assert_one_consistent_commit(storage, [marker])
+
+
 def test_s3_multipart_data_is_created_and_replaced_conditionally(s3_bucket, tmp_path: Path) -> None:
     small = S3Tuning(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
     storage = open_storage(s3_bucket.uri, tuning=small)
