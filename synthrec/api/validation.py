@@ -90,7 +90,8 @@ class _LimitedLoader(yaml.SafeLoader):
 
     def compose_document(self) -> Any:
         node = super().compose_document()
-        if _expanded_size(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+        size, depth = _expanded(node, MAX_YAML_NODES)
+        if size > MAX_YAML_NODES:
             raise yaml.composer.ComposerError(
                 None,
                 None,
@@ -98,21 +99,30 @@ class _LimitedLoader(yaml.SafeLoader):
                 "values out, or use fewer aliases",
                 node.start_mark,
             )
+        if depth > MAX_YAML_DEPTH:  # each alias within the limit, nested in one another beyond it
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"its aliases nest more than {MAX_YAML_DEPTH} levels deep; write the values out",
+                node.start_mark,
+            )
         return node
 
 
-def _expanded_size(root: Any, limit: int) -> int:
+def _expanded(root: Any, limit: int) -> tuple[int, int]:
     """Values in a document once every alias is replaced by what it names (a shared node counts each
-    time it is used; a recursive alias counts as over the limit). Stops counting past ``limit``."""
-    sizes: dict[int, int] = {}
+    time it is used; a recursive alias counts as over the limit; counting stops past ``limit``), and the
+    nesting depth it then has. Recursion here stays within the composed depth: an alias names a node
+    that appears earlier, so it has been measured already (or is an ancestor: recursive)."""
+    measured: dict[int, tuple[int, int]] = {}
     busy: set[int] = set()
 
-    def size(node: Any) -> int:
+    def measure(node: Any) -> tuple[int, int]:
         key = id(node)
-        if key in sizes:
-            return sizes[key]
+        if key in measured:
+            return measured[key]
         if key in busy:  # an alias to a collection it is part of: infinite
-            return limit + 1
+            return limit + 1, 0
         if isinstance(node, yaml.MappingNode):
             children = [part for pair in node.value for part in pair]
         elif isinstance(node, yaml.SequenceNode):
@@ -120,16 +130,17 @@ def _expanded_size(root: Any, limit: int) -> int:
         else:
             children = []
         busy.add(key)
-        total = 1
+        total, deepest = 1, 0
         for child in children:
-            total += size(child)
+            size, depth = measure(child)
+            total, deepest = total + size, max(deepest, depth)
             if total > limit:
                 break
         busy.discard(key)
-        sizes[key] = min(total, limit + 1)
-        return sizes[key]
+        measured[key] = (min(total, limit + 1), deepest + 1 if children else 0)
+        return measured[key]
 
-    return size(root)
+    return measure(root)
 
 
 def load_documents(path: str | Path) -> list[Document]:

@@ -60,6 +60,16 @@ def test_deep_nesting_is_an_error_not_a_recursion_error(tmp_path: Path) -> None:
         load_documents(write(tmp_path, text))
 
 
+def test_aliases_nested_in_one_another_beyond_the_depth_limit_are_refused(tmp_path: Path) -> None:
+    """Each anchor 60 levels deep (under the limit) holding the one before: 120 anchors nest 7,200 deep,
+    far past what anything that walks the values recursively survives, in 100 KB of YAML."""
+    anchors = [f"  a{i}: &a{i} " + "{k: " * 60 + (f"*a{i - 1}" if i else "1") + "}" * 60 for i in range(120)]
+    text = HEADER + "anchors:\n" + "\n".join(anchors) + "\n" + SPEC.replace("{name: cat}", "*a119")
+
+    with pytest.raises(FileError, match="its aliases nest more than 64 levels deep"):
+        load_documents(write(tmp_path, text))
+
+
 def test_a_file_that_is_not_utf8_says_where(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, (HEADER.replace("hostile", "caf\xe9") + SPEC).encode("latin-1"))
 
