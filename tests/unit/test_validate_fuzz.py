@@ -19,6 +19,7 @@ import copy
 import io
 import tracemalloc
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,15 @@ from hypothesis import strategies as st
 
 from synthrec import api, plan
 from synthrec.cli import main
+from synthrec.operator.planning import Context, Observed
+from synthrec.operator.planning import plan as operator_plan
 from synthrec.plan.tasks import ResourceRef
 
 celpy.Environment()  # it raises the recursion limit: here, not while Hypothesis holds the old one
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MAX_LINE = 2100  # limits.MAX_MESSAGE_CHARS plus the file name and field path around it
 MAX_PEAK_BYTES = 256 * 1024 * 1024  # Python allocations while one input is validated and planned
+OPERATOR = Context(now=datetime(2026, 1, 1, tzinfo=UTC))
 
 
 def _seeds() -> list[dict[str, Any]]:
@@ -190,6 +194,10 @@ def _plan(body: dict[str, Any]) -> None:
         plan.referenced_datasets(res.spec)
         for run in runs[:3]:
             plan.train_task(res.spec, run, [], ref)
+    served = copy.deepcopy(body)  # as the API server hands it to the operator
+    served["metadata"] = {**body["metadata"], "namespace": "team", "uid": "uid-1", "generation": 1}
+    actions = operator_plan(served, Observed(), OPERATOR)
+    assert actions.status.get("conditions"), "the operator's first pass writes conditions"
 
 
 @contextlib.contextmanager
