@@ -54,17 +54,8 @@ def plan(body: dict[str, Any], observed: Observed, ctx: Context) -> Actions:
         spec = parse_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True))
     except (ValidationError, ValueError, KeyError) as exc:
         return _invalid(kind, generation, persisted, observed, ctx, describe_error(exc))
-    if spec.output.uri.startswith("file://"):
-        return _invalid(kind, generation, persisted, observed, ctx, _FILE_OUTPUT.format(spec.output.uri))
     p = Pass.open(owner, generation, spec, persisted, observed, ctx)
     return plan_dataset(p) if kind == "SyntheticDataset" else plan_experiment(p)
-
-
-# The schema accepts file:// for `synthrec run`; in a cluster it is a folder inside each worker pod.
-_FILE_OUTPUT = (
-    "spec.output.uri: {} is a folder inside each worker pod and is lost when the pod ends; on a cluster "
-    "write to s3://bucket/prefix/ (file:// outputs are for synthrec run on one machine)"
-)
 
 
 @functools.lru_cache(maxsize=512)

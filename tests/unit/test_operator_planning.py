@@ -384,18 +384,6 @@ def test_an_invalid_spec_fails_without_jobs_and_is_reconsidered_when_the_spec_ch
     assert condition(again.status, "Failed") is None
 
 
-@pytest.mark.parametrize("make", [dataset, experiment])
-def test_a_file_output_is_refused_on_a_cluster_without_jobs(make: Any) -> None:
-    """It would land in each worker pod's own filesystem: every artifact lost when the pod ends."""
-    actions = plan(make(output={"uri": "file:///data/out/"}), Observed(), CTX)
-
-    assert not actions.create
-    failed = condition(actions.status, "Failed")
-    assert failed["reason"] == "InvalidSpec"
-    assert "spec.output.uri: file:///data/out/ is a folder inside each worker pod" in failed["message"]
-    assert "write to s3://bucket/prefix/" in failed["message"]
-
-
 def test_terminal_states_are_sticky() -> None:
     done = plan(dataset(), Observed(), CTX).status
     done["conditions"].append(
