@@ -89,21 +89,35 @@ def env_of(deployment: dict[str, Any]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ RBAC
 
 
-def rule_allows(rule: Mapping[str, Any], verb: str, group: str, resource: str, subresource: str = "") -> bool:
-    """Whether one PolicyRule grants a request, as the RBAC authorizer decides it (no resourceNames)."""
-    name = f"{resource}/{subresource}" if subresource else resource
+def rule_allows(
+    rule: Mapping[str, Any],
+    verb: str,
+    group: str,
+    resource: str,
+    subresource: str = "",
+    name: str | None = None,
+) -> bool:
+    """Whether one PolicyRule grants a request, as the RBAC authorizer decides it: a rule with
+    resourceNames grants only requests for one of those names (never list, watch or create)."""
+    what = f"{resource}/{subresource}" if subresource else resource
+    names = rule.get("resourceNames")
     return (
         (verb in rule.get("verbs", []) or "*" in rule.get("verbs", []))
         and (group in rule.get("apiGroups", []) or "*" in rule.get("apiGroups", []))
-        and (name in rule.get("resources", []) or "*" in rule.get("resources", []))
-        and not rule.get("resourceNames")
+        and (what in rule.get("resources", []) or "*" in rule.get("resources", []))
+        and (not names or (name is not None and name in names))
     )
 
 
 def allows(
-    rules: list[Mapping[str, Any]], verb: str, group: str, resource: str, subresource: str = ""
+    rules: list[Mapping[str, Any]],
+    verb: str,
+    group: str,
+    resource: str,
+    subresource: str = "",
+    name: str | None = None,
 ) -> bool:
-    return any(rule_allows(r, verb, group, resource, subresource) for r in rules)
+    return any(rule_allows(r, verb, group, resource, subresource, name) for r in rules)
 
 
 def operator_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ import pytest
 from synthrec.storage import (
     FileStorage,
     ObjectInfo,
+    RecordingStorage,
     S3Storage,
     Storage,
     StorageConflict,
@@ -378,6 +379,27 @@ def test_without_atomic_creates_a_writer_overtaken_after_its_check_repairs_the_m
     assert not isinstance(result[0], BaseException), result[0]
     marker = assert_one_consistent_commit(check_then_write, [result[0]])
     assert marker == result[0] and marker["writer"] == "original"
+
+
+def test_a_recording_storage_keeps_the_backends_atomic_creates_and_records_every_key(
+    tmp_path: Path,
+) -> None:
+    """Workers write through RecordingStorage (the ledger that onDelete deletes by): the base class's
+    check-then-write defaults would undo the commit protocol's single winner under it."""
+    inner = open_storage(f"file://{tmp_path}/root")
+    recording = RecordingStorage(inner, "ledger.txt", lambda keys: "\n".join(keys).encode())
+    original = Gates(recording, pause_after_data=threading.Event())
+    slow, out = _in_thread(lambda: _commit(original, tmp_path, "original"))
+    assert original.data_written.wait(timeout=60)
+
+    retry = _commit(recording, tmp_path, "retry")
+    original.pause_after_data.set()  # type: ignore[union-attr]
+    slow.join(timeout=60)
+
+    assert recording.atomic_creates
+    assert_one_consistent_commit(inner, [retry, out[0]])
+    assert {DATA, MARKER} <= set(inner.read_bytes("ledger.txt").decode().split("\n"))
+    assert recording.read_json(MARKER, max_bytes=10_000) == retry
 
 
 # -------------------------------------------------------------------------------------- the double
