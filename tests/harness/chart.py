@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,24 @@ def render_chart(
     return copy.deepcopy(_parse(_render(key, namespace, release)))  # callers may modify what they get
 
 
+class GoYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Reads Helm's output as kubectl and the API server do (Go's YAML): PyYAML's YAML 1.1 rules take
+    ``1e-05`` (no dot, which Helm's toYaml writes for 1.0e-05) for a string, Go for a float."""
+
+
+GoYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."),
+)
+
+
 @functools.lru_cache(maxsize=64)
 def _parse(rendered: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     objects: list[dict[str, Any]] = []
     for path, text in sorted(rendered):
         if not path.endswith("NOTES.txt"):
-            objects += [doc for doc in yaml.load_all(text, Loader=loader) if doc]
+            objects += [doc for doc in yaml.load_all(text, Loader=GoYamlLoader) if doc]
     return objects
 
 
