@@ -85,14 +85,16 @@ def test_a_utf8_byte_order_mark_is_fine(tmp_path: Path) -> None:
 
 
 def test_a_huge_spec_gets_short_error_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    classes = "".join(f"      - name: c{i}\n" for i in range(100_000))
+    """The issue's 100,000 classes printed a 2 MB line; 10,000 (over the 4,096 allowed) printed 200 KB
+    the same way, and parse ten times faster."""
+    classes = "".join(f"      - name: c{i}\n" for i in range(10_000))
     text = HEADER + "spec:\n  labels:\n    classes:\n" + classes + "  generator: {model: hf://org/sd}\n"
     text += "  output: {uri: 's3://bkt/x/'}\n"
 
     assert main(["validate", str(write(tmp_path, text))]) == 1
 
     lines = capsys.readouterr().err.splitlines()
-    assert any("spec.labels.classes: 100000 items, more than the 4096 allowed" in line for line in lines)
+    assert any("spec.labels.classes: 10000 items, more than the 4096 allowed" in line for line in lines)
     assert max(len(line) for line in lines) < 2000
 
 
