@@ -49,7 +49,6 @@ replaces an unreadable shot (policy skip) by the next image, so a run still gets
 from __future__ import annotations
 
 import atexit
-import io
 import json
 import logging
 import random
@@ -63,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthrec import limits
 from synthrec.api import RealData
 from synthrec.api.labels import ResolvedLabels, normalise_folder_name
 from synthrec.storage import ObjectNotFound, Storage, StorageError
@@ -303,13 +303,13 @@ def _tar_samples(path: Path, tar_uri: str) -> list[_WdsSample]:
                 if ext in WDS_IMAGE_FIELDS and sample.image is None:
                     sample.image = member
                 elif ext == "cls" or (ext == "json" and key not in from_cls):
-                    raw = tar.extractfile(member)
-                    label = parse_label(ext, raw.read() if raw else b"", tar_uri, member.name)
+                    raw = limits.read_member(tar, member, limits.MAX_JSON_MEMBER_BYTES)
+                    label = parse_label(ext, raw, tar_uri, member.name)
                     if ext == "cls":
                         from_cls.add(key)
                     if label is not None:
                         sample.label = label
-    except (tarfile.TarError, OSError) as e:
+    except (tarfile.TarError, OSError, limits.MemberTooLarge) as e:
         raise DataError(f"real data: {tar_uri} is not a readable tar ({e}); replace the shard") from e
     return list(samples.values())
 
@@ -359,6 +359,10 @@ class _TarCache:
             info = self._members[tar_uri].get(name)
         if info is None:
             raise ObjectNotFound(f"{tar_uri} has no member {name}")
+        if info.size > limits.MAX_IMAGE_BYTES:
+            raise limits.MemberTooLarge(
+                f"{tar_uri}#{name} is {info.size} bytes, over {limits.MAX_IMAGE_BYTES}"
+            )
         with open(path, "rb") as fh:
             fh.seek(info.offset_data)
             return fh.read(info.size)
@@ -434,12 +438,9 @@ def read_image_bytes(uri: str, opener: Opener) -> bytes:
 
 
 def decode_rgb(data: bytes) -> Image.Image:
-    """Decode fully (truncation shows up here, not later) and convert to RGB; raises on bad data."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return img.convert("RGB")
+    """Decode fully (truncation shows up here, not later) and convert to RGB; raises on bad data, and
+    ImageTooLarge (a ValueError) on an image over the pixel cap, before decoding it (synthrec.limits)."""
+    return limits.decode_rgb(data)
 
 
 def load_rgb(image: RealImage, opener: Opener, on_bad: str = "skip") -> Image.Image | None:

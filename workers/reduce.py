@@ -67,6 +67,7 @@ from typing import Any
 
 from synthrec.api.labels import ResolvedLabels, resolve_labels
 from synthrec.contract.base import DocumentError
+from synthrec.contract.kept import KeptRow
 from synthrec.contract.layout import DatasetLayout
 from synthrec.contract.manifest import DatasetManifest, parse_manifest
 from synthrec.contract.summaries import ReduceSummary
@@ -483,18 +484,17 @@ def _write_shard_indexes(storage: Storage, folder: Path, collected: _Collected, 
 
 
 def _row(item: _Item, labels: ResolvedLabels) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "shard": item.shard,
-        "key": item.key,
-        "class": item.cls,
-        "class_name": labels.classes[item.cls].name,
-        "score": None if item.score is None else round(item.score, 6),
-        "passed": item.passed,
-    }
-    if item.row is not None:
-        row["features"] = DatasetLayout.features(item.shard)
-        row["row"] = item.row
-    return row
+    """A line of index/kept.jsonl (synthrec.contract.kept, which readers parse it with)."""
+    return KeptRow(
+        shard=item.shard,
+        key=item.key,
+        class_index=item.cls,
+        class_name=labels.classes[item.cls].name,
+        score=None if item.score is None else round(item.score, 6),
+        passed=item.passed,
+        features=DatasetLayout.features(item.shard) if item.row is not None else None,
+        row=item.row,
+    ).document()
 
 
 def _generation(spec: Any, collected: _Collected) -> dict[str, Any]:

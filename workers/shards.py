@@ -89,6 +89,7 @@ def download_shard(storage: Storage, shard: int, folder: Path, marker: dict[str,
 
 def scan_shard(path: Path, classes: int) -> ShardContents:
     """Group the tar's members by WebDataset key; check each sample's json and class index."""
+    from synthrec.limits import MAX_JSON_MEMBER_BYTES, read_member
     from synthrec.workers.realdata import tar_members
 
     members: dict[str, dict[str, tarfile.TarInfo]] = {}
@@ -98,10 +99,9 @@ def scan_shard(path: Path, classes: int) -> ShardContents:
             for key, ext, member in tar_members(tar):
                 members.setdefault(key, {})[ext] = member
                 if ext == "json":
-                    raw = tar.extractfile(member)
                     try:
-                        metas[key] = json.loads(raw.read() if raw else b"")
-                    except ValueError:
+                        metas[key] = json.loads(read_member(tar, member, MAX_JSON_MEMBER_BYTES))
+                    except ValueError:  # not JSON, or MemberTooLarge: the sample counts as corrupt
                         metas[key] = None
     except (tarfile.TarError, OSError) as e:
         raise DataError(

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synthrec.storage.base import CHUNK, MiB, ObjectInfo, Storage, clean_key
+from synthrec.storage.base import CHUNK, MAX_JSON_BYTES, MiB, ObjectInfo, Storage, clean_key
 from synthrec.storage.commit import commit_file, existing_commit, read_marker, upload_tree, write_marker
 from synthrec.storage.errors import (
     CorruptObject,
     InvalidKey,
     ObjectNotFound,
+    ObjectTooLarge,
     StorageConfigError,
     StorageConflict,
     StorageError,
@@ -64,6 +65,7 @@ def open_storage(
 
 __all__ = [
     "CHUNK",
+    "MAX_JSON_BYTES",
     "TMP_SUFFIX",
     "CorruptObject",
     "FileStorage",
@@ -71,6 +73,7 @@ __all__ = [
     "MiB",
     "ObjectInfo",
     "ObjectNotFound",
+    "ObjectTooLarge",
     "RecordingStorage",
     "RetryPolicy",
     "S3Storage",

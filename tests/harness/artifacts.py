@@ -85,9 +85,8 @@ def dataset_manifest(
         "models": {"prompts": {"strategy": "basic"}, "generator": {"model": "file:///models/sd"}},
         "generation": {
             "steps": 50,
-            "guidance_scale": 7.5,
-            "generation_resolution": 64,
-            "generation_resolution_source": "test",
+            "guidance_scale": 2.0,
+            "generation_resolution_source": "the pipeline's native size",
             "resolution": 64,
         },
         "filter": {"enabled": filter_enabled, "seed": 0},

@@ -14,6 +14,7 @@ from synthrec.storage import (
     InvalidKey,
     ObjectInfo,
     ObjectNotFound,
+    ObjectTooLarge,
     RetryPolicy,
     S3Tuning,
     Storage,
@@ -246,6 +247,18 @@ def test_uncommitted_data_is_overwritten_by_the_next_commit(storage: Storage, tm
     src = _local(tmp_path, "d.tar", b"complete")
     commit_file(storage, src, "d.tar", "d.done.json", spec_hash="s")
     assert storage.read_bytes("d.tar") == b"complete"
+
+
+def test_capped_reads_refuse_larger_objects_without_reading_them(storage: Storage) -> None:
+    document = b"[" + b"1," * 1000 + b"1]"
+    storage.write_bytes("big.json", document)
+
+    with pytest.raises(ObjectTooLarge, match=r"big\.json is 2003 bytes, more than the 100 bytes"):
+        storage.read_bytes("big.json", max_bytes=100)
+    with pytest.raises(ObjectTooLarge):
+        storage.read_json("big.json", max_bytes=100)
+    assert storage.read_bytes("big.json", max_bytes=len(document)) == document
+    assert len(storage.read_json("big.json")) == 1001
 
 
 def test_upload_tree_mirrors_a_folder(storage: Storage, tmp_path: Path) -> None:
