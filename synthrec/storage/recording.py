@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from synthrec.storage.base import ObjectInfo, Storage, clean_key
 
@@ -93,6 +94,9 @@ class RecordingStorage(Storage):
 
     def content_sha256(self, key: str) -> str | None:
         return self.inner.content_sha256(key)
+
+    def open_stream(self, key: str) -> BinaryIO:
+        return self.inner.open_stream(key)
 
     def child(self, prefix: str) -> RecordingStorage:
         folder = clean_key(prefix, folder=True)

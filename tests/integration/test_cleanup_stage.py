@@ -176,6 +176,9 @@ class FailingWrites(Storage):
     def read_bytes(self, key: str, **kw: Any) -> bytes:
         return self.inner.read_bytes(key, **kw)
 
+    def open_stream(self, key: str) -> Any:
+        return self.inner.open_stream(key)
+
     def download_file(self, key: str, local_path: Any) -> None:
         self.inner.download_file(key, local_path)
 
@@ -203,6 +206,8 @@ def test_keys_are_recorded_before_they_are_written_also_through_child_storages(t
     recording.write_bytes("a.json", b"2")  # a key is recorded once
     assert inner.read_bytes(ledger) == b"a.json\nruns/r1/metrics.json"
     assert inner.read_bytes("runs/r1/metrics.json") == b"{}"
+    with recording.open_stream("runs/r1/metrics.json") as stream:  # reads pass through (a streamed shard)
+        assert stream.read() == b"{}"
     # Backend specifics read through, but a way of writing it does not record is never passed through.
     assert recording.root == inner.root  # type: ignore[attr-defined]
     inner.write_if_absent = inner.write_bytes  # type: ignore[attr-defined]  # a backend's own writer

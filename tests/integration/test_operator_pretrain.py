@@ -6,13 +6,13 @@ Service goes with the Job's task ConfigMap once the results are folded."""
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from synthrec.storage import open_storage
 from tests.harness.k8s import wait_for
 from tests.harness.operator import EXPERIMENTS, FAST, NS, operator_harness, record_api_calls
 from tests.harness.pretraining import CLASSES, write_imagefolder, write_synthetic_dataset
@@ -27,7 +27,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def experiment(tmp_path: Path, dataset: str, port: int) -> dict[str, Any]:
+def experiment(tmp_path: Path, dataset: str, port: int, output: str) -> dict[str, Any]:
     train = write_imagefolder(tmp_path / "real" / "train", per_class=6, seed=1)
     test = write_imagefolder(tmp_path / "real" / "test", per_class=4, seed=2)
     return {
@@ -59,13 +59,13 @@ def experiment(tmp_path: Path, dataset: str, port: int) -> dict[str, Any]:
             },
             "scheduling": {"queueName": "team-a"},
             "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi", "sharedMemory": "256Mi"},
-            "output": {"uri": (tmp_path / "out").as_uri() + "/"},
+            "output": {"uri": output},  # a cluster's output: object storage the pods share
         },
     }
 
 
 async def test_a_two_node_stage_is_an_indexed_job_and_a_headless_service_that_meet_with_torchrun(
-    k8s_op, tmp_path: Path
+    k8s_op, s3_bucket, tmp_path: Path
 ) -> None:
     dataset, _ = write_synthetic_dataset(tmp_path / "data", per_class=8, shards=4)
     port = free_port()
@@ -74,7 +74,7 @@ async def test_a_two_node_stage_is_an_indexed_job_and_a_headless_service_that_me
     async with operator_harness(
         k8s_op, runner, tmp_path, config, kubelet_options={"grace_period": 30.0}
     ) as h:
-        await h.create(experiment(tmp_path, dataset, port))
+        await h.create(experiment(tmp_path, dataset, port, s3_bucket.uri + "pre/"))
         status = await h.wait_phase(EXPERIMENTS, "pre", "Succeeded", timeout=900)
 
         # the transfer table in status: one run (all 32 images), its linear probe top-1 in percent
@@ -114,11 +114,11 @@ async def test_a_two_node_stage_is_an_indexed_job_and_a_headless_service_that_me
             assert sorted(p.index for p in pods) == [0, 1] and all(p.phase == "Succeeded" for p in pods)
 
         # both pods were one torchrun group of 2 processes: the card says so
-        out = tmp_path / "out" / "runs" / "sup-all-scratch"
-        card = json.loads((out / "pretrain" / "card.json").read_text())
+        out = open_storage(s3_bucket.uri + "pre/runs/sup-all-scratch/")
+        card = out.read_json("pretrain/card.json")
         assert card["world_size"] == 2 and card["data"]["selected"] == 32 and card["steps"] == 4
-        assert row["card"] == (out / "pretrain" / "card.json").as_uri() and row["pretrainSteps"] == 4
-        probe = json.loads((out / "transfer" / "linear-probe" / "metrics.json").read_text())
+        assert row["card"] == out.url("pretrain/card.json") and row["pretrainSteps"] == 4
+        probe = out.read_json("transfer/linear-probe/metrics.json")
         assert probe["world_size"] == 2 and probe["top1"] == row["linearProbeTop1"]
 
         # the results are folded: each Job gets its TTL and loses its task ConfigMap and its Service
