@@ -103,6 +103,9 @@ class Gates(Storage):
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 
+    def open_stream(self, key: str) -> Any:
+        return self.inner.open_stream(key)
+
     def read_bytes(self, key: str, **kw: Any) -> bytes:
         return self.inner.read_bytes(key, **kw)
 
