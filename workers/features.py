@@ -80,29 +80,36 @@ class SyntheticData:
     rows: list[dict[str, Any]]
 
 
-def open_synthetic(ctx: StageContext, inp: Any) -> SyntheticData:
-    """Open a synthetic dataset at the digest the experiment pinned (DataError if it changed)."""
-    endpoint = inp.endpoint or ctx.task.output.endpoint
-    region = inp.region or ctx.task.output.region
-    storage = open_storage(inp.uri, endpoint=endpoint, region=region)
+def read_pinned_manifest(storage: Storage, uri: str, pinned: str | None) -> tuple[DatasetManifest, str]:
+    """A synthetic dataset's manifest.json and its sha256; DataError when it is missing (the dataset is
+    not complete), unreadable, or differs from the ``pinned`` digest (the dataset changed under the
+    experiment)."""
     layout = DatasetLayout(storage.uri)
     try:
         raw = storage.read_bytes(layout.manifest)
     except ObjectNotFound as e:
         raise DataError(
-            f"synthetic dataset {inp.uri} has no manifest.json: it is not complete (its reduce stage has not "
+            f"synthetic dataset {uri} has no manifest.json: it is not complete (its reduce stage has not "
             "committed)"
         ) from e
     digest = hashlib.sha256(raw).hexdigest()
-    if inp.digest and digest != inp.digest:
+    if pinned and digest != pinned:
         raise DataError(
-            f"synthetic dataset {inp.uri} changed since the experiment pinned it: manifest.json sha256 is "
-            f"{digest}, pinned {inp.digest}; create a new experiment to use the new data"
+            f"synthetic dataset {uri} changed since the experiment pinned it: manifest.json sha256 is "
+            f"{digest}, pinned {pinned}; create a new experiment to use the new data"
         )
     try:
-        manifest = parse_manifest(raw, storage.url(layout.manifest))
+        return parse_manifest(raw, storage.url(layout.manifest)), digest
     except DocumentError as exc:
         raise DataError(str(exc)) from None
+
+
+def open_synthetic(ctx: StageContext, inp: Any) -> SyntheticData:
+    """Open a synthetic dataset at the digest the experiment pinned (DataError if it changed)."""
+    endpoint = inp.endpoint or ctx.task.output.endpoint
+    region = inp.region or ctx.task.output.region
+    storage = open_storage(inp.uri, endpoint=endpoint, region=region)
+    manifest, digest = read_pinned_manifest(storage, inp.uri, inp.digest)
     index = storage.read_bytes(manifest.index.key)
     if hashlib.sha256(index).hexdigest() != manifest.index.sha256:
         raise DataError(f"{storage.url(manifest.index.key)} does not match the sha256 in manifest.json")

@@ -25,7 +25,8 @@ generation size); images_per_class / shots images per real shot. The strength is
 ``realGuidance.target_alpha_bar()`` (synthrec.noise_levels); it, the start timestep and the level reached
 go into every sample's JSON and the shard marker (``real_guidance``), and from there into the card.
 
-Tar members per sample: ``<key>.jpg`` and ``<key>.json``; keys are built from indexes only
+Tar members per sample: ``<key>.jpg``, ``<key>.json`` and ``<key>.cls`` (the class index, so the webdataset
+library's ``to_tuple("jpg", "cls")`` works on the shards as they are); keys are built from indexes only
 (``c00003-p00012-i00004``: class, prompt row, image), so names with quotes, slashes, '..' or any unicode
 never reach a file name. The JSON holds class, class_name, prompt, seed, item and the generation settings.
 """
@@ -316,6 +317,7 @@ class ShardGenerator:
             tar_path,
             key=lambda item: item.key,
             metadata=self._metadata,
+            label=lambda item: item.class_index,
             quality=self.gen.jpeg_quality,
             size=self.gen.resolution,
             on_written=self.ctx.progress.advance,

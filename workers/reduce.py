@@ -40,8 +40,16 @@ Outputs: ``index/kept.jsonl`` (one JSON object per kept image, sorted by shard a
     {"shard": 3, "key": "c00002-p00010-i00004", "class": 2, "class_name": "...", "score": 0.81,
      "passed": true, "features": "features/gen-00003.safetensors", "row": 17}
 
-and ``manifest.json`` (``synthrec.contract.manifest.DatasetManifest``). Termination summary: generated,
-passed, kept, rejected, manifest (URI), digest (sha256 of manifest.json).
+``index/shards/gen-NNNNN.jsonl`` per committed shard: every decodable sample of the shard in tar order with
+its kept flag, so a reader of one shard (the pre-training loader, or a user with the webdataset library,
+docs/datasets.md) knows which samples to use without reading the dataset-wide index::
+
+    {"key": "c00002-p00010-i00004", "class": 2, "kept": true}
+
+Each shard record in the manifest gains ``index`` (that key), ``index_sha256``, ``kept`` and the per-class
+counts ``classes`` / ``kept_classes`` ({"2": 17}), from which a size cap is planned without reading any
+shard. And ``manifest.json`` (``synthrec.contract.manifest.DatasetManifest``). Termination summary:
+generated, passed, kept, rejected, manifest (URI), digest (sha256 of manifest.json).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from typing import Any
 
 from synthrec.api.labels import ResolvedLabels, resolve_labels
 from synthrec.contract.base import DocumentError
+from synthrec.contract.kept import KeptRow
 from synthrec.contract.layout import DatasetLayout
 from synthrec.contract.manifest import DatasetManifest, parse_manifest
 from synthrec.contract.summaries import ReduceSummary
@@ -123,6 +132,7 @@ def run(ctx: StageContext) -> ReduceSummary:
                 fh.write(json.dumps(_row(images, i, labels), ensure_ascii=False, sort_keys=True) + "\n")
         index_sha = sha256_file(index_path)
         storage.upload_file(index_path, layout.index)
+        _write_shard_indexes(storage, Path(tmp), images, kept)
     manifest = _manifest(
         task,
         labels,
@@ -213,22 +223,52 @@ def _select(
     return per_class, images.in_order(kept_ids)
 
 
+def _write_shard_indexes(storage: Storage, folder: Path, images: Images, kept: Any) -> None:
+    """Write index/shards/gen-NNNNN.jsonl of every committed shard (its images in tar order, each with its
+    kept flag) and add its counts to the shard's record."""
+    import numpy as np
+
+    flags = np.zeros(images.n, dtype=bool)
+    flags[kept] = True
+    start = 0
+    for shard in images.shards:
+        n = len(shard.keys)
+        cls, kept_here = images.cls[start : start + n], flags[start : start + n]
+        path = folder / f"shard-{shard.shard}.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for r in range(n):
+                key = bytes(shard.keys[r]).decode("utf-8")
+                fh.write(json.dumps({"key": key, "class": int(cls[r]), "kept": bool(kept_here[r])}) + "\n")
+        key = DatasetLayout.shard_index(shard.shard)
+        record = shard.record
+        record["index_sha256"] = sha256_file(path)
+        storage.upload_file(path, key)
+        path.unlink()
+        classes, counts = np.unique(cls, return_counts=True)
+        kept_classes, kept_counts = np.unique(cls[kept_here], return_counts=True)
+        record["index"] = key
+        record["kept"] = int(kept_here.sum())
+        record["classes"] = {str(int(c)): int(k) for c, k in zip(classes, counts, strict=True)}
+        record["kept_classes"] = {str(int(c)): int(k) for c, k in zip(kept_classes, kept_counts, strict=True)}
+        start += n
+
+
 def _row(images: Images, i: int, labels: ResolvedLabels) -> dict[str, Any]:
+    """A line of index/kept.jsonl (synthrec.contract.kept, which readers parse it with)."""
     cls = int(images.cls[i])
     shard = images.shard_id(i)
     passed = int(images.passed[i])
-    row: dict[str, Any] = {
-        "shard": shard,
-        "key": images.key(i),
-        "class": cls,
-        "class_name": labels.classes[cls].name,
-        "score": None if images.score is None else round(float(images.score[i]), 6),
-        "passed": None if passed < 0 else bool(passed),
-    }
-    if images.score is not None:
-        row["features"] = DatasetLayout.features(shard)
-        row["row"] = int(images.row[i])
-    return row
+    filtered = images.score is not None
+    return KeptRow(
+        shard=shard,
+        key=images.key(i),
+        class_index=cls,
+        class_name=labels.classes[cls].name,
+        score=round(float(images.score[i]), 6) if images.score is not None else None,
+        passed=None if passed < 0 else bool(passed),
+        features=DatasetLayout.features(shard) if filtered else None,
+        row=int(images.row[i]) if filtered else None,
+    ).document()
 
 
 def _generation(spec: Any, collected: Collected) -> dict[str, Any]:
@@ -321,7 +361,12 @@ def _manifest(
                 "keep_rate": round(n_kept / generated, 6) if generated else None,
             },
             "per_class": per_class,
-            "index": {"key": DatasetLayout.index, "sha256": index_sha, "rows": n_kept},
+            "index": {
+                "key": DatasetLayout.index,
+                "sha256": index_sha,
+                "rows": n_kept,
+                "per_shard": "shards[].index: every sample of the shard with its kept flag",
+            },
             "shards": [s.record for s in collected.shards],
             "shards_total": spec.sharding.shards,
             "shards_missing": collected.missing,

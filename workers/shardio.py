@@ -94,7 +94,8 @@ def sample_json(meta: dict[str, Any]) -> bytes:
 
 
 class BackgroundShardWriter:
-    """Encodes batches of images to JPEG and appends ``<key>.jpg`` + ``<key>.json`` to a tar, off-thread.
+    """Encodes batches of images to JPEG and appends ``<key>.jpg`` + ``<key>.json`` (+ ``<key>.cls`` when
+    ``label`` is given: the class index as ASCII digits, WebDataset's convention) to a tar, off-thread.
 
     Images are stored at ``size`` x ``size`` (resized with antialiasing when generated at another size).
     ``put(items, images)`` hands a batch over (blocking only when ``max_pending`` batches are queued);
@@ -108,6 +109,7 @@ class BackgroundShardWriter:
         *,
         key: Callable[[Any], str],
         metadata: Callable[[Any], dict[str, Any]],
+        label: Callable[[Any], int] | None = None,
         quality: int = 95,
         size: int | None = None,
         max_pending: int = 3,
@@ -116,6 +118,7 @@ class BackgroundShardWriter:
         self._tar = DeterministicTar(path)
         self._key = key
         self._metadata = metadata
+        self._label = label
         self._quality = quality
         self._size = size
         self._on_written = on_written
@@ -185,6 +188,8 @@ class BackgroundShardWriter:
                     key = self._key(item)
                     self._tar.add(f"{key}.jpg", encode_jpeg(image, self._quality, self._size))
                     self._tar.add(f"{key}.json", sample_json(self._metadata(item)))
+                    if self._label is not None:
+                        self._tar.add(f"{key}.cls", str(int(self._label(item))).encode())
                     self.count += 1
                 self._tar.flush()
                 self.seconds_busy += time.perf_counter() - started

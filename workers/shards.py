@@ -2,7 +2,8 @@
 
 A generated shard ``shards/gen-NNNNN.tar`` is a WebDataset tar: ``<key>.jpg`` + ``<key>.json`` (at least
 ``class`` (int index), ``class_name``, ``prompt``, ``seed``, ``item``, ``real_source``, ``model``,
-``revision``). Its marker ``shards/gen-NNNNN.done.json`` carries the generate stage hash and the tar's
+``revision``) + ``<key>.cls`` (the class index as text; older shards lack it, so readers here use the json's
+``class``). Its marker ``shards/gen-NNNNN.done.json`` carries the generate stage hash and the tar's
 sha256, which is checked after download: a damaged tar is a DataError (delete the marker to regenerate).
 
 Policy for damaged samples inside a verified tar (the generator wrote bad bytes): a JPEG that does not
@@ -93,6 +94,7 @@ def download_shard(storage: Storage, shard: int, folder: Path, marker: dict[str,
 
 def scan_shard(path: Path, classes: int) -> ShardContents:
     """Group the tar's members by WebDataset key; check each sample's json and class index."""
+    from synthrec.limits import MAX_JSON_MEMBER_BYTES, read_member
     from synthrec.workers.realdata import tar_members
 
     members: dict[str, dict[str, tarfile.TarInfo]] = {}
@@ -102,10 +104,9 @@ def scan_shard(path: Path, classes: int) -> ShardContents:
             for key, ext, member in tar_members(tar):
                 members.setdefault(key, {})[ext] = member
                 if ext == "json":
-                    raw = tar.extractfile(member)
                     try:
-                        metas[key] = json.loads(raw.read() if raw else b"")
-                    except ValueError:
+                        metas[key] = json.loads(read_member(tar, member, MAX_JSON_MEMBER_BYTES))
+                    except ValueError:  # not JSON, or MemberTooLarge: the sample counts as corrupt
                         metas[key] = None
     except (tarfile.TarError, OSError) as e:
         raise DataError(

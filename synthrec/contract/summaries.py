@@ -105,6 +105,30 @@ class TrainSummary(Summary):
     metrics: str | None = None  # URI of runs/<run>/metrics.json
 
 
+class PretrainSummary(Summary):
+    """A pre-training run (all ranks of its torchrun group; rank 0 writes the summary)."""
+
+    stage: Literal["pretrain"] = "pretrain"
+    run: str
+    steps: int
+    loss: float | None = None  # the last point of the loss curve
+    images_per_s: float | None = None
+    world_size: int | None = None
+    card: str | None = None  # URI of runs/<run>/pretrain/card.json
+
+
+class TransferSummary(Summary):
+    """A run's downstream evaluations (percentages): what status shows in the transfer table."""
+
+    stage: Literal["transfer"] = "transfer"
+    run: str
+    classification_top1: float | None = None
+    linear_probe_top1: float | None = None
+    ap50: float | None = None  # COCO-style all-point AP at IoU 0.5
+    ap50_voc07: float | None = None  # the VOC07 11-point AP50 (Detectron2's VOC evaluator)
+    metrics: str | None = None  # URI of runs/<run>/transfer/
+
+
 class CleanupSummary(Summary):
     """What deleting a resource's artifacts did (``spec.output.onDelete: Delete``)."""
 
@@ -115,7 +139,14 @@ class CleanupSummary(Summary):
 
 
 StageSummary = (
-    PromptsSummary | GenerateSummary | FilterSummary | ReduceSummary | TrainSummary | CleanupSummary
+    PromptsSummary
+    | GenerateSummary
+    | FilterSummary
+    | ReduceSummary
+    | TrainSummary
+    | PretrainSummary
+    | TransferSummary
+    | CleanupSummary
 )
 _BY_STAGE: dict[str, type[Summary]] = {
     "prompts": PromptsSummary,
@@ -123,6 +154,8 @@ _BY_STAGE: dict[str, type[Summary]] = {
     "filter": FilterSummary,
     "reduce": ReduceSummary,
     "train": TrainSummary,
+    "pretrain": PretrainSummary,
+    "transfer": TransferSummary,
     "cleanup": CleanupSummary,
 }
 

@@ -142,6 +142,34 @@ RESULT_FIELDS = (
 TABLE_FIELDS = ("experiment", "series", "shots", "runs_done", "runs_planned", "mean", "std", "min", "max")
 
 
+TRANSFER_CSV = "transfer.csv"  # every pre-training run of every experiment with its transfer results
+TRANSFER_FIELDS = (
+    "experiment",
+    "run",
+    "objective",
+    "label_space",
+    "size",
+    "init",
+    "seed",
+    "stage",
+    "state",
+    "pretrain_steps",
+    "pretrain_loss",
+    "classification_top1",
+    "linear_probe_top1",
+    "ap50",
+)
+
+
+def transfer_rows(experiment: str, state: artifacts.ExperimentState) -> list[dict[str, Any]]:
+    """The transfer table (artifacts.pretrain_rows) as rows of transfer.csv: sizes as numbers (empty:
+    all images), percentages unrounded."""
+    return [
+        {"experiment": experiment, "run": row["name"], **{k: row[k] for k in TRANSFER_FIELDS[2:]}}
+        for row in artifacts.pretrain_rows(state)
+    ]
+
+
 def run_state(run: artifacts.RunState) -> str:
     if run.done:
         return "done"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synthrec.storage.base import CHUNK, MiB, ObjectInfo, Storage, clean_key
+from synthrec.storage.base import CHUNK, MAX_JSON_BYTES, MiB, ObjectInfo, Storage, clean_key
 from synthrec.storage.commit import (
     commit_file,
     commit_uploaded,
@@ -26,6 +26,7 @@ from synthrec.storage.errors import (
     CorruptObject,
     InvalidKey,
     ObjectNotFound,
+    ObjectTooLarge,
     StorageConfigError,
     StorageConflict,
     StorageError,
@@ -71,6 +72,7 @@ def open_storage(
 
 __all__ = [
     "CHUNK",
+    "MAX_JSON_BYTES",
     "TMP_SUFFIX",
     "CorruptObject",
     "FileStorage",
@@ -78,6 +80,7 @@ __all__ = [
     "MiB",
     "ObjectInfo",
     "ObjectNotFound",
+    "ObjectTooLarge",
     "RecordingStorage",
     "RetryPolicy",
     "S3Storage",

@@ -77,7 +77,7 @@ def write_shard(
                     "model": "tiny://sd",
                     "revision": "r0",
                 }
-                for ext, data in (("jpg", jpg), ("json", json.dumps(meta).encode())):
+                for ext, data in (("jpg", jpg), ("json", json.dumps(meta).encode()), ("cls", b"%d" % cls)):
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))

@@ -3,9 +3,12 @@ with the documented json fields and a generate marker), with the tiny open_clip 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -90,6 +93,29 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
     target = soft_targets(f.logits[row["row"]], 2.0)
     assert abs(float(target.sum()) - 1) < 1e-5
 
+    # every shard has its index: each decodable sample in tar order with its kept flag, and its counts
+    kept_keys = {r["key"] for r in rows}
+    for record in manifest["shards"]:
+        shard = record["shard"]
+        assert record["index"] == DatasetLayout.shard_index(shard)
+        raw = storage.read_bytes(record["index"])
+        assert record["index_sha256"] == hashlib.sha256(raw).hexdigest()
+        lines = [json.loads(line) for line in raw.decode().splitlines()]
+        assert [r["key"] for r in lines] == [k for k in tar_keys(storage, shard) if k != bad]
+        assert all(set(r) == {"key", "class", "kept"} for r in lines)
+        assert {r["key"] for r in lines if r["kept"]} == {r["key"] for r in rows if r["shard"] == shard}
+        assert record["kept"] == sum(r["kept"] for r in lines)
+        assert sum(record["classes"].values()) == len(lines) == record["images"]
+        assert record["kept_classes"] == {
+            str(c): n for c in range(4) if (n := sum(r["kept"] and r["class"] == c for r in lines))
+        }
+
+    # the documented few lines read exactly the kept set with the webdataset library
+    kept, samples = read_kept_set_as_documented(storage.uri.removeprefix("file://").rstrip("/"))
+    assert kept == kept_keys
+    assert sorted(cls for _, cls in samples) == sorted(r["class"] for r in rows)
+    assert all(image.size == (64, 64) for image, _ in samples)
+
     # reduce again: the committed manifest is the answer
     code, again = run_worker(tmp_path, monkeypatch, spec, "reduce")
     assert code == 0 and again.digest == summary.digest and again.skipped is True
@@ -140,6 +166,25 @@ def test_the_filter_scores_with_its_prompts_and_soft_targets_come_from_the_head(
     else:
         assert card["mode"] == "head-templates" and card["names"] == "head names"
         assert card["templates"] == ["a photo of a {c}.", "a drawing of a {c}."]
+
+
+def tar_keys(storage: Any, shard: int) -> list[str]:
+    """The sample keys of a shard tar, in tar order."""
+    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(DatasetLayout.shard(shard)))) as tar:
+        return list(dict.fromkeys(m.name.partition(".")[0] for m in tar.getmembers()))
+
+
+def read_kept_set_as_documented(root: str) -> tuple[set[str], list[tuple[Any, int]]]:
+    """Run the snippet of docs/datasets.md with its root replaced; returns its kept keys and what its
+    dataset yields."""
+    doc = (Path(__file__).parents[2] / "docs" / "datasets.md").read_text()
+    block = doc.split("<!-- kept-set-snippet -->")[1].split("<!-- /kept-set-snippet -->")[0]
+    code = block.strip().removeprefix("```python").removesuffix("```")
+    assert 'root = "/data/eurosat-le-cf"' in code
+    code = code.replace('root = "/data/eurosat-le-cf"', f"root = {root!r}")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/datasets.md", "exec"), namespace)
+    return namespace["kept"], list(namespace["dataset"])
 
 
 def test_filter_refuses_a_shard_of_another_spec(

@@ -188,6 +188,7 @@ def test_each_shard_is_a_webdataset_with_every_field(basic_dataset: dict[str, An
             assert sample["jpg"].size == (64, 64) and sample["jpg"].mode == "RGB"
             meta = sample["json"]
             assert meta["class_name"] == labels.classes[meta["class"]].name
+            assert sample["cls"] == meta["class"]  # the webdataset library decodes .cls to an int
             assert meta["prompt"] in (
                 f"a photo of a {meta['class_name']}.",
                 f"a drawing of a {meta['class_name']}.",
@@ -553,7 +554,7 @@ def test_awkward_class_names_stay_inside_the_json(
     assert summary.images == len(AWKWARD_NAMES)
     with tarfile.open(tmp_path / "out" / "shards" / "gen-00000.tar") as tar:
         names = tar.getnames()
-    assert all(re.fullmatch(r"c\d{5}-p00000-i00000\.(jpg|json)", n) for n in names)
+    assert all(re.fullmatch(r"c\d{5}-p00000-i00000\.(jpg|json|cls)", n) for n in names)
     samples = read_samples((tmp_path / "out" / "shards" / "gen-00000.tar").read_bytes())
     assert [m["class_name"] for _, _, m in samples] == AWKWARD_NAMES
     assert [m["prompt"] for _, _, m in samples] == AWKWARD_NAMES
