@@ -7,7 +7,8 @@ pipeline, and run batches across prompts, each image with its own seeded generat
 tensors on the device, are made uint8 there and copied to the host without waiting (diffusion.HostImages);
 JPEG encoding and tar writing happen on a background thread (workers/shardio.py), and the tar is uploaded
 in parts while it grows (synthrec.storage.streaming.FileTail), so at the end only its last part and the
-marker (written last, synthrec.storage.commit_uploaded) are left.
+commit are left: the upload is published only if no other writer of the shard (a retried pod, a slow
+original) got there first, and the marker written last (synthrec.storage.commit_staged).
 
 The batch size is ``generator.batchSize``, or with ``generator.batchSizeSearch`` the fastest size measured
 on the shard's first batches (workers/batching.py) or stored by an earlier pod. With ``generator.compile``
@@ -43,7 +44,7 @@ from typing import Any
 from synthrec.contract.layout import DatasetLayout
 from synthrec.contract.summaries import GenerateSummary
 from synthrec.noise_levels import StartLevel, steps_run
-from synthrec.storage import ObjectNotFound, commit_uploaded, existing_commit, read_marker
+from synthrec.storage import ObjectNotFound, commit_staged, existing_commit, read_marker
 from synthrec.workers.runtime import ConfigError, DataError, StageContext
 from synthrec.workers.workitems import PromptRow, WorkItem, parse_rows, per_class_counts, shard_items
 
@@ -238,23 +239,30 @@ class ShardGenerator:
         self.compile_cache.load()
 
     def _commit(self, tail: Any) -> dict[str, Any]:
-        """Complete the upload and write the marker; another commit of the shard meanwhile wins."""
+        """Seal the upload and commit it (synthrec.storage.commit_staged: published only if no other writer
+        of the shard got there first; else that writer's commit stands and this upload is aborted)."""
         shard_key, marker_key = self.layout.shard(self.ctx.shard), self.layout.shard_marker(self.ctx.shard)
         try:
-            existing_commit(
+            existing = existing_commit(
                 self.ctx.storage, marker_key, self.stage_hash, what=self.ctx.storage.url(shard_key)
             )
         except BaseException:
             tail.abort()
             raise
-        sha256, size = tail.finish()
-        return commit_uploaded(
+        if existing is not None:  # committed meanwhile: the last part need not go up
+            tail.abort()
+            return existing
+        try:
+            staged = tail.finish()
+        except BaseException:
+            tail.abort()
+            raise
+        return commit_staged(  # discards the upload unless it is what the commit that stands describes
             self.ctx.storage,
+            staged,
             shard_key,
             marker_key,
             spec_hash=self.stage_hash,
-            sha256=sha256,
-            size=size,
             count=len(self.items),
             shard=self.ctx.shard,
             first_item=self.items[0].index if self.items else None,

@@ -10,9 +10,12 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from synthrec.storage.errors import CorruptObject, InvalidKey, ObjectTooLarge
+
+if TYPE_CHECKING:
+    from synthrec.storage.staged import PartUpload
 
 MiB = 1024 * 1024
 CHUNK = MiB
@@ -150,7 +153,7 @@ class Storage(ABC):
     def create_bytes(self, key: str, data: bytes, *, sha256: str | None = None) -> bool:
         """Write ``data`` only if ``key`` does not exist: True when written, False when it existed.
 
-        ``sha256`` (hex) is recorded with the object where the backend can, for ``content_sha256``.
+        ``sha256`` (hex) is recorded with the object where the backend can, for ``content_tag``.
         This default checks, then writes (not atomic; ``atomic_creates`` is False)."""
         if self.exists(key):
             return False
@@ -165,20 +168,28 @@ class Storage(ABC):
         return True
 
     def replace_file(
-        self, local_path: str | os.PathLike[str], key: str, *, current_sha256: str | None, sha256: str
+        self, local_path: str | os.PathLike[str], key: str, *, current_tag: str | None, sha256: str
     ) -> bool:
-        """Overwrite ``key`` with a local file only if its ``content_sha256`` is still ``current_sha256``
+        """Overwrite ``key`` with a local file only if its ``content_tag`` is still ``current_tag``
         (compare-and-swap): True when replaced, False when it changed or vanished meanwhile. This default
         checks, then writes (not atomic)."""
-        if not self.exists(key) or self.content_sha256(key) != current_sha256:
+        if not self.exists(key) or self.content_tag(key) != current_tag:
             return False
         self.upload_file(local_path, key)
         return True
 
-    def content_sha256(self, key: str) -> str | None:
-        """The sha256 of an object written by ``create_*``: recorded with it (S3 metadata) or computed
-        (file://); None when the backend has no record (an object written otherwise)."""
+    def content_tag(self, key: str) -> str | None:
+        """What identifies an object written by ``create_*`` or an upload (synthrec.storage.staged): the
+        sha256 recorded with it (S3 metadata) or computed (file://), or the token of an S3 upload in parts;
+        None when the backend has no record (an object written otherwise)."""
         return self.sha256(key)
+
+    def open_upload(self, key: str) -> PartUpload:
+        """An upload of ``key`` in parts, invisible until the commit protocol publishes it
+        (synthrec.storage.staged). This default spools the parts to a local file."""
+        from synthrec.storage.staged import SpooledUpload
+
+        return SpooledUpload(self, key)
 
     def read_json(self, key: str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
         """A JSON document, at most ``max_bytes`` long (``ObjectTooLarge`` otherwise)."""

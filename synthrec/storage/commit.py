@@ -2,17 +2,22 @@
 
 A marker is a small JSON object written last, carrying the spec hash of what produced the data.
 ``existing_commit`` is the one check every worker makes before it starts: done already (skip), committed
-by another spec (conflict), or not yet. ``commit_file`` writes data and marker so that two writers of one
-shard (a retried pod and a slow original) end with ONE consistent commit, whose marker describes exactly
-the data in storage, and both return it:
+by another spec (conflict), or not yet. ``commit_file`` (a local file) and ``commit_staged`` (also an
+upload whose parts went up while the data was written, ``Storage.open_upload``) write data and marker so
+that two writers of one shard (a retried pod and a slow original) end with ONE consistent commit, whose
+marker describes exactly the data in storage, and both return it:
 
 1. The writer records the marker it would write as a *pending record* under ``.synthrec-commits/``
-   (keyed by the marker, the data's sha256 and the spec), so that anyone can finish its commit.
-2. It creates the data object only if absent (``Storage.create_file``: S3 ``If-None-Match: *``, link(2)
-   on file://), recording the data's sha256 with it. The data key is the lock: the first creator owns it.
+   (keyed by the marker, the data's tag and the spec), so that anyone can finish its commit. The tag
+   (synthrec.storage.staged) is the data's sha256, or for an S3 upload in parts a token set when the
+   upload started (the sha256 is only known at its end; the marker carries both then).
+2. It creates the data object only if absent (``StagedData.create``: S3 ``If-None-Match: *`` on PutObject
+   or CompleteMultipartUpload, link(2) on file://), recording the tag with it. The data key is the lock:
+   the first creator owns it.
 3. The marker is created only if absent, with the content of the pending record of the data that is
-   actually there: its own, or, when another writer got there first, that writer's (rolled forward,
-   whether that writer is still running or died before its marker). Both race to write the same marker.
+   actually there (found by ``Storage.content_tag``): its own, or, when another writer got there first,
+   that writer's (rolled forward, whether that writer is still running or died before its marker). Both
+   race to write the same marker. The loser's data is discarded (its multipart upload aborted).
 4. Data no pending record describes (left by an older synthrec or written by hand) is replaced with a
    compare-and-swap (S3 ``If-Match``, flock on file://), never blindly.
 
@@ -34,11 +39,12 @@ from typing import Any
 from synthrec.storage.base import MAX_JSON_BYTES, ObjectInfo, Storage, clean_key
 from synthrec.storage.errors import ObjectNotFound, StorageConflict, StorageError, TransientStorageError
 from synthrec.storage.files import sha256_file
+from synthrec.storage.staged import LocalFile, StagedData
 from synthrec.timestamps import utc_stamp
 
 log = logging.getLogger(__name__)
 
-_MARKER_FIELDS = ("spec_hash", "written_at", "sha256", "size")
+_MARKER_FIELDS = ("spec_hash", "written_at", "sha256", "size", "data_token")
 COMMITS_DIR = ".synthrec-commits/"  # pending records of commits in flight, below the storage root
 # Rounds of the commit loop (and of verify-and-repair): each one only repeats when another writer moved
 # the data key between two of our steps, so a handful is plenty.
@@ -103,39 +109,54 @@ def commit_file(
     nothing is touched. A crash at any point leaves either no marker (the next run finishes or redoes the
     commit) or a marker that matches the data.
     """
-    reserved = sorted(set(fields) & set(_MARKER_FIELDS))
-    if reserved:
-        raise ValueError(f"commit_file computes {', '.join(reserved)} itself; do not pass them as fields")
     what = storage.url(data_key)
+    _check_fields(fields)
     existing = existing_commit(storage, marker_key, spec_hash, what=what)
     if existing is not None:
         return existing
-    digest = sha256_file(local_path)
-    marker = {
-        **fields,
-        "sha256": digest,
-        "size": os.path.getsize(local_path),
-        "spec_hash": spec_hash,
-        "written_at": utc_stamp(),
-    }
-    return _Commit(storage, Path(local_path), data_key, marker_key, marker, what).run()
+    data = LocalFile(
+        storage, local_path, data_key, sha256=sha256_file(local_path), size=os.path.getsize(local_path)
+    )
+    return commit_staged(storage, data, data_key, marker_key, spec_hash=spec_hash, **fields)
 
 
-def commit_uploaded(
-    storage: Storage, data_key: str, marker_key: str, *, spec_hash: str, sha256: str, size: int, **fields: Any
+def commit_staged(
+    storage: Storage, data: StagedData, data_key: str, marker_key: str, *, spec_hash: str, **fields: Any
 ) -> dict[str, Any]:
-    """The second half of ``commit_file``, for data already uploaded to ``data_key`` (e.g. in parts while
-    it was written, synthrec.storage.streaming): write its marker, with the same checks."""
-    existing = existing_commit(storage, marker_key, spec_hash, what=storage.url(data_key))
-    if existing is not None:
-        return existing
-    return write_marker(storage, marker_key, spec_hash=spec_hash, sha256=sha256, size=size, **fields)
+    """``commit_file`` for staged data (synthrec.storage.staged): a local file, or an upload whose parts
+    were sent while the data was written (``Storage.open_upload``), published by the same protocol. The
+    data is discarded unless it is what the commit that stands describes (a losing upload is aborted)."""
+    try:
+        _check_fields(fields)
+        what = storage.url(data_key)
+        existing = existing_commit(storage, marker_key, spec_hash, what=what)
+        if existing is not None:
+            return existing
+        marker = {**fields, "sha256": data.sha256, "size": data.size, "spec_hash": spec_hash}
+        if data.tag != data.sha256:  # an S3 upload in parts: its token finds its pending record
+            marker["data_token"] = data.tag
+        marker["written_at"] = utc_stamp()
+        return _Commit(storage, data, data_key, marker_key, marker, what).run()
+    finally:
+        data.discard()
 
 
-def pending_key(marker_key: str, data_sha256: str, spec_hash: str) -> str:
-    """Where the marker a writer is about to commit waits, by marker, data content and spec."""
+def _check_fields(fields: dict[str, Any]) -> None:
+    reserved = sorted(set(fields) & set(_MARKER_FIELDS))
+    if reserved:
+        raise ValueError(f"the commit computes {', '.join(reserved)} itself; do not pass them as fields")
+
+
+def pending_key(marker_key: str, data_tag: str, spec_hash: str) -> str:
+    """Where the marker a writer is about to commit waits, by marker, data (its tag: the sha256, or the
+    token of an S3 upload in parts; synthrec.storage.staged) and spec."""
     spec_tag = hashlib.sha256(spec_hash.encode()).hexdigest()[:16]
-    return f"{_pending_dir(marker_key)}{data_sha256}.{spec_tag}.json"
+    return f"{_pending_dir(marker_key)}{data_tag}.{spec_tag}.json"
+
+
+def _tag_of(record: dict[str, Any]) -> Any:
+    """The tag of the data a marker or pending record describes (``Storage.content_tag`` of that data)."""
+    return record.get("data_token") or record.get("sha256")
 
 
 def _pending_dir(marker_key: str) -> str:
@@ -148,25 +169,25 @@ class _Commit:
     def __init__(
         self,
         storage: Storage,
-        local: Path,
+        data: StagedData,
         data_key: str,
         marker_key: str,
         marker: dict[str, Any],
         what: str,
     ) -> None:
         self.storage = storage
-        self.local = local
+        self.data = data
         self.data_key = data_key
         self.marker_key = marker_key
         self.marker = marker
         self.what = what
         self.spec_hash: str = marker["spec_hash"]
-        self.digest: str = marker["sha256"]
+        self.tag: str = _tag_of(marker)
         self.atomic = storage.atomic_creates
 
     def run(self) -> dict[str, Any]:
         storage = self.storage
-        storage.write_json(pending_key(self.marker_key, self.digest, self.spec_hash), self.marker)
+        storage.write_json(pending_key(self.marker_key, self.tag, self.spec_hash), self.marker)
         for _ in range(_ROUNDS):
             owner = self._own_or_find_data_owner()
             if isinstance(owner, _Done):
@@ -183,13 +204,13 @@ class _Commit:
         """The marker that describes the data at the data key once this returns (ours when we created it),
         ``_Done`` when a commit already stands, None when the key changed meanwhile (try again)."""
         storage = self.storage
-        if storage.create_file(self.local, self.data_key, sha256=self.digest):
+        if self.data.create():
             return self.marker
         done = existing_commit(storage, self.marker_key, self.spec_hash, what=self.what)
         if done is not None:
             return _Done(done)
         try:
-            content = storage.content_sha256(self.data_key)
+            content = storage.content_tag(self.data_key)
         except ObjectNotFound:
             return None
         owner = self._pending(content) if content else None
@@ -201,16 +222,16 @@ class _Commit:
         if done is not None:
             return _Done(done)
         log.info("replacing %s: uncommitted data no writer accounts for", self.what)
-        replaced = storage.replace_file(self.local, self.data_key, current_sha256=content, sha256=self.digest)
+        replaced = self.data.replace(content)
         return self.marker if replaced else None
 
-    def _pending(self, data_sha256: str) -> dict[str, Any] | None:
-        """The pending marker of the data with this sha256: this spec's if there is one, else any."""
+    def _pending(self, data_tag: str) -> dict[str, Any] | None:
+        """The pending marker of the data with this tag: this spec's if there is one, else any."""
         storage = self.storage
-        keys = [pending_key(self.marker_key, data_sha256, self.spec_hash)]
+        keys = [pending_key(self.marker_key, data_tag, self.spec_hash)]
         keys += [
             info.key
-            for info in storage.list(f"{_pending_dir(self.marker_key)}{data_sha256}.")
+            for info in storage.list(f"{_pending_dir(self.marker_key)}{data_tag}.")
             if info.key != keys[0]
         ]
         for key in keys:
@@ -222,7 +243,7 @@ class _Commit:
                 continue
             if (
                 isinstance(record, dict)
-                and record.get("sha256") == data_sha256
+                and _tag_of(record) == data_tag
                 and isinstance(record.get("spec_hash"), str)
             ):
                 return record
@@ -246,10 +267,10 @@ class _Commit:
         storage = self.storage
         for _ in range(_ROUNDS):
             try:
-                content = storage.content_sha256(self.data_key)
+                content = storage.content_tag(self.data_key)
             except ObjectNotFound:
                 content = None
-            if content is not None and marker.get("sha256") == content:
+            if content is not None and _tag_of(marker) == content:
                 _same_spec(storage, self.marker_key, marker, self.spec_hash, what=self.what)
                 return marker
             record = self._pending(content) if content else None

@@ -18,6 +18,7 @@ from typing import IO, BinaryIO
 
 from synthrec.storage.base import CHUNK, ObjectInfo, Storage, clean_key, missing_message, too_large
 from synthrec.storage.errors import ObjectNotFound, StorageError, StoragePermissionError, local_error
+from synthrec.storage.staged import PartUpload
 
 # Temporary files of atomic writes end with this; listings skip them (a crash can leave one behind).
 TMP_SUFFIX = ".synthrec-tmp"
@@ -80,27 +81,34 @@ _NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.E
 
 def create_exclusive(path: Path, fill: Callable[[IO[bytes]], None]) -> tuple[bool, bool]:
     """Write ``path`` only if it does not exist, never visible half-written: the content goes to a temp
-    file, which is then hard-linked to ``path`` (link(2) fails if ``path`` exists, atomically).
-
-    Returns (created, atomic). Where the filesystem has no hard links it checks, then renames
-    (``atomic`` False): the caller must not rely on a single winner then."""
+    file, which is then published with ``publish_exclusive``. Returns (created, atomic) as that does."""
     if path.exists():
         return False, True
     with _staged(path) as (f, tmp):
         fill(f)
         _seal(f)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False, True
-        except OSError as e:
-            if e.errno not in _NO_LINKS:
-                raise
-            if path.exists():
-                return False, False
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-            return True, False
+        return publish_exclusive(tmp, path)
+
+
+def publish_exclusive(tmp: Path, path: Path) -> tuple[bool, bool]:
+    """Make the complete temp file ``tmp`` (in ``path``'s folder) the file ``path`` only if ``path`` does
+    not exist: hard-link it (link(2) fails if ``path`` exists, atomically); ``tmp`` stays for the caller
+    to remove. Returns (created, atomic). Where the filesystem has no hard links it checks, then renames
+    (``atomic`` False): the caller must not rely on a single winner then."""
+    if path.exists():
+        return False, True
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False, True
+    except OSError as e:
+        if e.errno not in _NO_LINKS:
+            raise
+        if path.exists():
+            return False, False
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return True, False
     _fsync_dir(path.parent)
     return True, True
 
@@ -224,7 +232,7 @@ class FileStorage(Storage):
         path = self._path(key)
         with self._errors(key, "write"):
             created, atomic = create_exclusive(path, lambda f: f.write(data))
-        self._links = bool(self._links is not False and atomic)
+        self.note_atomic(atomic)
         return created
 
     def create_file(self, local_path: str | os.PathLike[str], key: str, *, sha256: str | None = None) -> bool:
@@ -239,31 +247,46 @@ class FileStorage(Storage):
 
         with self._errors(key, "write"):
             created, atomic = create_exclusive(path, fill)
-        self._links = bool(self._links is not False and atomic)
+        self.note_atomic(atomic)
         return created
 
     def replace_file(
-        self, local_path: str | os.PathLike[str], key: str, *, current_sha256: str | None, sha256: str
+        self, local_path: str | os.PathLike[str], key: str, *, current_tag: str | None, sha256: str
     ) -> bool:
-        """Compare-and-swap under an exclusive lock (flock) on a hidden lock file beside the object: every
-        replacer checks the content it is about to replace while holding it. Creators need no lock: the
-        key is never absent during a replace (``os.replace``), so their link(2) fails."""
-        path = self._path(key)
         require_local_file(local_path, self.url(key))
+
+        def put(path: Path) -> None:
+            with open(local_path, "rb") as src, atomic_output(path) as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+
+        return self.swap(key, current_tag, put)
+
+    def swap(self, key: str, current_tag: str | None, put: Callable[[Path], None]) -> bool:
+        """Compare-and-swap under an exclusive lock (flock) on a hidden lock file beside the object: every
+        replacer checks the content it is about to replace while holding it, then ``put`` writes the path
+        atomically. Creators need no lock: the key is never absent during a replace (``os.replace``), so
+        their link(2) fails."""
+        path = self._path(key)
         lock = path.with_name(f".{path.name[:100]}.lock{TMP_SUFFIX}")  # listings skip it
         with self._errors(key, "write"):
             path.parent.mkdir(parents=True, exist_ok=True)
             with exclusive_lock(lock):
                 try:
-                    if sha256_file(path) != current_sha256:
+                    if sha256_file(path) != current_tag:
                         return False
                 except FileNotFoundError:
                     return False
-                with open(local_path, "rb") as src, atomic_output(path) as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
+                put(path)
         return True
 
-    def content_sha256(self, key: str) -> str | None:
+    def note_atomic(self, atomic: bool) -> None:
+        """A create found the filesystem without hard links: later creates check, then write."""
+        self._links = bool(self._links is not False and atomic)
+
+    def open_upload(self, key: str) -> PartUpload:
+        return _FileUpload(self, key)
+
+    def content_tag(self, key: str) -> str | None:
         return self.sha256(key)  # computed: a local file has nowhere to record it
 
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
@@ -307,3 +330,65 @@ class FileStorage(Storage):
 def require_local_file(local_path: str | os.PathLike[str], target: str) -> None:
     if not os.path.isfile(local_path):
         raise StorageError(f"cannot upload {local_path} to {target}: it is not a readable local file")
+
+
+class _FileUpload(PartUpload):
+    """An upload in parts on file://: a hidden temp file in the object's folder (listings skip it),
+    published by link(2) (create) or rename under the object's lock (replace); ``discard`` removes it and
+    the folders it made."""
+
+    def __init__(self, storage: FileStorage, key: str) -> None:
+        self.storage, self.key = storage, key
+        path = storage._path(key)
+        with storage._errors(key, "write"):
+            self.made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=TMP_SUFFIX)
+            os.fchmod(fd, 0o666 & ~_umask())
+        self.path, self.tmp = path, Path(tmp)
+        self.file = os.fdopen(fd, "wb")
+        self.published = False
+
+    def upload_part(self, data: bytes) -> None:
+        with self.storage._errors(self.key, "upload"):
+            self.file.write(data)
+
+    def seal(self, sha256: str, size: int) -> PartUpload:
+        with self.storage._errors(self.key, "upload"):
+            _seal(self.file)
+            self.file.close()
+        return super().seal(sha256, size)
+
+    def create(self) -> bool:
+        if not self.storage.atomic_creates:
+            if self.path.exists():
+                return False
+            with self.storage._errors(self.key, "write"):
+                os.replace(self.tmp, self.path)
+                _fsync_dir(self.path.parent)
+            self.published = True
+            return True
+        with self.storage._errors(self.key, "write"):
+            created, atomic = publish_exclusive(self.tmp, self.path)
+        self.storage.note_atomic(atomic)
+        self.published = created
+        return created
+
+    def replace(self, current_tag: str | None) -> bool:
+        def put(path: Path) -> None:
+            os.replace(self.tmp, path)
+            _fsync_dir(path.parent)
+
+        self.published = self.storage.swap(self.key, current_tag, put)
+        return self.published
+
+    def discard(self) -> None:
+        with suppress(OSError):
+            self.file.close()
+        with suppress(OSError):
+            self.tmp.unlink()
+        if self.published:
+            return
+        for folder in self.made:  # deepest first; only those still empty
+            with suppress(OSError):
+                folder.rmdir()

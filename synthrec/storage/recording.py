@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from synthrec.storage.base import ObjectInfo, Storage, clean_key
+from synthrec.storage.staged import PartUpload
 
 _WRITING = ("write", "upload", "put", "copy", "commit", "move", "rename")
 
@@ -83,17 +84,21 @@ class RecordingStorage(Storage):
         return self.inner.create_file(local_path, key, sha256=sha256)
 
     def replace_file(
-        self, local_path: str | os.PathLike[str], key: str, *, current_sha256: str | None, sha256: str
+        self, local_path: str | os.PathLike[str], key: str, *, current_tag: str | None, sha256: str
     ) -> bool:
         self._record(key)
-        return self.inner.replace_file(local_path, key, current_sha256=current_sha256, sha256=sha256)
+        return self.inner.replace_file(local_path, key, current_tag=current_tag, sha256=sha256)
+
+    def open_upload(self, key: str) -> PartUpload:
+        self._record(key)  # before any part: the upload may be published without passing through here
+        return self.inner.open_upload(key)
 
     @property
     def atomic_creates(self) -> bool:
         return self.inner.atomic_creates
 
-    def content_sha256(self, key: str) -> str | None:
-        return self.inner.content_sha256(key)
+    def content_tag(self, key: str) -> str | None:
+        return self.inner.content_tag(key)
 
     def open_stream(self, key: str) -> BinaryIO:
         return self.inner.open_stream(key)

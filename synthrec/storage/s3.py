@@ -35,6 +35,7 @@ from synthrec.storage.errors import (
     local_error,
 )
 from synthrec.storage.files import atomic_output, require_local_file
+from synthrec.storage.staged import PartUpload
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _botocore_session() -> Any:
     return session
 
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _PRECONDITION = {"PreconditionFailed", "412"}  # a conditional write found the key taken
 _DENIED = {
     "AccessDenied",
@@ -145,8 +146,10 @@ _TRANSIENT = {
     "BandwidthLimitExceeded",
     "ConditionalRequestConflict",  # 409: a concurrent conditional write to the key; AWS says retry
 }
-# Object metadata (x-amz-meta-...) where create_* records the sha256 of what it wrote.
+# Object metadata (x-amz-meta-...) where create_* records the sha256 of what it wrote, and where an upload
+# in parts records its token (the sha256 is not known yet when the upload starts; synthrec.storage.staged).
 SHA256_METADATA = "synthrec-sha256"
+TOKEN_METADATA = "synthrec-token"
 # Where the probe for conditional writes puts its object (below the storage's prefix), and the answer per
 # endpoint and bucket, found once per process.
 PROBE_PREFIX = ".synthrec-commits/probe-"
@@ -444,18 +447,28 @@ class S3Storage(Storage):
         return self._write_file(local_path, key, _metadata(sha256), {"IfNoneMatch": "*"})
 
     def replace_file(
-        self, local_path: str | os.PathLike[str], key: str, *, current_sha256: str | None, sha256: str
+        self, local_path: str | os.PathLike[str], key: str, *, current_tag: str | None, sha256: str
     ) -> bool:
         require_local_file(local_path, self.url(key))
+        condition = self._replace_condition(key, current_tag)
+        if condition is None:
+            return False
+        return self._write_file(local_path, key, _metadata(sha256), condition)
+
+    def _replace_condition(self, key: str, current_tag: str | None) -> dict[str, str] | None:
+        """The condition that replaces ``key`` only while it holds the object tagged ``current_tag``
+        (If-Match on its ETag where the store honours it); None when it holds another one already."""
         full = self._key(key)
         try:
             head = self._call("check", key, lambda: self.client.head_object(Bucket=self.bucket, Key=full))
         except ObjectNotFound:
-            return False
-        if _recorded_sha256(head) != current_sha256:
-            return False
-        condition = {"IfMatch": head["ETag"]} if self.atomic_creates else {}
-        return self._write_file(local_path, key, _metadata(sha256), condition)
+            return None
+        if _recorded_tag(head) != current_tag:
+            return None
+        return {"IfMatch": head["ETag"]} if self.atomic_creates else {}
+
+    def open_upload(self, key: str) -> PartUpload:
+        return _S3Upload(self, key)
 
     def _write_file(
         self,
@@ -511,9 +524,9 @@ class S3Storage(Storage):
                 with suppress(Exception):
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload)
 
-    def content_sha256(self, key: str) -> str | None:
+    def content_tag(self, key: str) -> str | None:
         full = self._key(key)
-        return _recorded_sha256(
+        return _recorded_tag(
             self._call("check", key, lambda: self.client.head_object(Bucket=self.bucket, Key=full))
         )
 
@@ -563,6 +576,87 @@ class S3Storage(Storage):
         return self._call("hash", key, digest)
 
 
+class _S3Upload(PartUpload):
+    """A multipart upload tagged with a random token (object metadata) at CreateMultipartUpload, and
+    completed under the commit protocol's condition: If-None-Match: * (create) or If-Match (replace).
+    ``discard`` aborts it unless it completed: no upload and no object is left behind."""
+
+    min_part = 5 * MiB  # S3's smallest part (but the last)
+
+    def __init__(self, storage: S3Storage, key: str) -> None:
+        self.storage, self.key, self.full = storage, clean_key(key), storage._key(key)
+        self.token = f"upload-{uuid.uuid4().hex}"  # never a sha256 (64 hex digits)
+        self.parts: list[dict[str, Any]] = []
+        self.completed = False
+        self.upload_id: str = storage._call(
+            "upload",
+            self.key,
+            lambda: storage.client.create_multipart_upload(
+                Bucket=storage.bucket, Key=self.full, Metadata={TOKEN_METADATA: self.token}
+            )["UploadId"],
+        )
+
+    @property
+    def tag(self) -> str:
+        return self.token
+
+    def upload_part(self, data: bytes) -> None:
+        number = len(self.parts) + 1
+        answer = self.storage._call(
+            "upload",
+            self.key,
+            lambda: self.storage.client.upload_part(
+                Bucket=self.storage.bucket,
+                Key=self.full,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+            ),
+        )
+        self.parts.append(_part(number, answer))
+
+    def seal(self, sha256: str, size: int) -> PartUpload:
+        if not self.parts:  # an empty object: one empty part
+            self.upload_part(b"")
+        return super().seal(sha256, size)
+
+    def create(self) -> bool:
+        storage = self.storage
+        if not storage.atomic_creates:  # check, then write: the commit protocol verifies afterwards
+            if storage.exists(self.key):
+                return False
+            return self._complete({})
+        return self._complete({"IfNoneMatch": "*"})
+
+    def replace(self, current_tag: str | None) -> bool:
+        condition = self.storage._replace_condition(self.key, current_tag)
+        return condition is not None and self._complete(condition)
+
+    def _complete(self, condition: dict[str, str]) -> bool:
+        storage = self.storage
+        self.completed = storage._call(
+            "upload", self.key, lambda: storage._complete_if(self.full, self.upload_id, self.parts, condition)
+        )
+        return self.completed
+
+    def discard(self) -> None:
+        if self.completed:
+            return
+        storage = self.storage
+        try:
+            storage._call(
+                "abort",
+                self.key,
+                lambda: storage.client.abort_multipart_upload(
+                    Bucket=storage.bucket, Key=self.full, UploadId=self.upload_id
+                ),
+            )
+        except ObjectNotFound:  # NoSuchUpload: gone already
+            pass
+        except StorageError as e:  # the bucket's lifecycle rule for incomplete uploads removes it later
+            log.warning("could not abort the upload of %s: %s", storage.url(self.key), e)
+
+
 def _part(number: int, answer: dict[str, Any]) -> dict[str, Any]:
     """A CompleteMultipartUpload part from an UploadPart answer (its checksum too: botocore >= 1.36 sends
     CRC32 checksums by default, and S3 then wants them back)."""
@@ -575,8 +669,9 @@ def _metadata(sha256: str | None) -> dict[str, str]:
     return {SHA256_METADATA: sha256} if sha256 else {}
 
 
-def _recorded_sha256(head: dict[str, Any]) -> str | None:
-    value = (head.get("Metadata") or {}).get(SHA256_METADATA)
+def _recorded_tag(head: dict[str, Any]) -> str | None:
+    metadata = head.get("Metadata") or {}
+    value = metadata.get(SHA256_METADATA) or metadata.get(TOKEN_METADATA)
     return value if isinstance(value, str) and value else None
 
 

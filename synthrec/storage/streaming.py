@@ -1,137 +1,34 @@
-"""Uploading an object while it is still being written: parts go up as they are ready, and the object
-appears only when the upload completes (S3 multipart upload; on file:// a temporary file in the object's
-folder, renamed into place). ``abort`` leaves nothing behind.
+"""Uploading a file while another thread still writes it: parts go up as they are ready
+(``Storage.open_upload``: S3 multipart upload, a hidden temporary file beside the object on file://), and
+the object appears only when the commit protocol publishes it (synthrec.storage.commit.commit_staged,
+create-if-absent). Until then nothing is visible, and discarding it leaves nothing behind.
 
 ``FileTail`` follows a local file another thread appends to (the generate stage's shard tar) and uploads it
-in parts of ``part_size`` bytes as they fill, hashing as it goes; ``finish`` uploads the rest once the writer
-has closed the file. So the upload overlaps the generation, and at the end only the last part is left.
+in parts of ``part_size`` bytes as they fill, hashing as it goes; ``finish`` sends the rest once the writer
+has closed the file and returns the upload, sealed, for ``commit_staged``. So the upload overlaps the
+generation, and at the end only the last part is left.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from collections.abc import Callable
-from contextlib import suppress
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from synthrec.storage.base import MiB, Storage, clean_key
-from synthrec.storage.errors import StorageError
+from synthrec.storage.base import MiB, Storage
+from synthrec.storage.staged import PartUpload
 
-MIN_PART = 5 * MiB  # S3's smallest part (but the last)
 DEFAULT_PART = 16 * MiB
-
-
-class PartUpload(Protocol):
-    min_part: int  # bytes of every part but the last
-
-    def upload_part(self, data: bytes) -> None: ...
-
-    def complete(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-def open_part_upload(storage: Storage, key: str) -> PartUpload:
-    """An upload of ``key`` in parts, on either backend."""
-    from synthrec.storage.files import FileStorage
-    from synthrec.storage.s3 import S3Storage
-
-    if isinstance(storage, S3Storage):
-        return _S3PartUpload(storage, key)
-    if isinstance(storage, FileStorage):
-        return _FilePartUpload(storage, key)
-    raise StorageError(f"{storage!r} has no uploads in parts")
-
-
-class _S3PartUpload:
-    min_part = MIN_PART
-
-    def __init__(self, storage: Any, key: str) -> None:
-        self.storage, self.key = storage, clean_key(key)
-        self.full = storage._key(key)
-        self.parts: list[dict[str, Any]] = []
-        self.upload_id = storage._call(
-            "upload",
-            key,
-            lambda: storage.client.create_multipart_upload(Bucket=storage.bucket, Key=self.full)["UploadId"],
-        )
-
-    def upload_part(self, data: bytes) -> None:
-        number = len(self.parts) + 1
-        answer = self.storage._call(
-            "upload",
-            self.key,
-            lambda: self.storage.client.upload_part(
-                Bucket=self.storage.bucket,
-                Key=self.full,
-                UploadId=self.upload_id,
-                PartNumber=number,
-                Body=data,
-            ),
-        )
-        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-
-    def complete(self) -> None:
-        if not self.parts:  # an empty object: one empty part
-            self.upload_part(b"")
-        self.storage._call(
-            "upload",
-            self.key,
-            lambda: self.storage.client.complete_multipart_upload(
-                Bucket=self.storage.bucket,
-                Key=self.full,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": self.parts},
-            ),
-        )
-
-    def abort(self) -> None:
-        with suppress(Exception):
-            self.storage.client.abort_multipart_upload(
-                Bucket=self.storage.bucket, Key=self.full, UploadId=self.upload_id
-            )
-
-
-class _FilePartUpload:
-    min_part = 1
-
-    def __init__(self, storage: Any, key: str) -> None:
-        self.path: Path = storage._path(key)
-        # the folders this upload makes, removed again (if still empty) when it is aborted
-        self.made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name[:100]}.", suffix=".part")
-        self.tmp = Path(tmp)
-        self.file = os.fdopen(fd, "wb")
-
-    def upload_part(self, data: bytes) -> None:
-        self.file.write(data)
-
-    def complete(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        with suppress(OSError):
-            self.file.close()
-        with suppress(OSError):
-            self.tmp.unlink()
-        for folder in self.made:  # deepest first
-            with suppress(OSError):
-                folder.rmdir()
 
 
 class FileTail:
     """Uploads ``path`` to ``key`` of ``storage`` while another thread appends to it (see the module
-    docstring). ``poke()`` after each append; ``finish()`` after the writer closed the file returns
-    (sha256, size); ``abort()`` on failure. A failed part upload is re-raised at the next poke or finish."""
+    docstring). ``poke()`` after each append; ``finish()`` after the writer closed the file returns the
+    sealed upload (its sha256 and size known) to commit; ``abort()`` on failure discards it. A failed part
+    upload is re-raised at the next poke or finish."""
 
     def __init__(
         self,
@@ -142,7 +39,7 @@ class FileTail:
         on_part: Callable[[int], None] | None = None,
     ):
         self.path = Path(path)
-        self.upload = open_part_upload(storage, key)
+        self.upload = storage.open_upload(key)
         self.part_size = max(self.upload.min_part, part_size)
         self.on_part = on_part  # called with the bytes sent so far, after each part
         self.digest = hashlib.sha256()
@@ -157,19 +54,18 @@ class FileTail:
         self._raise()
         self._wake.set()
 
-    def finish(self) -> tuple[str, int]:
+    def finish(self) -> PartUpload:
         self._closed.set()
         self._wake.set()
         self._thread.join()
         self._raise()
-        self.upload.complete()
-        return self.digest.hexdigest(), self.sent
+        return self.upload.seal(self.digest.hexdigest(), self.sent)
 
     def abort(self) -> None:
         self._closed.set()
         self._wake.set()
         self._thread.join(timeout=60)
-        self.upload.abort()
+        self.upload.discard()
 
     def _raise(self) -> None:
         if self._error is not None:

@@ -79,12 +79,16 @@ def test_a_cleanup_deletes_what_the_resource_wrote_and_nothing_else(
     assert doc.resource.uid == UID and doc.stage == "prompts"
     # The marker's commit also wrote its pending record (synthrec.storage.commit), gone once committed.
     pending = [k for k in doc.keys if k.startswith(COMMITS_DIR)]
-    assert [k for k in doc.keys if k not in pending] == ["prompts.done.json", "prompts.jsonl", "spec.json"]
+    # On S3 the prompts stage also records the model mirror (synthrec.workers.mirror); file:// models are
+    # pinned in place.
+    mirror = ["models/mirror.json"] if uri.startswith("s3://") else []
+    artifacts = sorted(["prompts.done.json", "prompts.jsonl", "spec.json", *mirror])
+    assert [k for k in doc.keys if k not in pending] == artifacts
     assert len(pending) == 1 and not set(pending) & written
 
     code, summary = clean(uri, tmp_path, monkeypatch)
     assert code == contract.EXIT_OK, summary
-    assert (summary.deleted, summary.ledgers, summary.kept) == (3, 1, 2)
+    assert (summary.deleted, summary.ledgers, summary.kept) == (len(artifacts), 1, 2)
     assert keys(uri) == {"notes.txt", "shards/by-hand.tar"}
     assert keys(root) == {"ds/notes.txt", "ds/shards/by-hand.tar", "elsewhere.txt"}
     # Run again (a retried pod): nothing left to delete, nothing else touched.
@@ -128,7 +132,7 @@ def test_credentials_that_may_not_list_an_enclosing_folder_still_clean_up_their_
     s3_faults.proxy.fail(None, status=403, code="AccessDenied", method="GET", path=listing_the_bucket_root)
     code, summary = clean(uri, tmp_path, monkeypatch)
     assert code == contract.EXIT_OK, summary
-    assert summary.deleted == 3 and keys(uri) == set()
+    assert summary.deleted == 4 and keys(uri) == set()  # prompts' three artifacts and models/mirror.json
     assert s3_faults.proxy.count(method="GET", path=listing_the_bucket_root) == 1
     assert s3_faults.proxy.count(method="GET", path="prefix=team%2F.synthrec%2Fwritten") == 1
 

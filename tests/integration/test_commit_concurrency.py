@@ -1,7 +1,9 @@
 """Two writers of one shard (a retried pod and a slow original) end with ONE consistent commit: the marker
 and the data come from the same writer, and every writer returns the commit that stands. On file:// and
 on S3 (moto over HTTP), in forced interleavings and with free-running threads; and the same on stores
-without atomic creates (a filesystem without hard links, an S3 service that ignores If-None-Match)."""
+without atomic creates (a filesystem without hard links, an S3 service that ignores If-None-Match). Writers
+commit a local file (``commit_file``) or stream their shard in parts while writing it (the generate
+stage's ``FileTail`` + ``commit_staged``); a losing stream leaves no upload and no object behind."""
 
 from __future__ import annotations
 
@@ -25,13 +27,17 @@ from synthrec.storage import (
     Storage,
     StorageConflict,
     commit_file,
+    commit_staged,
     open_storage,
     read_marker,
 )
 from synthrec.storage import s3 as s3_module
 from synthrec.storage.base import MiB
 from synthrec.storage.commit import COMMITS_DIR
+from synthrec.storage.files import TMP_SUFFIX
 from synthrec.storage.s3 import PROBE_PREFIX, S3Tuning
+from synthrec.storage.staged import PartUpload
+from synthrec.storage.streaming import FileTail
 from tests.harness.s3 import MOTO_WRITE_LOCK
 
 DATA, MARKER = "shards/gen-00003.tar", "shards/gen-00003.done.json"
@@ -85,11 +91,22 @@ class Gates(Storage):
     ``pause_after_data``: the writer's data object is in storage and its marker is not yet written.
     """
 
-    def __init__(self, inner: Storage, *, pause_after_data: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        inner: Storage,
+        *,
+        pause_after_data: threading.Event | None = None,
+        pause_before_publish: threading.Event | None = None,
+    ) -> None:
         self.inner = inner
         self.uri = inner.uri
         self.pause_after_data = pause_after_data
+        self.pause_before_publish = pause_before_publish  # a stream's parts are all sent, not yet published
         self.data_written = threading.Event()
+        self.data_ready = threading.Event()
+
+    def open_upload(self, key: str) -> PartUpload:
+        return _GatedUpload(self, self.inner.open_upload(key), key)
 
     def _after_write(self, key: str) -> None:
         if key == DATA:
@@ -129,8 +146,8 @@ class Gates(Storage):
             self._after_write(key)
         return created
 
-    def content_sha256(self, key: str) -> str | None:
-        return self.inner.content_sha256(key)
+    def content_tag(self, key: str) -> str | None:
+        return self.inner.content_tag(key)
 
     @property
     def atomic_creates(self) -> bool:
@@ -149,6 +166,47 @@ class Gates(Storage):
         return self.inner.sha256(key)
 
 
+class _GatedUpload(PartUpload):
+    """The backend's own upload in parts, stopping at the gates of its ``Gates``."""
+
+    def __init__(self, gates: Gates, inner: PartUpload, key: str) -> None:
+        self.gates, self.inner, self.key = gates, inner, key
+        self.min_part = inner.min_part
+
+    @property
+    def tag(self) -> str:
+        return self.inner.tag
+
+    def upload_part(self, data: bytes) -> None:
+        self.inner.upload_part(data)
+
+    def seal(self, sha256: str, size: int) -> PartUpload:
+        self.inner.seal(sha256, size)
+        return super().seal(sha256, size)
+
+    def _publishing(self) -> None:
+        self.gates.data_ready.set()
+        if self.gates.pause_before_publish is not None:
+            assert self.gates.pause_before_publish.wait(timeout=60), "the test never opened the gate"
+
+    def create(self) -> bool:
+        self._publishing()
+        created = self.inner.create()
+        if created:
+            self.gates._after_write(self.key)
+        return created
+
+    def replace(self, current_tag: str | None) -> bool:
+        self._publishing()
+        replaced = self.inner.replace(current_tag)
+        if replaced:
+            self.gates._after_write(self.key)
+        return replaced
+
+    def discard(self) -> None:
+        self.inner.discard()
+
+
 def _tar(tmp_path: Path, writer: str) -> Path:
     """A writer's shard: different bytes per writer (GPU nondeterminism, JPEG encoders, tar mtimes)."""
     path = tmp_path / f"{writer}.tar"
@@ -158,6 +216,40 @@ def _tar(tmp_path: Path, writer: str) -> Path:
 
 def _commit(storage: Storage, tmp_path: Path, writer: str, spec_hash: str = "s1") -> dict[str, Any]:
     return commit_file(storage, _tar(tmp_path, writer), DATA, MARKER, spec_hash=spec_hash, writer=writer)
+
+
+def _stream(storage: Storage, tmp_path: Path, writer: str, spec_hash: str = "s1") -> dict[str, Any]:
+    """A writer that uploads its shard while writing it, as the generate stage does: the tar grows on
+    disk, ``FileTail`` sends it in parts, and the sealed upload is committed."""
+    content = _tar(tmp_path, writer).read_bytes()
+    path = tmp_path / f"{writer}.streamed.tar"
+    path.write_bytes(b"")
+    tail = FileTail(storage, DATA, path)
+    try:
+        with open(path, "ab") as fh:
+            for start in range(0, len(content), 4096):
+                fh.write(content[start : start + 4096])
+                fh.flush()
+                tail.poke()
+        staged = tail.finish()
+    except BaseException:
+        tail.abort()
+        raise
+    return commit_staged(storage, staged, DATA, MARKER, spec_hash=spec_hash, writer=writer)
+
+
+WRITERS = {"plain": _commit, "streamed": _stream}
+
+
+def assert_nothing_left_of_the_losers(storage: Storage) -> None:
+    """No multipart upload on S3, no temporary file on file://: only the commit that stands."""
+    inner = storage.inner if isinstance(storage, Gates) else storage
+    if isinstance(inner, S3Storage):
+        uploads = inner.client.list_multipart_uploads(Bucket=inner.bucket).get("Uploads", [])
+        assert uploads == [], "a losing writer's multipart upload was left behind"
+    elif isinstance(inner, FileStorage):
+        temps = [name for _, _, files in os.walk(inner.root) for name in files if name.endswith(TMP_SUFFIX)]
+        assert not [t for t in temps if ".lock" not in t], f"temporary files left behind: {temps}"
 
 
 def assert_one_consistent_commit(storage: Storage, returned: list[dict[str, Any]]) -> dict[str, Any]:
@@ -237,7 +329,9 @@ class Crash(Exception):
     """A writer dying between its data and its marker (the pod was killed)."""
 
 
-def _die_after_data(storage: Storage, tmp_path: Path, spec_hash: str = "s1") -> None:
+def _die_after_data(
+    storage: Storage, tmp_path: Path, spec_hash: str = "s1", write: Callable[..., Any] = _commit
+) -> None:
     def crash(key: str) -> None:
         if key == DATA:
             raise Crash()
@@ -245,7 +339,7 @@ def _die_after_data(storage: Storage, tmp_path: Path, spec_hash: str = "s1") -> 
     dying = Gates(storage)
     dying._after_write = crash  # type: ignore[method-assign]
     with pytest.raises(Crash):
-        _commit(dying, tmp_path, "dead", spec_hash=spec_hash)
+        write(dying, tmp_path, "dead", spec_hash=spec_hash)
     assert read_marker(storage, MARKER) is None
 
 
@@ -319,12 +413,12 @@ def test_s3_multipart_data_is_created_and_replaced_conditionally(s3_bucket, tmp_
 
     assert storage.create_file(big, "big.tar", sha256=digest)
     assert not storage.create_file(big, "big.tar", sha256=digest)
-    assert storage.content_sha256("big.tar") == digest
+    assert storage.content_tag("big.tar") == digest
     other = tmp_path / "other.tar"
     other.write_bytes(os.urandom(6 * MiB))
     other_digest = hashlib.sha256(other.read_bytes()).hexdigest()
-    assert not storage.replace_file(other, "big.tar", current_sha256="stale", sha256=other_digest)
-    assert storage.replace_file(other, "big.tar", current_sha256=digest, sha256=other_digest)
+    assert not storage.replace_file(other, "big.tar", current_tag="stale", sha256=other_digest)
+    assert storage.replace_file(other, "big.tar", current_tag=digest, sha256=other_digest)
     assert storage.sha256("big.tar") == other_digest
     uploads = s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", [])
     assert uploads == [], "a refused multipart upload was left behind"
@@ -333,17 +427,20 @@ def test_s3_multipart_data_is_created_and_replaced_conditionally(s3_bucket, tmp_
 # ---------------------------------------------------------------------------------- free-running
 
 
-@pytest.mark.parametrize("writers", [8])
+@pytest.mark.parametrize(
+    "kinds", [("plain",) * 8, ("streamed",) * 4, ("streamed", "plain")], ids=["plain", "streamed", "mixed"]
+)
 def test_many_concurrent_writers_end_with_one_consistent_commit(
-    storage: Storage, tmp_path: Path, writers: int
+    storage: Storage, tmp_path: Path, kinds: tuple[str, ...]
 ) -> None:
-    start = threading.Barrier(writers)
+    """Free-running writers of one shard, each committing a local file or streaming its shard in parts."""
+    start = threading.Barrier(len(kinds))
 
-    def one(name: str) -> dict[str, Any]:
+    def one(kind: str, name: str) -> dict[str, Any]:
         start.wait(timeout=60)
-        return _commit(storage, tmp_path, name)
+        return WRITERS[kind](storage, tmp_path, name)
 
-    threads = [_in_thread(lambda n=f"w{i}": one(n)) for i in range(writers)]
+    threads = [_in_thread(lambda k=kind, n=f"w{i}": one(k, n)) for i, kind in enumerate(kinds)]
     for thread, _ in threads:
         thread.join(timeout=120)
     results = [out[0] for _, out in threads]
@@ -351,6 +448,7 @@ def test_many_concurrent_writers_end_with_one_consistent_commit(
     assert not errors, errors
 
     assert_one_consistent_commit(storage, results)
+    assert_nothing_left_of_the_losers(storage)
 
 
 def test_without_atomic_creates_a_writer_overtaken_after_its_check_repairs_the_marker(
@@ -408,8 +506,9 @@ def test_a_recording_storage_keeps_the_backends_atomic_creates_and_records_every
 # -------------------------------------------------------------------------------------- the double
 
 
+@pytest.mark.parametrize("operation", ["PutObject", "CompleteMultipartUpload"])
 def test_moto_like_s3_lets_exactly_one_of_two_racing_conditional_writes_win(
-    s3_bucket, monkeypatch: pytest.MonkeyPatch
+    s3_bucket, monkeypatch: pytest.MonkeyPatch, operation: str
 ) -> None:
     """S3 decides If-None-Match atomically; moto as shipped checks, then writes. Each writer is held right
     after moto's If-None-Match check until the other one has passed it too, or is seen waiting for the
@@ -420,29 +519,199 @@ def test_moto_like_s3_lets_exactly_one_of_two_racing_conditional_writes_win(
     checked = 0
     original = S3Backend.get_object
     changed = MOTO_WRITE_LOCK.changed
+    client, bucket = s3_bucket.client, s3_bucket.name
 
     def rendezvous(self: Any, bucket_name: str, key_name: str, *args: Any, **kwargs: Any) -> Any:
         nonlocal checked
         found = original(self, bucket_name, key_name, *args, **kwargs)
-        if key_name == "race" and sys._getframe(1).f_code.co_name == "put_object":  # its If-None-Match check
+        caller = sys._getframe(1)
+        is_check = caller.f_code.co_name == "put_object" or (  # PutObject's If-None-Match check
+            caller.f_code.co_name == "_key_response_post" and caller.f_locals.get("query", {}).get("uploadId")
+        )  # CompleteMultipartUpload's
+        if key_name == "race" and is_check:
             with changed:
                 checked += 1
                 changed.notify_all()
                 assert changed.wait_for(lambda: checked >= 2 or MOTO_WRITE_LOCK.waiting > 0, timeout=60)
         return found
 
-    monkeypatch.setattr(S3Backend, "get_object", rendezvous)
+    def put(body: bytes) -> None:
+        client.put_object(Bucket=bucket, Key="race", Body=body, IfNoneMatch="*")
 
-    def put(body: bytes) -> bool:
+    def complete(body: bytes) -> None:
+        upload = client.create_multipart_upload(Bucket=bucket, Key="race")["UploadId"]
+        part = client.upload_part(Bucket=bucket, Key="race", UploadId=upload, PartNumber=1, Body=body)
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key="race",
+            UploadId=upload,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+            IfNoneMatch="*",
+        )
+
+    monkeypatch.setattr(S3Backend, "get_object", rendezvous)
+    write = put if operation == "PutObject" else complete
+
+    def attempt(body: bytes) -> bool:
         try:
-            s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="race", Body=body, IfNoneMatch="*")
+            write(body)
         except ClientError as exc:
             assert exc.response["Error"]["Code"] == "PreconditionFailed"
             return False
         return True
 
-    runs = [_in_thread(lambda b=body: put(b)) for body in (b"one", b"two")]
+    runs = [_in_thread(lambda b=body: attempt(b)) for body in (b"one", b"two")]
     for thread, _ in runs:
         thread.join(timeout=60)
 
     assert sorted(out[0] for _, out in runs) == [False, True]
+
+
+# ----------------------------------------------------------------------------------- streamed writers
+
+
+@pytest.mark.parametrize("original_kind", ["streamed", "plain"])
+def test_a_slow_streamed_retry_or_original_that_publishes_after_the_commit_changes_nothing(
+    storage: Storage, tmp_path: Path, original_kind: str
+) -> None:
+    """The original has sent every part of its shard and stalls before publishing it; the retried pod
+    streams and commits the shard; then the original publishes. Before streamed commits were conditional,
+    the original's CompleteMultipartUpload (or rename) replaced the committed data under the retry's
+    marker: a permanent sha256 mismatch."""
+    gate = threading.Event()
+    original = Gates(storage, pause_before_publish=gate)
+    if original_kind == "plain":
+        original.create_file = _pausing(original.create_file, original, gate)  # type: ignore[method-assign]
+    marker = _stalled_original_then_streamed_retry(
+        storage, tmp_path, original, WRITERS[original_kind], original.data_ready, gate
+    )
+    if storage.atomic_creates:
+        assert marker["writer"] == "retry"
+
+
+def _stalled_original_then_streamed_retry(
+    storage: Storage,
+    tmp_path: Path,
+    original: Gates,
+    write: Callable[..., dict[str, Any]],
+    stalled: threading.Event,
+    gate: threading.Event,
+) -> dict[str, Any]:
+    """The original writes until it stalls at ``gate``; a streamed retry commits; the original resumes.
+    Returns the commit that stands, checked to be one and consistent, with nothing of the loser left."""
+    thread, result = _in_thread(lambda: write(original, tmp_path, "original"))
+    assert stalled.wait(timeout=60)
+
+    retry = _stream(storage, tmp_path, "retry")
+    gate.set()
+    thread.join(timeout=60)
+
+    assert not isinstance(result[0], BaseException), result[0]
+    marker = assert_one_consistent_commit(storage, [retry, result[0]])
+    assert_nothing_left_of_the_losers(storage)
+    return marker
+
+
+def _pausing(create_file: Callable[..., bool], gates: Gates, gate: threading.Event) -> Callable[..., bool]:
+    def paused(*args: Any, **kwargs: Any) -> bool:
+        gates.data_ready.set()
+        assert gate.wait(timeout=60), "the test never opened the gate"
+        return create_file(*args, **kwargs)
+
+    return paused
+
+
+def test_a_slow_streamed_original_that_finishes_after_the_retry_does_not_split_the_commit(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """The original's stream is published and it stalls before its marker; the retry streams its own;
+    then the original wakes. One commit, the original's (rolled forward by the retry), and the retry's
+    upload aborted."""
+    gate = threading.Event()
+    original = Gates(storage, pause_after_data=gate)
+    marker = _stalled_original_then_streamed_retry(
+        storage, tmp_path, original, _stream, original.data_written, gate
+    )
+    if storage.atomic_creates:
+        assert marker["writer"] == "original"
+
+
+def test_a_streamed_writer_that_died_before_its_marker_is_rolled_forward(
+    storage: Storage, tmp_path: Path
+) -> None:
+    _die_after_data(storage, tmp_path, write=_stream)
+
+    marker = _commit(storage, tmp_path, "retry")
+
+    assert marker["writer"] == "dead", "the complete data of the dead stream was committed as it was"
+    assert_one_consistent_commit(storage, [marker])
+    assert_nothing_left_of_the_losers(storage)
+
+
+def test_a_stream_that_loses_on_s3_aborts_its_upload_and_the_commit_says_what_was_streamed(
+    s3_bucket, tmp_path: Path
+) -> None:
+    storage = open_storage(s3_bucket.uri)
+    first = _stream(storage, tmp_path, "first")
+    second = _stream(storage, tmp_path, "second")
+
+    assert second == first and first["writer"] == "first"
+    head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=DATA)
+    assert head["Metadata"]["synthrec-token"] == first["data_token"], "the marker names the data's token"
+    assert s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", []) == []
+    assert [info.key for info in storage.list()] == sorted([DATA, MARKER]), "a loser left something behind"
+
+
+def test_a_streamed_s3_commit_retries_409_conditional_request_conflict(
+    s3_faults, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """S3 answers a CompleteMultipartUpload that races another conditional write of the key with 409
+    ConditionalRequestConflict; moto never does, so the proxy injects it."""
+    monkeypatch.setattr(s3_module, "_CONDITIONAL", {})
+    storage = open_storage(s3_faults.uri)
+    assert storage.atomic_creates
+    rule = s3_faults.proxy.fail(
+        1,
+        status=409,
+        code="ConditionalRequestConflict",
+        method="POST",
+        path="shards/",
+        header="If-None-Match",
+    )
+
+    marker = _stream(storage, tmp_path, "only")
+
+    assert rule.hits == 1
+    assert_one_consistent_commit(storage, [marker])
+    assert_nothing_left_of_the_losers(storage)
+
+
+def test_moto_like_s3_honours_if_match_on_complete_multipart_upload(s3_bucket) -> None:
+    """S3 completes a multipart upload under If-Match only over the object with that ETag (412 otherwise,
+    404 when the key is gone); moto 5 ignores the header there, so the harness checks it."""
+    from botocore.exceptions import ClientError
+
+    client, bucket = s3_bucket.client, s3_bucket.name
+
+    def complete(key: str, etag: str) -> str:
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"new")
+        try:
+            client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload,
+                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+                IfMatch=etag,
+            )
+        except ClientError as exc:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            return str(exc.response["Error"]["Code"])
+        return "completed"
+
+    current = client.put_object(Bucket=bucket, Key="k", Body=b"old")["ETag"]
+    assert complete("k", '"00000000000000000000000000000000"') == "PreconditionFailed"
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"old"
+    assert complete("gone", current) in {"NoSuchKey", "404"}
+    assert complete("k", current) == "completed"
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"new"
