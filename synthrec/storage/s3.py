@@ -353,9 +353,9 @@ class S3Storage(Storage):
     @property
     def atomic_creates(self) -> bool:
         """Whether this S3 service honours ``If-None-Match: *`` and ``If-Match`` on PutObject and
-        CompleteMultipartUpload (AWS since 2024, MinIO since 2024, Ceph RGW, R2). Probed once per process,
-        endpoint and bucket: a store that ignores the headers would let two writers both "win", so it is
-        tested, not assumed."""
+        CompleteMultipartUpload, which publishes a shard streamed in parts (AWS since 2024, MinIO since
+        2024, Ceph RGW, R2). Probed once per process, endpoint and bucket: a store that ignores the headers
+        would let two writers both "win", so it is tested, not assumed."""
         where = (self.endpoint, self.bucket)
         with _CONDITIONAL_LOCK:
             if where not in _CONDITIONAL:
@@ -383,7 +383,10 @@ class S3Storage(Storage):
                 part = self.client.upload_part(
                     Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"again"
                 )
-                return not self._complete_if(key, upload, [_part(1, part)], absent)
+                parts = [_part(1, part)]  # both completes must be refused: the key exists, the ETag is stale
+                return not self._complete_if(key, upload, parts, absent) and not self._complete_if(
+                    key, upload, parts, stale
+                )
             finally:
                 with suppress(Exception):
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)

@@ -715,3 +715,21 @@ def test_moto_like_s3_honours_if_match_on_complete_multipart_upload(s3_bucket) -
     assert complete("gone", current) in {"NoSuchKey", "404"}
     assert complete("k", current) == "completed"
     assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"new"
+
+
+def test_s3_that_ignores_if_match_on_complete_multipart_upload_is_not_trusted_with_atomic_creates(
+    s3_bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamed shard that replaces unaccounted data is published by a CompleteMultipartUpload under
+    If-Match: a store that honours If-None-Match there but ignores If-Match must fall back too."""
+    monkeypatch.setattr(s3_module, "_CONDITIONAL", {})
+    storage = open_storage(s3_bucket.uri + "root/")
+    assert isinstance(storage, S3Storage)
+
+    def drop_if_match_on_complete(request: Any, **_: Any) -> None:
+        if request.method == "POST" and "uploadId=" in request.url:
+            request.headers.pop("If-Match", None)
+
+    storage.client.meta.events.register("before-sign.s3", drop_if_match_on_complete)
+
+    assert not storage.atomic_creates
