@@ -726,10 +726,14 @@ def test_s3_that_ignores_if_match_on_complete_multipart_upload_is_not_trusted_wi
     storage = open_storage(s3_bucket.uri + "root/")
     assert isinstance(storage, S3Storage)
 
+    dropped = []
+
     def drop_if_match_on_complete(request: Any, **_: Any) -> None:
-        if request.method == "POST" and "uploadId=" in request.url:
-            request.headers.pop("If-Match", None)
+        if request.method == "POST" and "uploadId=" in request.url and "If-Match" in request.headers:
+            del request.headers["If-Match"]
+            dropped.append(request.url)
 
     storage.client.meta.events.register("before-sign.s3", drop_if_match_on_complete)
 
     assert not storage.atomic_creates
+    assert dropped, "the probe never sent If-Match on a CompleteMultipartUpload"
