@@ -25,6 +25,7 @@ from synthrec.operator.reconcile_pass import (
     release,
     render_run_job,
     resource_ref,
+    run_failure_message,
     successful_pods,
 )
 from synthrec.operator.status import Conditions, Event
@@ -202,7 +203,7 @@ def _fold_runs(
         failure_cond = job.failure
         reason = failure_cond.reason if failure_cond else "Failed"
         detail = failed_pod_message(pods) or (failure_cond.message if failure_cond else "")
-        result.state = "Failed"
+        result.state, result.message = "Failed", run_failure_message(reason, detail)
         actions.shards_failed[TRAIN_STAGE] = actions.shards_failed.get(TRAIN_STAGE, 0) + 1
         if reason == "PodFailurePolicy" and config_error is None:
             config_error = f"run {run.name} failed with a configuration error (not retried): {detail}"

@@ -33,6 +33,7 @@ from synthrec.operator.reconcile_pass import (
     pods_by_job,
     render_run_job,
     resource_ref,
+    run_failure_message,
     successful_pods,
 )
 from synthrec.operator.status import Event
@@ -85,7 +86,7 @@ def fold_pretraining(
                 failure = job.failure
                 reason = failure.reason if failure else "Failed"
                 detail = failed_pod_message(pods) or (failure.message if failure else "")
-                result.state = "Failed"
+                result.state, result.message = "Failed", run_failure_message(reason, detail, stage)
                 actions.shards_failed[stage] = actions.shards_failed.get(stage, 0) + 1
                 if reason == "PodFailurePolicy" and config_error is None:
                     config_error = f"run {run.name} {stage} failed with a configuration error: {detail}"

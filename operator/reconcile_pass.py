@@ -333,6 +333,13 @@ def failed_pod_message(pods: list[PodView], code: int | None = None) -> str:
     return ""
 
 
+def run_failure_message(reason: str, detail: str, stage: str | None = None) -> str:
+    """A failed run's status message: where (the stage of a pre-training run), the Job's reason, and what
+    its last failed pod said; cut to the status field's 1024 characters."""
+    where = f"{stage} " if stage else ""
+    return f"{where}{reason}: {detail}"[:1024] if detail else f"{where}{reason}"[:1024]
+
+
 def stop_unfinished(actions: Actions, jobs: Iterable[JobView]) -> None:
     for job in jobs:
         if not job.finished and not job.deleting:

@@ -118,6 +118,11 @@ class RunResult(ApiModel):
         default=None, max_length=63, description="classifier-tuning, zero-shot, tip-adapter(-f) or coop."
     )
     state: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
+    message: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Why a Failed run failed: the Job's reason and its last pod's error.",
+    )
     top1: float | None = Field(
         default=None,
         description="Test top-1 of the model the run's selection picks (pre-training: of the fine-tuned "

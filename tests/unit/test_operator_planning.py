@@ -565,6 +565,31 @@ def test_all_runs_failing_fails_the_experiment() -> None:
     assert condition(actions.status, "Failed")["reason"] == "AllRunsFailed"
 
 
+def test_a_failed_run_says_why_in_its_status_row() -> None:
+    spec = dict(matrix={"shots": [0], "seeds": [1, 2]}, data={"test": {"uri": "s3://bucket/test/"}})
+    r0 = job("exp-r0-a1", "train", final="Failed", reason="BackoffLimitExceeded", run_index=0)
+    pods = [pod(r0, 0, exit_code=1, message="CUDA error: out of memory")]
+    actions = plan(experiment(**spec), Observed(jobs=[r0], pods=pods), CTX)
+    failed, other = actions.status["results"]
+    assert failed["state"] == "Failed" and failed["message"].startswith("BackoffLimitExceeded: pod ")
+    assert "CUDA error: out of memory" in failed["message"]
+    assert other.get("message") is None
+
+
+def test_a_failed_pretraining_run_names_the_stage_and_the_error_in_its_status_row() -> None:
+    first = plan(pretraining(), Observed(datasets={"ds": ds_view()}), CTX)
+    broken = job("exp-r1-pretrain-a1", "pretrain", final="Failed", reason="BackoffLimitExceeded", run_index=1)
+    failing = pod(broken, 0, exit_code=1, message="NCCL timeout " + "x" * 3000)
+    actions = plan(
+        with_status(pretraining(), first.status),
+        Observed(jobs=[broken], pods=[failing], datasets={"ds": ds_view()}),
+        CTX,
+    )
+    row = next(r for r in actions.status["results"] if r["name"] == "sup-1k-scratch")
+    assert row["state"] == "Failed" and row["message"].startswith("pretrain BackoffLimitExceeded: pod ")
+    assert "NCCL timeout" in row["message"] and len(row["message"]) == 1024  # the status field's bound
+
+
 @pytest.mark.parametrize(
     ("view", "reason"),
     [(ds_view(complete=False, failed=True), "DatasetFailed"), (ds_view(complete=False), None)],

@@ -291,3 +291,19 @@ def test_an_existing_folder_that_is_not_a_report_is_never_replaced(tmp_path: Pat
     first = Path(build_report((tmp_path / "shared").as_uri(), out=str(tmp_path / "new")))
     again = Path(build_report((tmp_path / "shared").as_uri(), out=str(tmp_path / "new")))
     assert first == again and again.is_file()  # a report folder is replaced by the next report
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text() -> None:
+    import csv as csv_module
+
+    from synthrec.report.results import to_csv
+
+    hostile = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd"]
+    text = to_csv(
+        ("name", "top1"), [{"name": h, "top1": -0.25} for h in hostile] + [{"name": "ok", "top1": None}]
+    )
+    rows = list(csv_module.DictReader(io.StringIO(text)))
+    assert [r["name"] for r in rows[:-1]] == ["'" + h for h in hostile]
+    # numbers stay numbers (a negative number is not text), plain names and empty cells are untouched
+    assert {r["top1"] for r in rows[:-1]} == {"-0.25"}
+    assert rows[-1] == {"name": "ok", "top1": ""}
