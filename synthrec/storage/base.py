@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -86,6 +86,24 @@ def too_large(target: str, size: int | None, limit: int) -> ObjectTooLarge:
         f"{target} is {found}, more than the {limit} bytes synthrec reads of such an object; it was not "
         "written by synthrec or is damaged: delete it and re-run the step that writes it"
     )
+
+
+def read_at_most(read: Callable[[int], bytes], max_bytes: int, size: int | None) -> bytes:
+    """Up to ``max_bytes + 1`` bytes from ``read`` (a file's or a response body's ``read(n)``), so that the
+    caller can tell an object over ``max_bytes``. Never asks for much more than the object's ``size`` (when
+    known) at once: ``read(n)`` allocates ``n`` bytes up front, so one read of the whole bound would cost
+    16 MiB for every small marker, and as much again per concurrent reader."""
+    limit = max_bytes + 1
+    step = min(limit, max(64 * 1024, (size or 0) + 1))
+    parts: list[bytes] = []
+    total = 0
+    while total < limit:
+        chunk = read(min(step, limit - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def missing_message(target: str) -> str:

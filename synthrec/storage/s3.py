@@ -25,7 +25,16 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-from synthrec.storage.base import CHUNK, MiB, ObjectInfo, Storage, clean_key, missing_message, too_large
+from synthrec.storage.base import (
+    CHUNK,
+    MiB,
+    ObjectInfo,
+    Storage,
+    clean_key,
+    missing_message,
+    read_at_most,
+    too_large,
+)
 from synthrec.storage.errors import (
     ObjectNotFound,
     StorageConfigError,
@@ -316,7 +325,7 @@ class S3Storage(Storage):
                 size = answer.get("ContentLength")
                 if max_bytes is not None and isinstance(size, int) and size > max_bytes:
                     raise too_large(self.uri + key, size, max_bytes)
-                data = body.read() if max_bytes is None else body.read(max_bytes + 1)
+                data = body.read() if max_bytes is None else read_at_most(body.read, max_bytes, size)
             if max_bytes is not None and len(data) > max_bytes:
                 raise too_large(self.uri + key, None, max_bytes)
             return data

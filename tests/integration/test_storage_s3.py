@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ from synthrec.storage import (
     upload_tree,
     write_marker,
 )
+from synthrec.storage.s3 import S3Storage
 from tests.harness.s3 import FAST_RETRIES
 
 MiB = 1024 * 1024
@@ -259,6 +261,50 @@ def test_capped_reads_refuse_larger_objects_without_reading_them(storage: Storag
         storage.read_json("big.json", max_bytes=100)
     assert storage.read_bytes("big.json", max_bytes=len(document)) == document
     assert len(storage.read_json("big.json")) == 1001
+
+
+def test_a_capped_read_of_a_small_object_asks_for_about_its_size_not_the_cap(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # read(n) allocates n bytes up front: reading every marker with its 64 MiB cap at once made reduce's
+    # memory jump by 64 MiB per concurrent fetch thread (tests/unit/test_reduce_memory.py saw 577 B/image)
+    storage.write_json("shard.done.json", {"spec_hash": "s", "sha256": "0" * 64})
+    asked: list[int] = []
+
+    class Recording:
+        def __init__(self, stream: Any) -> None:
+            self.stream = stream
+
+        def read(self, n: int = -1) -> bytes:
+            asked.append(n)
+            return self.stream.read(n)
+
+        def __getattr__(self, name: str) -> Any:  # fileno() and the rest: the real stream's
+            return getattr(self.stream, name)
+
+        def __enter__(self) -> Recording:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.stream.close()
+
+    if isinstance(storage, S3Storage):
+        get_object = storage.client.get_object
+
+        def recorded_get_object(**kw: Any) -> dict[str, Any]:
+            answer = get_object(**kw)
+            return {**answer, "Body": Recording(answer["Body"])}
+
+        monkeypatch.setattr(storage.client, "get_object", recorded_get_object)
+    else:
+        import synthrec.storage.files as files
+
+        def recorded_open(*args: Any, **kw: Any) -> Recording:
+            return Recording(open(*args, **kw))  # closed by Recording.__exit__
+
+        monkeypatch.setattr(files, "open", recorded_open, raising=False)
+    assert storage.read_json("shard.done.json")["spec_hash"] == "s"
+    assert asked and max(asked) <= 64 * 1024  # the cap (MAX_JSON_BYTES) is 64 MiB
 
 
 def test_upload_tree_mirrors_a_folder(storage: Storage, tmp_path: Path) -> None:
