@@ -16,15 +16,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from synthrec.storage.base import (
-    CHUNK,
-    ObjectInfo,
-    Storage,
-    clean_key,
-    missing_message,
-    read_at_most,
-    too_large,
-)
+from synthrec.storage import base
+from synthrec.storage.base import CHUNK, ObjectInfo, Storage, clean_key, missing_message, too_large
 from synthrec.storage.errors import ObjectNotFound, StorageError, StoragePermissionError, local_error
 from synthrec.storage.staged import PartUpload
 
@@ -206,7 +199,7 @@ class FileStorage(Storage):
         with self._errors(key, "read"), open(path, "rb") as f:
             if max_bytes is None:
                 return f.read()
-            data = read_at_most(f.read, max_bytes, os.fstat(f.fileno()).st_size)
+            data = base.read_at_most(f.read, max_bytes, os.fstat(f.fileno()).st_size)
             if len(data) > max_bytes:
                 raise too_large(self.uri + key, os.fstat(f.fileno()).st_size, max_bytes)
             return data
