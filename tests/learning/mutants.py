@@ -1,0 +1,62 @@
+"""Deliberate bugs for the learning tests: ``python -m tests.learning.mutants STAGE --task TASK`` is the real
+worker (``synthrec.workers``) with one bug planted, chosen by $SYNTHREC_TEST_MUTATION. The local runner
+starts it through its ``worker_module`` (RunRequest.worker_module), so no worker carries a test hook.
+
+- ``shift-classes``: the train stage reads every synthetic image's class as the next class (images
+  generated for class c are trained as class c+1): "classes shifted by one between generation and
+  training".
+- ``swap-kept``: the reduce stage keeps the images the CLIP Filter rejects and drops the ones it keeps.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+ENV_MUTATION = "SYNTHREC_TEST_MUTATION"
+
+
+def shift_classes() -> None:
+    from synthrec.labels import resolve_labels
+    from synthrec.workers import train
+
+    pin = train.pin_dataset
+
+    def shifted(ctx, inp):  # type: ignore[no-untyped-def]
+        dataset = pin(ctx, inp)
+        classes = len(resolve_labels(ctx.task.labels))
+        for row in dataset.rows:
+            row["class"] = (int(row["class"]) + 1) % classes
+        return dataset
+
+    train.pin_dataset = shifted
+
+
+def swap_kept() -> None:
+    from synthrec.workers import reduce
+
+    clip_filter = reduce.clip_filter
+
+    def rejected_instead(scores, threshold, keep, selection, seed, class_index):  # type: ignore[no-untyped-def]
+        kept, passed = clip_filter(scores, threshold, keep, selection, seed, class_index)
+        chosen = set(kept)
+        return [i for i in range(len(scores)) if i not in chosen], passed
+
+    reduce.clip_filter = rejected_instead
+
+
+MUTATIONS: dict[str, Callable[[], None]] = {"shift-classes": shift_classes, "swap-kept": swap_kept}
+
+
+def main() -> int:
+    from synthrec.workers.__main__ import main as worker_main
+
+    name = os.environ.get(ENV_MUTATION, "")
+    if name not in MUTATIONS:
+        raise SystemExit(f"{ENV_MUTATION}={name!r}: expected one of {', '.join(MUTATIONS)}")
+    MUTATIONS[name]()
+    return worker_main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
