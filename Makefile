@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.synthrec-installed
 
-.PHONY: env demo test lint crds constraints clean-demo
+.PHONY: env demo test lint crds constraints clean-demo image
 
 env: $(STAMP)
 
@@ -53,3 +53,16 @@ crds: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO_STORAGE)
+
+# The image (Dockerfile), tagged VERSION-CUDA_VARIANT (and plain VERSION for the default cu130), with the
+# OCI labels version and revision from pyproject.toml and git. E.g. for nodes with a CUDA 12 driver:
+#   make image CUDA_VARIANT=cu128 IMAGE=registry.example.com/ml/synthrec
+IMAGE ?= synthrec
+CUDA_VARIANT ?= cu130
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+
+image:
+	docker build --build-arg CUDA_VARIANT=$(CUDA_VARIANT) --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$(REVISION) -t $(IMAGE):$(VERSION)-$(CUDA_VARIANT) \
+	  $(if $(filter cu130,$(CUDA_VARIANT)),-t $(IMAGE):$(VERSION)) .

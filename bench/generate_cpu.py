@@ -70,7 +70,7 @@ def run_stage_in_process(spec: Any, stage: str, folder: Path, shard: int | None 
     """Run one stage exactly as the CLI does; returns its termination summary (raises if it failed)."""
     from synthrec.contract import ENV_TERMINATION_LOG, parse_summary
     from synthrec.plan import dataset_task
-    from synthrec.tasks import ResourceRef, dump_task
+    from synthrec.plan.tasks import ResourceRef, dump_task
     from synthrec.workers import generate, prompts
     from synthrec.workers.runtime import run_stage
 
@@ -113,7 +113,7 @@ def run_naive(model_uri: str, out_uri: str, folder: Path, args: argparse.Namespa
     import torch
     from diffusers import AutoPipelineForText2Image
 
-    from synthrec.labels import resolve_labels
+    from synthrec.api.labels import resolve_labels
     from synthrec.plan import dataset_hashes
     from synthrec.storage import open_storage
     from synthrec.workers.prompts import build_prompts

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 import kmock  # noqa: E402
 
 from synthrec.operator.settings import OperatorConfig  # noqa: E402
-from tests.fixtures.k8s import write_kubeconfig  # noqa: E402
-from tests.integration.test_operator_harness import (  # noqa: E402
+from tests.harness.k8s import write_kubeconfig  # noqa: E402
+from tests.harness.operator import (  # noqa: E402
     DATASETS,
     NS,
     RecordingEmulator,

@@ -32,10 +32,9 @@ from features_gpu import shard_dataset, write_jpeg_tar
 def _tune_config(epochs: int, batch: int) -> Any:
     """The paper's Classifier Tuning settings (synthrec.api defaults) at this size."""
     from synthrec.api import ClassifierTuning
-    from synthrec.workers.tuning import TuneConfig
+    from synthrec.plan import ZERO_SHOT_LR
 
-    ct = ClassifierTuning(epochs=epochs, batch_size_synthetic=batch)
-    return TuneConfig.from_spec(ct, lr=2e-3, seed=0)
+    return ClassifierTuning(epochs=epochs, batch_size_synthetic=batch, lr=ZERO_SHOT_LR)
 
 
 def bench_model(
@@ -75,6 +74,7 @@ def bench_model(
                 labels,
                 None,
                 _tune_config(epochs, batch),
+                0,
             )
         cached_train = time.perf_counter() - t
         cached = encode_once + cached_train
@@ -85,7 +85,14 @@ def bench_model(
         for _ in range(epochs):
             feats_e, _ = encode_dataset(clip, dataset, batch, workers=0)
             tune(
-                student, teacher, CachedFeatures(feats_e, None), feats_e, labels, None, _tune_config(1, batch)
+                student,
+                teacher,
+                CachedFeatures(feats_e, None),
+                feats_e,
+                labels,
+                None,
+                _tune_config(1, batch),
+                0,
             )
         reencode = time.perf_counter() - t
 

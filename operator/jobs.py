@@ -3,7 +3,10 @@
 One Indexed Job per attempt of a stage (completion index i runs the attempt's i-th shard), one per run of
 an experiment. The task JSON lives in a ConfigMap owned by the resource and mounted at
 ``synthrec.contract.TASK_MOUNT_DIR``; workers never talk to the API. Pods follow the restricted Pod
-Security Standard with writable emptyDirs for /tmp, /cache and /dev/shm only.
+Security Standard with writable emptyDirs for /tmp, /cache and /dev/shm only. The model cache at /cache
+gets the operator's size limit and the pod an ephemeral-storage request, or /cache is a volume the
+cluster admin names (a shared PersistentVolumeClaim); more volumes (a ReadOnlyMany model store) and
+environment (experiment tracking) come from the operator's worker defaults too.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from synthrec.operator.observed import (
     ANNOTATION_RUN_INDEX,
     ANNOTATION_SHARDS,
     LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
     LABEL_KIND,
     LABEL_MANAGED_BY,
+    LABEL_NAME,
     LABEL_RESOURCE,
     LABEL_RUN,
     LABEL_STAGE,
@@ -28,10 +34,15 @@ from synthrec.operator.observed import (
     WORKER_CONTAINER,
 )
 from synthrec.plan import format_ranges
-from synthrec.tasks import dump_task
+from synthrec.plan.tasks import dump_task
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TASK_VOLUME = "task"
+CACHE_VOLUME = "cache"
+CACHE_DIR = "/cache"
+# Volumes and mount paths every worker pod has; the admin's extra volumes must not collide with them.
+BUILTIN_VOLUMES = (TASK_VOLUME, "tmp", CACHE_VOLUME, "dshm")
+BUILTIN_MOUNT_PATHS = (contract.TASK_MOUNT_DIR, "/tmp", CACHE_DIR, "/dev/shm")
 DEFAULT_IMAGE = "ghcr.io/synthrec/synthrec:latest"
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 WORKER_UID = 10001  # the image's non-root user (Dockerfile: USER 10001), numeric for runAsNonRoot
@@ -63,6 +74,14 @@ class WorkerDefaults:
     hf_token_secret: str | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    # The model cache (/cache: HF_HOME, TORCH_HOME, SYNTHREC_CACHE): an emptyDir with this sizeLimit, or
+    # cache_volume (a volume source such as {"persistentVolumeClaim": {"claimName": ...}}) in its place.
+    cache_size_limit: str | None = None
+    cache_volume: dict[str, Any] | None = None
+    ephemeral_storage: str | None = None  # request of the worker container (/tmp, /cache emptyDirs, logs)
+    volumes: list[dict[str, Any]] = field(default_factory=list)  # extra Volumes, e.g. a ReadOnlyMany PVC
+    volume_mounts: list[dict[str, Any]] = field(default_factory=list)  # their VolumeMounts
+    env: list[dict[str, Any]] = field(default_factory=list)  # extra EnvVars (MLFLOW_TRACKING_URI, WANDB_*)
 
 
 @dataclass(frozen=True)
@@ -116,6 +135,9 @@ def label_value(value: str) -> str:
 
 def child_labels(owner: Owner, stage: str, attempt: int, run: str | None = None) -> dict[str, str]:
     labels = {
+        LABEL_NAME: MANAGED_BY,
+        LABEL_INSTANCE: label_value(owner.name),
+        LABEL_COMPONENT: label_value(stage),
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_RESOURCE: owner.name,
         LABEL_KIND: owner.kind,
@@ -242,7 +264,8 @@ def _pod_spec(name: str, stage: str, spec: Any, defaults: WorkerDefaults) -> dic
         "volumeMounts": [
             {"name": TASK_VOLUME, "mountPath": contract.TASK_MOUNT_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "cache", "mountPath": "/cache"},
+            {"name": CACHE_VOLUME, "mountPath": CACHE_DIR},
+            *(dict(m) for m in defaults.volume_mounts),
         ],
     }
     pull_policy = scheduling.image_pull_policy or defaults.image_pull_policy
@@ -257,7 +280,8 @@ def _pod_spec(name: str, stage: str, spec: Any, defaults: WorkerDefaults) -> dic
             },
         },
         {"name": "tmp", "emptyDir": {}},
-        {"name": "cache", "emptyDir": {}},
+        _cache_volume(defaults),
+        *(dict(v) for v in defaults.volumes),
     ]
     if resources.shared_memory:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -297,6 +321,15 @@ def _pod_spec(name: str, stage: str, spec: Any, defaults: WorkerDefaults) -> dic
     return pod
 
 
+def _cache_volume(defaults: WorkerDefaults) -> dict[str, Any]:
+    if defaults.cache_volume:
+        return {"name": CACHE_VOLUME, **defaults.cache_volume}
+    # Without a limit a model download can fill the node's disk. Over the limit the kubelet evicts the pod
+    # and the shard is retried, so the limit must fit the models a stage loads.
+    empty_dir = {"sizeLimit": defaults.cache_size_limit} if defaults.cache_size_limit else {}
+    return {"name": CACHE_VOLUME, "emptyDir": empty_dir}
+
+
 def _resources(resources: Any, defaults: WorkerDefaults) -> dict[str, Any]:
     amounts: dict[str, str] = {"cpu": resources.cpu, "memory": resources.memory}
     if resources.gpus > 0:
@@ -305,7 +338,12 @@ def _resources(resources: Any, defaults: WorkerDefaults) -> dict[str, Any]:
         if defaults.gpu_resource and gpu_name == DEFAULT_GPU_RESOURCE:
             gpu_name = defaults.gpu_resource
         amounts[gpu_name] = str(resources.gpus)
-    return {"requests": dict(amounts), "limits": dict(amounts)}
+    requests = dict(amounts)
+    if defaults.ephemeral_storage:
+        # A request only: the scheduler places the pod on a node with room for the model cache; a limit
+        # would evict it for a few MB of logs over.
+        requests["ephemeral-storage"] = defaults.ephemeral_storage
+    return {"requests": requests, "limits": dict(amounts)}
 
 
 def _env(spec: Any, defaults: WorkerDefaults) -> list[dict[str, Any]]:
@@ -332,4 +370,6 @@ def _env(spec: Any, defaults: WorkerDefaults) -> list[dict[str, Any]]:
         )
     if hub and hub.endpoint:
         env.append({"name": "HF_ENDPOINT", "value": hub.endpoint})
-    return env
+    # The admin's variables come last and replace ours of the same name (no duplicate names in the pod).
+    extra = {e["name"]: dict(e) for e in defaults.env}
+    return [e for e in env if e["name"] not in extra] + list(extra.values())

@@ -9,11 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from synthrec.contract import parse_summary
+from synthrec.contract.summaries import FailureSummary, StageSummary, parse_summary
 from synthrec.plan import parse_ranges
 
 # Labels on everything the operator creates (the contract in /work/contracts.md).
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# The other recommended labels on children (kubernetes.io/docs/concepts/overview/working-with-objects/
+# common-labels): name = the application, instance = the resource, component = the stage.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "synthrec"
 LABEL_RESOURCE = "synthrec.io/resource"
 LABEL_KIND = "synthrec.io/kind"
@@ -170,7 +175,7 @@ class PodView:
     phase: str
     running: bool = False
     exit_code: int | None = None
-    summary: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    summary: StageSummary | FailureSummary | None = field(default=None, compare=False, hash=False)
     message: str = ""  # the termination message when it is not our JSON summary (e.g. log tail)
     waiting_reason: str = ""
     waiting_message: str = ""
@@ -229,8 +234,8 @@ class PodView:
     @property
     def error_message(self) -> str:
         """What the worker said about its failure (its summary's message, else the raw message)."""
-        if self.summary and self.summary.get("message"):
-            return str(self.summary["message"])
+        if isinstance(self.summary, FailureSummary) and self.summary.message:
+            return self.summary.message
         return self.message
 
 

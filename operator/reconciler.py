@@ -14,14 +14,18 @@ blocks ``kubectl delete`` whenever the operator is down. Here the only finalizer
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from pydantic import ValidationError
 
 from synthrec import api
 from synthrec.operator import planning
@@ -30,6 +34,7 @@ from synthrec.operator.metrics import Metrics
 from synthrec.operator.observed import DatasetView, JobView, OwnerKey, PodView
 from synthrec.operator.settings import OperatorConfig
 from synthrec.operator.status import Event, StatusThrottle, transitions
+from synthrec.plan import referenced_datasets
 
 log = logging.getLogger("synthrec.operator")
 
@@ -75,6 +80,8 @@ class Reconciler:
         self.datasets: Mapping[Any, Iterable[DatasetView]] | None = None
         self.last_watch_event = time.time()
         self.reconcile_durations: list[float] = []  # seconds, for benchmarks (bounded)
+        # Passes per resource, ended (planned and applied, or failed): what tests and benchmarks wait on.
+        self.passes: collections.Counter[OwnerKey] = collections.Counter()
         self._semaphore: asyncio.Semaphore | None = None
         self._stopped = False
 
@@ -212,6 +219,7 @@ class Reconciler:
                 self.metrics.reconcile_seconds.labels(kind).observe(elapsed)
                 if len(self.reconcile_durations) < 100_000:
                     self.reconcile_durations.append(elapsed)
+                self.passes[key] += 1
         state.failures, state.last_error = 0, ""
         self.metrics.reconciles.labels(kind, "ok").inc()
         return delay
@@ -346,14 +354,9 @@ def _values(index: Mapping[Any, Iterable[Any]] | None, key: Any) -> Iterable[Any
 
 
 def _referenced(body: Mapping[str, Any]) -> list[str]:
-    """The SyntheticDatasets an experiment body references (without validating the rest)."""
-    spec = body.get("spec") or {}
-    sources = list((spec.get("data") or {}).get("synthetic") or [])
-    for variant in (spec.get("matrix") or {}).get("variants") or []:
-        sources.extend(variant.get("synthetic") or [])
-    refs: list[str] = []
-    for source in sources:
-        ref = source.get("datasetRef") if isinstance(source, dict) else None
-        if ref and ref not in refs:
-            refs.append(ref)
-    return refs
+    """The SyntheticDatasets an experiment body references (none while its spec is invalid)."""
+    try:
+        spec = planning.parse_spec(EXPERIMENT, json.dumps(body.get("spec") or {}, sort_keys=True))
+    except (ValidationError, ValueError):
+        return []
+    return referenced_datasets(spec)

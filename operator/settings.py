@@ -14,6 +14,12 @@ SYNTHREC_S3_SECRET                  default Secret with AWS_ACCESS_KEY_ID/AWS_SE
 SYNTHREC_HF_TOKEN_SECRET            default Secret with HF_TOKEN (spec.modelHub.tokenSecret overrides)
 SYNTHREC_WORKER_NODE_SELECTOR       JSON object: default nodeSelector of worker pods
 SYNTHREC_WORKER_TOLERATIONS         JSON list: default tolerations of worker pods
+SYNTHREC_WORKER_CACHE_SIZE_LIMIT    sizeLimit of the /cache emptyDir of worker pods (e.g. 50Gi)
+SYNTHREC_WORKER_CACHE_VOLUME        JSON object: a volume source for /cache instead of the emptyDir
+SYNTHREC_WORKER_EPHEMERAL_STORAGE   ephemeral-storage request of worker containers (e.g. 20Gi)
+SYNTHREC_WORKER_VOLUMES             JSON list of Volumes added to worker pods (e.g. a ReadOnlyMany PVC)
+SYNTHREC_WORKER_VOLUME_MOUNTS       JSON list of VolumeMounts of those volumes in the worker container
+SYNTHREC_WORKER_ENV                 JSON list of EnvVars added to workers (MLFLOW_TRACKING_URI, WANDB_*)
 SYNTHREC_STATUS_INTERVAL            seconds between status patches of one resource (default 5)
 SYNTHREC_METRICS_PORT               Prometheus metrics port (default 8080; 0 disables)
 SYNTHREC_LIVENESS_PORT              liveness endpoint port (default 8081; 0 disables), path /healthz
@@ -29,16 +35,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from synthrec.api import GROUP
-from synthrec.operator.jobs import DEFAULT_IMAGE, WorkerDefaults
+from synthrec.operator.jobs import (
+    BUILTIN_MOUNT_PATHS,
+    BUILTIN_VOLUMES,
+    DEFAULT_IMAGE,
+    WorkerDefaults,
+)
 
 FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP
 REPORTING_COMPONENT = "synthrec-operator"
+# A Kubernetes quantity, as the API server's regex has it.
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
 
 
 class SettingsError(ValueError):
@@ -80,13 +94,25 @@ class OperatorConfig:
             hf_token_secret=env.get("SYNTHREC_HF_TOKEN_SECRET") or None,
             node_selector=_json(env, "SYNTHREC_WORKER_NODE_SELECTOR", dict),
             tolerations=_json(env, "SYNTHREC_WORKER_TOLERATIONS", list),
+            cache_size_limit=_quantity(env, "SYNTHREC_WORKER_CACHE_SIZE_LIMIT"),
+            cache_volume=_volume_source(env, "SYNTHREC_WORKER_CACHE_VOLUME"),
+            ephemeral_storage=_quantity(env, "SYNTHREC_WORKER_EPHEMERAL_STORAGE"),
+            **_volumes(env, "SYNTHREC_WORKER_VOLUMES", "SYNTHREC_WORKER_VOLUME_MOUNTS"),
+            env=_env_vars(env, "SYNTHREC_WORKER_ENV"),
         )
+        metrics_port = int(_number(env, "SYNTHREC_METRICS_PORT", 8080, minimum=0, integer=True))
+        liveness_port = int(_number(env, "SYNTHREC_LIVENESS_PORT", 8081, minimum=0, integer=True))
+        if metrics_port and metrics_port == liveness_port:
+            raise SettingsError(
+                f"SYNTHREC_METRICS_PORT and SYNTHREC_LIVENESS_PORT are both {metrics_port}: the operator "
+                "serves /metrics and /healthz on separate ports; change one of them"
+            )
         return cls(
             namespaces=namespaces,
             worker=worker,
             status_interval=_number(env, "SYNTHREC_STATUS_INTERVAL", 5.0, minimum=0.0),
-            metrics_port=int(_number(env, "SYNTHREC_METRICS_PORT", 8080, minimum=0, integer=True)),
-            liveness_port=int(_number(env, "SYNTHREC_LIVENESS_PORT", 8081, minimum=0, integer=True)),
+            metrics_port=metrics_port,
+            liveness_port=liveness_port,
             resync_interval=_number(env, "SYNTHREC_RESYNC_INTERVAL", 30.0, minimum=0.01),
             min_reconcile_interval=_number(env, "SYNTHREC_RECONCILE_MIN_INTERVAL", 0.5, minimum=0.0),
             max_concurrent_reconciles=int(
@@ -106,7 +132,8 @@ def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str 
     return value
 
 
-def _json(env: Mapping[str, str], name: str, kind: type) -> Any:
+def _parse(env: Mapping[str, str], name: str, kind: type) -> Any:
+    """The variable's JSON value of type ``kind`` (dict or list), empty when unset."""
     raw = env.get(name, "").strip()
     if not raw:
         return kind()
@@ -118,11 +145,76 @@ def _json(env: Mapping[str, str], name: str, kind: type) -> Any:
         ) from None
     if not isinstance(value, kind):
         raise SettingsError(f"{name} must be a JSON {'object' if kind is dict else 'list'}, got {raw[:80]!r}")
+    return value
+
+
+def _json(env: Mapping[str, str], name: str, kind: type) -> Any:
+    value = _parse(env, name, kind)
     if kind is dict and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise SettingsError(f"{name}: nodeSelector keys and values must be strings")
     if kind is list and not all(isinstance(t, dict) for t in value):
         raise SettingsError(f"{name}: every toleration must be a JSON object")
     return value
+
+
+def _quantity(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if raw and not _QUANTITY.match(raw):
+        raise SettingsError(f"{name}={raw!r} is not a Kubernetes quantity such as 50Gi")
+    return raw or None
+
+
+def _objects(env: Mapping[str, str], name: str) -> list[dict[str, Any]]:
+    value = _parse(env, name, list)
+    if not all(isinstance(item, dict) for item in value):
+        raise SettingsError(f"{name}: every item must be a JSON object")
+    return value
+
+
+def _volume_source(env: Mapping[str, str], name: str) -> dict[str, Any] | None:
+    """A volume source: one key naming its type, e.g. {"persistentVolumeClaim": {"claimName": "x"}}."""
+    value = _parse(env, name, dict)
+    if not value:
+        return None
+    if len(value) != 1 or "name" in value or not isinstance(next(iter(value.values())), dict):
+        raise SettingsError(
+            f"{name} must name exactly one volume source without a name, e.g. "
+            f'{{"persistentVolumeClaim": {{"claimName": "model-cache"}}}}, got {json.dumps(value)[:120]}'
+        )
+    return value
+
+
+def _volumes(env: Mapping[str, str], volumes_name: str, mounts_name: str) -> dict[str, Any]:
+    """Extra volumes and their mounts; every mount names one of them, and none takes a built-in name or
+    path (a path below /cache, such as a read-only /cache/huggingface, is fine)."""
+    volumes, mounts = _objects(env, volumes_name), _objects(env, mounts_name)
+    names = [v.get("name") for v in volumes]
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise SettingsError(f"{volumes_name}: every volume needs a name")
+        if n in BUILTIN_VOLUMES:
+            raise SettingsError(f"{volumes_name}: the volume name {n!r} is taken by the worker pod itself")
+        if names.count(n) > 1:
+            raise SettingsError(f"{volumes_name}: the volume name {n!r} is used twice")
+    for m in mounts:
+        where = f"{mounts_name}: the mount of {m.get('name')!r}"
+        if m.get("name") not in names:
+            raise SettingsError(f"{where} names no volume of {volumes_name} ({', '.join(map(str, names))})")
+        path = m.get("mountPath")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise SettingsError(f"{where} needs an absolute mountPath")
+        if path.rstrip("/") in BUILTIN_MOUNT_PATHS:
+            raise SettingsError(f"{where} at {path} would hide the worker's own {path}")
+    return {"volumes": volumes, "volume_mounts": mounts}
+
+
+def _env_vars(env: Mapping[str, str], name: str) -> list[dict[str, Any]]:
+    items = _objects(env, name)
+    for item in items:
+        var = item.get("name")
+        if not isinstance(var, str) or not var:
+            raise SettingsError(f"{name}: every variable needs a name, got {json.dumps(item)[:120]}")
+    return items
 
 
 def _number(

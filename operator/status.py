@@ -5,7 +5,8 @@ what a resource's status says; this module holds the pieces that are the same fo
 
 - what the pods are doing (Running only when a pod really runs; Queued with the scheduler's message while
   pods are Pending, unschedulable, pulling images or waiting for Kueue quota);
-- conditions with ``observedGeneration`` and the phase via ``synthrec.conditions.derive_phase``;
+- conditions with ``observedGeneration``, and the phase with Ready/Reconciling/Stalled via
+  ``synthrec.api.conditions.derive``;
 - which condition transitions deserve a Kubernetes Event;
 - when a status patch is due (only on change, at most every ``interval`` seconds per resource).
 """
@@ -17,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from synthrec import conditions as cond
+from synthrec.api import conditions as cond
 from synthrec.operator.observed import JobView, PodView
 
 # Waiting reasons of a container that mean "this will not fix itself quickly".
@@ -133,6 +134,11 @@ class Conditions:
     def phase(self) -> str:
         return cond.derive_phase(self.items)
 
+    def finish(self) -> str:
+        """Set the kstatus summary conditions (Ready, Reconciling, Stalled) and return the phase."""
+        phase, self.items = cond.derive(self.items, generation=self.generation, now=self.now)
+        return phase
+
     def apply_activity(self, act: Activity, running_reason: str) -> None:
         """Running / Queued / pod-start trouble from what the pods do."""
         if act.running:
@@ -161,8 +167,8 @@ def transitions(old: Iterable[dict[str, Any]] | None, new: Iterable[dict[str, An
             continue  # no transition (a reason or message change is not worth an Event)
         if c.get("type") in _QUIET_WHEN_FALSE and status != "True":
             continue
-        if c.get("reason") in _QUIET_REASONS:
-            continue
+        if c.get("reason") in _QUIET_REASONS or c.get("type") in cond.SUMMARY:
+            continue  # the summary conditions repeat what another condition's Event already says
         warning = c.get("type") in _WARNING_TYPES and status == "True"
         label = c.get("type") if status == "True" else f"{c.get('type')}={status}"
         message = f"{label}: {c.get('message') or c.get('reason')}"
@@ -177,33 +183,6 @@ def comparable(status: dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(progress, dict):
         progress.pop("lastUpdateTime", None)
     return out
-
-
-def summary_int(summary: dict[str, Any] | None, *keys: str) -> int | None:
-    """The first integer among ``keys`` of a worker's termination summary."""
-    for key in keys:
-        value = (summary or {}).get(key)
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            return int(value)
-    return None
-
-
-def summary_float(summary: dict[str, Any] | None, *keys: str) -> float | None:
-    for key in keys:
-        value = (summary or {}).get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-def summary_str(summary: dict[str, Any] | None, *keys: str) -> str | None:
-    for key in keys:
-        value = (summary or {}).get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 class StatusThrottle:

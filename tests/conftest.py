@@ -7,4 +7,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.k8s", "tests.fixtures.models", "tests.fixtures.toyworld"]
+pytest_plugins = ["tests.harness"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from synthrec.workers.runtime import run_stage
 
-# stage -> module with a ``run(ctx) -> dict`` function
+# stage -> module with a ``run(ctx) -> Summary`` function (synthrec.contract.summaries)
 STAGES = {
     "prompts": "synthrec.workers.prompts",
     "generate": "synthrec.workers.generate",

@@ -3,7 +3,7 @@ batched image features with JPEG decoding in DataLoader workers.
 
 A model reference is an open_clip architecture name with a pretrained tag (``RN50`` + ``openai``; a tag of
 None gives random weights), or a folder holding ``open_clip_config.json`` and the weights (``file://``,
-``s3://``, ``hf://``, ``tiny://``), resolved with ``synthrec.modelref.resolve_model`` and loaded with
+``s3://``, ``hf://``, ``tiny://``), resolved with ``synthrec.workers.modelref.resolve_model`` and loaded with
 open_clip's ``local-dir:`` schema. Built-in pretrained weights are cached under ``$SYNTHREC_CACHE``.
 
 Images are preprocessed with the model's own validation transform (bicubic resize of the short side,
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthrec.modelref import ModelRefError, default_cache_dir, resolve_model
+from synthrec.workers.modelref import ModelRefError, default_cache_dir, resolve_model
 from synthrec.workers.runtime import ConfigError, Progress
 
 if TYPE_CHECKING:

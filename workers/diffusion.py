@@ -165,6 +165,24 @@ def load_pipelines(
     )
 
 
+def generation_size(pipe: Any) -> int:
+    """The pipeline's native square size: what it generates when no height/width is given (its denoiser's
+    sample size x the VAE scale factor, as the SD, SDXL and PixArt pipelines compute their default)."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    sample = getattr(pipe, "default_sample_size", None)
+    if sample is None and denoiser is not None:
+        sample = getattr(denoiser.config, "sample_size", None)
+    if isinstance(sample, (list, tuple)):
+        sample = min(sample)
+    scale = getattr(pipe, "vae_scale_factor", None)
+    if not isinstance(sample, int) or not isinstance(scale, int):
+        raise ConfigError(
+            f"cannot tell the native size of {type(pipe).__name__} (no denoiser sample size or VAE scale "
+            "factor); set generator.generationResolution"
+        )
+    return sample * scale
+
+
 def _has_component(path: Path, name: str) -> bool:
     try:
         index = json.loads((path / "model_index.json").read_text())
@@ -191,3 +209,32 @@ def center_square(image: Any, size: int) -> Any:
     if side != size:
         square = square.resize((size, size), Image.Resampling.BICUBIC)
     return square
+
+
+def img2img_start(scheduler: Any, steps: int) -> Any:
+    """``start(k)`` -> (timestep, alpha-bar) where diffusers' img2img starts when it runs k of ``steps``
+    steps on this scheduler: the timestep ``timesteps[(steps - k) * order]`` (get_timesteps) and the level
+    the scheduler's own ``add_noise`` gives there, measured as signal^2 / (signal^2 + noise^2) by noising a
+    unit signal and unit noise (so sigma-scaled and alpha-scaled schedulers read alike). A copy of the
+    scheduler is probed: the pipeline's stays untouched."""
+    probe = type(scheduler).from_config(scheduler.config)
+    if not callable(getattr(probe, "add_noise", None)):
+        raise ConfigError(
+            f"the generator's scheduler {type(scheduler).__name__} has no add_noise, so its img2img start "
+            "level cannot be matched to the paper's; set realGuidance.strength explicitly"
+        )
+    probe.set_timesteps(steps)
+    timesteps = probe.timesteps
+    order = int(getattr(probe, "order", 1))
+
+    def at(k: int) -> tuple[float, float]:
+        index = (steps - k) * order
+        t = timesteps[index : index + 1]
+        if hasattr(probe, "set_begin_index"):
+            probe.set_begin_index(index)
+        one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+        signal = float(probe.add_noise(one, zero, t)[0])
+        noise = float(probe.add_noise(zero, one, t)[0])
+        return float(t[0]), signal * signal / (signal * signal + noise * noise)
+
+    return at

@@ -4,9 +4,11 @@
    filter hash; StorageConflict when it carries another.
 2. Check the shard's generate marker (DataError if missing or from another spec), download the tar and
    verify its sha256.
-3. Load the scorer (``filter.clip``: open_clip name + pretrained tag, or a model folder), build the text
-   head once per class from the label space's templates with head names (see synthrec.workers.clip), and
-   encode every image once, batched (``filter.batchSize``), decoding JPEGs in DataLoader workers.
+3. Load the scorer (``filter.clip``: open_clip name + pretrained tag, or a model folder), build two text
+   heads (synthrec.workers.clip): the CLIP Filter's prompts (``filter.prompts``, by default the official
+   one prompt per class from the generation names, synthrec.api.labels.filter_prompts) and the zero-shot
+   head (head templates with head names, for soft targets); encode every image once, batched
+   (``filter.batchSize``), decoding JPEGs in DataLoader workers.
 4. Write the features file (format in synthrec.workers.shards), then its marker (spec_hash = the filter
    hash, sha256, size, counts, model, timings).
 
@@ -21,29 +23,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthrec.labels import resolve_labels
-from synthrec.layout import DatasetLayout
-from synthrec.storage import StorageConflict, commit_file, read_marker
+from synthrec.api.labels import filter_prompts, resolve_labels
+from synthrec.contract.layout import DatasetLayout
+from synthrec.contract.summaries import FilterSummary
+from synthrec.storage import commit_file, existing_commit
 from synthrec.workers.runtime import DataError, StageContext, select_device
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> FilterSummary:
     task = ctx.task
     shard = ctx.shard
     storage = ctx.storage
     filter_hash = task.hashes["filter"]
     features_key, marker_key = DatasetLayout.features(shard), DatasetLayout.features_marker(shard)
 
-    done = read_marker(storage, marker_key)
+    done = existing_commit(storage, marker_key, filter_hash, what=storage.url(features_key))
     if done is not None:
-        if done["spec_hash"] != filter_hash:
-            raise StorageConflict(
-                f"{storage.url(features_key)} is committed by spec hash {done['spec_hash']}, not this spec's "
-                f"filter hash {filter_hash}; use a new output URI or delete the old features"
-            )
-        return _summary(shard, done, storage.url(features_key), skipped=True)
+        return _summary(done, storage.url(features_key), skipped=True)
     if not task.dataset.filter.enabled:
-        return {"shard": shard, "skipped": True, "reason": "filter disabled"}
+        return FilterSummary(skipped=True, reason="filter disabled")
 
     started = time.monotonic()
     gen_marker = _generate_marker(ctx)
@@ -76,7 +74,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             generate_sha256=gen_marker.get("sha256"),
             seconds={"total": round(time.monotonic() - started, 3), "download": round(t_io, 3), **timing},
         )
-    return _summary(shard, marker, storage.url(features_key), skipped=False)
+    return _summary(marker, storage.url(features_key), skipped=False)
 
 
 def _generate_marker(ctx: StageContext) -> dict[str, Any]:
@@ -85,14 +83,8 @@ def _generate_marker(ctx: StageContext) -> dict[str, Any]:
     return generate_marker(ctx.storage, ctx.shard, ctx.task.hashes["generate"])
 
 
-def _summary(shard: int, marker: dict[str, Any], uri: str, *, skipped: bool) -> dict[str, Any]:
-    return {
-        "shard": shard,
-        "images": marker.get("images"),
-        "corrupt": marker.get("corrupt"),
-        "features": uri,
-        "skipped": skipped,
-    }
+def _summary(marker: dict[str, Any], uri: str, *, skipped: bool) -> FilterSummary:
+    return FilterSummary(images=marker["images"], corrupt=marker["corrupt"], features=uri, skipped=skipped)
 
 
 def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[dict, dict, dict, dict]:
@@ -107,6 +99,8 @@ def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[di
     t0 = time.monotonic()
     clip = load_clip(spec.clip.model, spec.clip.pretrained, device, storage_opts=_storage_opts(ctx))
     head = clip.text_head(labels.head_names, labels.templates)
+    prompts = filter_prompts(labels, spec.prompts)
+    scorer = head if spec.prompts == "head-templates" else clip.text_head(prompts.names, prompts.templates)
     t_model = time.monotonic() - t0
 
     samples = contents.samples
@@ -129,11 +123,13 @@ def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[di
         raise DataError(f"shard {ctx.shard}: none of its {len(samples)} images decode; regenerate the shard")
     feats = feats[keep] if keep else torch.zeros((0, head.shape[1]))
     logits = clip.logit_scale * feats @ head.cpu().T
+    filter_logits = clip.logit_scale * feats @ scorer.cpu().T
     first = samples[0].meta if samples else {}
     tensors = {
         "features": feats.half().numpy(),
         "logits": logits.float().numpy(),
-        "probs": logits.softmax(dim=-1).float().numpy(),
+        "filter_logits": filter_logits.float().numpy(),
+        "probs": filter_logits.softmax(dim=-1).float().numpy(),
         "class_index": torch.tensor([samples[i].class_index for i in keep], dtype=torch.int64).numpy(),
     }
     meta = {
@@ -145,6 +141,7 @@ def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[di
         "logit_scale": repr(clip.logit_scale),
         "classes": str(len(labels)),
         "templates": list(labels.templates),
+        "filter_prompts": prompts.describe(),
         "generator": {"model": first.get("model"), "revision": first.get("revision")},
     }
     counts: dict[str, Any] = {"images": len(keep), "corrupt": len(corrupt)}

@@ -7,9 +7,16 @@ pipeline, and run batches across prompts, each image with its own seeded generat
 writing happen on a background thread (workers/shardio.py); the finished tar is uploaded and the marker
 written last (synthrec.storage.commit_file).
 
+Images are generated at ``generator.generationResolution``, by default the pipeline's native size (its
+denoiser's sample size x the VAE scale factor), and stored at ``generator.resolution``, resized with
+antialiasing by the writer thread.
+
 Real Guidance (few-shot, paper §3.2): the same items run through the image-to-image twin of the pipeline
 (shared weights), each starting from its class's real shot (center-cropped to a square, resized to the
-resolution) at ``realGuidance.resolved_strength()``; images_per_class / shots images per real shot.
+generation size); images_per_class / shots images per real shot. The strength is the explicit
+``realGuidance.strength`` or the one whose start level on the loaded scheduler is closest to
+``realGuidance.target_alpha_bar()`` (synthrec.noise_levels); it, the start timestep and the level reached
+go into every sample's JSON and the shard marker (``real_guidance``), and from there into the card.
 
 Tar members per sample: ``<key>.jpg`` and ``<key>.json``; keys are built from indexes only
 (``c00003-p00012-i00004``: class, prompt row, image), so names with quotes, slashes, '..' or any unicode
@@ -20,21 +27,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from synthrec.layout import DatasetLayout
-from synthrec.storage import ObjectNotFound, StorageConflict, commit_file, read_marker
+from synthrec.contract.layout import DatasetLayout
+from synthrec.contract.summaries import GenerateSummary
+from synthrec.noise_levels import StartLevel, steps_run
+from synthrec.storage import ObjectNotFound, commit_file, existing_commit, read_marker
 from synthrec.workers.runtime import ConfigError, DataError, StageContext
 from synthrec.workers.workitems import PromptRow, WorkItem, parse_rows, per_class_counts, shard_items
 
 log = logging.getLogger("synthrec.workers.generate")
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> GenerateSummary:
     started = time.perf_counter()
     task = ctx.task
     layout = DatasetLayout(task.output.uri)
@@ -42,24 +50,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     shard = ctx.shard
     if not 0 <= shard < task.shards:
         raise ConfigError(f"shard {shard} is outside 0..{task.shards - 1} of this generate stage")
-    done = read_marker(ctx.storage, layout.shard_marker(shard))
+    tar = ctx.storage.url(layout.shard(shard))
+    done = existing_commit(ctx.storage, layout.shard_marker(shard), stage_hash, what=tar)
     if done is not None:  # checked before anything heavy is imported
-        if done["spec_hash"] != stage_hash:
-            raise StorageConflict(
-                f"{ctx.storage.url(layout.shard(shard))} was committed by another spec (generate hash "
-                f"{done['spec_hash']}, this spec {stage_hash}); nothing was overwritten. Use a new output "
-                "URI for a changed spec, or delete the old output to redo it"
-            )
         log.info("shard %d already committed for this spec; nothing to do", shard)
-        return {
-            "images": done.get("count"),
-            "shard": shard,
-            "tar": ctx.storage.url(layout.shard(shard)),
-            "sha256": done.get("sha256"),
-            "skipped": True,
-            "seconds_model": 0.0,
-            "seconds_total": round(time.perf_counter() - started, 3),
-        }
+        return GenerateSummary(
+            images=done["count"],
+            tar=tar,
+            sha256=done.get("sha256"),
+            skipped=True,
+            seconds_total=round(time.perf_counter() - started, 3),
+        )
 
     spec = task.dataset
     rows = load_prompts(ctx, layout)
@@ -69,16 +70,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
             rows, shard=shard, shards=task.shards, stage_hash=stage_hash, shots=rg.shots if rg else None
         )
     )
-    if rg is not None:
-        strength = rg.resolved_strength()
-        if int(spec.generator.steps * strength) < 1:  # diffusers runs int(steps x strength) steps
-            needed = math.ceil(1 / strength)
-            while int(needed * strength) < 1:
-                needed += 1
-            raise ConfigError(
-                f"realGuidance strength {strength} x generator.steps {spec.generator.steps} is less than one "
-                f"denoising step; raise generator.steps to at least {needed}"
-            )
+    if rg is not None and rg.strength is not None:
+        try:  # before any model is loaded: an explicit strength that runs no step is a spec error
+            steps_run(rg.strength, spec.generator.steps)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     ctx.progress.start(len(items))
     generator = ShardGenerator(ctx, layout, items, started=started)
     return generator.run()
@@ -132,20 +128,26 @@ class ShardGenerator:
         self.stage_hash = ctx.task.hashes["generate"]
         self.storage_opts = {"endpoint": ctx.task.output.endpoint, "region": ctx.task.output.region}
         self.pipes: Any = None
+        self.size: int | None = None  # generation size, known once the pipeline is loaded
+        self.start: StartLevel | None = None  # Real Guidance's img2img start
         self.shots: RealShots | None = None
         self.seconds_model = 0.0
         self.real_sources: dict[int, str] = {}  # item index -> real shot URI, set before the batch is queued
 
-    def run(self) -> dict[str, Any]:
-        if self.rg is not None and self.items:
+    def run(self) -> GenerateSummary:
+        if self.rg is not None and self.items:  # data errors before the (slow) model load
             self.shots = RealShots.sample(self.ctx, self.spec)
         load_started = time.perf_counter()
         if self.items:
-            from synthrec.workers.diffusion import load_pipelines
+            from synthrec.workers.diffusion import generation_size, load_pipelines
 
             self.pipes = load_pipelines(
                 self.gen, real_guidance=self.rg is not None, storage_opts=self.storage_opts
             )
+            self.size = self.gen.generation_resolution or generation_size(self.pipes.text2image)
+            if self.shots is not None:
+                self.shots.size = self.size
+                self.start = self._real_guidance_start()
         seconds_load = time.perf_counter() - load_started
         with tempfile.TemporaryDirectory(prefix="synthrec-gen-") as tmp:
             tar_path = Path(tmp) / "shard.tar"
@@ -167,29 +169,70 @@ class ShardGenerator:
                 model=self.gen.model,
                 revision=self.pipes.revision if self.pipes else None,
                 real_skipped=self.shots.skipped if self.shots else 0,
+                generation_resolution=self.size,
+                resolution=self.gen.resolution,
+                real_guidance=self._real_guidance_record(),
             )
             seconds_upload = time.perf_counter() - upload_started
         total = time.perf_counter() - self.started
         n = len(self.items)
+        return GenerateSummary(
+            images=n,
+            tar=self.ctx.storage.url(self.layout.shard(self.ctx.shard)),
+            sha256=marker["sha256"],
+            size=marker["size"],
+            device=self.pipes.device if self.pipes else None,
+            dtype=self.pipes.dtype if self.pipes else None,
+            batch_size=self.gen.batch_size,
+            seconds_load=round(seconds_load, 3),
+            seconds_model=round(self.seconds_model, 3),
+            seconds_generate=round(seconds_generate, 3),
+            seconds_upload=round(seconds_upload, 3),
+            seconds_total=round(total, 3),
+            seconds_writer_wait=round(writer_stats["waiting"], 3),
+            model_busy=round(self.seconds_model / seconds_generate, 4) if n and seconds_generate else None,
+            images_per_s=round(n / seconds_generate, 3) if n and seconds_generate else None,
+            real_skipped=self.shots.skipped if self.shots else 0,
+        )
+
+    def _real_guidance_start(self) -> StartLevel:
+        from synthrec.noise_levels import resolve_start
+        from synthrec.workers.diffusion import img2img_start
+
+        assert self.rg is not None
+        scheduler = self.pipes.image2image.scheduler
+        start = resolve_start(
+            self.rg.target_alpha_bar(),
+            self.rg.strength,
+            self.gen.steps,
+            img2img_start(scheduler, self.gen.steps),
+        )
+        log.info(
+            "Real Guidance: strength %.4f on %s (%d of %d steps from t=%g, alpha-bar %.3f; target %s)",
+            start.strength,
+            type(scheduler).__name__,
+            start.steps_run,
+            self.gen.steps,
+            start.timestep,
+            start.alpha_bar,
+            "explicit strength" if self.rg.strength is not None else f"{self.rg.target_alpha_bar():.3f}",
+        )
+        return start
+
+    def _real_guidance_record(self) -> dict[str, Any] | None:
+        """What the card shows about Real Guidance's start (None without Real Guidance or items)."""
+        if self.rg is None or self.start is None:
+            return None
         return {
-            "images": n,
-            "shard": self.ctx.shard,
-            "tar": self.ctx.storage.url(self.layout.shard(self.ctx.shard)),
-            "sha256": marker["sha256"],
-            "size": marker["size"],
-            "skipped": False,
-            "device": self.pipes.device if self.pipes else None,
-            "dtype": self.pipes.dtype if self.pipes else None,
-            "batch_size": self.gen.batch_size,
-            "seconds_load": round(seconds_load, 3),
-            "seconds_model": round(self.seconds_model, 3),
-            "seconds_generate": round(seconds_generate, 3),
-            "seconds_upload": round(seconds_upload, 3),
-            "seconds_total": round(total, 3),
-            "seconds_writer_wait": round(writer_stats["waiting"], 3),
-            "model_busy": round(self.seconds_model / seconds_generate, 4) if n and seconds_generate else None,
-            "images_per_s": round(n / seconds_generate, 3) if n and seconds_generate else None,
-            "real_skipped": self.shots.skipped if self.shots else 0,
+            "strength": self.start.strength,
+            "strength_source": "explicit" if self.rg.strength is not None else "matched",
+            "target_alpha_bar": self.rg.target_alpha_bar(),
+            "alpha_bar": self.start.alpha_bar,
+            "start_timestep": self.start.timestep,
+            "steps_run": self.start.steps_run,
+            "steps": self.gen.steps,
+            "scheduler": self.pipes.scheduler_class,
+            "shots": self.rg.shots,
         }
 
     def _write(self, tar_path: Path) -> dict[str, float]:
@@ -200,6 +243,7 @@ class ShardGenerator:
             key=lambda item: item.key,
             metadata=self._metadata,
             quality=self.gen.jpeg_quality,
+            size=self.gen.resolution,
             on_written=self.ctx.progress.advance,
         )
         try:
@@ -230,14 +274,15 @@ class ShardGenerator:
         if gen.negative_prompt:
             common["negative_prompt"] = [gen.negative_prompt] * len(batch)
         if self.shots is None:
-            out = self.pipes.text2image(height=gen.resolution, width=gen.resolution, **common)
+            out = self.pipes.text2image(height=self.size, width=self.size, **common)
         else:
+            assert self.start is not None
             images = []
             for item in batch:
                 image, uri = self.shots.image(item)
                 images.append(image)
                 self.real_sources[item.index] = uri
-            out = self.pipes.image2image(image=images, strength=self.rg.resolved_strength(), **common)
+            out = self.pipes.image2image(image=images, strength=self.start.strength, **common)
         return out.images
 
     def _metadata(self, item: WorkItem) -> dict[str, Any]:
@@ -252,7 +297,8 @@ class ShardGenerator:
             "item": item.index,
             "seed": item.seed,
             "real_source": self.real_sources.get(item.index),
-            "strength": self.rg.resolved_strength() if self.rg else None,
+            "strength": self.start.strength if self.start else None,
+            "start_alpha_bar": self.start.alpha_bar if self.start else None,
             "model": gen.model,
             "revision": self.pipes.revision,
             "pipeline": self.pipes.pipeline_class,
@@ -261,6 +307,7 @@ class ShardGenerator:
             "guidance": gen.guidance_scale,
             "negative_prompt": gen.negative_prompt,
             "resolution": gen.resolution,
+            "generation_resolution": self.size,
             "shard": self.ctx.shard,
         }
 
@@ -268,7 +315,8 @@ class ShardGenerator:
 class RealShots:
     """The real shots of each class, chosen exactly as ``realdata.load_shots`` chooses them (the classes'
     ``shot_order``, an unreadable image under on_bad_image 'skip' replaced by the next one), but loaded
-    lazily: a shard reads only the shots of its own classes, each once, center-cropped and resized.
+    lazily: a shard reads only the shots of its own classes, each once, center-cropped and resized to
+    ``size`` (the generation size, set once the pipeline is loaded).
 
     Under 'fail' the first unreadable image is a DataError; a class with fewer than ``shots`` readable
     images is a DataError. ``skipped`` counts the unreadable images passed over.

@@ -16,7 +16,7 @@ def resolve_model_folder(
 ) -> tuple[Path, str | None]:
     """A model reference as a local folder and its revision; ConfigError naming the spec field if it
     cannot be resolved (unknown id, missing folder, no access, no network)."""
-    from synthrec.modelref import ModelRefError, resolve_model
+    from synthrec.workers.modelref import ModelRefError, resolve_model
 
     opts = {k: v for k, v in (storage_opts or {}).items() if v}
     try:

@@ -3,7 +3,8 @@
 Strategies (paper §3.1; method spec §1.3–1.4 and §2.3):
 
 - basic (B): each class name in the generation templates (``prompts.templates``, else the label space's
-  ``promptTemplate``, e.g. EuroSAT's "a centered satellite photo of {}.").
+  ``promptTemplate`` or its preset's templates, e.g. EuroSAT's "a centered satellite photo of {}",
+  ImageNet-Sketch's "a sketch of a {}.", one per rendition type for ImageNet-R).
 - language-enhancement (LE): a seq2seq word-to-sentence model (the paper: T5-base fine-tuned on
   CommonGen) turns "a <class>" into sentences. As in the official code: sampling with the decoding
   settings (default top-k 50, 20 new tokens), ``sentencesPerClass + oversample`` draws per class, exact
@@ -30,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from synthrec.api import SyntheticDatasetSpec
-from synthrec.labels import ResolvedLabels, resolve_labels
-from synthrec.layout import DatasetLayout
-from synthrec.storage import StorageConflict, commit_file, read_marker
+from synthrec.api.labels import ResolvedLabels, resolve_labels
+from synthrec.contract.layout import DatasetLayout
+from synthrec.contract.summaries import PromptsSummary
+from synthrec.storage import commit_file, existing_commit
 from synthrec.workers.models import first_line, quiet_hub_progress, resolve_model_folder
 from synthrec.workers.runtime import ConfigError, StageContext, select_device
 from synthrec.workers.workitems import PromptRow, PromptSource, derive_seed, dump_rows, even_split
@@ -59,18 +61,14 @@ class PromptSet:
         return sum(r.images for r in self.rows)
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> PromptsSummary:
     task = ctx.task
     layout = DatasetLayout(task.output.uri)
     spec_hash = task.hashes["prompts"]
-    existing = read_marker(ctx.storage, layout.prompts_marker)
+    existing = existing_commit(
+        ctx.storage, layout.prompts_marker, spec_hash, what=ctx.storage.url(layout.prompts)
+    )
     if existing is not None:
-        if existing["spec_hash"] != spec_hash:
-            raise StorageConflict(
-                f"{ctx.storage.url(layout.prompts)} was written by another spec (prompts hash "
-                f"{existing['spec_hash']}, this spec {spec_hash}); nothing was overwritten. Use a new "
-                "output URI for a changed spec, or delete the old output to redo it"
-            )
         log.info("prompts already committed for this spec (%s); nothing to do", spec_hash[:12])
         return _summary(existing, ctx.storage.url(layout.prompts), skipped=True)
 
@@ -101,17 +99,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return _summary(marker, ctx.storage.url(layout.prompts), skipped=False)
 
 
-def _summary(marker: dict[str, Any], uri: str, *, skipped: bool) -> dict[str, Any]:
-    return {
-        "prompts": marker.get("rows"),
-        "classes": marker.get("classes"),
-        "images": marker.get("images"),
-        "strategy": marker.get("strategy"),
-        "filled": marker.get("filled", 0),
-        "filled_classes": len(marker.get("fills") or {}),
-        "uri": uri,
-        "skipped": skipped,
-    }
+def _summary(marker: dict[str, Any], uri: str, *, skipped: bool) -> PromptsSummary:
+    return PromptsSummary(
+        prompts=marker["rows"],
+        classes=marker["classes"],
+        images=marker["images"],
+        strategy=marker.get("strategy"),
+        filled=marker.get("filled", 0),
+        filled_classes=len(marker.get("fills") or {}),
+        uri=uri,
+        skipped=skipped,
+    )
 
 
 def labels_of(spec: SyntheticDatasetSpec) -> ResolvedLabels:
@@ -128,7 +126,7 @@ def fill_in(template: str, text: str) -> str:
 
 def basic_prompts(spec: SyntheticDatasetSpec, labels: ResolvedLabels, name: str) -> list[str]:
     """The basic-strategy prompts of one class, one per generation template."""
-    templates = spec.prompts.templates or [labels.prompt_template]
+    templates = spec.prompts.templates or labels.prompt_templates
     return [fill_in(t, name) for t in templates]
 
 

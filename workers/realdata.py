@@ -10,11 +10,13 @@ Layouts (``RealData.format``):
   and its label the first of: ``<key>.cls`` (text), ``<key>.json`` field ``class``, ``label`` or ``cls``.
   An image of such a sample has the URI ``<tar uri>#<member name>``.
 
-Matching to the label space (``synthrec.labels.resolve_labels``):
+Matching to the label space (``synthrec.api.labels.resolve_labels``):
 
 - Without ``class_mapping``: a folder name (or a string label) matches the class whose ``name`` (or, if no
-  name matches, ``head_name``) is equal after ``normalise_folder_name`` (case-insensitive, '_' and '-'
-  read as spaces). An integer WebDataset label is the class index of the label space.
+  name matches, ``head_name``, or the release's ``folder`` a preset knows: EuroSAT's ``AnnualCrop``,
+  ImageNet's ``n01440764``, CUB's ``001.Black_footed_Albatross``) is equal after
+  ``normalise_folder_name`` (case-insensitive, '_' and '-' read as spaces). An integer WebDataset label
+  is the class index of the label space.
 - With ``class_mapping`` (folder or label -> class name): only mapped folders/labels are used; the target
   must be a class ``name`` of the label space. Several folders may deliberately map to one class.
 
@@ -62,7 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthrec.api import RealData
-from synthrec.labels import ResolvedLabels, normalise_folder_name
+from synthrec.api.labels import ResolvedLabels, normalise_folder_name
 from synthrec.storage import ObjectNotFound, Storage, StorageError
 from synthrec.workers.runtime import ConfigError, DataError
 
@@ -166,9 +168,10 @@ class _ClassResolver:
                 )
             self.mapping = {k: by_name[v] for k, v in data.class_mapping.items()}
         self._by_name: dict[str, int] = {}
-        for attr in ("head_name", "name"):  # name wins over head_name: assigned last
+        for attr in ("folder", "head_name", "name"):  # name wins over head_name and folder: assigned last
             for c in labels.classes:
-                self._by_name[normalise_folder_name(getattr(c, attr))] = c.index
+                if getattr(c, attr):
+                    self._by_name[normalise_folder_name(getattr(c, attr))] = c.index
 
     def resolve(self, label: str | int) -> int | None:
         token = str(label)

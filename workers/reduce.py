@@ -4,6 +4,9 @@ kept index and the dataset card ``manifest.json`` (the dataset's commit, written
 CLIP Filter (paper §1.6, official ``select_glide_ims_by_clip.py``), per class c over its images' scores
 ``p(c | image)`` (the zero-shot softmax of the filter stage):
 
+- scores: the softmax over the classes of logit_scale * cos(image, class prompt), the prompts being
+  ``filter.prompts`` (default: the official one prompt per class, the filter template with the
+  generation name; the card records which);
 - threshold t = ``filter.threshold`` or 1/C; an image *passes* when its score is > t (beats chance);
 - K = ``filter.keepPerClass``; selection ``random`` (the official rule): when at least K pass, K of the
   passing images are drawn uniformly at random with ``random.Random(f"synthrec-cf:{seed}:{c}")`` from
@@ -36,8 +39,8 @@ Outputs: ``index/kept.jsonl`` (one JSON object per kept image, sorted by shard a
     {"shard": 3, "key": "c00002-p00010-i00004", "class": 2, "class_name": "...", "score": 0.81,
      "passed": true, "features": "features/gen-00003.safetensors", "row": 17}
 
-and ``manifest.json`` (fields in ``_manifest``). Termination summary: generated, passed, kept, rejected,
-manifest (URI), digest (sha256 of manifest.json).
+and ``manifest.json`` (``synthrec.contract.manifest.DatasetManifest``). Termination summary: generated,
+passed, kept, rejected, manifest (URI), digest (sha256 of manifest.json).
 """
 
 from __future__ import annotations
@@ -52,15 +55,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthrec.labels import ResolvedLabels, resolve_labels
-from synthrec.layout import DatasetLayout
-from synthrec.storage import ObjectNotFound, Storage, StorageConflict, read_marker, sha256_file
+from synthrec.api.labels import ResolvedLabels, resolve_labels
+from synthrec.contract.base import DocumentError
+from synthrec.contract.layout import DatasetLayout
+from synthrec.contract.manifest import DatasetManifest, parse_manifest
+from synthrec.contract.summaries import ReduceSummary
+from synthrec.storage import Storage, StorageConflict, existing_commit, read_marker, sha256_file
 from synthrec.timestamps import utc_stamp
 from synthrec.workers.runtime import ConfigError, DataError, StageContext
 
 log = logging.getLogger(__name__)
-
-MANIFEST_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------- the rules (pure)
@@ -132,11 +136,21 @@ class _Collected:
     shards: list[dict[str, Any]] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     clip: dict[str, Any] | None = None
+    filter_prompts: dict[str, Any] | None = None
     generator: dict[str, Any] | None = None
+    generation: dict[str, Any] | None = None  # sizes and Real Guidance's start, from a generate marker
     logit_scale: float | None = None
 
+    def note_generation(self, marker: dict[str, Any]) -> None:
+        if self.generation is None and "generation_resolution" in marker:
+            self.generation = {
+                "generation_resolution": marker.get("generation_resolution"),
+                "resolution": marker.get("resolution"),
+                "real_guidance": marker.get("real_guidance"),
+            }
 
-def run(ctx: StageContext) -> dict[str, Any]:
+
+def run(ctx: StageContext) -> ReduceSummary:
     task = ctx.task
     storage = ctx.storage
     layout = DatasetLayout(storage.uri)
@@ -185,37 +199,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
     manifest = _manifest(
         task, labels, collected, per_class, kept, index_sha, rf_info, started=started, t_collect=t_collect
     )
-    storage.write_json(layout.manifest, manifest)
+    storage.write_json(layout.manifest, manifest.document())
     digest = storage.sha256(layout.manifest)
     return _summary(manifest, layout.url(layout.manifest), digest)
 
 
-def _existing_manifest(storage: Storage, layout: DatasetLayout, reduce_hash: str) -> dict[str, Any] | None:
-    try:
-        manifest = storage.read_json(layout.manifest)
-    except ObjectNotFound:
+def _existing_manifest(storage: Storage, layout: DatasetLayout, reduce_hash: str) -> ReduceSummary | None:
+    """manifest.json is the dataset's own commit marker."""
+    url = layout.url(layout.manifest)
+    if existing_commit(storage, layout.manifest, reduce_hash, what=url) is None:
         return None
-    if not isinstance(manifest, dict) or manifest.get("spec_hash") != reduce_hash:
-        other = manifest.get("spec_hash") if isinstance(manifest, dict) else "?"
-        raise StorageConflict(
-            f"{layout.url(layout.manifest)} was written by spec hash {other}, not this spec "
-            f"({reduce_hash}); use a new output URI or delete the old dataset"
-        )
-    summary = _summary(manifest, layout.url(layout.manifest), storage.sha256(layout.manifest))
-    summary["skipped"] = True
-    return summary
+    try:
+        manifest = parse_manifest(storage.read_bytes(layout.manifest), url)
+    except DocumentError as exc:
+        raise DataError(f"{exc}; delete it to reduce the dataset again") from None
+    return _summary(manifest, url, storage.sha256(layout.manifest), skipped=True)
 
 
-def _summary(manifest: dict[str, Any], uri: str, digest: str) -> dict[str, Any]:
-    counts = manifest["counts"]
-    return {
-        "generated": counts["generated"],
-        "passed": counts["passed"],
-        "kept": counts["kept"],
-        "rejected": counts["rejected"],
-        "manifest": uri,
-        "digest": digest,
-    }
+def _summary(manifest: DatasetManifest, uri: str, digest: str, *, skipped: bool = False) -> ReduceSummary:
+    counts = manifest.counts
+    return ReduceSummary(
+        generated=counts.generated,
+        passed=counts.passed,
+        kept=counts.kept,
+        rejected=counts.rejected,
+        manifest=uri,
+        digest=digest,
+        skipped=skipped,
+    )
 
 
 def _collect_features(ctx: StageContext, n_shards: int, labels: ResolvedLabels) -> _Collected:
@@ -253,7 +264,9 @@ def _collect_features(ctx: StageContext, n_shards: int, labels: ResolvedLabels) 
                 raise DataError(
                     f"features of shard {shard} have {sf.meta.get('classes')} classes, not {len(labels)}"
                 )
+            out.note_generation(gmarker)
             out.clip = out.clip or json.loads(sf.meta.get("clip", "null"))
+            out.filter_prompts = out.filter_prompts or json.loads(sf.meta.get("filter_prompts", "null"))
             out.generator = out.generator or json.loads(sf.meta.get("generator", "null"))
             out.logit_scale = out.logit_scale or float(sf.meta.get("logit_scale", "nan"))
             rows = range(len(sf.keys))
@@ -284,6 +297,7 @@ def _collect_unfiltered(ctx: StageContext, n_shards: int, labels: ResolvedLabels
                 raise StorageConflict(
                     f"shard {shard} of {storage.uri} was generated by another spec ({gmarker['spec_hash']})"
                 )
+            out.note_generation(gmarker)
             path = download_shard(storage, shard, Path(tmp), gmarker)
             contents = scan_shard(path, len(labels))
             path.unlink()
@@ -445,6 +459,24 @@ def _row(item: _Item, labels: ResolvedLabels) -> dict[str, Any]:
     return row
 
 
+def _generation(spec: Any, collected: _Collected) -> dict[str, Any]:
+    """Generation settings as run: the pipeline's size, the stored size and Real Guidance's start (the
+    strength used and the signal level it reached, next to the paper's level it was matched to)."""
+    gen = spec.generator
+    seen = collected.generation or {}
+    return {
+        "steps": gen.steps,
+        "guidance_scale": gen.guidance_scale,
+        "generation_resolution": seen.get("generation_resolution"),
+        "generation_resolution_source": "generator.generationResolution"
+        if gen.generation_resolution is not None
+        else "pipeline native size",
+        "resolution": gen.resolution,
+        "resize": "Lanczos (antialiased)" if seen.get("generation_resolution") != gen.resolution else None,
+        "real_guidance": seen.get("real_guidance"),
+    }
+
+
 def _manifest(
     task: Any,
     labels: ResolvedLabels,
@@ -456,73 +488,75 @@ def _manifest(
     *,
     started: float,
     t_collect: float,
-) -> dict[str, Any]:
+) -> DatasetManifest:
     spec = task.dataset
     fcfg = spec.filter
     generated = sum(c["generated"] for c in per_class)
     passed = sum(c["passed"] for c in per_class)
     n_kept = len(kept)
     threshold = fcfg.threshold if fcfg.threshold is not None else 1.0 / len(labels)
-    return {
-        "kind": "SyntheticDatasetManifest",
-        "version": MANIFEST_VERSION,
-        "resource": task.resource.model_dump(mode="json"),
-        "spec_hash": task.hashes["reduce"],
-        "hashes": dict(task.hashes),
-        "created_at": utc_stamp(),
-        "labels": {
-            "source": labels.source,
-            "classes": labels.names,
-            "head_names": labels.head_names,
-            "templates": list(labels.templates),
-        },
-        "models": {
-            "prompts": {
-                "strategy": spec.prompts.strategy,
-                "model": spec.prompts.model if spec.prompts.strategy == "language-enhancement" else None,
+    return DatasetManifest.model_validate(
+        {
+            "resource": task.resource.model_dump(mode="json"),
+            "spec_hash": task.hashes["reduce"],
+            "hashes": dict(task.hashes),
+            "created_at": utc_stamp(),
+            "labels": {
+                "source": labels.source,
+                "classes": labels.names,
+                "head_names": labels.head_names,
+                "templates": list(labels.templates),
             },
-            "generator": collected.generator or {"model": spec.generator.model, "revision": None},
-            "filter_clip": collected.clip,
-        },
-        "filter": {
-            "enabled": fcfg.enabled,
-            "note": None if fcfg.enabled else "filter disabled: every generated image is kept",
-            "threshold": threshold if fcfg.enabled else None,
-            "threshold_rule": ("filter.threshold" if fcfg.threshold is not None else "1/C")
-            if fcfg.enabled
-            else None,
-            "keep_per_class": fcfg.keep_per_class if fcfg.enabled else None,
-            "selection": fcfg.selection if fcfg.enabled else None,
-            "seed": fcfg.seed,
-            "real_filtering": rf_info,
-        },
-        "soft_targets": (
-            {
-                "temperature": fcfg.soft_target_temperature,
-                "formula": "softmax(logits / T); logits = logit_scale * cos(image, class text)",
-                "logit_scale": collected.logit_scale,
-                "source": "kept.jsonl 'features' + 'row' -> tensor 'logits' of that features file",
-            }
-            if fcfg.enabled
-            else None
-        ),
-        "counts": {
-            "generated": generated,
-            "corrupt": sum(c["corrupt"] for c in per_class),
-            "real_filtered": sum(c.get("real_filtered", 0) for c in per_class),
-            "passed": passed,
-            "kept": n_kept,
-            "rejected": generated - n_kept,
-            "accept_rate": round(passed / generated, 6) if generated else None,
-            "keep_rate": round(n_kept / generated, 6) if generated else None,
-        },
-        "per_class": per_class,
-        "index": {"key": DatasetLayout.index, "sha256": index_sha, "rows": n_kept},
-        "shards": collected.shards,
-        "shards_total": spec.sharding.shards,
-        "shards_missing": collected.missing,
-        "timings": {
-            "reduce_seconds": round(time.monotonic() - started, 3),
-            "collect_seconds": round(t_collect, 3),
-        },
-    }
+            "models": {
+                "prompts": {
+                    "strategy": spec.prompts.strategy,
+                    "model": spec.prompts.model if spec.prompts.strategy == "language-enhancement" else None,
+                },
+                "generator": collected.generator or {"model": spec.generator.model, "revision": None},
+                "filter_clip": collected.clip,
+            },
+            "generation": _generation(spec, collected),
+            "filter": {
+                "enabled": fcfg.enabled,
+                "note": None if fcfg.enabled else "filter disabled: every generated image is kept",
+                "threshold": threshold if fcfg.enabled else None,
+                "threshold_rule": ("filter.threshold" if fcfg.threshold is not None else "1/C")
+                if fcfg.enabled
+                else None,
+                "keep_per_class": fcfg.keep_per_class if fcfg.enabled else None,
+                "selection": fcfg.selection if fcfg.enabled else None,
+                "prompts": collected.filter_prompts if fcfg.enabled else None,
+                "seed": fcfg.seed,
+                "real_filtering": rf_info,
+            },
+            "soft_targets": (
+                {
+                    "temperature": fcfg.soft_target_temperature,
+                    "formula": "softmax(logits / T); logits = logit_scale * cos(image, class text)",
+                    "logit_scale": collected.logit_scale,
+                    "source": "kept.jsonl 'features' + 'row' -> tensor 'logits' of that features file",
+                }
+                if fcfg.enabled
+                else None
+            ),
+            "counts": {
+                "generated": generated,
+                "corrupt": sum(c["corrupt"] for c in per_class),
+                "real_filtered": sum(c.get("real_filtered", 0) for c in per_class),
+                "passed": passed,
+                "kept": n_kept,
+                "rejected": generated - n_kept,
+                "accept_rate": round(passed / generated, 6) if generated else None,
+                "keep_rate": round(n_kept / generated, 6) if generated else None,
+            },
+            "per_class": per_class,
+            "index": {"key": DatasetLayout.index, "sha256": index_sha, "rows": n_kept},
+            "shards": collected.shards,
+            "shards_total": spec.sharding.shards,
+            "shards_missing": collected.missing,
+            "timings": {
+                "reduce_seconds": round(time.monotonic() - started, 3),
+                "collect_seconds": round(t_collect, 3),
+            },
+        }
+    )

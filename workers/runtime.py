@@ -1,9 +1,10 @@
 """What every worker stage shares: task loading, shard selection, exit codes, the termination summary,
-progress reporting and the mapping of failures onto the contract in synthrec/contract.py.
+progress reporting and the mapping of failures onto the contract (``synthrec.contract``).
 
-A stage is a plain function ``run(ctx: StageContext) -> dict`` returning its summary (counts, URIs).
-It raises ConfigError / DataError / RetryableError for failures the operator must treat differently;
-anything unexpected is logged with its traceback and treated as retryable.
+A stage is a plain function ``run(ctx: StageContext) -> Summary`` returning its typed termination summary
+(``synthrec.contract.summaries``: counts, URIs). It raises ConfigError / DataError / RetryableError for
+failures the operator must treat differently; anything unexpected is logged with its traceback and treated
+as retryable.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from synthrec import contract
+from synthrec.contract.summaries import FailureSummary, Summary, summary_line
+from synthrec.plan.tasks import load_task
 from synthrec.storage import Storage, StorageConflict, StorageError, TransientStorageError, open_storage
-from synthrec.tasks import load_task
+from synthrec.tiny import TINY_SCHEME, TinyModels, build_tiny_models, default_tiny_dir, resolve_uri
 
 log = logging.getLogger("synthrec.workers")
 
@@ -106,7 +109,7 @@ class Progress:
 
 @dataclass
 class StageContext:
-    task: Any  # one of synthrec.tasks' task models
+    task: Any  # one of synthrec.plan.tasks' task models
     shard: int  # the shard id this process produces (0 for single-pod stages)
     storage: Storage  # the resource's output root
     progress: Progress
@@ -117,7 +120,26 @@ class StageContext:
 
     def open(self, uri: str) -> Storage:
         """Open another location (real data, a referenced dataset) with the task's storage settings."""
-        return open_storage(uri, endpoint=self.task.output.endpoint, region=self.task.output.region)
+        return open_location(uri, endpoint=self.task.output.endpoint, region=self.task.output.region)
+
+
+def open_location(uri: str, *, endpoint: str | None = None, region: str | None = None) -> Storage:
+    """Open a folder a task reads; ``tiny://real/...`` is the built demo data (see ``tiny_models``)."""
+    if uri.startswith(TINY_SCHEME):
+        uri = resolve_uri(uri, tiny_models().root)
+    return open_storage(uri, endpoint=endpoint, region=region)
+
+
+_TINY_BUILT: dict[Path, TinyModels] = {}
+
+
+def tiny_models() -> TinyModels:
+    """The tiny models (random weights) behind tiny:// references: the one place a worker resolves them,
+    built offline on first use, once per process and folder; tiny:// then maps to their file:// folders."""
+    root = default_tiny_dir()
+    if root not in _TINY_BUILT:
+        _TINY_BUILT[root] = build_tiny_models(root)
+    return _TINY_BUILT[root]
 
 
 def select_device() -> str:
@@ -165,7 +187,7 @@ def spec_document(task: Any) -> dict[str, Any]:
 
 
 def write_spec_json(task: Any, storage: Storage) -> None:
-    from synthrec.layout import DatasetLayout
+    from synthrec.contract.layout import DatasetLayout
 
     doc = spec_document(task)
     key = DatasetLayout.spec  # same key for experiments (ExperimentLayout.spec)
@@ -177,10 +199,10 @@ def write_spec_json(task: Any, storage: Storage) -> None:
         log.warning("could not write %s: %s", storage.url(key), exc)
 
 
-def write_termination_log(summary: dict[str, Any]) -> None:
+def write_termination_log(summary: Summary) -> None:
     path = os.environ.get(contract.ENV_TERMINATION_LOG, contract.DEFAULT_TERMINATION_LOG)
     try:
-        Path(path).write_text(contract.summary_line(summary) + "\n")
+        Path(path).write_text(summary_line(summary) + "\n")
     except OSError as exc:  # e.g. /dev/termination-log outside a pod
         log.debug("no termination log at %s: %s", path, exc)
 
@@ -192,12 +214,10 @@ def _install_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_stage(
-    stage: str, fn: Callable[[StageContext], dict[str, Any]], task_path: str, shard: int | None
-) -> int:
+def run_stage(stage: str, fn: Callable[[StageContext], Summary], task_path: str, shard: int | None) -> int:
     """Run one stage function under the worker contract; returns the process exit code."""
     _install_sigterm()
-    summary: dict[str, Any] = {"stage": stage}
+    shard_id: int | None = None
     started = time.monotonic()
     try:
         try:
@@ -210,7 +230,6 @@ def run_stage(
             shard_id = resolve_shard(task, shard)
         except (IndexError, ValueError) as exc:
             raise ConfigError(f"cannot pick a shard: {exc}") from None
-        summary["shard"] = shard_id
         storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
         progress_path = os.environ.get(contract.ENV_PROGRESS_FILE)
         progress = Progress(stage, shard_id, path=Path(progress_path) if progress_path else None)
@@ -219,29 +238,28 @@ def run_stage(
             write_spec_json(task, storage)
         result = fn(ctx)
         progress.finish()
-        summary.update(result or {})
-        summary["ok"] = True
-        summary["seconds"] = round(time.monotonic() - started, 2)
+        summary = result.model_copy(
+            update={"shard": shard_id, "ok": True, "seconds": round(time.monotonic() - started, 2)}
+        )
         write_termination_log(summary)
-        log.info("%s shard %s done: %s", stage, shard_id, contract.summary_line(summary))
+        log.info("%s shard %s done: %s", stage, shard_id, summary_line(summary))
         return contract.EXIT_OK
     except WorkerError as exc:
-        return _fail(summary, exc.kind, str(exc), exc.exit_code)
+        return _fail(stage, shard_id, exc.kind, str(exc), exc.exit_code)
     except StorageConflict as exc:
-        return _fail(summary, "config", str(exc), contract.EXIT_CONFIG_ERROR)
+        return _fail(stage, shard_id, "config", str(exc), contract.EXIT_CONFIG_ERROR)
     except TransientStorageError as exc:
-        return _fail(summary, "retryable", str(exc), contract.EXIT_RETRYABLE)
+        return _fail(stage, shard_id, "retryable", str(exc), contract.EXIT_RETRYABLE)
     except StorageError as exc:
-        return _fail(summary, "config", str(exc), contract.EXIT_CONFIG_ERROR)
+        return _fail(stage, shard_id, "config", str(exc), contract.EXIT_CONFIG_ERROR)
     except KeyboardInterrupt:
-        return _fail(summary, "retryable", "interrupted", contract.EXIT_RETRYABLE)
+        return _fail(stage, shard_id, "retryable", "interrupted", contract.EXIT_RETRYABLE)
     except Exception as exc:  # a bug or an unforeseen environment problem: retrying is the safe default
         log.error("unexpected error in %s:\n%s", stage, traceback.format_exc())
-        return _fail(summary, "retryable", f"{type(exc).__name__}: {exc}", contract.EXIT_RETRYABLE)
+        return _fail(stage, shard_id, "retryable", f"{type(exc).__name__}: {exc}", contract.EXIT_RETRYABLE)
 
 
-def _fail(summary: dict[str, Any], kind: str, message: str, code: int) -> int:
-    summary.update(ok=False, error=kind, message=message)
-    write_termination_log(summary)
-    print(f"synthrec {summary.get('stage')}: {kind} error: {message}", file=sys.stderr)
+def _fail(stage: str, shard: int | None, kind: str, message: str, code: int) -> int:
+    write_termination_log(FailureSummary(stage=stage, shard=shard, error=kind, message=message))  # type: ignore[arg-type]
+    print(f"synthrec {stage}: {kind} error: {message}", file=sys.stderr)
     return code

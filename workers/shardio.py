@@ -68,11 +68,16 @@ def to_uint8(images: Any) -> Any:
     return (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def encode_jpeg(pixels: Any, quality: int) -> bytes:
+def encode_jpeg(pixels: Any, quality: int, size: int | None = None) -> bytes:
+    """JPEG bytes of an (H, W, 3) uint8 image, first resized to ``size`` x ``size`` when it is another size
+    (Lanczos: antialiased, so a 512 px generation stored at 256 px does not alias)."""
     from PIL import Image
 
+    image = Image.fromarray(pixels, "RGB")
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=quality)
+    image.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
@@ -84,6 +89,7 @@ def sample_json(meta: dict[str, Any]) -> bytes:
 class BackgroundShardWriter:
     """Encodes batches of images to JPEG and appends ``<key>.jpg`` + ``<key>.json`` to a tar, off-thread.
 
+    Images are stored at ``size`` x ``size`` (resized with antialiasing when generated at another size).
     ``put(items, images)`` hands a batch over (blocking only when ``max_pending`` batches are queued);
     ``close()`` waits for everything to be written and closes the tar; an error on the writer thread
     is re-raised in the caller at the next ``put`` or at ``close``.
@@ -96,6 +102,7 @@ class BackgroundShardWriter:
         key: Callable[[Any], str],
         metadata: Callable[[Any], dict[str, Any]],
         quality: int = 95,
+        size: int | None = None,
         max_pending: int = 3,
         on_written: Callable[[int], None] | None = None,
     ) -> None:
@@ -103,6 +110,7 @@ class BackgroundShardWriter:
         self._key = key
         self._metadata = metadata
         self._quality = quality
+        self._size = size
         self._on_written = on_written
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
@@ -167,7 +175,7 @@ class BackgroundShardWriter:
                     if self._abort.is_set():
                         return
                     key = self._key(item)
-                    self._tar.add(f"{key}.jpg", encode_jpeg(image, self._quality))
+                    self._tar.add(f"{key}.jpg", encode_jpeg(image, self._quality, self._size))
                     self._tar.add(f"{key}.json", sample_json(self._metadata(item)))
                     self.count += 1
                 self.seconds_busy += time.perf_counter() - started

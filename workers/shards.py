@@ -15,14 +15,17 @@ Features file ``features/gen-NNNNN.safetensors`` (one row per decodable image, i
 tensor         shape / dtype              meaning
 =============  =========================  ===========================================================
 features       [N, D] float16             L2-normalised CLIP image features
-logits         [N, C] float32             zero-shot logits, logit_scale * cos(image, class text)
-probs          [N, C] float32             softmax(logits): the CLIP Filter's scores
+logits         [N, C] float32             zero-shot head logits, logit_scale * cos(image, class text):
+                                          head templates with head names (soft targets)
+filter_logits  [N, C] float32             the same with the CLIP Filter's prompts (``filter.prompts``)
+probs          [N, C] float32             softmax(filter_logits): the CLIP Filter's scores
 class_index    [N] int64                  intended class (from the sample's json)
 =============  =========================  ===========================================================
 
 Metadata (strings): ``keys`` (JSON list, row order), ``corrupt`` (JSON list of {key, class, reason}),
 ``shard``, ``spec_hash``, ``clip`` (JSON: model, pretrained, revision), ``logit_scale``, ``classes``
-(count), ``templates`` (JSON list), ``generator`` (JSON: model, revision of the first sample).
+(count), ``templates`` (JSON list), ``filter_prompts`` (JSON: mode, names, templates, example),
+``generator`` (JSON: model, revision of the first sample).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthrec.layout import DatasetLayout
+from synthrec.contract.layout import DatasetLayout
 from synthrec.storage import Storage, read_marker, sha256_file
 from synthrec.workers.runtime import DataError
 

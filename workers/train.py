@@ -18,7 +18,9 @@
 5. Evaluate the zero-shot head on the test split (the baseline), tune (synthrec.workers.tuning), evaluate
    the final (or best-validation) head on the test split. 0 shots and no synthetic data: nothing to
    train, the run reports the zero-shot head.
-6. Write ``runs/<run>/metrics.json``, ``head.safetensors``, ``curve.json`` (+ ``curve.png``),
+6. Log the run to TensorBoard (``runs/<run>/tensorboard/``), and to MLflow / W&B where the environment
+   configures them (synthrec.workers.tracking; a failure there only warns).
+7. Write ``runs/<run>/metrics.json``, ``head.safetensors``, ``curve.json`` (+ ``curve.png``),
    ``confusion.json`` (sparse, kept out of metrics.json: C x C cells are megabytes for ImageNet), then the
    marker ``done.json`` (spec_hash = task.spec_hash). Summary: run, top1, zero_shot_top1, metrics (URI).
 
@@ -29,138 +31,62 @@ left out of the test set and counted in metrics.json.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from synthrec import confusion
-from synthrec.labels import ResolvedLabels, resolve_labels
-from synthrec.layout import DatasetLayout, ExperimentLayout
-from synthrec.storage import ObjectNotFound, Storage, StorageConflict, open_storage, read_marker, write_marker
+from synthrec.api.labels import ResolvedLabels, resolve_labels
+from synthrec.contract import confusion
+from synthrec.contract.base import DocumentError
+from synthrec.contract.layout import ExperimentLayout
+from synthrec.contract.metrics import RunMetrics, parse_metrics
+from synthrec.contract.summaries import TrainSummary
+from synthrec.storage import existing_commit, write_marker
+from synthrec.workers import tracking
+from synthrec.workers.features import FeatureSet, RunFeatures, SyntheticData, open_synthetic
 from synthrec.workers.runtime import ConfigError, DataError, StageContext, select_device
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
 MAX_CURVE_POINTS = 2000
 SINGLE_THREAD_MACS = 50_000_000  # head-only steps below this many multiply-adds run on one CPU thread
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> TrainSummary:
     task = ctx.task
     storage = ctx.storage
     layout = ExperimentLayout(storage.uri)
     name = task.run.name
-    done = read_marker(storage, layout.run_marker(name))
-    if done is not None:
-        if done["spec_hash"] != task.spec_hash:
-            raise StorageConflict(
-                f"{layout.url(layout.run_marker(name))} is committed by spec hash {done['spec_hash']}, not "
-                f"this run's {task.spec_hash}; use a new output URI or delete runs/{name}/"
-            )
-        metrics = storage.read_json(layout.run_metrics(name))
-        return {**_summary(name, metrics, layout.url(layout.run_metrics(name))), "skipped": True}
+    if existing_commit(
+        storage, layout.run_marker(name), task.spec_hash, what=f"run {layout.url(f'runs/{name}/')}"
+    ):
+        uri = layout.url(layout.run_metrics(name))
+        try:
+            metrics = parse_metrics(storage.read_bytes(layout.run_metrics(name)), uri)
+        except DocumentError as exc:
+            raise DataError(f"{exc}; delete runs/{name}/ to train the run again") from None
+        return _summary(metrics, uri, skipped=True)
     return _Run(ctx).execute()
 
 
-def _summary(name: str, metrics: dict[str, Any], uri: str) -> dict[str, Any]:
-    return {"run": name, "top1": metrics["top1"], "zero_shot_top1": metrics["zero_shot_top1"], "metrics": uri}
-
-
-# ------------------------------------------------------------------------------------------ data sets
-
-
-@dataclass
-class FeatureSet:
-    """Cached backbone features of one split plus what is needed to read its images again."""
-
-    name: str
-    features: Any  # torch [N, D] float32, L2-normalised
-    labels: Any  # torch [N] int64
-    ids: list[str]  # image identity per row (URI, or dataset:shard:key)
-    items: list[Any]  # reader input per row
-    reader: Any  # callable item -> bytes (for the image path)
-    cache_key: str
-    cache_hit: bool
-    skipped: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-class RealReader:
-    """Reads real image bytes in DataLoader workers: one storage per folder and process, missing objects
-    read as empty bytes (then counted as undecodable under the split's onBadImage policy)."""
-
-    def __init__(self, endpoint: str | None, region: str | None) -> None:
-        self.endpoint, self.region = endpoint, region
-        self._stores: dict[str, Storage] = {}
-
-    def open(self, uri: str) -> Storage:
-        if uri not in self._stores:
-            self._stores[uri] = open_storage(uri, endpoint=self.endpoint, region=self.region)
-        return self._stores[uri]
-
-    def __call__(self, uri: str) -> bytes:
-        from synthrec.workers.realdata import read_image_bytes
-
-        try:
-            return read_image_bytes(uri, self.open)
-        except ObjectNotFound:
-            return b""
-
-    def __getstate__(self) -> dict[str, Any]:  # storages (boto3 clients) are made anew in each worker
-        return {"endpoint": self.endpoint, "region": self.region, "_stores": {}}
-
-
-@dataclass
-class PinnedDataset:
-    name: str | None
-    uri: str
-    digest: str
-    storage: Storage
-    manifest: dict[str, Any]
-    rows: list[dict[str, Any]]
-
-
-def pin_dataset(ctx: StageContext, inp: Any) -> PinnedDataset:
-    """Open a synthetic dataset at the digest the experiment pinned (DataError if it changed)."""
-    endpoint = inp.endpoint or ctx.task.output.endpoint
-    region = inp.region or ctx.task.output.region
-    storage = open_storage(inp.uri, endpoint=endpoint, region=region)
-    layout = DatasetLayout(storage.uri)
-    try:
-        raw = storage.read_bytes(layout.manifest)
-    except ObjectNotFound as e:
-        raise DataError(
-            f"synthetic dataset {inp.uri} has no manifest.json: it is not complete (its reduce stage has not "
-            "committed)"
-        ) from e
-    digest = hashlib.sha256(raw).hexdigest()
-    if inp.digest and digest != inp.digest:
-        raise DataError(
-            f"synthetic dataset {inp.uri} changed since the experiment pinned it: manifest.json sha256 is "
-            f"{digest}, pinned {inp.digest}; create a new experiment to use the new data"
-        )
-    manifest = json.loads(raw)
-    index = storage.read_bytes(manifest["index"]["key"])
-    if hashlib.sha256(index).hexdigest() != manifest["index"]["sha256"]:
-        raise DataError(f"{storage.url(manifest['index']['key'])} does not match the sha256 in manifest.json")
-    rows = [json.loads(line) for line in index.decode("utf-8").splitlines() if line.strip()]
-    return PinnedDataset(inp.name, inp.uri, digest, storage, manifest, rows)
+def _summary(metrics: RunMetrics, uri: str, *, skipped: bool = False) -> TrainSummary:
+    return TrainSummary(
+        run=metrics.run,
+        top1=metrics.top1,
+        zero_shot_top1=metrics.zero_shot_top1,
+        metrics=uri,
+        skipped=skipped,
+    )
 
 
 # ------------------------------------------------------------------------------------------ the run
 
 
-class _Run:
+class _Run(RunFeatures):
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
         self.task = ctx.task
@@ -169,11 +95,11 @@ class _Run:
         self.ct = ctx.task.run.classifier_tuning
         self.storage = ctx.storage
         self.layout = ExperimentLayout(ctx.storage.uri)
-        self.labels: ResolvedLabels = resolve_labels(ctx.task.labels)
+        self.labels: ResolvedLabels = resolve_labels(ctx.task.experiment.labels)
         self.timing: dict[str, float] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="synthrec-train-"))
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> TrainSummary:
         import shutil
 
         try:
@@ -181,14 +107,14 @@ class _Run:
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def _execute(self) -> dict[str, Any]:
+    def _execute(self) -> TrainSummary:
         started = time.monotonic()
         data = self.spec.data
         if self.plan.shots > 0 and data.real_train is None:
             raise ConfigError(f"run {self.plan.name}: {self.plan.shots} shots need data.realTrain")
         if self.ct.selection == "best-validation" and data.validation is None:
             raise ConfigError("selection best-validation needs data.validation (never the test set)")
-        datasets = [pin_dataset(self.ctx, inp) for inp in self.plan.synthetic]
+        datasets = [open_synthetic(self.ctx, inp) for inp in self.task.datasets]
 
         import torch
 
@@ -238,294 +164,10 @@ class _Run:
         self.timing["total"] = time.monotonic() - started
         metrics = self._metrics(zero_shot, final, val_final, result, datasets, test, val, real, syn, trained)
         confusions = confusion.document(self.labels.names, final["confusion"], zero_shot["confusion"])
+        # Tracking never raises: a backend that cannot log only warns.
+        metrics.tracking = tracking.log_run(self.task, self.storage, metrics.document(), result)
         self._write(head, metrics, confusions, result)
-        return _summary(self.plan.name, metrics, self.layout.url(self.layout.run_metrics(self.plan.name)))
-
-    # ----------------------------------------------------------------------------------- features
-
-    def _cache_key(self, kind: str, material: Any) -> str:
-        blob = json.dumps(
-            {"v": CACHE_VERSION, "backbone": self.clip.describe(), "kind": kind, "data": material},
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-        return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
-
-    def _cached(self, key: str, ids: list[str] | None) -> tuple[Any, Any, list[str], dict[str, Any]] | None:
-        """The cached (features, labels, kept ids, marker) when present, intact and (if ``ids`` is given)
-        about a subset of these images."""
-        from safetensors.torch import load
-
-        marker = read_marker(self.storage, self.layout.features(key, "done.json"))
-        if marker is None or marker["spec_hash"] != key:
-            return None
-        try:
-            raw = self.storage.read_bytes(self.layout.features(key, "features.safetensors"))
-        except ObjectNotFound:
-            return None
-        if hashlib.sha256(raw).hexdigest() != marker.get("sha256"):
-            log.warning("feature cache %s does not match its marker; computing it again", key)
-            return None
-        tensors = load(raw)
-        kept = json.loads(self.storage.read_bytes(self.layout.features(key, "ids.json")))
-        if ids is not None and not set(kept) <= set(ids):
-            return None
-        return tensors["features"].float(), tensors["labels"].long(), kept, marker
-
-    def _store(self, key: str, feats: Any, labels: Any, ids: list[str], info: dict[str, Any]) -> None:
-        from safetensors.torch import save
-
-        data = save({"features": feats.half().contiguous(), "labels": labels.long().contiguous()})
-        self.storage.write_bytes(self.layout.features(key, "ids.json"), json.dumps(ids).encode())
-        self.storage.write_bytes(self.layout.features(key, "features.safetensors"), data)
-        write_marker(
-            self.storage,
-            self.layout.features(key, "done.json"),
-            spec_hash=key,
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            rows=len(ids),
-            backbone=self.clip.describe(),
-            **info,
-        )
-
-    def _feature_set(
-        self,
-        name: str,
-        material: Any,
-        ids: list[str],
-        labels: list[int],
-        items: Callable[[], list[Any]],
-        reader: Any,
-        on_bad: str,
-        info: dict[str, Any],
-        encode: Callable[[], tuple[Any, Any]] | None = None,
-    ) -> FeatureSet:
-        """Features of the images ``ids`` from the cache, or encoded (``encode``, else the backbone over
-        ``items()`` read by ``reader``) and cached. ``items()`` is called only when images are needed."""
-        import torch
-
-        if not ids:
-            raise DataError(f"{name}: the data has no images")
-        key = self._cache_key(name, material)
-        need_items = self.ct.trainable_scope != "head"
-        hit = self._cached(key, ids)
-        if hit is not None:
-            feats, labs, kept, _ = hit
-            kept_set = set(kept)
-            rows = [n for n, i in enumerate(ids) if i in kept_set] if need_items else []
-            all_items = items() if need_items else []
-            kept_items = [all_items[r] for r in rows] if need_items else []
-            return FeatureSet(
-                name,
-                feats.to(self.device),
-                labs.to(self.device),
-                kept,
-                kept_items,
-                reader,
-                key,
-                True,
-                len(ids) - len(kept),
-                info,
-            )
-        all_items = items() if (encode is None or need_items) else []
-        if encode is not None:
-            feats, ok = encode()
-        else:
-            from synthrec.workers.clip import ImageDataset, encode_dataset
-
-            dataset = ImageDataset(all_items, reader, self.clip.preprocess, self.clip.image_shape())
-            self.ctx.progress.start(len(all_items))
-            feats, ok = encode_dataset(self.clip, dataset, self.ct.feature_batch_size, self.ctx.progress)
-        bad = [ids[i] for i, good in enumerate(ok.tolist()) if not good]
-        if bad and on_bad == "fail":
-            raise DataError(
-                f"{name}: {len(bad)} images cannot be decoded, e.g. {bad[0]} (onBadImage: fail); remove or "
-                "replace them, or set onBadImage: skip"
-            )
-        keep = [i for i, good in enumerate(ok.tolist()) if good]
-        if not keep:
-            raise DataError(f"{name}: no image could be decoded")
-        feats = feats[keep]
-        labs = torch.tensor([labels[i] for i in keep], dtype=torch.int64)
-        kept_ids = [ids[i] for i in keep]
-        self._store(key, feats, labs, kept_ids, {"split": name, "skipped": len(bad), **info})
-        kept_items = [all_items[i] for i in keep] if need_items else []
-        return FeatureSet(
-            name,
-            feats.float().to(self.device),
-            labs.to(self.device),
-            kept_ids,
-            kept_items,
-            reader,
-            key,
-            False,
-            len(bad),
-            info,
-        )
-
-    def _real_split(self, name: str, data: Any) -> FeatureSet:
-        from synthrec.workers.realdata import describe, index_real_data
-
-        index = index_real_data(data, self.labels, self.ctx.open)
-        pairs = index.fingerprint()
-        ids = [uri for _, uri in pairs]
-        info = {"uri": data.uri, "format": data.format, "index": describe(index) | {"per_class": None}}
-        material = {
-            "uri": data.uri,
-            "images": hashlib.sha256("\n".join(f"{c} {u}" for c, u in pairs).encode()).hexdigest(),
-        }
-        reader = RealReader(self.task.output.endpoint, self.task.output.region)
-        labels = [c for c, _ in pairs]
-        return self._feature_set(name, material, ids, labels, lambda: ids, reader, data.on_bad_image, info)
-
-    def _real_shots(self) -> FeatureSet:
-        """Exactly ``shots`` real images per class, sampled with the run's seed (an unreadable shot is
-        replaced by the class's next image in the seeded order, see synthrec.workers.realdata)."""
-        import torch
-
-        from synthrec.workers.realdata import index_real_data, load_shots, sample_shots
-
-        data = self.spec.data.real_train
-        shots, seed = self.plan.shots, self.plan.seed
-        index = index_real_data(data, self.labels, self.ctx.open)
-        wanted = sample_shots(index, shots, seed)
-        material = {
-            "uri": data.uri,
-            "shots": shots,
-            "seed": seed,
-            "images": [img.uri for c in sorted(wanted) for img in wanted[c]],
-        }
-        key = self._cache_key("real-train", material)
-        reader = RealReader(self.task.output.endpoint, self.task.output.region)
-        info = {"uri": data.uri, "shots": shots, "seed": seed}
-        hit = self._cached(key, None)
-        if hit is not None:
-            feats, labs, kept, marker = hit
-            return FeatureSet(
-                "real-train",
-                feats.to(self.device),
-                labs.to(self.device),
-                kept,
-                list(kept),
-                reader,
-                key,
-                True,
-                int(marker.get("skipped", 0)),
-                info,
-            )
-        loaded, bad = load_shots(index, shots, seed, self.ctx.open, data.on_bad_image)
-        pairs = [(img, rgb) for c in sorted(loaded) for img, rgb in loaded[c]]
-        ids = [img.uri for img, _ in pairs]
-        batch = torch.stack([self.clip.preprocess(rgb) for _, rgb in pairs])
-        size = self.ct.feature_batch_size
-        feats = torch.cat([self.clip.encode(batch[i : i + size]).cpu() for i in range(0, len(batch), size)])
-        labs = torch.tensor([img.class_index for img, _ in pairs], dtype=torch.int64)
-        self._store(key, feats, labs, ids, {"split": "real-train", "skipped": bad, **info})
-        return FeatureSet(
-            "real-train",
-            feats.to(self.device),
-            labs.to(self.device),
-            ids,
-            list(ids),
-            reader,
-            key,
-            False,
-            bad,
-            info,
-        )
-
-    def _synthetic(self, datasets: list[PinnedDataset]) -> FeatureSet:
-        import torch
-
-        parts = [self._synthetic_one(d) for d in datasets]
-        if len(parts) == 1:
-            return parts[0]
-        first = parts[0]
-        return FeatureSet(
-            "synthetic",
-            torch.cat([p.features for p in parts]),
-            torch.cat([p.labels for p in parts]),
-            [i for p in parts for i in p.ids],
-            [i for p in parts for i in p.items],
-            first.reader,
-            "+".join(p.cache_key for p in parts),
-            all(p.cache_hit for p in parts),
-            sum(p.skipped for p in parts),
-            {"datasets": [p.info for p in parts]},
-        )
-
-    def _synthetic_one(self, d: PinnedDataset) -> FeatureSet:
-        """The kept images of one dataset: from the dataset's own features files when the filter's CLIP is
-        the backbone (same revision), else encoded from the shard tars."""
-        from synthrec.workers.shards import read_range
-
-        ids = [f"{d.digest[:16]}:{r['shard']}:{r['key']}" for r in d.rows]
-        labels = [int(r["class"]) for r in d.rows]
-        filter_clip = (d.manifest.get("models") or {}).get("filter_clip") or {}
-        same_model = filter_clip.get("revision") == self.clip.revision and all("row" in r for r in d.rows)
-        info = {
-            "uri": d.uri,
-            "digest": d.digest,
-            "kept": len(d.rows),
-            "features_from": "dataset features files" if same_model else "backbone",
-        }
-        encode = self._from_filter_features(d) if same_model else None
-        return self._feature_set(
-            "synthetic",
-            {"digest": d.digest},
-            ids,
-            labels,
-            lambda: self._shard_items(d),
-            read_range,
-            "skip",
-            info,
-            encode=encode,
-        )
-
-    def _shard_items(self, d: PinnedDataset) -> list[tuple[str, int, int]]:
-        """Download the shards holding kept images; (local tar, offset, size) per kept row."""
-        from synthrec.workers.shards import download_shard, scan_shard
-
-        by_shard: dict[int, dict[str, Any]] = {}
-        folder = self.tmp / d.digest[:16]
-        folder.mkdir(exist_ok=True)
-        items = []
-        for r in d.rows:
-            shard = int(r["shard"])
-            if shard not in by_shard:
-                marker = read_marker(d.storage, DatasetLayout.shard_marker(shard)) or {}
-                path = download_shard(d.storage, shard, folder, marker)
-                by_shard[shard] = {
-                    s.key: (str(path), s.offset, s.size) for s in scan_shard(path, len(self.labels)).samples
-                }
-            try:
-                items.append(by_shard[shard][r["key"]])
-            except KeyError:
-                raise DataError(f"{d.uri}: kept image {r['key']} is not in shard {shard}") from None
-        return items
-
-    def _from_filter_features(self, d: PinnedDataset) -> Any:
-        def encode() -> tuple[Any, Any]:
-            import torch
-
-            from synthrec.workers.shards import read_features
-
-            cache: dict[str, Any] = {}
-            rows = []
-            for r in d.rows:
-                key = r["features"]
-                if key not in cache:
-                    path = self.tmp / f"{d.digest[:16]}-{Path(key).name}"
-                    d.storage.download_file(key, path)
-                    cache[key] = read_features(path).features
-                rows.append(cache[key][int(r["row"])])
-            import numpy as np
-
-            feats = torch.from_numpy(np.stack(rows).astype("float32")) if rows else torch.zeros((0, 0))
-            return torch.nn.functional.normalize(feats, dim=-1), torch.ones(len(rows), dtype=torch.bool)
-
-        return encode
+        return _summary(metrics, self.layout.url(self.layout.run_metrics(self.plan.name)))
 
     # ------------------------------------------------------------------------------------- training
 
@@ -559,9 +201,9 @@ class _Run:
         self, head: Any, teacher: Any, syn: FeatureSet | None, real: FeatureSet | None, val: FeatureSet | None
     ) -> tuple[Any, Any]:
         from synthrec.workers.clip import ImageDataset, image_loader
-        from synthrec.workers.tuning import CachedFeatures, EncoderFeatures, TuneConfig, tune
+        from synthrec.workers.tuning import CachedFeatures, EncoderFeatures, tune
 
-        cfg = TuneConfig.from_spec(self.ct, self.plan.lr, self.plan.seed)
+        ct = self.ct
         encoder = None
         if self.ct.trainable_scope == "head":
             source: Any = CachedFeatures(syn.features if syn else None, real.features if real else None)
@@ -588,13 +230,12 @@ class _Run:
         n_syn, n_real = (len(syn) if syn else 0), (len(real) if real else 0)
         self.ctx.progress.start(
             sum(
-                p.epochs
-                * steps_per_epoch(p.kind, n_syn, n_real, cfg.batch_size_synthetic, cfg.batch_size_real)
-                for p in plan_phases(cfg.mixing, n_syn, n_real, cfg.epochs)
+                p.epochs * steps_per_epoch(p.kind, n_syn, n_real, ct.batch_size_synthetic, ct.batch_size_real)
+                for p in plan_phases(ct.mixing, n_syn, n_real, ct.epochs)
             )
         )
         with small_kernel_threads(
-            self.device, encoder is None, head.weight.numel() * cfg.batch_size_synthetic
+            self.device, encoder is None, head.weight.numel() * ct.batch_size_synthetic
         ):
             result = tune(
                 head,
@@ -603,7 +244,8 @@ class _Run:
                 syn.features if syn else None,
                 syn.labels if syn else None,
                 real.labels if real else None,
-                cfg,
+                ct,
+                self.plan.seed,
                 validate=validate,
                 on_step=self.ctx.progress.advance,
             )
@@ -617,70 +259,72 @@ class _Run:
         final: dict,
         val_final: dict | None,
         result: Any,
-        datasets: list[PinnedDataset],
+        datasets: list[SyntheticData],
         test: FeatureSet,
         val: FeatureSet | None,
         real: FeatureSet | None,
         syn: FeatureSet | None,
         trained: bool,
-    ) -> dict[str, Any]:
+    ) -> RunMetrics:
         names = self.labels.names
         per_class = [
             {**pc, "name": names[pc["index"]], "zero_shot_top1": zs["top1"]}
             for pc, zs in zip(final["per_class"], zero_shot["per_class"], strict=True)
         ]
         ct = self.ct
-        return {
-            "run": self.plan.name,
-            "index": self.plan.index,
-            "variant": self.plan.variant,
-            "spec_hash": self.task.spec_hash,
-            "shots": self.plan.shots,
-            "seed": self.plan.seed,
-            "seeds": {"shots": self.plan.seed, "shuffle": self.plan.seed, "head_init": self.plan.seed},
-            "top1": final["top1"],
-            "zero_shot_top1": zero_shot["top1"],
-            "trained": trained,
-            "selection": ct.selection,
-            "selected_epoch": result.selected_epoch if result else None,
-            "validation_top1": val_final["top1"] if val_final else None,
-            "per_class": per_class,
-            "confusion": self.layout.run_confusion(self.plan.name),
-            "classes": names,
-            "epochs": ct.epochs,
-            "epochs_run": len(result.epochs) if result else 0,
-            "phases": result.phases if result else [],
-            "steps": len(result.steps) if result else 0,
-            "lr": self.plan.lr,
-            "schedule": {
-                "warmup_steps": ct.warmup_steps,
-                "kind": "linear warmup + cosine to 0 over the real steps",
-            },
-            "classifier_tuning": ct.model_dump(mode="json"),
-            "backbone": self.clip.describe(),
-            "head_templates": ct.head_init_templates or list(self.labels.templates),
-            "counts": {
-                "synthetic": len(syn) if syn else 0,
-                "real_train": len(real) if real else 0,
-                "real_train_replaced": real.skipped if real else 0,
-                "test": len(test),
-                "test_skipped": test.skipped,
-                "validation": len(val) if val else 0,
-                "validation_skipped": val.skipped if val else 0,
-            },
-            "datasets": [
-                {"name": d.name, "uri": d.uri, "digest": d.digest, "kept": len(d.rows)} for d in datasets
-            ],
-            "feature_cache": {
-                fs.name: {"key": fs.cache_key, "hit": fs.cache_hit}
-                for fs in (test, val, real, syn)
-                if fs is not None
-            },
-            "device": self.device,
-            "timing": {k: round(v, 3) for k, v in self.timing.items()},
-        }
+        return RunMetrics.model_validate(
+            {
+                "run": self.plan.name,
+                "index": self.plan.index,
+                "variant": self.plan.variant,
+                "spec_hash": self.task.spec_hash,
+                "shots": self.plan.shots,
+                "seed": self.plan.seed,
+                "seeds": {"shots": self.plan.seed, "shuffle": self.plan.seed, "head_init": self.plan.seed},
+                "top1": final["top1"],
+                "zero_shot_top1": zero_shot["top1"],
+                "trained": trained,
+                "selection": ct.selection,
+                "selected_epoch": result.selected_epoch if result else None,
+                "validation_top1": val_final["top1"] if val_final else None,
+                "per_class": per_class,
+                "confusion": self.layout.run_confusion(self.plan.name),
+                "classes": names,
+                "epochs": ct.epochs,
+                "epochs_run": len(result.epochs) if result else 0,
+                "phases": result.phases if result else [],
+                "steps": len(result.steps) if result else 0,
+                "lr": self.ct.lr,
+                "schedule": {
+                    "warmup_steps": ct.warmup_steps,
+                    "kind": "linear warmup + cosine to 0 over the real steps",
+                },
+                "classifier_tuning": ct.model_dump(mode="json"),
+                "backbone": self.clip.describe(),
+                "head_templates": ct.head_init_templates or list(self.labels.templates),
+                "counts": {
+                    "synthetic": len(syn) if syn else 0,
+                    "real_train": len(real) if real else 0,
+                    "real_train_replaced": real.skipped if real else 0,
+                    "test": len(test),
+                    "test_skipped": test.skipped,
+                    "validation": len(val) if val else 0,
+                    "validation_skipped": val.skipped if val else 0,
+                },
+                "datasets": [
+                    {"name": d.name, "uri": d.uri, "digest": d.digest, "kept": len(d.rows)} for d in datasets
+                ],
+                "feature_cache": {
+                    fs.name: {"key": fs.cache_key, "hit": fs.cache_hit}
+                    for fs in (test, val, real, syn)
+                    if fs is not None
+                },
+                "device": self.device,
+                "timing": {k: round(v, 3) for k, v in self.timing.items()},
+            }
+        )
 
-    def _write(self, head: Any, metrics: dict[str, Any], confusions: dict[str, Any], result: Any) -> None:
+    def _write(self, head: Any, metrics: RunMetrics, confusions: dict[str, Any], result: Any) -> None:
         from safetensors.torch import save
 
         name = self.plan.name
@@ -704,13 +348,13 @@ class _Run:
         if png is not None:
             self.storage.write_bytes(layout.run(name, "curve.png"), png)
         self.storage.write_json(layout.run_confusion(name), confusions)
-        self.storage.write_json(layout.run_metrics(name), metrics)
+        self.storage.write_json(layout.run_metrics(name), metrics.document())
         write_marker(
             self.storage,
             layout.run_marker(name),
             spec_hash=self.task.spec_hash,
-            top1=metrics["top1"],
-            zero_shot_top1=metrics["zero_shot_top1"],
+            top1=metrics.top1,
+            zero_shot_top1=metrics.zero_shot_top1,
         )
 
 

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synthrec.api import ClassifierTuning
+
 Kind = Literal["mixed", "synthetic", "real"]
 Step = tuple[torch.Tensor | None, torch.Tensor | None]  # (synthetic indices, real indices)
 
@@ -281,45 +283,6 @@ def _images(batch: Any) -> torch.Tensor:
 
 
 @dataclass
-class TuneConfig:
-    epochs: int
-    lr: float
-    weight_decay: float
-    batch_size_synthetic: int
-    batch_size_real: int
-    warmup_steps: int
-    grad_clip: float
-    soft_weight: float
-    temperature: float
-    real_loss_weight: float
-    synthetic_loss_weight: float
-    label_smoothing: float
-    mixing: str
-    seed: int
-    selection: str = "last"
-
-    @classmethod
-    def from_spec(cls, ct: Any, lr: float, seed: int) -> TuneConfig:
-        return cls(
-            epochs=ct.epochs,
-            lr=lr,
-            weight_decay=ct.weight_decay,
-            batch_size_synthetic=ct.batch_size_synthetic,
-            batch_size_real=ct.batch_size_real,
-            warmup_steps=ct.warmup_steps,
-            grad_clip=ct.grad_clip,
-            soft_weight=ct.soft_target.weight,
-            temperature=ct.soft_target.temperature,
-            real_loss_weight=ct.real_loss_weight,
-            synthetic_loss_weight=ct.synthetic_loss_weight,
-            label_smoothing=ct.label_smoothing,
-            mixing=ct.mixing,
-            seed=seed,
-            selection=ct.selection,
-        )
-
-
-@dataclass
 class TuneResult:
     phases: list[dict[str, Any]] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)  # per epoch: phase, loss, lr, val_top1
@@ -334,39 +297,45 @@ def tune(
     syn_cached: torch.Tensor | None,
     syn_y: torch.Tensor | None,
     real_y: torch.Tensor | None,
-    cfg: TuneConfig,
+    ct: ClassifierTuning,
+    seed: int,
     validate: Callable[[], float] | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> TuneResult:
-    """Train ``head`` (and the encoder parameters of ``source``) in place; see the module docstring."""
+    """Train ``head`` (and the encoder parameters of ``source``) in place; see the module docstring.
+
+    ``ct`` is the run's Classifier Tuning with every default filled in by the plan (its learning rate
+    included); ``seed`` the run's seed."""
+    if ct.lr is None:
+        raise ValueError("classifier tuning needs its learning rate: the plan fills it in (experiment_runs)")
     n_syn = 0 if syn_y is None else len(syn_y)
     n_real = 0 if real_y is None else len(real_y)
     result = TuneResult()
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     teacher.requires_grad_(False)
     best: tuple[float, dict[str, Any]] | None = None
     global_epoch = 0
-    for phase in plan_phases(cfg.mixing, n_syn, n_real, cfg.epochs):
+    for phase in plan_phases(ct.mixing, n_syn, n_real, ct.epochs):
         params = list(head.parameters()) + list(source.parameters())
         optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay
+            params, lr=ct.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=ct.weight_decay
         )
-        spe = steps_per_epoch(phase.kind, n_syn, n_real, cfg.batch_size_synthetic, cfg.batch_size_real)
+        spe = steps_per_epoch(phase.kind, n_syn, n_real, ct.batch_size_synthetic, ct.batch_size_real)
         total = spe * phase.epochs
         result.phases.append(
             {"name": phase.name, "epochs": phase.epochs, "steps": total, "steps_per_epoch": spe}
         )
-        cycled = CycledBatches(n_real, cfg.batch_size_real, gen) if phase.kind == "mixed" else None
+        cycled = CycledBatches(n_real, ct.batch_size_real, gen) if phase.kind == "mixed" else None
         step = 0
         for _ in range(phase.epochs):
             global_epoch += 1
             plan = plan_epoch(
-                phase.kind, n_syn, n_real, cfg.batch_size_synthetic, cfg.batch_size_real, gen, cycled
+                phase.kind, n_syn, n_real, ct.batch_size_synthetic, ct.batch_size_real, gen, cycled
             )
             head.train()
             losses = []
             for (s_idx, r_idx), (x_syn, x_real) in zip(plan, source.batches(plan), strict=True):
-                lr = lr_at(step, cfg.lr, cfg.warmup_steps, total)
+                lr = lr_at(step, ct.lr, ct.warmup_steps, total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss = torch.zeros((), device=head.weight.device)
@@ -376,20 +345,23 @@ def tune(
                     with torch.no_grad():
                         target_logits = teacher(syn_cached[s_idx])
                     y = syn_y[s_idx]
-                    ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                    syn_loss = cfg.soft_weight * sce_loss(logits, target_logits, cfg.temperature)
-                    syn_loss = syn_loss + (1 - cfg.soft_weight) * ce
-                    loss = loss + cfg.synthetic_loss_weight * syn_loss
+                    smoothing = ct.label_smoothing
+                    ce = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                    syn_loss = ct.soft_target.weight * sce_loss(
+                        logits, target_logits, ct.soft_target.temperature
+                    )
+                    syn_loss = syn_loss + (1 - ct.soft_target.weight) * ce
+                    loss = loss + ct.synthetic_loss_weight * syn_loss
                     record["syn"] = float(syn_loss.detach())
                 if x_real is not None:
                     logits = head(x_real)
-                    real_loss = F.cross_entropy(logits, real_y[r_idx], label_smoothing=cfg.label_smoothing)
-                    loss = loss + cfg.real_loss_weight * real_loss
+                    real_loss = F.cross_entropy(logits, real_y[r_idx], label_smoothing=ct.label_smoothing)
+                    loss = loss + ct.real_loss_weight * real_loss
                     record["real"] = float(real_loss.detach())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if ct.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, ct.grad_clip)
                 optimizer.step()
                 record["loss"] = float(loss.detach())
                 result.steps.append(record)
@@ -406,7 +378,7 @@ def tune(
             if validate is not None:
                 head.eval()
                 epoch["val_top1"] = validate()
-                if cfg.selection == "best-validation" and (best is None or epoch["val_top1"] > best[0]):
+                if ct.selection == "best-validation" and (best is None or epoch["val_top1"] > best[0]):
                     best = (epoch["val_top1"], _snapshot(head, source, global_epoch))
             result.epochs.append(epoch)
     head.eval()

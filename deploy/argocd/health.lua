@@ -4,7 +4,7 @@
 --   resource.customizations.health.synthrec.io_RecognitionExperiment
 --
 -- The status conditions are the source of truth, read in the order synthrec derives status.phase from
--- them (synthrec/conditions.py derive_phase); status.phase is only the fallback for a status without
+-- them (synthrec/api/conditions.py derive_phase); status.phase is only the fallback for a status without
 -- conditions.
 --   Failed=True                  -> Degraded     (terminal)
 --   Complete=True                -> Healthy      (terminal; phase Succeeded)

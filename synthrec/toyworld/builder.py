@@ -117,7 +117,7 @@ def default_root() -> Path:
 
 
 def library_versions() -> dict[str, str]:
-    from synthrec.tiny import _library_versions
+    from synthrec.tiny.layout import _library_versions
 
     return _library_versions()
 
@@ -162,7 +162,7 @@ def _jsonable(recipes: dict[str, Any]) -> dict[str, Any]:
 def _build_locked(world: ToyWorld, recipes: dict[str, Any], progress: Progress) -> None:
     import torch
 
-    from synthrec.tiny import _quiet_progress_bars, _torch_threads
+    from synthrec.tiny.build import _quiet_progress_bars, _torch_threads
     from synthrec.toyworld.clip import build_clip
     from synthrec.toyworld.datasets import build_real, build_voc
     from synthrec.toyworld.evaluate import evaluate_world

@@ -159,7 +159,8 @@ def run_resources(
 ) -> None:
     """Run ``resources`` with ``synthrec run``'s machinery into ``storage`` (a local folder); RuntimeError
     naming the worker logs when anything fails."""
-    from synthrec.runner import QuietUI, RunRequest, execute
+    from synthrec.local.command import RunRequest, execute
+    from synthrec.local.ui import QuietUI
 
     class Errors(QuietUI):
         def __init__(self) -> None:

@@ -167,7 +167,7 @@ def _train_vae(vae: Any, data: _Pictures, recipe: SdRecipe, gen: Any, progress: 
 def _tokenizer(folder: Path) -> Any:
     from transformers import CLIPTokenizer
 
-    from synthrec.tiny import _write_tiny_clip_bpe
+    from synthrec.tiny.build import _write_tiny_clip_bpe
 
     _write_tiny_clip_bpe(folder, TOKENIZER_MERGES)
     return CLIPTokenizer.from_pretrained(str(folder), model_max_length=MAX_TOKENS)

@@ -55,7 +55,7 @@ def build_t5(
     import torch
     from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
 
-    from synthrec.tiny import _torch_threads
+    from synthrec.tiny.build import _torch_threads
 
     recipe = recipe or T5Recipe()
     progress = progress or NoProgress()

@@ -122,6 +122,17 @@ def test_the_dataset_card_and_the_metrics_of_every_run_are_written(quickstart: Q
     manifest = json.loads((quickstart.dataset / "manifest.json").read_text())
     assert manifest["counts"]["generated"] == 96 and manifest["counts"]["kept"] == 4 * 12
     assert [c["kept"] for c in manifest["per_class"]] == [12, 12, 12, 12]
+    # The card says how the images were made: the tiny SD's native 64 px, stored as asked, no RG; and which
+    # prompts the CLIP Filter scored with (the official one per class).
+    generation = manifest["generation"]
+    assert (generation["generation_resolution"], generation["resolution"], generation["resize"]) == (
+        64,
+        64,
+        None,
+    )
+    assert generation["generation_resolution_source"] == "pipeline native size"
+    assert generation["real_guidance"] is None and generation["steps"] == 4
+    assert manifest["filter"]["prompts"]["example"] == ["a photo of a red circle."]
     runs = sorted(p.parent.name for p in (quickstart.experiment / "runs").glob("*/metrics.json"))
     assert runs == sorted(f"shots{s}-seed1-{v}" for s in (0, 1, 4) for v in ("ct-init", "ct-syn"))
     for run in runs:
@@ -153,11 +164,15 @@ def test_the_report_is_self_contained_and_every_file_it_references_exists(quicks
     files = [r for r in refs if not r.startswith("#")]
     assert any(r.startswith("img/tiny-shapes/") for r in files)
     assert {"plots/tiny-shapes-accept-rates.png", "plots/tiny-shapes-ct-top1-vs-shots.png"} <= set(files)
-    assert "plots/tiny-shapes-ct-curves.png" in files
+    assert "plots/tiny-shapes-ct-curves.png" in files and {"results.csv", "table.csv"} <= set(files)
     for ref in files:
         assert (page.parent / ref).is_file(), ref
     assert "<script" not in html.lower() and "stylesheet" not in html
-    assert "kept" in html and "rejected" in html and "a red circle" not in html.split("Prompt samples")[0]
+    assert "a red circle" not in html.split("Prompt samples")[0]
+    # the quickstart's filter keeps 12 of 24 per class: the rest are shown apart, by why they were not kept
+    grids = html.split("Kept and not kept images")[1]
+    assert "<div class='note'>kept</div>" in grids and "<div class='note'>below the threshold</div>" in grids
+    assert "Top-1 over seeds" in html and "zero-shot CLIP" in html
 
 
 def test_status_reads_completion_and_a_lost_shard_from_the_artifacts(

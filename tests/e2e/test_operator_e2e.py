@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the k8s_op fixture is imported from the harness and named as a parameter
 """End to end on one machine: the operator (Kopf, in-process) against the API emulator, the fake kubelet
 running every Job's pods as real subprocesses (``python -m synthrec.workers STAGE --task ...`` with the
 task ConfigMap mounted, env from Secrets, termination messages), tiny random-weight models and S3 on moto.
@@ -14,14 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from synthrec.layout import DatasetLayout
+from synthrec.contract.layout import DatasetLayout
 from synthrec.storage import open_storage
-from tests.integration.test_operator_harness import (
+from tests.harness.operator import (
     DATASETS,
     EXPERIMENTS,
     FAST,
     NS,
-    k8s_op,  # noqa: F401 - fixture
     operator_harness,
     record_api_calls,
 )

@@ -12,7 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart import K8S_VERSION, env_of, of_kind, one, render_chart
+from synthrec.operator.settings import OperatorConfig
+from tests.harness.chart import K8S_VERSION, env_of, of_kind, one, render_chart
+from tests.harness.jobs import render_generate_job as render_worker_job
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -69,8 +71,13 @@ def test_the_kueue_cluster_queue_covers_what_worker_pods_request() -> None:
     (cluster_queue,) = by_kind(path, "ClusterQueue")
     flavors = {f["metadata"]["name"] for f in by_kind(path, "ResourceFlavor")}
     (group,) = cluster_queue["spec"]["resourceGroups"]
-    # Worker pods request cpu, memory and the GPU resource (spec.resources); all must be covered.
-    assert set(group["coveredResources"]) == {"cpu", "memory", "nvidia.com/gpu"}
+    # Kueue admits nothing with an uncovered request: a worker pod of the chart's default install asks for
+    # cpu, memory, the GPU (spec.resources) and ephemeral-storage (its model cache).
+    operator = OperatorConfig.from_env(env_of(one(render_chart(), "Deployment")))
+    pod = render_worker_job(operator.worker)["spec"]["template"]["spec"]
+    requests = set(pod["containers"][0]["resources"]["requests"])
+    assert requests == {"cpu", "memory", "nvidia.com/gpu", "ephemeral-storage"}
+    assert set(group["coveredResources"]) == requests
     for flavor in group["flavors"]:
         assert flavor["name"] in flavors
         assert {r["name"] for r in flavor["resources"]} == set(group["coveredResources"])
@@ -106,3 +113,32 @@ def test_the_cluster_guide_names_resources_the_examples_define() -> None:
             assert (short[kind], name) in names, (
                 f"docs/cluster.md uses {kind}/{name}, which no example defines"
             )
+
+
+def test_the_flux_health_checks_name_existing_resources_and_read_the_kstatus_conditions() -> None:
+    import cel
+
+    from synthrec.api.conditions import derive, set_condition
+
+    (team,) = by_kind(DEPLOY / "flux" / "health-checks.yaml", "Kustomization")
+    applied = [d for path in (ROOT / team["spec"]["path"]).glob("*.yaml") for d in docs(path)]
+    declared = {(d["kind"], d["metadata"]["name"]) for d in applied}
+    for check in team["spec"]["healthChecks"]:
+        assert (check["kind"], check["name"]) in declared, check
+        assert check["namespace"] == team["spec"]["targetNamespace"]
+
+    def status_after(*conditions: tuple[str, bool, str]) -> dict[str, Any]:
+        conds: list[dict[str, Any]] = []
+        for ctype, value, reason in conditions:
+            conds = set_condition(conds, ctype, value, reason, generation=1)
+        phase, conds = derive(conds, generation=1)
+        return {"status": {"phase": phase, "conditions": conds}}
+
+    running = status_after(("Accepted", True, "Valid"), ("Running", True, "ShardsRunning"))
+    complete = status_after(("Complete", True, "AllStagesComplete"))
+    failed = status_after(("Failed", True, "ShardBudgetExceeded"))
+    for expr in team["spec"]["healthCheckExprs"]:
+        verdict = {key: cel.compile(expr[key]) for key in ("current", "inProgress", "failed")}
+        assert [verdict[k].execute(running) for k in verdict] == [False, True, False]
+        assert [verdict[k].execute(complete) for k in verdict] == [True, False, False]
+        assert [verdict[k].execute(failed) for k in verdict] == [False, False, True]

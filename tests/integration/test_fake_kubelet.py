@@ -10,7 +10,7 @@ from typing import Any
 import kmock
 import pytest
 
-from tests.fixtures.k8s import running_operator, wait_for
+from tests.harness.k8s import running_operator, wait_for
 from tests.k8s.emulator import RealisticEmulator, declare_crd
 from tests.k8s.kubelet import (
     ContainerResult,

@@ -3,145 +3,19 @@ with the documented json fields and a generate marker), with the tiny open_clip 
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import random
-import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
-from PIL import Image, ImageDraw
 
 from synthrec import contract
-from synthrec.api import SyntheticDatasetSpec
-from synthrec.layout import DatasetLayout
+from synthrec.contract.layout import DatasetLayout
 from synthrec.plan import dataset_task
-from synthrec.storage import commit_file, open_storage, read_marker, write_marker
-from synthrec.tasks import ResourceRef, dump_task
-from synthrec.workers import filter as filter_stage
-from synthrec.workers import reduce as reduce_stage
-from synthrec.workers.runtime import run_stage
+from synthrec.plan.tasks import ResourceRef, dump_task
+from synthrec.storage import open_storage, read_marker, write_marker
 from synthrec.workers.shards import read_features, soft_targets
-
-COLOURS = [(220, 40, 40), (40, 180, 60), (40, 70, 220), (230, 210, 40)]
-
-
-def drawn_jpeg(cls: int, rng: random.Random) -> bytes:
-    """A 64 px picture of the tiny class ``cls`` (colour + shape) on a light background."""
-    img = Image.new("RGB", (64, 64), tuple(rng.randint(150, 235) for _ in range(3)))
-    draw = ImageDraw.Draw(img)
-    s = rng.randint(20, 40)
-    x, y = rng.randint(2, 62 - s), rng.randint(2, 62 - s)
-    box = (x, y, x + s, y + s)
-    [
-        draw.ellipse,
-        draw.rectangle,
-        lambda b, fill: draw.polygon([(x + s / 2, y), (x, y + s), (x + s, y + s)], fill=fill),
-        lambda b, fill: draw.rectangle((x + s // 3, y, x + 2 * s // 3, y + s), fill=fill),
-    ][cls](box, fill=COLOURS[cls])
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
-def write_shard(
-    storage: Any,
-    shard: int,
-    generate_hash: str,
-    per_class: int,
-    scratch: Path,
-    *,
-    seed: int = 0,
-    corrupt: set[str] = frozenset(),
-) -> list[str]:
-    """Write shards/gen-NNNNN.tar (+ marker) the way the generate stage does; returns the keys."""
-    rng = random.Random(seed * 1000 + shard)
-    keys = []
-    path = scratch / f"shard-{shard}.tar"
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for cls in range(4):
-            for i in range(per_class):
-                key = f"c{cls:05d}-p{shard:05d}-i{i:05d}"
-                jpg = drawn_jpeg(cls, rng)
-                if key in corrupt:
-                    jpg = jpg[: len(jpg) // 3]  # truncated JPEG
-                meta = {
-                    "class": cls,
-                    "class_name": ["red circle", "green square", "blue triangle", "yellow cross"][cls],
-                    "prompt": "a photo",
-                    "seed": i,
-                    "item": i,
-                    "real_source": None,
-                    "model": "tiny://sd",
-                    "revision": "r0",
-                }
-                for ext, data in (("jpg", jpg), ("json", json.dumps(meta).encode())):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                keys.append(key)
-    commit_file(
-        storage,
-        path,
-        DatasetLayout.shard(shard),
-        DatasetLayout.shard_marker(shard),
-        spec_hash=generate_hash,
-        count=len(keys),
-    )
-    path.unlink()
-    return keys
-
-
-def dataset_spec(
-    out_uri: str, clip_uri: str, real_guidance: dict[str, Any] | None = None, **filter_kw: Any
-) -> SyntheticDatasetSpec:
-    body = {
-        "labels": {"preset": "tiny"},
-        "generator": {"model": "tiny://sd", "resolution": 64},
-        "filter": {"clip": {"model": clip_uri}, "keepPerClass": 3, "batchSize": 8, **filter_kw},
-        "sharding": {"shards": 2},
-        "output": {"uri": out_uri},
-    }
-    if real_guidance is not None:
-        body["realGuidance"] = real_guidance
-    return SyntheticDatasetSpec.model_validate(body)
-
-
-def run_worker(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: SyntheticDatasetSpec, stage: str, shard: int = 0
-) -> tuple[int, dict[str, Any]]:
-    task = dataset_task(spec, stage, ResourceRef(kind="SyntheticDataset", name="t"))  # type: ignore[arg-type]
-    task_file = tmp_path / f"{stage}-task.json"
-    task_file.write_text(dump_task(task))
-    log = tmp_path / f"{stage}-{shard}.log"
-    monkeypatch.setenv(contract.ENV_TERMINATION_LOG, str(log))
-    module = {"filter": filter_stage, "reduce": reduce_stage}[stage]
-    code = run_stage(stage, module.run, str(task_file), shard)
-    return code, json.loads(log.read_text())
-
-
-def make_dataset(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    clip_uri: str,
-    per_class: int = 5,
-    corrupt: set[str] = frozenset(),
-    out_uri: str | None = None,
-    real_guidance: dict[str, Any] | None = None,
-    **filter_kw: Any,
-) -> tuple[SyntheticDatasetSpec, Any]:
-    """A 2-shard dataset of the tiny label space with ``per_class`` images per class and shard."""
-    if out_uri is None:
-        (tmp_path / "ds").mkdir()
-        out_uri = (tmp_path / "ds").as_uri() + "/"
-    spec = dataset_spec(out_uri, clip_uri, real_guidance, **filter_kw)
-    storage = open_storage(spec.output.uri)
-    task = dataset_task(spec, "filter", ResourceRef(kind="SyntheticDataset", name="t"))
-    for shard in range(2):
-        write_shard(storage, shard, task.hashes["generate"], per_class, tmp_path, corrupt=corrupt)
-    return spec, storage
+from tests.harness.stages import dataset_spec, make_dataset, run_worker, write_shard
 
 
 def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,8 +25,8 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
     for shard in range(2):
         code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", shard)
         assert code == 0, summary
-        assert summary["images"] == (20 if shard == 0 else 19) and summary["skipped"] is False
-    assert summary["corrupt"] == 1
+        assert summary.images == (20 if shard == 0 else 19) and summary.skipped is False
+    assert summary.corrupt == 1
 
     # the features file: one row per decodable image, logits = 100 * cos, probs = softmax(logits)
     local = tmp_path / "f1.safetensors"
@@ -168,15 +42,15 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
 
     # a second run of a committed shard returns at once
     code, again = run_worker(tmp_path, monkeypatch, spec, "filter", 1)
-    assert code == 0 and again["skipped"] is True
+    assert code == 0 and again.skipped is True
 
     code, summary = run_worker(tmp_path, monkeypatch, spec, "reduce")
     assert code == 0, summary
-    assert summary["generated"] == 40 and summary["kept"] == 12 and summary["rejected"] == 28
+    assert summary.generated == 40 and summary.kept == 12 and summary.rejected == 28
     manifest_raw = storage.read_bytes("manifest.json")
     import hashlib
 
-    assert summary["digest"] == hashlib.sha256(manifest_raw).hexdigest()
+    assert summary.digest == hashlib.sha256(manifest_raw).hexdigest()
     manifest = json.loads(manifest_raw)
     assert manifest["spec_hash"] == hashes["reduce"] and manifest["counts"]["corrupt"] == 1
     assert [c["generated"] for c in manifest["per_class"]] == [10, 10, 10, 10]
@@ -205,7 +79,51 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
 
     # reduce again: the committed manifest is the answer
     code, again = run_worker(tmp_path, monkeypatch, spec, "reduce")
-    assert code == 0 and again["digest"] == summary["digest"] and again["skipped"] is True
+    assert code == 0 and again.digest == summary.digest and again.skipped is True
+
+
+@pytest.mark.parametrize("prompts", ["filter-template", "head-templates"])
+def test_the_filter_scores_with_its_prompts_and_soft_targets_come_from_the_head(
+    tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prompts: str
+) -> None:
+    import numpy as np
+
+    from synthrec.workers.clip import load_clip
+
+    spec, storage = make_dataset(
+        tmp_path, monkeypatch, tiny_models.clip.as_uri(), per_class=2, prompts=prompts
+    )
+    assert run_worker(tmp_path, monkeypatch, spec, "filter", 0)[0] == 0
+    local = tmp_path / "f0.safetensors"
+    storage.download_file(DatasetLayout.features(0), local)
+    feats = read_features(local)
+
+    clip = load_clip(tiny_models.clip.as_uri(), None, "cpu")
+    names = ["red circle", "green square", "blue triangle", "yellow cross"]
+    # The tiny preset's head has two templates; its filter template is one ("a photo of a {c}.").
+    head = clip.text_head(names, ["a photo of a {c}.", "a drawing of a {c}."]).numpy()
+    official = clip.text_head(names, ["a photo of a {c}."]).numpy()
+    image = feats.features.astype(np.float32)
+    scorer = official if prompts == "filter-template" else head
+    expected = np.exp(100 * image @ scorer.T)
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert np.allclose(feats.probs, expected, atol=2e-3)
+    assert np.allclose(feats.logits, 100 * image @ head.T, atol=0.2)  # soft targets: always the head
+    assert not np.allclose(official, head, atol=1e-3)  # the two modes do score differently
+
+    assert run_worker(tmp_path, monkeypatch, spec, "filter", 1)[0] == 0
+    assert run_worker(tmp_path, monkeypatch, spec, "reduce")[0] == 0
+    card = json.loads(storage.read_bytes("manifest.json"))["filter"]["prompts"]
+    if prompts == "filter-template":
+        assert card == {
+            "mode": "filter-template",
+            "names": "generation names",
+            "templates": ["a photo of a {c}."],
+            "example": ["a photo of a red circle."],
+        }
+    else:
+        assert card["mode"] == "head-templates" and card["names"] == "head names"
+        assert card["templates"] == ["a photo of a {c}.", "a drawing of a {c}."]
 
 
 def test_filter_refuses_a_shard_of_another_spec(
@@ -215,10 +133,10 @@ def test_filter_refuses_a_shard_of_another_spec(
     storage.write_json(DatasetLayout.shard_marker(0), {"spec_hash": "someone-else", "sha256": None})
     code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", 0)
     assert code == contract.EXIT_DATA_ERROR
-    assert summary["error"] == "data" and "written by another spec" in summary["message"]
+    assert summary.error == "data" and "written by another spec" in summary.message
     storage.delete(DatasetLayout.shard_marker(1))
     code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", 1)
-    assert code == contract.EXIT_DATA_ERROR and "has no commit marker" in summary["message"]
+    assert code == contract.EXIT_DATA_ERROR and "has no commit marker" in summary.message
 
 
 def test_filter_detects_a_damaged_tar(tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,7 +145,7 @@ def test_filter_detects_a_damaged_tar(tiny_models, tmp_path: Path, monkeypatch: 
     raw[700] ^= 0xFF
     storage.write_bytes(DatasetLayout.shard(0), bytes(raw))
     code, summary = run_worker(tmp_path, monkeypatch, spec, "filter", 0)
-    assert code == contract.EXIT_DATA_ERROR and "does not match the sha256" in summary["message"]
+    assert code == contract.EXIT_DATA_ERROR and "does not match the sha256" in summary.message
 
 
 def test_reduce_with_the_filter_disabled_keeps_everything(
@@ -236,7 +154,7 @@ def test_reduce_with_the_filter_disabled_keeps_everything(
     spec, storage = make_dataset(tmp_path, monkeypatch, "RN50", per_class=2, enabled=False)
     code, summary = run_worker(tmp_path, monkeypatch, spec, "reduce")
     assert code == 0, summary
-    assert summary["generated"] == summary["kept"] == summary["passed"] == 16 and summary["rejected"] == 0
+    assert summary.generated == summary.kept == summary.passed == 16 and summary.rejected == 0
     manifest = storage.read_json("manifest.json")
     assert (
         manifest["filter"]["enabled"] is False
@@ -245,6 +163,37 @@ def test_reduce_with_the_filter_disabled_keeps_everything(
     assert manifest["soft_targets"] is None
     row = json.loads(storage.read_bytes("index/kept.jsonl").decode().splitlines()[0])
     assert row["score"] is None and row["passed"] is None and "features" not in row
+
+
+def test_the_card_says_at_which_size_and_from_which_noise_level_the_images_were_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the generate stage writes into its markers (see test_generate) reaches the card unchanged.
+    start = {
+        "strength": 0.08,
+        "strength_source": "matched",
+        "target_alpha_bar": 0.946,
+        "alpha_bar": 0.94,
+        "start_timestep": 61.0,
+        "steps_run": 4,
+        "steps": 50,
+        "scheduler": "DDIMScheduler",
+        "shots": 16,
+    }
+    generation = {"generation_resolution": 512, "resolution": 64, "real_guidance": start}
+    spec = dataset_spec((tmp_path / "ds").as_uri() + "/", "RN50", None, enabled=False)
+    storage = open_storage(spec.output.uri)
+    generate_hash = dataset_task(spec, "reduce", ResourceRef(kind="SyntheticDataset", name="t")).hashes[
+        "generate"
+    ]
+    for shard in range(2):
+        write_shard(storage, shard, generate_hash, 1, tmp_path, marker_extra=generation)
+    assert run_worker(tmp_path, monkeypatch, spec, "reduce")[0] == 0
+    card = storage.read_json("manifest.json")["generation"]
+    assert card["real_guidance"] == start
+    assert (card["generation_resolution"], card["resolution"]) == (512, 64)
+    assert card["resize"] == "Lanczos (antialiased)"
+    assert card["generation_resolution_source"] == "pipeline native size"
 
 
 def test_reduce_with_real_filtering_drops_before_selecting(
@@ -275,7 +224,7 @@ def test_reduce_with_real_filtering_drops_before_selecting(
 def test_real_filtering_uses_the_shots_real_guidance_used(
     tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from synthrec.labels import resolve_labels
+    from synthrec.api.labels import resolve_labels
     from synthrec.workers.realdata import index_real_data, sample_shots
 
     real = {"uri": (tiny_models.real / "train").as_uri()}

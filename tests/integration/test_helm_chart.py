@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart import (
+from tests.harness.chart import (
     CHART,
     K8S_VERSION,
     NAMESPACE,
@@ -53,6 +53,12 @@ CONTRACT_ENV = {
     "SYNTHREC_STATUS_INTERVAL",
     "SYNTHREC_METRICS_PORT",
     "SYNTHREC_LIVENESS_PORT",
+    "SYNTHREC_WORKER_CACHE_SIZE_LIMIT",
+    "SYNTHREC_WORKER_CACHE_VOLUME",
+    "SYNTHREC_WORKER_EPHEMERAL_STORAGE",
+    "SYNTHREC_WORKER_VOLUMES",
+    "SYNTHREC_WORKER_VOLUME_MOUNTS",
+    "SYNTHREC_WORKER_ENV",
 }
 
 # What the operator may do (the calls tests/operator_api_calls.json records, see below), never Secrets.
@@ -67,6 +73,8 @@ OPERATOR_GRANTS = {
         for r in ("syntheticdatasets", "recognitionexperiments")
         for v in ("patch",)
     },
+    # blockOwnerDeletion on children (OwnerReferencesPermissionEnforcement checks update on finalizers)
+    *{("update", "synthrec.io", r, "finalizers") for r in ("syntheticdatasets", "recognitionexperiments")},
     *{(v, "batch", "jobs", "") for v in ("list", "watch", "create", "patch", "delete")},
     *{(v, "", "configmaps", "") for v in ("create", "delete")},
     *{(v, "", "pods", "") for v in ("list", "watch")},
@@ -138,7 +146,7 @@ def test_custom_values_set_every_operator_setting_of_the_contract() -> None:
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == (
         f"registry.example.com/ml/synthrec@{digest}"
     )
-    assert env["SYNTHREC_WORKER_IMAGE"] == "registry.example.com/ml/synthrec-cuda:0.1.0-cu128"
+    assert env["SYNTHREC_WORKER_IMAGE"] == "registry.example.com/ml/synthrec:0.1.0-cu128"
     assert env["SYNTHREC_WORKER_IMAGE_PULL_POLICY"] == "Always"
     assert env["SYNTHREC_DEFAULT_QUEUE"] == "gpu-batch"
     assert env["SYNTHREC_S3_ENDPOINT"] == "http://minio.minio.svc:9000"

@@ -10,7 +10,7 @@ import attrs
 import kmock
 import pytest
 
-from tests.fixtures.k8s import wait_for
+from tests.harness.k8s import wait_for
 from tests.k8s.client import ApiError, K8sClient
 from tests.k8s.emulator import ApiCall, RealisticEmulator, declare_crd
 
@@ -390,6 +390,9 @@ async def test_declared_crds_are_discoverable_with_their_status_subresource(
     assert crd["spec"]["names"]["shortNames"] == ["wd"]
 
 
+OPEN_SCHEMA = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
 async def test_crd_manifests_declare_every_served_version(k8s: RealisticEmulator) -> None:
     manifest = {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -400,8 +403,14 @@ async def test_crd_manifests_declare_every_served_version(k8s: RealisticEmulator
             "scope": "Namespaced",
             "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget", "shortNames": ["gd"]},
             "versions": [
-                {"name": "v1", "served": True, "storage": True, "subresources": {"status": {}}},
-                {"name": "v0", "served": False, "storage": False},
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": OPEN_SCHEMA},
+                },
+                {"name": "v0", "served": False, "storage": False, "schema": {"openAPIV3Schema": OPEN_SCHEMA}},
             ],
         },
     }
@@ -415,14 +424,17 @@ async def test_crd_manifests_declare_every_served_version(k8s: RealisticEmulator
 
 async def test_api_calls_record_rbac_verbs(k8s: RealisticEmulator, widgets: str) -> None:
     k8s.reset_api_calls()
-    await k8s.api.create(widgets, {"metadata": {"name": "a", "namespace": "default"}})
+    created = await k8s.api.create(widgets, {"metadata": {"name": "a", "namespace": "default"}})
     await k8s.api.list(widgets)
     await k8s.api.patch_status(widgets, "a", {"phase": "x"}, "default")
-    await k8s.api.replace(widgets, "a", {"metadata": {"name": "a"}}, "default")
+    version = (await k8s.api.get(widgets, "a", "default"))["metadata"]["resourceVersion"]
+    assert version != created["metadata"]["resourceVersion"]
+    await k8s.api.replace(widgets, "a", {"metadata": {"name": "a", "resourceVersion": version}}, "default")
     await k8s.api.delete(widgets, "a", "default")
     assert set(k8s.api_calls()) == {
         ApiCall("create", "example.dev", "widgets", "", "default"),
         ApiCall("list", "example.dev", "widgets", "", None),
+        ApiCall("get", "example.dev", "widgets", "", "default"),
         ApiCall("patch", "example.dev", "widgets", "status", "default"),
         ApiCall("update", "example.dev", "widgets", "", "default"),
         ApiCall("delete", "example.dev", "widgets", "", "default"),
@@ -509,7 +521,7 @@ async def test_kopf_namespace_scanning_works_against_it(k8s: RealisticEmulator) 
     """G8 closed: Kopf in namespaced mode lists and watches /api/v1/namespaces (here with a glob)."""
     import kopf
 
-    from tests.fixtures.k8s import running_operator
+    from tests.harness.k8s import running_operator
 
     declare_crd(k8s, "example.dev", "v1", "widgets", "Widget")
     seen: list[tuple[str, str]] = []
@@ -533,3 +545,87 @@ async def test_kopf_namespace_scanning_works_against_it(k8s: RealisticEmulator) 
         await wait_for(lambda: len(seen) == 2, timeout=10)
     assert sorted(seen) == [("team-a", "w1"), ("team-b", "w2")]
     assert ApiCall("watch", "", "namespaces", "", None) in k8s.api_calls(user_agent="kopf/")
+
+
+# ------------------------------------------------------------------- CRDs and server-side apply
+
+
+async def test_a_crd_whose_names_clash_is_not_established_nor_served(
+    k8s: RealisticEmulator, widgets: str
+) -> None:
+    clash = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gizmos.example.dev"},
+        "spec": {
+            "group": "example.dev",
+            "scope": "Namespaced",
+            "names": {"plural": "gizmos", "kind": "Widget"},
+            "versions": [
+                {"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": OPEN_SCHEMA}}
+            ],
+        },
+    }
+    assert k8s.declare_crd_manifest(clash) == []
+    crd = await k8s.api.get("apiextensions.k8s.io/v1/customresourcedefinitions", "gizmos.example.dev")
+    conditions = {c["type"]: c for c in crd["status"]["conditions"]}
+    assert (conditions["NamesAccepted"]["status"], conditions["NamesAccepted"]["message"]) == (
+        "False",
+        '"Widget" is already in use',
+    )
+    assert conditions["Established"]["status"] == "False"
+    await expect_error(404, k8s.api.list("example.dev/v1/gizmos"))
+
+
+def test_declaring_a_crd_kube_apiserver_would_reject_fails_with_its_message(k8s: RealisticEmulator) -> None:
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.example.dev"},
+        "spec": {
+            "group": "example.dev",
+            "scope": "Namespaced",
+            "names": {"plural": "gadgets", "kind": "Gadget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {}}}},
+                }
+            ],
+        },
+    }
+    with pytest.raises(ValueError, match=r"properties\[spec\]\.type: Required value"):
+        k8s.declare_crd_manifest(crd)
+
+
+async def test_apply_removes_what_a_manager_stops_applying_and_updates_take_ownership(
+    k8s: RealisticEmulator,
+) -> None:
+    path = "/api/v1/namespaces/default/configmaps/c"
+
+    async def apply(data: dict[str, str], manager: str) -> dict[str, Any]:
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data}
+        return await k8s.api.request(
+            "PATCH",
+            path,
+            body=body,
+            params={"fieldManager": manager},
+            content_type="application/apply-patch+yaml",
+        )
+
+    await apply({"a": "1", "b": "2"}, "gitops")
+    applied = await apply({"a": "1"}, "gitops")
+    assert applied["data"] == {"a": "1"}  # b was gitops' alone: gone when no longer applied
+    await k8s.api.patch("v1/configmaps", "c", {"data": {"a": "changed"}}, "default")
+    entries = {
+        e["manager"]: e
+        for e in (await k8s.api.get("v1/configmaps", "c", "default"))["metadata"]["managedFields"]
+    }
+    assert entries["k8s-test-client"]["operation"] == "Update"
+    assert entries["k8s-test-client"]["fieldsV1"] == {"f:data": {"f:a": {}}}
+    conflict = await expect_error(409, apply({"a": "1"}, "gitops"))
+    assert (
+        conflict.message == 'Apply failed with 1 conflict: conflict with "k8s-test-client" using v1: .data.a'
+    )

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the k8s_op fixture is imported from the harness and named as a parameter
 """The operator runs SyntheticDatasets against the emulator, with the FakeKubelet and in-process fake workers:
 success with the right counts, shard retries inside an attempt, retry attempts over the missing shards only,
 the shard budget (Degraded or Failed), configuration errors, TTL of folded Jobs, and the status patch rate."""
@@ -7,24 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.k8s import wait_for
-from tests.integration.test_operator_harness import (
+from tests.harness.k8s import wait_for
+from tests.harness.operator import (
     DATASETS,
     FAST,
     JOBS,
     NS,
+    ManualClock,
     dataset_body,
+    failure,
     fake_worker,
-    k8s_op,  # noqa: F401 - fixture
     operator_harness,
     record_api_calls,
     shard_of,
     stage_of,
-    summary,
 )
 from tests.k8s.emulator import ApiCall
 from tests.k8s.runners import FakeRunner
@@ -40,7 +38,7 @@ def failing(stage: str, shards: set[int], *, times: int | None = None, code: int
         if stage_of(job) == stage and shard in shards:
             tries[shard] = tries.get(shard, 0) + 1
             if times is None or tries[shard] <= times:
-                return code, summary(stage, shard=shard, ok=False, error="retryable", message=message)
+                return code, failure(stage, message, shard=shard)
         return ok(job, index, attempt)
 
     run.tries = tries  # type: ignore[attr-defined]
@@ -71,8 +69,10 @@ async def test_dataset_reaches_complete_with_counts_and_valid_children(k8s_op, t
         )
         assert running["reason"] == "ShardsRunning" and "pod(s) running" in running["message"]
         assert h.status(DATASETS, "ds")["phase"] == "Running"
+        assert _kstatus(h, "ds") == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
         running_seen.set()
         status = await h.wait_phase(DATASETS, "ds", "Succeeded")
+        assert _kstatus(h, "ds") == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
         assert status["images"] == {"generated": 40, "passed": 32, "kept": 20, "rejected": 99}
         assert status["artifacts"]["manifestDigest"] == "sha256:" + "ab" * 32
         assert status["artifacts"]["manifest"] == "s3://bucket/ds/manifest.json"
@@ -103,6 +103,11 @@ async def test_dataset_reaches_complete_with_counts_and_valid_children(k8s_op, t
         )
         assert "ShardsRunning" in reasons
     record_api_calls(k8s_op, "dataset-complete")
+
+
+def _kstatus(h: Any, name: str) -> dict[str, str]:
+    """The kstatus summary conditions Flux, Argo CD and `kubectl wait --for=condition=Ready` read."""
+    return {t: h.condition(DATASETS, name, t)["status"] for t in ("Ready", "Reconciling", "Stalled")}
 
 
 async def test_a_shard_failing_once_is_retried_inside_the_attempt(k8s_op, tmp_path: Path) -> None:
@@ -188,7 +193,7 @@ async def test_finished_jobs_get_their_ttl_only_after_their_results_are_in_statu
             10,
             message="task ConfigMaps deleted with their folded Jobs",
         )
-        await asyncio.sleep(0.5)  # several reconciles later: nothing re-created, counts kept
+        await h.settle(DATASETS, "ds")  # several reconciles later: nothing re-created, counts kept
         assert not h.job_names("ds")
         assert h.status(DATASETS, "ds")["images"] == status["images"]
         creates = k8s_op.operator_calls[ApiCall("create", "batch", "jobs", "", NS)]
@@ -197,18 +202,47 @@ async def test_finished_jobs_get_their_ttl_only_after_their_results_are_in_statu
 
 
 async def test_status_is_patched_at_most_once_per_interval(k8s_op, tmp_path: Path) -> None:
-    interval = 0.4
+    interval = 10.0
+    clock = ManualClock()  # the operator's clock: the interval passes when the test says so
+    held = asyncio.Event()
+    ok = fake_worker()
 
-    async def slow(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
-        await asyncio.sleep(0.05 * ((index or 0) % 5))  # pods finish one after another
-        return fake_worker()(job, index, attempt)
+    async def half_held(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
+        if stage_of(job) == "generate" and shard_of(job, index) >= 10:
+            await held.wait()
+        return ok(job, index, attempt)
+
+    def patches() -> int:
+        return k8s_op.operator_calls[ApiCall("patch", "synthrec.io", "syntheticdatasets", "status", NS)]
+
+    def job_done(name: str, count: int) -> bool:
+        status = (h.obj(JOBS, name) or {}).get("status") or {}
+        return status.get("succeeded", 0) >= count
 
     config = FAST.with_overrides(status_interval=interval)
-    async with operator_harness(k8s_op, FakeRunner(slow), tmp_path, config) as h:
-        started = time.monotonic()
+    async with operator_harness(k8s_op, FakeRunner(half_held), tmp_path, config, clock=clock) as h:
         await h.create(dataset_body("ds", shards=20, sharding={"parallelism": 5}))
-        await h.wait_phase(DATASETS, "ds", "Succeeded", timeout=40)
-        elapsed = time.monotonic() - started
-        patches = k8s_op.operator_calls[ApiCall("patch", "synthrec.io", "syntheticdatasets", "status", NS)]
-        assert patches <= elapsed / interval + 1, (patches, elapsed)
-        assert patches >= 4  # but it does report progress along the way
+        await wait_for(lambda: patches() == 1, message="the first status, written at once")
+        await wait_for(lambda: job_done("ds-generate-a1", 10), message="half of the generate shards")
+        await h.settle(DATASETS, "ds")
+        assert patches() == 1  # prompts done and 10 shards in: the interval has not passed
+
+        clock.advance(interval)  # the next status goes out once, and it shows the progress made
+        await wait_for(lambda: patches() == 2, message="the status after one interval")
+        status = h.status(DATASETS, "ds")
+        assert status["phase"] == "Running" and status["stages"]["generate"]["shards"]["succeeded"] == 10
+        await h.settle(DATASETS, "ds")
+        assert patches() == 2
+
+        held.set()
+        await wait_for(lambda: job_done("ds-reduce-a1", 1), 20, message="every stage done")
+        await h.settle(DATASETS, "ds")
+        assert patches() == 2  # the rest of the run happened without a status patch
+        for _ in range(3):  # its results go out within the next intervals, one patch each at most
+            before = patches()
+            clock.advance(interval)
+            await h.settle(DATASETS, "ds")
+            assert patches() <= before + 1
+            if h.status(DATASETS, "ds").get("phase") == "Succeeded":
+                break
+        assert h.status(DATASETS, "ds")["phase"] == "Succeeded"

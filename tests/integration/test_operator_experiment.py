@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the k8s_op fixture is imported from the harness and named as a parameter
 """The operator runs RecognitionExperiments: it waits for referenced datasets, pins their manifest digest,
 runs the matrix with bounded parallelism and folds top-1 per run into status; a referenced dataset that is
 deleted or fails while the experiment waits fails the experiment with a clear reason."""
@@ -10,19 +9,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.k8s import wait_for
-from tests.integration.test_operator_harness import (
+from tests.harness.k8s import wait_for
+from tests.harness.operator import (
     DATASETS,
     EXPERIMENTS,
     NS,
     dataset_body,
     experiment_body,
+    failure,
     fake_worker,
-    k8s_op,  # noqa: F401 - fixture
     operator_harness,
     record_api_calls,
     stage_of,
-    summary,
 )
 from tests.k8s.runners import FakeRunner
 
@@ -30,11 +28,13 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 class Concurrency:
-    """A fake worker that tracks how many train runs are in flight at once."""
+    """A fake worker that tracks how many train runs are in flight at once: each run waits until a second
+    one runs beside it (a barrier of 2), so the test sees that the parallelism is used, not only bounded."""
 
     def __init__(self) -> None:
         self.now = 0
         self.most = 0
+        self.pair = asyncio.Barrier(2)
         self.ok = fake_worker(top1=lambda job: {"0": 0.41, "1": 0.83}[self.shots(job)])
 
     @staticmethod
@@ -46,7 +46,7 @@ class Concurrency:
             return self.ok(job, index, attempt)
         self.now += 1
         self.most = max(self.most, self.now)
-        await asyncio.sleep(0.15)
+        await self.pair.wait()
         self.now -= 1
         return self.ok(job, index, attempt)
 
@@ -71,10 +71,11 @@ async def test_experiment_waits_for_its_dataset_then_reports_top1_per_run(k8s_op
         assert status["runs"] == {"total": 4, "succeeded": 4, "failed": 0, "running": 0, "pending": 0}
         assert status["best"]["top1"] == 0.83 and status["best"]["name"].startswith("shots1")
         assert status["progress"]["summary"] == "4/4"
-        assert worker.most <= 2  # execution.parallelism
+        assert worker.most == 2  # execution.parallelism, used and not exceeded
         # every run trains on the pinned dataset
         task = json.loads(h.created("ConfigMap", "exp-r3-a1")["data"]["task.json"])
-        assert task["run"]["synthetic"] == [
+        assert task["run"]["synthetic"] == [{"dataset_ref": "ds", "uri": None}]
+        assert task["datasets"] == [
             {"name": "ds", "uri": "s3://bucket/ds/", "digest": DIGEST, "endpoint": None, "region": None}
         ]
         assert (task["run"]["shots"], task["run"]["seed"]) == (1, 2)
@@ -84,10 +85,11 @@ async def test_experiment_waits_for_its_dataset_then_reports_top1_per_run(k8s_op
 
 async def test_a_dataset_deleted_while_an_experiment_waits_fails_it(k8s_op, tmp_path: Path) -> None:
     hold = asyncio.Event()
+    ok = fake_worker()
 
     async def slow(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
         await hold.wait()
-        return fake_worker()(job, index, attempt)
+        return ok(job, index, attempt)
 
     async with operator_harness(k8s_op, FakeRunner(slow), tmp_path) as h:
         await h.create(dataset_body("ds", shards=2))
@@ -106,10 +108,12 @@ async def test_a_dataset_deleted_while_an_experiment_waits_fails_it(k8s_op, tmp_
 
 
 async def test_a_failed_dataset_fails_the_waiting_experiment(k8s_op, tmp_path: Path) -> None:
+    ok = fake_worker()
+
     def broken(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
         if stage_of(job) == "prompts":
-            return 3, summary("prompts", ok=False, error="config", message="unknown preset")
-        return fake_worker()(job, index, attempt)
+            return 3, failure("prompts", "unknown preset", error="config")
+        return ok(job, index, attempt)
 
     async with operator_harness(k8s_op, FakeRunner(broken), tmp_path) as h:
         await h.create(dataset_body("ds", shards=2))
@@ -120,10 +124,12 @@ async def test_a_failed_dataset_fails_the_waiting_experiment(k8s_op, tmp_path: P
 
 
 async def test_failed_runs_complete_the_experiment_degraded(k8s_op, tmp_path: Path) -> None:
+    ok = fake_worker(top1=lambda job: 0.5)
+
     def flaky(job: dict[str, Any], index: int | None, attempt: int) -> tuple[int, str]:
         if stage_of(job) == "train" and job["metadata"]["labels"]["synthrec.io/run"].startswith("shots1"):
-            return 1, summary("train", ok=False, error="retryable", message="out of memory")
-        return fake_worker(top1=lambda job: 0.5)(job, index, attempt)
+            return 1, failure("train", "out of memory")
+        return ok(job, index, attempt)
 
     async with operator_harness(k8s_op, FakeRunner(flaky), tmp_path) as h:
         await h.create(experiment_body("exp", dataset=None, execution={"retriesPerRun": 1, "parallelism": 4}))

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the k8s_op fixture is imported from the harness and named as a parameter
 """Lifecycle of a SyntheticDataset under the operator: restart mid-run, suspend and resume, deletion (cascade
 and onDelete: Delete), an invalid spec, pods stuck Pending (unschedulable, image pulls, Kueue quota), and
 namespaced mode."""
@@ -16,10 +15,11 @@ from typing import Any
 import aiohttp
 import kmock
 import pytest
+import yaml
 
 from synthrec.operator.settings import FINALIZER
-from tests.fixtures.k8s import running_operator, wait_for
-from tests.integration.test_operator_harness import (
+from tests.harness.k8s import running_operator, wait_for
+from tests.harness.operator import (
     CONFIGMAPS,
     DATASETS,
     EXPERIMENTS,
@@ -27,16 +27,17 @@ from tests.integration.test_operator_harness import (
     JOBS,
     NS,
     PODS,
+    ROOT,
     dataset_body,
     experiment_body,
     fake_worker,
-    k8s_op,  # noqa: F401 - fixture
     operator_harness,
     operator_in_thread,
     record_api_calls,
     shard_of,
     stage_of,
 )
+from tests.k8s.client import ApiError
 from tests.k8s.emulator import ApiCall
 from tests.k8s.runners import FakeRunner
 
@@ -112,7 +113,7 @@ async def test_suspend_deletes_the_attempt_and_resume_runs_only_the_missing_shar
         suspended = h.condition(DATASETS, "ds", "Suspended")
         assert suspended["reason"] == "UserSuspended"
         assert h.condition(DATASETS, "ds", "Running")["status"] == "False"
-        await asyncio.sleep(0.3)
+        await h.settle(DATASETS, "ds")
         assert h.obj(JOBS, "ds-generate-a1") is None  # stays stopped
 
         gate.release()
@@ -174,29 +175,56 @@ async def test_on_delete_delete_removes_the_artifacts_through_an_optional_finali
 
 
 @pytest.mark.parametrize(
-    ("spec", "message"),
+    ("spec", "api_answer", "message"),
     [
         (
             {"sharding": {"shards": 2, "parallelism": 5}},
+            'spec.sharding.parallelism: Invalid value: "object": '
+            "sharding.parallelism must not exceed sharding.shards",
             "sharding.parallelism must not exceed sharding.shards",
         ),
-        ({"generator": {"model": "file:///models/sd", "steps": 0}}, "spec.generator.steps"),
-        ({"bogusField": 1}, "spec.bogusField: Extra inputs are not permitted"),
+        (
+            {"generator": {"model": "file:///models/sd", "steps": 0}},
+            "spec.generator.steps: Invalid value: 0: spec.generator.steps in body should be greater than "
+            "or equal to 1",
+            "spec.generator.steps",
+        ),
+        ({"bogusField": 1}, None, "spec.bogusField: Extra inputs are not permitted"),
     ],
 )
 async def test_an_invalid_spec_fails_with_invalid_spec_and_creates_nothing(
-    k8s_op, tmp_path: Path, spec: dict[str, Any], message: str
+    k8s_op, tmp_path: Path, spec: dict[str, Any], api_answer: str | None, message: str
 ) -> None:
     async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
-        await h.create(dataset_body("ds", **spec))  # the emulator has no CRD schema: it slips through
+        # With synthrec's CRDs the API server itself rejects the spec, naming the field; an unknown
+        # field is pruned (with a warning) and the rest is valid.
+        if api_answer is not None:
+            with pytest.raises(ApiError) as rejected:
+                await h.create(dataset_body("ds", **spec))
+            assert rejected.value.status == 422 and api_answer in rejected.value.message
+        # A cluster whose CRD is older or looser than the operator lets it through: the operator fails it.
+        k8s_op.declare_crd_manifest(loose_crd(DATASETS))
+        await h.create(dataset_body("ds", **spec))
         await h.wait_phase(DATASETS, "ds", "Failed")
         failed = h.condition(DATASETS, "ds", "Failed")
         assert failed["reason"] == "InvalidSpec" and message in failed["message"], failed
         assert h.condition(DATASETS, "ds", "Accepted")["status"] == "False"
-        await asyncio.sleep(0.3)
+        ready, stalled = h.condition(DATASETS, "ds", "Ready"), h.condition(DATASETS, "ds", "Stalled")
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+        assert (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
+        await h.settle(DATASETS, "ds")
         assert not h.job_names("ds")
         assert not k8s_op.created
     record_api_calls(k8s_op, "invalid-spec")
+
+
+def loose_crd(resource: str) -> dict[str, Any]:
+    """synthrec's CRD for ``resource`` with a spec schema that accepts anything (an outdated CRD)."""
+    plural = resource.rsplit("/", 1)[-1]
+    crd = yaml.safe_load((ROOT / "crds" / f"synthrec.io_{plural}.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return crd
 
 
 async def test_pods_stuck_pending_show_the_schedulers_message_not_running(k8s_op, tmp_path: Path) -> None:
@@ -245,18 +273,21 @@ async def test_namespaced_mode_serves_only_its_namespaces(k8s_op, tmp_path: Path
 
     await k8s_op.api.create("v1/namespaces", {"metadata": {"name": "other"}})
     config = FAST.with_overrides(namespaces=("default",))
-    setup = lambda registry: register(registry, config, login=False)  # noqa: E731
+    reconcilers = []
+    setup = lambda registry: reconcilers.append(register(registry, config, login=False))  # noqa: E731
     async with (
         operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path, start_operator=False) as h,
         running_operator(setup, namespaces=["default"]),
     ):
+        h.reconciler = reconcilers[0]
         await h.create(dataset_body("ds", shards=2))
         other = dataset_body("ds2", shards=2)
         other["metadata"]["namespace"] = "other"
         await k8s_op.api.create(DATASETS, other, "other")
         await h.wait_phase(DATASETS, "ds", "Succeeded")
-        await asyncio.sleep(0.3)
+        await h.settle(DATASETS, "ds")  # the watch of "other" would have shown ds2 by now
         assert not k8s_op.get_object(DATASETS, "ds2", "other").get("status")
+        assert ("other", "SyntheticDataset", "ds2") not in h.reconciler.passes
     cluster_calls = {c for c in k8s_op.operator_calls if c.namespace is None}
     assert not cluster_calls, cluster_calls  # no cluster-wide list/watch: a Role is enough
     record_api_calls(k8s_op, "namespaced")

@@ -16,8 +16,8 @@ import pytest
 from synthrec.api import SyntheticDatasetSpec
 from synthrec.contract import ENV_TERMINATION_LOG, parse_summary
 from synthrec.plan import dataset_hashes, dataset_task
+from synthrec.plan.tasks import ResourceRef, dump_task
 from synthrec.storage import open_storage
-from synthrec.tasks import ResourceRef, dump_task
 from synthrec.tiny import TINY_CLASSES, TinyModels
 from synthrec.workers import prompts
 from synthrec.workers.runtime import run_stage
@@ -49,7 +49,7 @@ def le_spec(tiny: TinyModels, out: str, **settings: Any) -> SyntheticDatasetSpec
     return make_spec(tiny, out, **{**defaults, **settings})
 
 
-def run_prompts(spec: SyntheticDatasetSpec, folder: Path) -> tuple[int, dict[str, Any]]:
+def run_prompts(spec: SyntheticDatasetSpec, folder: Path) -> tuple[int, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     task = folder / f"prompts-{dataset_hashes(spec)['prompts'][:8]}.json"
     task.write_text(dump_task(dataset_task(spec, "prompts", RESOURCE)))
@@ -94,10 +94,10 @@ def test_basic_prompts_on_s3_with_counts_and_a_noop_rerun(
     assert marker["spec_hash"] == dataset_hashes(spec)["prompts"]
     assert marker["counts"] == {"0": 2, "1": 2, "2": 2, "3": 2}
     assert (marker["images"], marker["filled"], marker["strategy"]) == (40, 0, "basic")
-    assert (summary["prompts"], summary["images"], summary["skipped"]) == (8, 40, False)
+    assert (summary.prompts, summary.images, summary.skipped) == (8, 40, False)
 
     code, again = run_prompts(spec, tmp_path)
-    assert code == 0 and again["skipped"] is True and again["prompts"] == 8
+    assert code == 0 and again.skipped is True and again.prompts == 8
     assert rows_and_marker(s3_bucket.uri + "basic/")[1] == marker  # not rewritten
 
 
@@ -138,7 +138,7 @@ def test_too_few_unique_sentences_are_filled_and_recorded(tiny_models: TinyModel
     )
     code, summary = run_prompts(spec, tmp_path / "tasks")
     assert code == 0, summary
-    assert (summary["filled"], summary["filled_classes"]) == (16, 4)
+    assert (summary.filled, summary.filled_classes) == (16, 4)
     rows, marker = rows_and_marker((tmp_path / "out").as_uri() + "/")
     assert marker["fills"] == {str(c): 4 for c in range(4)} and marker["filled"] == 16
     for c, name in enumerate(TINY_CLASSES):
@@ -158,8 +158,8 @@ def test_an_unusable_language_model_is_a_configuration_error(
     ref = tiny_models.sd.as_uri() if model == "sd" else model
     spec = le_spec(tiny_models, (tmp_path / "out").as_uri() + "/", model=ref)
     code, summary = run_prompts(spec, tmp_path)
-    assert code == 3 and summary["error"] == "config"
-    assert "prompts.model" in summary["message"] and expected in summary["message"]
+    assert code == 3 and summary.error == "config"
+    assert "prompts.model" in summary.message and expected in summary.message
     assert not (tmp_path / "out" / "prompts.done.json").exists()
 
 
@@ -170,6 +170,6 @@ def test_prompts_committed_by_another_spec_are_never_overwritten(
     assert run_prompts(make_spec(tiny_models, out, templates=["a {}"]), tmp_path)[0] == 0
     before = (tmp_path / "out" / "prompts.jsonl").read_bytes()
     code, summary = run_prompts(make_spec(tiny_models, out, templates=["the {}"]), tmp_path)
-    assert code == 3 and "another spec" in summary["message"]
+    assert code == 3 and "another spec" in summary.message
     assert (tmp_path / "out" / "prompts.jsonl").read_bytes() == before
     assert json.loads((tmp_path / "out" / "prompts.done.json").read_text())["rows"] == 4

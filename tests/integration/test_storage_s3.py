@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from synthrec.storage import (
     upload_tree,
     write_marker,
 )
-from tests.fixtures.s3 import FAST_RETRIES
+from tests.harness.s3 import FAST_RETRIES
 
 MiB = 1024 * 1024
 # Our retry layer only, with tiny waits: keeps fault tests fast and the request counts exact.
@@ -215,7 +215,8 @@ def test_commit_file_from_another_spec_conflicts_and_changes_nothing(
     first = commit_file(storage, src, "d.tar", "d.done.json", spec_hash="one")
     other = _local(tmp_path, "other.tar", b"from spec two")
 
-    with pytest.raises(StorageConflict, match=r"d\.tar is already committed by spec hash one.*\(two\)"):
+    conflict = r"d\.tar is already committed by another spec \(spec hash one.*\(two\)"
+    with pytest.raises(StorageConflict, match=conflict):
         commit_file(storage, other, "d.tar", "d.done.json", spec_hash="two")
 
     assert storage.read_bytes("d.tar") == b"from spec one"
@@ -348,11 +349,23 @@ def test_s3_botocore_retries_inside_one_operation_with_the_default_policy(
     assert caplog.records == []  # our outer layer was not needed
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordedBackoff(RetryPolicy):
+    """FAST, recording every backoff it chooses."""
+
+    chosen: list[float] = dataclasses.field(default_factory=list)
+
+    def delay(self, retry: int) -> float:
+        value = super().delay(retry)
+        self.chosen.append(value)
+        return value
+
+
 def test_s3_permanent_failure_surfaces_as_transient_storage_error(s3_faults) -> None:
-    storage = open_storage(s3_faults.uri, retry=FAST)
+    policy = RecordedBackoff(**{f.name: getattr(FAST, f.name) for f in dataclasses.fields(FAST)})
+    storage = open_storage(s3_faults.uri, retry=policy)
     s3_faults.proxy.fail(None, status=503, code="SlowDown")
 
-    started = time.monotonic()
     with pytest.raises(TransientStorageError) as info:
         storage.read_bytes("shards/gen-00001.tar")
 
@@ -361,7 +374,9 @@ def test_s3_permanent_failure_surfaces_as_transient_storage_error(s3_faults) -> 
     assert "after 4 attempts" in message and "SlowDown" in message
     assert s3_faults.endpoint in message and "retry later" in message
     assert s3_faults.proxy.count() == 4
-    assert time.monotonic() - started < 10  # FAST backs off for milliseconds; loose for a busy machine
+    # between the 4 attempts, 3 jittered exponential backoffs, each within the policy's bounds
+    bounds = [min(FAST.max_delay, FAST.base_delay * 2**retry) for retry in range(3)]
+    assert len(policy.chosen) == 3 and all(0 <= d <= b for d, b in zip(policy.chosen, bounds, strict=True))
 
 
 def test_s3_access_denied_is_a_permission_error_without_retries(s3_faults) -> None:

@@ -3,7 +3,6 @@ few-shot, with and without synthetic data) on S3 (moto) and on file://, with the
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,11 @@ import pytest
 from synthrec import contract
 from synthrec.api import RecognitionExperimentSpec
 from synthrec.plan import experiment_runs, train_task
+from synthrec.plan.tasks import DatasetInput, ResourceRef, dump_task
 from synthrec.storage import open_storage
-from synthrec.tasks import DatasetInput, ResourceRef, dump_task
 from synthrec.workers import train as train_stage
 from synthrec.workers.runtime import run_stage
-from tests.integration.test_filter_reduce import make_dataset, run_worker
+from tests.harness.stages import make_dataset, run_worker
 
 
 def experiment(
@@ -53,14 +52,30 @@ def train(
     spec: RecognitionExperimentSpec,
     run: Any,
     inputs: list[DatasetInput],
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, Any]:
     task = train_task(spec, run, inputs, ResourceRef(kind="RecognitionExperiment", name="e"))
     path = tmp_path / f"train-{run.name}.json"
     path.write_text(dump_task(task))
     log = tmp_path / f"train-{run.name}.log"
     monkeypatch.setenv(contract.ENV_TERMINATION_LOG, str(log))
     code = run_stage("train", train_stage.run, str(path), None)
-    return code, json.loads(log.read_text())
+    summary = contract.parse_summary(log.read_text())
+    assert summary is not None, log.read_text()
+    return code, summary
+
+
+def tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard log dir, read with TensorBoard's EventAccumulator."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    return {
+        tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+        for tag in acc.Tags()["tensors"]
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"
+    }
 
 
 def build_dataset(
@@ -71,7 +86,7 @@ def build_dataset(
         assert run_worker(tmp_path, monkeypatch, spec, "filter", shard)[0] == 0
     code, summary = run_worker(tmp_path, monkeypatch, spec, "reduce")
     assert code == 0, summary
-    return DatasetInput(name="ds", uri=spec.output.uri, digest=summary["digest"])
+    return DatasetInput(name="ds", uri=spec.output.uri, digest=summary.digest)
 
 
 def test_experiment_runs_end_to_end_on_s3(tiny_models, s3_bucket, tmp_path: Path, monkeypatch) -> None:
@@ -83,8 +98,8 @@ def test_experiment_runs_end_to_end_on_s3(tiny_models, s3_bucket, tmp_path: Path
         code, summary = train(tmp_path, monkeypatch, spec, run, [dataset] if run.synthetic else [])
         assert code == 0, summary
         metrics = out.read_json(f"runs/{run.name}/metrics.json")
-        assert summary["run"] == run.name and summary["top1"] == metrics["top1"]
-        assert summary["metrics"] == f"{spec.output.uri}runs/{run.name}/metrics.json"
+        assert summary.run == run.name and summary.top1 == metrics["top1"]
+        assert summary.metrics == f"{spec.output.uri}runs/{run.name}/metrics.json"
         results[run.name] = metrics
 
     zero = results["shots0-seed1-ct-init"]  # 0 shots, no synthetic data: the zero-shot head itself
@@ -134,17 +149,27 @@ def test_experiment_runs_end_to_end_on_s3(tiny_models, s3_bucket, tmp_path: Path
     assert out.read_json("runs/shots2-seed1-ct-syn/done.json")["spec_hash"] == mixed["spec_hash"]
     curve = out.read_json("runs/shots2-seed1-ct-syn/curve.json")
     assert len(curve["steps"]) == 4 and all({"syn", "real", "loss", "lr"} <= set(s) for s in curve["steps"])
+    # TensorBoard opens the run's log dir on S3 with its own reader (boto3 finds AWS_ENDPOINT_URL)
+    logdir = f"{spec.output.uri}runs/shots2-seed1-ct-syn/tensorboard"
+    assert mixed["tracking"] == {"tensorboard": logdir}
+    events = tensorboard_scalars(logdir)
+    assert [step for step, _ in events["train/loss"]] == [0, 1, 2, 3]
+    assert [v for _, v in events["train/loss"]] == pytest.approx([s["loss"] for s in curve["steps"]])
+    assert events["test/top1"] == [(4, pytest.approx(mixed["top1"]))]
+    assert tensorboard_scalars(f"{spec.output.uri}runs/shots0-seed1-ct-init/tensorboard")["test/top1"] == [
+        (0, pytest.approx(zero["top1"]))
+    ]
 
     # a committed run is not trained again
     run = experiment_runs(spec)[3]
     code, again = train(tmp_path, monkeypatch, spec, run, [dataset])
-    assert code == 0 and again["skipped"] is True and again["top1"] == mixed["top1"]
+    assert code == 0 and again.skipped is True and again.top1 == mixed["top1"]
 
     # a dataset that changed after it was pinned is refused
     stale = DatasetInput(name="ds", uri=dataset.uri, digest="0" * 64)
     spec2 = experiment(s3_bucket.uri + "exp2/", tiny_models)
     code, summary = train(tmp_path, monkeypatch, spec2, experiment_runs(spec2)[3], [stale])
-    assert code == contract.EXIT_DATA_ERROR and "changed since the experiment pinned it" in summary["message"]
+    assert code == contract.EXIT_DATA_ERROR and "changed since the experiment pinned it" in summary.message
 
 
 def test_best_validation_bad_test_images_and_encoder_tuning(tiny_models, tmp_path: Path, monkeypatch) -> None:
@@ -177,4 +202,4 @@ def test_best_validation_bad_test_images_and_encoder_tuning(tiny_models, tmp_pat
         }
     )
     code, summary = train(tmp_path, monkeypatch, strict, experiment_runs(strict)[0], [])
-    assert code == contract.EXIT_DATA_ERROR and "cannot be decoded" in summary["message"]
+    assert code == contract.EXIT_DATA_ERROR and "cannot be decoded" in summary.message

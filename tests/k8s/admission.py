@@ -9,6 +9,7 @@ rules around Indexed Jobs and podFailurePolicy, immutable Job fields, container 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from typing import Any
 
@@ -36,8 +37,10 @@ def admit(resource: str, obj: dict[str, Any], old: dict[str, Any] | None) -> Non
     name = obj["metadata"].get("name", "")
     if old is None and (len(name) > 253 or not DNS_SUBDOMAIN.match(name)):
         errors.append(
-            f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain must consist of lower "
-            "case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+            f"metadata.name: Invalid value: {json.dumps(name)}: a lowercase RFC 1123 subdomain must consist "
+            "of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
+            "character (e.g. 'example.com', regex used for validation is "
+            "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
         )
     if resource == "batch/v1/jobs":
         _admit_job(obj, old, errors)

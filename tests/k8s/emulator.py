@@ -18,6 +18,11 @@ This subclass serves every resource request (``/api[s]/.../<plural>[/<name>[/sta
 - ``/api/v1/namespaces`` (which crashes kmock's URL parser), namespaces created on first use, and
   namespace deletion that deletes the namespace's objects;
 - Job/Pod/Secret defaulting and validation (``admission.py``);
+- CustomResourceDefinitions validated as kube-apiserver validates them, Established/NamesAccepted, and
+  their custom resources pruned, defaulted and validated (schema, CEL incl. transition rules, status
+  subresource, fieldValidation Strict/Warn/Ignore) by ``custom_resources.py``; server-side apply and
+  managedFields (``apply.py``); Table responses; discovery and OpenAPI v3 as kubectl reads them; server
+  version 1.33 (``DIFFERENCES.md`` lists what still differs);
 - ``keep_requests`` to bound kmock's request log (its matching cost is quadratic), ``keep_history`` to
   bound the per-object version history, and ``api_calls()``: the RBAC verbs actually used.
 
@@ -52,8 +57,12 @@ from typing import Any, NamedTuple
 import aiohttp.web
 import attrs
 import kmock
+import yaml
 from kmock._internal import apps, rendering
+from kmock._internal.k8s import KubernetesResourceNotFoundError
 
+from tests.k8s import apply as ssa
+from tests.k8s import custom_resources as cr
 from tests.k8s.admission import Invalid, admit
 from tests.k8s.client import K8sClient, split_resource
 from tests.k8s.patching import PatchError, clone, json_patch, merge_patch, strategic_merge_patch
@@ -92,7 +101,20 @@ _ACTIONS = {
     "patch": kmock.action.UPDATE,
     "delete": kmock.action.DELETE,
 }
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # what the API server uses for generateName suffixes
+# A release inside the chart's kubeVersion range (>=1.29) and kubectl 1.32's skew (+/-1 minor).
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "33",
+    "gitVersion": "v1.33.4",
+    "gitCommit": "74cdb426e7e5dfc1c9e3ee1a2e35ad5c1c2b2a5c",
+    "gitTreeState": "clean",
+    "buildDate": "2025-08-12T10:45:31Z",
+    "goVersion": "go1.24.5",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 
 
 class ApiCall(NamedTuple):
@@ -199,12 +221,29 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         factory=dict, init=False
     )  # by User-Agent
     _client: K8sClient | None = attrs.field(default=None, init=False)
+    _served: dict[kmock.resource, cr.ServedVersion] = attrs.field(factory=dict, init=False)
+    _params: dict[str, str] = attrs.field(factory=dict, init=False)  # of the request being served
+    _manager: str = attrs.field(default="", init=False)  # its field manager
+    _warnings: list[str] = attrs.field(factory=list, init=False)  # its Warning headers
+    _verb: str = attrs.field(default="", init=False)  # its RBAC verb
+    _agent: str = attrs.field(default="", init=False)  # its User-Agent
+    _applied_fields: list[Obj] | None = attrs.field(default=None, init=False)  # managedFields of an apply
     _user_payloads: tuple[tuple[int, ...], list[Any]] = attrs.field(factory=lambda: ((), []), init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         if self.builtins:
             self.load_builtins()
+        if CRDS not in self.resources:
+            self.resources[CRDS] = kmock.ResourceInfo(
+                kind="CustomResourceDefinition",
+                singular="customresourcedefinition",
+                namespaced=False,
+                verbs=ALL_VERBS,
+                shortnames={"crd", "crds"},
+                categories={"api-extensions"},
+                subresources={"status"},
+            )
 
     def load_builtins(self) -> None:
         """Declare kmock's bundled builtin resources (a K3s dump: batch/v1, v1, apps/v1, ...)."""
@@ -286,18 +325,10 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         *,
         categories: Iterable[str] = (),
     ) -> kmock.resource:
-        """Serve a custom resource (all verbs, status subresource) and store its CRD object."""
-        resource = kmock.resource(group, version, plural)
-        self.resources[resource] = kmock.ResourceInfo(
-            kind=kind,
-            singular=kind.lower(),
-            namespaced=namespaced,
-            verbs=ALL_VERBS,
-            shortnames=set(short_names),
-            categories=set(categories),
-            subresources={"status"},
-        )
-        self._crds.add(resource)
+        """Serve a schemaless custom resource (preserve-unknown-fields, status subresource) via a CRD.
+
+        A second call for another version of the same CRD adds that version (not the storage one).
+        """
         crd_version = {
             "name": version,
             "served": True,
@@ -305,74 +336,77 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             "subresources": {"status": {}},
             "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
         }
-        existing = self.get_object(resource_name(CRDS), f"{plural}.{group}")
-        if CRDS not in self.resources:
-            pass  # builtins off: no CustomResourceDefinition objects to keep
-        elif existing is None:
-            self._create(
-                CRDS,
-                None,
-                {
-                    "metadata": {"name": f"{plural}.{group}"},
-                    "spec": {
-                        "group": group,
-                        "scope": "Namespaced" if namespaced else "Cluster",
-                        "names": {
-                            "plural": plural,
-                            "singular": kind.lower(),
-                            "kind": kind,
-                            "shortNames": list(short_names),
-                            "categories": list(categories),
-                        },
-                        "versions": [crd_version],
-                    },
-                },
-            )
-        elif version not in [v.get("name") for v in existing["spec"].get("versions", [])]:
-            versions = [*existing["spec"]["versions"], {**crd_version, "storage": False}]
-            self._update(
-                CRDS,
-                None,
-                f"{plural}.{group}",
-                None,
-                lambda cur: merge_patch(cur, {"spec": {"versions": versions}}),
-            )
-        return resource
+        existing = self._crd_object(f"{plural}.{group}")
+        versions = [crd_version]
+        if existing is not None:
+            old_versions = [v for v in existing["spec"].get("versions", []) if v.get("name") != version]
+            versions = [*old_versions, {**crd_version, "storage": not old_versions}]
+        names = {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"}
+        if short_names:
+            names["shortNames"] = list(short_names)
+        if categories:
+            names["categories"] = list(categories)
+        manifest = {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {
+                "group": group,
+                "scope": "Namespaced" if namespaced else "Cluster",
+                "names": names,
+                "versions": versions,
+            },
+        }
+        self.declare_crd_manifest(manifest)
+        return kmock.resource(group, version, plural)
 
     def declare_crd_manifest(self, manifest: Obj) -> list[kmock.resource]:
-        """Serve every served version of a CustomResourceDefinition manifest (e.g. from ``crds/*.yaml``)."""
-        spec, names = manifest["spec"], manifest["spec"]["names"]
-        resources = []
-        for version in spec.get("versions") or []:
-            if not version.get("served", True):
-                continue
-            resource = kmock.resource(spec["group"], version["name"], names["plural"])
-            self.resources[resource] = kmock.ResourceInfo(
-                kind=names["kind"],
-                singular=names.get("singular") or names["kind"].lower(),
-                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-                verbs=ALL_VERBS,
-                shortnames=set(names.get("shortNames") or ()),
-                categories=set(names.get("categories") or ()),
-                subresources=set((version.get("subresources") or {}).keys()),
-            )
-            self._crds.add(resource)
-            resources.append(resource)
+        """Create (or replace) a CustomResourceDefinition, e.g. from ``crds/*.yaml``, as an API client would:
+        it is validated like kube-apiserver validates CRDs (ValueError with the 422 message when it would be
+        rejected), becomes Established and its served versions are served."""
         name = manifest["metadata"]["name"]
         body = {k: v for k, v in manifest.items() if k != "status"}
-        if CRDS not in self.resources:
-            pass  # builtins off: no CustomResourceDefinition objects to keep
-        elif self.get_object(resource_name(CRDS), name) is None:
-            self._create(CRDS, None, body)
-        else:
-            self._update(CRDS, None, name, None, lambda cur: {**body, "metadata": cur["metadata"]})
-        return resources
+        try:
+            if self._crd_object(name) is None:
+                self._create(CRDS, None, clone(body))
+            else:
+                self._update(CRDS, None, name, None, lambda cur: {**clone(body), "metadata": cur["metadata"]})
+        except (Reject, cr.Rejected) as exc:
+            raise ValueError(exc.message) from exc
+        return [r for r, served in self._served.items() if served.crd_name == name]
+
+    def _crd_object(self, name: str) -> Obj | None:
+        return self._store.get(CRDS, {}).get((None, name))
+
+    def _crd_written(self, crd: Obj | None, name: str) -> None:
+        """Serve what an (established) CRD declares; stop serving what it no longer does."""
+        for resource in [r for r, v in self._served.items() if v.crd_name == name]:
+            del self._served[resource]
+            self.resources._resources.pop(resource, None)
+            self._crds.discard(resource)
+        if crd is None or not cr.is_established(crd):
+            return
+        for served in cr.served_versions(crd):
+            resource = kmock.resource(served.group, served.version, served.plural)
+            self.resources[resource] = kmock.ResourceInfo(
+                kind=served.kind,
+                singular=served.singular,
+                namespaced=served.namespaced,
+                verbs=ALL_VERBS,
+                shortnames=set(served.short_names),
+                categories=set(served.categories),
+                subresources={"status"} if served.status_subresource else set(),
+            )
+            self._served[resource] = served
+            self._crds.add(resource)
 
     # ---------------------------------------------------------------- request routing
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # Resource paths are parsed here: kmock 0.8 crashes on /api/v1/namespaces (G8), and its parser
         # spends most of a request's CPU time in runtime-Protocol isinstance checks.
+        if raw_request.path.startswith("/openapi/v3"):
+            return self._serve_openapi_v3(raw_request.path)
         parsed = parse_resource_path(raw_request.path)
         if parsed is None:
             return await super().__call__(raw_request)  # discovery and non-Kubernetes paths
@@ -395,10 +429,20 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         response = await self._user_reaction(request)
         if response is not None:
             return response
+        self._params = dict(request.params)
+        self._manager = (
+            self._params.get("fieldManager") or str(request.headers.get("User-Agent", "")).split("/")[0]
+        )
+        self._warnings = []
+        self._agent = str(request.headers.get("User-Agent", ""))
         try:
-            return await self._serve(request)
-        except Reject as exc:
-            return _status_response(exc.code, exc.reason, exc.message, exc.details)
+            response = await self._serve(request)
+        except (Reject, cr.Rejected) as exc:
+            response = _status_response(exc.code, exc.reason, exc.message, exc.details)
+        for warning in self._warnings:
+            if not response.prepared:
+                response.headers.add("Warning", f'299 - "{_escape_warning(warning)}"')
+        return response
 
     async def _user_reaction(self, request: rendering.Request) -> aiohttp.web.StreamResponse | None:
         """Serve with a reaction a test added via the kmock DSL (not kmock's own fallbacks), if any."""
@@ -420,7 +464,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     async def _serve(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
         assert resource is not None
-        verb = _rbac_verb(request)
+        verb = self._verb = _rbac_verb(request)
         namespace, name, sub = request.namespace, request.name, request.subresource
         calls = self._api_calls.setdefault(str(request.headers.get("User-Agent", "")), collections.Counter())
         calls[ApiCall(verb, resource.group or "", str(resource.plural), sub or "", namespace)] += 1
@@ -448,11 +492,43 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         params = request.params
         if verb == "watch":
             return await self._serve_watch(request, resource)
+        table = cr.wants_table(str(request.headers.get("Accept", "")))
         if verb == "list":
-            return aiohttp.web.json_response(self._list(resource, info, namespace, params))
+            listed = self._list(resource, info, namespace, params)
+            if table:
+                return aiohttp.web.json_response(self._table(resource, listed["items"]))
+            return aiohttp.web.json_response(listed)
         if verb == "get":
-            return aiohttp.web.json_response(self._require(resource, namespace, str(name)))
+            got = self._require(resource, namespace, str(name))
+            if table:
+                return aiohttp.web.json_response(self._table(resource, [got]))
+            return aiohttp.web.json_response(got)
         body = request.data
+        content_type = str(request.headers.get("Content-Type", "")).split(";")[0].strip().lower()
+        if content_type.startswith("application/vnd.kubernetes.protobuf") and request.body:
+            raise Reject(  # not decoded here; see tests/k8s/DIFFERENCES.md
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json, application/yaml",
+            )
+        if params.get("force") is not None and content_type != "application/apply-patch+yaml":
+            raise Reject(
+                422,
+                "Invalid",
+                'PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: '
+                "may not be specified for non-apply patch",
+            )
+        if verb == "patch" and resource in self._served and content_type == STRATEGIC_MERGE_PATCH:
+            raise Reject(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            )
+        if verb == "patch" and content_type == "application/apply-patch+yaml":
+            applied, created = self._apply(resource, namespace, str(name), sub, request)
+            return aiohttp.web.json_response(applied, status=201 if created else 200)
         if verb == "create":
             return aiohttp.web.json_response(self._create(resource, namespace, body), status=201)
         if verb == "update":
@@ -474,6 +550,219 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         return aiohttp.web.json_response(
             {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
         )
+
+    def _check_owner_deletion_blocks(self, obj: Obj, old: Obj | None) -> None:
+        """OwnerReferencesPermissionEnforcement (on in OpenShift and many clusters): setting
+        ``blockOwnerDeletion`` needs ``update`` on the owner's ``finalizers`` subresource. Recorded as the
+        API call it authorises, so RBAC comparisons see it."""
+        before = {
+            ref.get("uid")
+            for ref in (old or {}).get("metadata", {}).get("ownerReferences") or []
+            if ref.get("blockOwnerDeletion")
+        }
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            if not ref.get("blockOwnerDeletion") or ref.get("uid") in before:
+                continue
+            group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
+            owner = next(
+                (
+                    r
+                    for r, info in self.resources._resources.items()
+                    if (r.group or "") == group and r.version == version and info.kind == ref.get("kind")
+                ),
+                None,
+            )
+            if owner is None:
+                continue
+            calls = self._api_calls.setdefault(self._agent, collections.Counter())
+            calls[
+                ApiCall("update", group, str(owner.plural), "finalizers", obj["metadata"].get("namespace"))
+            ] += 1
+
+    def _list_type(self, resource: kmock.resource) -> ssa.ListTypeOf:
+        served = self._served.get(resource)
+        return ssa.schema_list_type(served.schema) if served is not None else ssa.builtin_list_type
+
+    def _managed_fields(
+        self, resource: kmock.resource, old: Obj | None, new: Obj, subresource: str | None
+    ) -> list[Obj]:
+        return ssa.record_update(
+            old,
+            new,
+            self._manager or "unknown",
+            list_type=self._list_type(resource),
+            api_version=_api_version(resource),
+            now=now_rfc3339(),
+            subresource=subresource,
+        )
+
+    def _apply(
+        self,
+        resource: kmock.resource,
+        namespace: str | None,
+        name: str,
+        subresource: str | None,
+        request: rendering.Request,
+    ) -> tuple[Obj, bool]:
+        """Server-side apply (PATCH application/apply-patch+yaml): (the object, whether it was created)."""
+        manager = self._params.get("fieldManager")
+        if not manager:
+            raise Reject(
+                422,
+                "Invalid",
+                'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
+                "is required for apply patch",
+            )
+        try:
+            config = yaml.safe_load(request.body or b"")
+        except yaml.YAMLError as exc:
+            raise Reject(400, "BadRequest", f"error decoding YAML: {exc}") from exc
+        if not isinstance(config, dict):
+            raise Reject(400, "BadRequest", "the apply configuration must be an object")
+        force = self._params.get("force", "").lower() == "true"
+        served = self._served.get(resource)
+        if served is not None:
+            mode = self._params.get("fieldValidation", "")
+            self._warnings += cr.decode(served, config, mode, patch=True)
+        list_type = self._list_type(resource)
+
+        def applied(cur: Obj | None) -> Obj:
+            try:
+                merged = ssa.apply(
+                    cur,
+                    config,
+                    manager,
+                    force=force,
+                    list_type=list_type,
+                    api_version=_api_version(resource),
+                    now=now_rfc3339(),
+                )
+            except ssa.ApplyConflict as exc:
+                raise Reject(
+                    409,
+                    "Conflict",
+                    str(exc),
+                    {
+                        "causes": [
+                            {"reason": "FieldManagerConflict", "message": f"conflict with {m}", "field": p}
+                            for m, p in exc.conflicts
+                        ]
+                    },
+                ) from exc
+            self._applied_fields = merged["metadata"].get("managedFields")
+            return merged
+
+        if (namespace, name) not in self._store.get(resource, {}):
+            if subresource is not None:
+                self._require(resource, namespace, name)
+            body = applied(None)
+            body.setdefault("metadata", {})["name"] = name
+            return self._create(resource, namespace, body), True
+        return self._update(resource, namespace, name, subresource, applied), False
+
+    def _serve_openapi_v3(self, path: str) -> aiohttp.web.Response:
+        """OpenAPI v3 discovery, as much as kubectl reads: per group/version, each resource's PATCH
+        operation with its GVK, the query parameters it takes (kubectl checks for ``fieldValidation`` before
+        it relies on server-side field validation) and the patch types it accepts (no strategic merge
+        patch for custom resources, so kubectl sends them merge patches)."""
+        by_prefix: dict[str, list[tuple[kmock.resource, kmock.ResourceInfo]]] = {}
+        for resource, info in self.resources._resources.items():
+            if resource.plural is None or resource.version is None:
+                continue
+            group = resource.group or ""
+            prefix = f"apis/{group}/{resource.version}" if group else f"api/{resource.version}"
+            by_prefix.setdefault(prefix, []).append((resource, info))
+        wanted = path[len("/openapi/v3") :].strip("/")
+        if not wanted:
+            return aiohttp.web.json_response(
+                {
+                    "paths": {
+                        p: {"serverRelativeURL": f"/openapi/v3/{p}?hash={self._rv}"}
+                        for p in sorted(by_prefix)
+                    }
+                }
+            )
+        if wanted not in by_prefix:
+            return _status_response(404, "NotFound", "the server could not find the requested resource", {})
+        paths: Obj = {}
+        for resource, info in by_prefix[wanted]:
+            scope = "/namespaces/{namespace}" if info.namespaced else ""
+            media = [
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/apply-patch+yaml",
+            ]
+            if resource not in self._served:
+                media.append(STRATEGIC_MERGE_PATCH)
+            params = ["dryRun", "fieldManager", "fieldValidation", "force", "pretty"]
+            paths[f"/{wanted}{scope}/{resource.plural}/{{name}}"] = {
+                "patch": {
+                    "operationId": f"patch{info.kind}",
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": {
+                        "group": resource.group or "",
+                        "version": resource.version,
+                        "kind": info.kind,
+                    },
+                    "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in params],
+                    "requestBody": {"content": {m: {"schema": {"type": "object"}} for m in media}},
+                    "responses": {"200": {"description": "OK"}},
+                }
+            }
+        document = {
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
+            "paths": paths,
+            "components": {"schemas": {}},
+        }
+        return aiohttp.web.json_response(document)
+
+    def _table(self, resource: kmock.resource, items: list[Obj]) -> Obj:
+        served = self._served.get(resource)
+        return cr.table(items, served.printer_columns if served else (), str(self._rv))
+
+    async def _serve_server_version(self, request: rendering.Request) -> Obj:
+        return dict(SERVER_VERSION)
+
+    async def _serve_version(self, request: rendering.Request) -> Obj:
+        """An APIResourceList as kube-apiserver's discovery writes it: short names and categories on the
+        main entry only; subresources with their own verbs."""
+        assert request.resource is not None
+        group, version = request.resource.group or "", request.resource.version
+        entries: list[Obj] = []
+        for resource, info in sorted(self.resources._resources.items(), key=lambda kv: str(kv[0].plural)):
+            if (resource.group or "") != group or resource.version != version or resource.plural is None:
+                continue
+            entry: Obj = {
+                "name": resource.plural,
+                "singularName": info.singular or "",
+                "namespaced": bool(info.namespaced),
+                "kind": info.kind or "",
+                "verbs": sorted(info.verbs or ALL_VERBS),
+            }
+            if info.shortnames:
+                entry["shortNames"] = sorted(info.shortnames)
+            if info.categories:
+                entry["categories"] = sorted(info.categories)
+            entries.append(entry)
+            for sub in sorted(info.subresources or ()):
+                entries.append(
+                    {
+                        "name": f"{resource.plural}/{sub}",
+                        "singularName": "",
+                        "namespaced": bool(info.namespaced),
+                        "kind": info.kind or "",
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        if not entries:
+            raise KubernetesResourceNotFoundError()
+        return {
+            "apiVersion": "v1",
+            "kind": "APIResourceList",
+            "groupVersion": _group_version(group, version),
+            "resources": entries,
+        }
 
     def _info(self, resource: kmock.resource) -> kmock.ResourceInfo | None:
         # The private dict: ResourcesArray's public lookups re-parse the key with a runtime Protocol check.
@@ -669,11 +958,25 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         else:
             new_meta.pop("namespace", None)
         obj["metadata"] = clone(new_meta)
+        applied_fields, self._applied_fields = self._applied_fields, None
+        served = self._served.get(resource)
+        if served is not None:
+            self._warnings += cr.decode(served, body, self._params.get("fieldValidation", ""), patch=False)
+            obj = cr.prepare(served, obj)
         if "status" in info.subresources:
             obj["status"] = _initial_status(resource)
             if obj["status"] is None:
                 del obj["status"]
         self._admit(resource, obj, None)
+        self._check_owner_deletion_blocks(obj, None)
+        if served is not None:
+            self._warnings += cr.validate(served, obj, None)
+        if resource == CRDS:
+            cr.check_crd(obj)
+            obj["status"] = cr.crd_status(obj, self.list_objects(resource_name(CRDS)), now_rfc3339())
+        managed = applied_fields or self._managed_fields(resource, None, obj, None)
+        if managed:
+            obj["metadata"]["managedFields"] = managed
         if (
             self.auto_namespaces
             and namespace is not None
@@ -682,6 +985,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             self._create(NAMESPACES, None, {"metadata": {"name": namespace}})
         obj["metadata"]["resourceVersion"] = self._next_rv()
         self._commit((resource, namespace, name), obj, None, "ADDED")
+        if resource == CRDS:
+            self._crd_written(obj, name)
         return obj
 
     def _update(
@@ -696,13 +1001,24 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         assert info is not None
         cur = self._require(resource, namespace, name)
         cur_meta = cur["metadata"]
+        self._applied_fields = None
         try:
             candidate = candidate_of(cur)
         except PatchError as exc:
+            if "test operation failed" in str(exc):  # kube-apiserver says no more than this
+                message = "the server rejected our request due to an error in our request"
+                raise Reject(422, "Invalid", message) from exc
             raise Reject(422, "Invalid", str(exc)) from exc
         if not isinstance(candidate, dict):
             raise Reject(422, "Invalid", "the patched object is not a JSON object")
         client_rv = (candidate.get("metadata") or {}).get("resourceVersion")
+        if self._verb == "update" and resource in self._served and not client_rv:
+            raise Reject(  # custom resources do not allow unconditional updates
+                422,
+                "Invalid",
+                f'{_group_resource(resource)} "{name}" is invalid: metadata.resourceVersion: '
+                "Invalid value: 0x0: must be specified for an update",
+            )
         if client_rv not in (None, "") and str(client_rv) != cur_meta["resourceVersion"]:
             raise Reject(
                 409,
@@ -711,6 +1027,13 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 "the object has been modified; please apply your changes to the latest version and try again",
                 {"name": name, "group": resource.group, "kind": resource.plural},
             )
+        applied_fields, self._applied_fields = self._applied_fields, None
+        served = self._served.get(resource)
+        if served is not None:
+            if self._verb in ("update", "patch") and applied_fields is None:
+                mode = self._params.get("fieldValidation", "")
+                self._warnings += cr.decode(served, candidate, mode, patch=self._verb == "patch")
+            candidate = cr.prepare(served, candidate)
         # Stored objects are never mutated in place, so unchanged parts may be shared with ``cur``.
         if subresource == "status":
             new = {k: v for k, v in cur.items() if k != "status"}
@@ -746,12 +1069,30 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             )
         if subresource is None:
             self._admit(resource, new, cur)
+            self._check_owner_deletion_blocks(new, cur)
+        if served is not None:
+            self._warnings += cr.validate(served, new, cur, status_only=subresource == "status")
+        if resource == CRDS and subresource is None:
+            cr.check_crd(new)
+            others = self.list_objects(resource_name(CRDS))
+            new["status"] = _keep_transition_times(
+                cr.crd_status(new, others, now_rfc3339()), cur.get("status")
+            )
+        if cur_meta.get("managedFields"):
+            meta["managedFields"] = cur_meta["managedFields"]
         if new == cur:
             return cur  # a no-op write: no new resourceVersion, no event (as on a real API server)
+        managed = applied_fields or self._managed_fields(resource, cur, new, subresource)
+        if managed:
+            meta["managedFields"] = managed
+        else:
+            meta.pop("managedFields", None)
         if _spec_part(new) != _spec_part(cur):
             meta["generation"] = int(cur_meta.get("generation") or 0) + 1
         meta["resourceVersion"] = self._next_rv()
         self._commit((resource, namespace, name), new, cur, "MODIFIED")
+        if resource == CRDS:
+            self._crd_written(new, name)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self._remove((resource, namespace, name), new)
         return new
@@ -797,6 +1138,13 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         resource, _, name = key
         final = _with_metadata(cur, resourceVersion=self._next_rv())
         self._commit(key, final, cur, "DELETED")
+        if resource == CRDS:
+            served = [r for r, v in self._served.items() if v.crd_name == name]
+            self._crd_written(None, name)
+            for instance_resource in served:  # instances go with their CRD (no finalizer wait here)
+                for ns, instance in list(self._store.get(instance_resource, {})):
+                    gone = self._store[instance_resource].pop((ns, instance))
+                    self._commit((instance_resource, ns, instance), gone, gone, "DELETED")
         self._collect_garbage(cur["metadata"]["uid"])
         if resource == NAMESPACES:
             for other, bucket in list(self._store.items()):
@@ -839,10 +1187,12 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             admit(resource_name(resource), obj, old)
         except Invalid as exc:
             kind = self._info(resource).kind if self._info(resource) else resource.plural
+            qualified = f"{kind}.{resource.group}" if resource.group else kind  # as errors.NewInvalid
+            message = exc.errors[0] if len(exc.errors) == 1 else "[" + ", ".join(exc.errors) + "]"
             raise Reject(
                 422,
                 "Invalid",
-                f'{kind} "{obj["metadata"].get("name")}" is invalid: {exc}',
+                f'{qualified} "{obj["metadata"].get("name")}" is invalid: {message}',
                 {"causes": [{"message": error} for error in exc.errors]},
             ) from exc
 
@@ -900,6 +1250,30 @@ def declare_crd(
 ) -> kmock.resource:
     """Serve a custom resource on ``emulator`` (all verbs, status subresource on); see the method."""
     return emulator.declare_crd(group, version, plural, kind, short_names, namespaced)
+
+
+def _api_version(resource: kmock.resource) -> str:
+    return _group_version(resource.group or "", str(resource.version))
+
+
+def _group_version(group: str, version: str) -> str:
+    return f"{group}/{version}" if group else version
+
+
+def _escape_warning(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _keep_transition_times(status: Obj, old: Obj | None) -> Obj:
+    """A condition keeps its lastTransitionTime while its status does not change."""
+    before = {c.get("type"): c for c in (old or {}).get("conditions") or []}
+    for condition in status.get("conditions") or []:
+        previous = before.get(condition["type"])
+        if previous is not None and previous.get("status") == condition["status"]:
+            condition["lastTransitionTime"] = previous.get(
+                "lastTransitionTime", condition["lastTransitionTime"]
+            )
+    return status
 
 
 def _with_metadata(obj: Obj, **changes: Any) -> Obj:

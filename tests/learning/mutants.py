@@ -17,7 +17,7 @@ ENV_MUTATION = "SYNTHREC_TEST_MUTATION"
 
 
 def shift_classes() -> None:
-    from synthrec.labels import resolve_labels
+    from synthrec.api.labels import resolve_labels
     from synthrec.workers import train
 
     pin = train.pin_dataset

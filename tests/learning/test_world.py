@@ -67,7 +67,7 @@ def test_web_captions_never_use_three_of_the_label_spaces_shape_names() -> None:
 
 def test_the_real_sets_are_imagefolders_synthrec_indexes(tmp_path: Path) -> None:
     from synthrec.api import LabelSpace, RealData
-    from synthrec.labels import resolve_labels
+    from synthrec.api.labels import resolve_labels
     from synthrec.storage import open_storage
     from synthrec.toyworld.measure import label_space
     from synthrec.workers.realdata import index_real_data

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from synthrec import api, conditions, contract, plan
-from synthrec.tasks import ResourceRef, dump_task, load_task
+from synthrec import api, contract, plan
+from synthrec.api import conditions
+from synthrec.plan.tasks import ResourceRef, dump_task, load_task
 from synthrec.timestamps import utc_stamp
 
 
@@ -59,20 +61,6 @@ def test_defaults_are_the_papers_values() -> None:
     assert (ct.batch_size_real, ct.batch_size_synthetic) == (32, 512)
     assert (ct.soft_target.weight, ct.soft_target.temperature) == (0.5, 2.0)
     assert ct.mixing == "mixed" and ct.freeze_batch_norm and ct.trainable_scope == "head"
-
-
-@pytest.mark.parametrize(
-    ("shots", "strength"), [(16, 0.14), (8, 0.19), (4, 0.34), (2, 0.39), (1, 0.49), (12, 0.19), (32, 0.14)]
-)
-def test_real_guidance_strength_follows_the_papers_shots_table(shots: int, strength: float) -> None:
-    rg = api.RealGuidance.model_validate({"source": {"uri": "s3://bkt/r/"}, "shots": shots})
-    assert rg.resolved_strength() == strength
-    assert (
-        api.RealGuidance.model_validate(
-            {"source": {"uri": "s3://bkt/r/"}, "strength": 0.3}
-        ).resolved_strength()
-        == 0.3
-    )
 
 
 def test_wire_format_is_camel_case_and_round_trips() -> None:
@@ -165,9 +153,10 @@ def test_matrix_expands_into_runs_with_resolved_learning_rates() -> None:
         0,
         1,
         "ct-init",
-        (),
+        [],
     )
-    assert first.lr == plan.ZERO_SHOT_LR and runs[-1].lr == plan.FEW_SHOT_LR
+    lrs = (first.classifier_tuning.lr, runs[-1].classifier_tuning.lr)
+    assert lrs == (plan.ZERO_SHOT_LR, plan.FEW_SHOT_LR)
     fast = [r for r in runs if r.variant == "fast"]
     assert all(r.classifier_tuning.epochs == 3 and r.synthetic[0].dataset_ref == "ds" for r in fast)
     assert len({r.name for r in runs}) == 8
@@ -190,7 +179,7 @@ def test_tasks_round_trip_and_map_completion_indexes(tmp_path: Path) -> None:
 def test_train_task_carries_the_run(tmp_path: Path) -> None:
     spec = experiment_spec(matrix={"shots": [4], "seeds": [7]})
     run = plan.experiment_runs(spec)[0]
-    from synthrec.tasks import DatasetInput
+    from synthrec.plan.tasks import DatasetInput
 
     inputs = [DatasetInput(name="ds", uri="s3://bkt/ds/", digest="abc")]
     task = plan.train_task(spec, run, inputs, ResourceRef(kind="RecognitionExperiment", name="e"))
@@ -201,6 +190,40 @@ def test_train_task_carries_the_run(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
     path.write_text(dump_task(task))
     assert load_task(path).run.shots == 4
+
+
+def test_defaults_are_filled_once_when_the_plan_is_made_and_the_task_carries_one_learning_rate() -> None:
+    spec = experiment_spec(
+        matrix={
+            "shots": [0, 4],
+            "seeds": [1],
+            "variants": [{"name": "a"}, {"name": "b", "classifierTuning": {"lr": 0.01}}],
+        }
+    )
+    assert spec.method.classifier_tuning.lr is None  # the spec says nothing: the paper's default applies
+    runs = {r.name: r for r in plan.experiment_runs(spec)}
+    assert runs["shots0-seed1-a"].classifier_tuning.lr == plan.ZERO_SHOT_LR
+    assert runs["shots4-seed1-a"].classifier_tuning.lr == plan.FEW_SHOT_LR
+    assert runs["shots4-seed1-b"].classifier_tuning.lr == 0.01  # the variant's own value wins
+    from synthrec.plan.tasks import DatasetInput
+
+    inputs = [DatasetInput(name="ds", uri="s3://bkt/ds/", digest="abc")]
+    task = plan.train_task(
+        spec, runs["shots4-seed1-a"], inputs, ResourceRef(kind="RecognitionExperiment", name="e")
+    )
+    document = json.loads(dump_task(task))
+    assert document["experiment"] == json.loads(spec.model_dump_json())  # the spec as written, for spec.json
+    del document["experiment"]
+    rates = re.findall(r'"lr": ([^,}]+)', json.dumps(document))
+    assert rates == ["0.001"]  # one learning rate besides the spec: the one the optimiser gets
+    # filling the default in the plan moved no hash (recorded at HASH_VERSION 2): outputs stay valid
+    hashes = {name: plan.run_hash(spec, run, inputs) for name, run in runs.items()}
+    assert hashes == {
+        "shots0-seed1-a": "bb0fbbb06a5a85067930b6b7d5b739ddac542c9b44d3d982924c678005a93660",
+        "shots0-seed1-b": "78ff690a6ff7c958c124ab1af29ad97fcf2cfeb7a5f953ca444c45bcd5e601a0",
+        "shots4-seed1-a": "0205bfd90c529961d0808d1122f6a414d987ba7c5195ce53233a32b0a3526d2a",
+        "shots4-seed1-b": "2569c5ff1a262e01e850059ffe313c036a43d848381cca99af51558bdb2ec480",
+    }
 
 
 def test_bad_task_files_name_the_path(tmp_path: Path) -> None:
@@ -221,19 +244,43 @@ def test_range_strings_match_job_status_format(values: list[int], text: str) -> 
 
 
 def test_termination_summary_fits_the_kubelet_limit() -> None:
-    huge = {
-        "stage": "generate",
-        "shard": 3,
-        "images": 10,
-        "note": "x" * 10_000,
-        "manifest": "s3://bkt/" + "k" * 5000,
-    }
+    huge = contract.FailureSummary(stage="generate", shard=3, error="data", message="x" * 10_000)
     line = contract.summary_line(huge)
     assert len(line.encode()) <= contract.TERMINATION_LOG_LIMIT
     parsed = contract.parse_summary(line)
-    assert parsed["images"] == 10 and parsed["shard"] == 3
+    assert isinstance(parsed, contract.FailureSummary) and parsed.shard == 3 and parsed.error == "data"
+    assert parsed.message.startswith("xxx") and len(parsed.message) < 10_000
+    long_uri = contract.ReduceSummary(
+        generated=9, passed=5, kept=4, rejected=5, manifest="s3://b/" + "k" * 9000
+    )
+    assert contract.parse_summary(contract.summary_line(long_uri)).kept == 4  # counts survive the trimming
+
+
+def test_termination_summaries_are_typed_per_stage() -> None:
+    line = contract.summary_line(
+        contract.GenerateSummary(shard=2, images=12, tar="s3://b/shards/gen-00002.tar")
+    )
+    assert json.loads(line) == {
+        "version": 1,
+        "stage": "generate",
+        "shard": 2,
+        "ok": True,
+        "skipped": False,
+        "images": 12,
+        "tar": "s3://b/shards/gen-00002.tar",
+        "seconds_model": 0.0,
+        "real_skipped": 0,
+    }
+    assert contract.parse_summary(line) == contract.GenerateSummary(
+        shard=2, images=12, tar="s3://b/shards/gen-00002.tar"
+    )
     assert contract.parse_summary("not json") is None
-    assert json.loads(contract.summary_line({"a": 1})) == {"a": 1}
+    assert (
+        contract.parse_summary('{"stage": "generate", "ok": true}') is None
+    )  # no count: not a summary of ours
+    assert contract.parse_summary('{"stage": "unknown", "ok": true}') is None
+    newer = json.loads(line) | {"version": 2}
+    assert contract.parse_summary(json.dumps(newer)) is None  # a version this operator does not know
 
 
 def test_timestamps_are_utc_whole_seconds_with_z_as_kubernetes_writes_them() -> None:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from synthrec.api import Progress, RecognitionExperimentStatus, SyntheticDatasetStatus
-from synthrec.conditions import derive_phase, set_condition
+from synthrec.api.conditions import derive_phase, set_condition
 
 lua51 = pytest.importorskip("lupa.lua51")
 

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from synthrec import api, artifacts, plan
+from synthrec import api, plan
 from synthrec.cli import main
-from synthrec.layout import DatasetLayout, ExperimentLayout
+from synthrec.contract import artifacts
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
+from synthrec.plan.tasks import ResourceRef
 from synthrec.storage import FileStorage, write_marker
-from synthrec.tasks import ResourceRef
 from synthrec.workers.runtime import spec_document
+from tests.harness.artifacts import dataset_manifest, run_metrics
 
 DATASET = {
     "apiVersion": "synthrec.io/v1alpha1",
@@ -57,7 +59,9 @@ def experiment_at(root: Path) -> tuple[FileStorage, api.RecognitionExperiment]:
 
 
 def finish_run(storage: FileStorage, name: str, top1: float, spec_hash: str = "h") -> None:
-    storage.write_json(ExperimentLayout.run_metrics(name), {"top1": top1, "zero_shot_top1": 30.0})
+    storage.write_json(
+        ExperimentLayout.run_metrics(name), run_metrics(name, top1=top1, zero_shot_top1=30.0).document()
+    )
     write_marker(storage, ExperimentLayout.run_marker(name), spec_hash=spec_hash)
 
 
@@ -80,11 +84,11 @@ def test_committed_missing_and_conflicting_shards_come_from_the_markers(tmp_path
 
 def test_a_manifest_of_another_spec_is_not_this_datasets_commit(tmp_path: Path) -> None:
     storage, res = dataset_at(tmp_path)
-    storage.write_json(DatasetLayout.manifest, {"spec_hash": "another-spec", "counts": {}})
+    storage.write_json(DatasetLayout.manifest, dataset_manifest("another-spec", ["cat", "dog"]).document())
     state = artifacts.dataset_state(storage, res.spec)
     assert state.manifest is None and state.stage("reduce").foreign == {0}
-    ours = {"spec_hash": plan.dataset_hashes(res.spec)["reduce"], "counts": {"kept": 3}}
-    storage.write_json(DatasetLayout.manifest, ours)
+    ours = dataset_manifest(plan.dataset_hashes(res.spec)["reduce"], ["cat", "dog"], kept=3, generated=4)
+    storage.write_json(DatasetLayout.manifest, ours.document())
     state = artifacts.dataset_state(storage, res.spec)
     assert state.complete and state.manifest == ours
     assert state.manifest_digest == storage.sha256(DatasetLayout.manifest)
@@ -158,7 +162,7 @@ def test_status_prints_missing_ranges_and_exits_1_until_everything_is_done(
             (DatasetLayout.features_marker, "filter"),
         ):
             write_marker(storage, marker(shard), spec_hash=hashes[stage])
-    storage.write_json(DatasetLayout.manifest, {"spec_hash": hashes["reduce"], "counts": {"generated": 8}})
+    storage.write_json(DatasetLayout.manifest, dataset_manifest(hashes["reduce"], ["cat", "dog"]).document())
     finish_run(exp, "shots0-seed2", 40.0)
     finish_run(exp, "shots0-seed3", 40.0)
     assert main(["status", tmp_path.as_uri(), "--json"]) == 0

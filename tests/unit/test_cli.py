@@ -41,3 +41,49 @@ def test_plan_shows_stages_and_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "generate  shards=2" in proc.stdout
     assert "shots4-seed1-ct-syn" in proc.stdout
+
+
+def test_plan_shows_the_filter_prompts_the_generation_size_and_real_guidances_strength(
+    tiny_models, tmp_path
+) -> None:
+    import yaml
+
+    def dataset(name: str, model: str, **real_guidance: object) -> dict:
+        return {
+            "apiVersion": "synthrec.io/v1alpha1",
+            "kind": "SyntheticDataset",
+            "metadata": {"name": name},
+            "spec": {
+                "labels": {"preset": "eurosat"},
+                "generator": {"model": model, "steps": 4, "resolution": 256},
+                "realGuidance": {"source": {"uri": "s3://bkt/eurosat/train/"}, "shots": 2, **real_guidance},
+                "output": {"uri": f"s3://bkt/{name}/"},
+            },
+        }
+
+    file = tmp_path / "rg.yaml"
+    file.write_text(
+        yaml.safe_dump_all(
+            [
+                dataset("matched", tiny_models.sd.as_uri()),
+                dataset("explicit", tiny_models.sd.as_uri(), strength=0.75),
+                dataset("elsewhere", "hf://example-org/not-cached"),
+            ]
+        )
+    )
+    proc = _run("plan", str(file))
+    assert proc.returncode == 0, proc.stderr
+    matched, explicit, elsewhere = proc.stdout.split("SyntheticDataset/")[1:]
+    # The tiny SD has Stable Diffusion's DDIM schedule: of its 4 steps, starting at t=251 (alpha-bar 0.672)
+    # is closest to the paper's 2-shot level 0.655 (GLIDE's cosine schedule at t=394).
+    assert (
+        "realGuidance: 2 shots, target alpha-bar 0.655 (the paper's: GLIDE cosine t=394) -> strength 0.5 on "
+        "DDIMScheduler: 2 of 4 steps from t=251, alpha-bar 0.672" in matched
+    )
+    assert "explicit strength 0.75 -> strength 0.75 on DDIMScheduler: 3 of 4 steps from t=501" in explicit
+    assert "strength decided when generating (hf://example-org/not-cached is not in the local" in elsewhere
+    assert "at the pipeline's native 64 px, stored at 256 px" in matched
+    assert (
+        "filter prompts: filter-template, 1 x 10 generation names (a centered satellite photo of a {c}.); "
+        "e.g. 'a centered satellite photo of a Annual Crop Land.'" in matched
+    )

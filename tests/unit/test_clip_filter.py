@@ -11,10 +11,10 @@ import pytest
 
 from synthrec import contract
 from synthrec.api import SyntheticDatasetSpec
-from synthrec.layout import DatasetLayout
+from synthrec.contract.layout import DatasetLayout
 from synthrec.plan import dataset_task
+from synthrec.plan.tasks import ResourceRef, dump_task
 from synthrec.storage import open_storage, write_marker
-from synthrec.tasks import ResourceRef, dump_task
 from synthrec.workers import reduce as reduce_stage
 from synthrec.workers.reduce import clip_filter, real_filter_keep
 from synthrec.workers.runtime import run_stage

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from synthrec import confusion
+from synthrec.contract import confusion
 
 
 def test_only_non_zero_cells_are_stored_and_the_matrix_comes_back_whole() -> None:

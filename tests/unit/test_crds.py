@@ -1,4 +1,4 @@
-"""crds/ is generated from synthrec/api.py: structural, valid for Kubernetes, and never edited by hand."""
+"""crds/ is generated from synthrec/api/: structural, valid for Kubernetes, and never edited by hand."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from synthrec import cel, crdgen
+from synthrec.api import cel, crdgen
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.33.0"
@@ -38,7 +38,7 @@ def test_committed_crds_match_the_models() -> None:
         check=False,
     )
     assert proc.returncode == 0, (
-        "crds/ drifted from synthrec/api.py; run `synthrec crds --out crds/`\n" + proc.stderr
+        "crds/ drifted from synthrec/api/; run `synthrec crds --out crds/`\n" + proc.stderr
     )
 
 

@@ -1,23 +1,33 @@
-"""The Dockerfile, checked without a Docker engine: hadolint is clean, the build context holds what it
-COPYs and nothing else, the Python and torch versions agree with pyproject.toml, the final image runs as a
-numeric non-root user with the caches of the worker contract, and the commands it runs exist."""
+"""The Dockerfile, checked without a Docker engine: hadolint is clean under the repository's OCI-label
+policy (.hadolint.yaml), the build context holds what it COPYs and nothing else, the Python and torch
+versions agree with pyproject.toml, each CUDA variant installs the same torch from the right index, the
+tags follow one scheme, the final image runs as a numeric non-root user with the caches of the worker
+contract, and the commands it runs exist."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from packaging.specifiers import SpecifierSet
 
 from synthrec.operator.jobs import CACHE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
+HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
+VARIANTS = ("cu130", "cu128", "cu126", "cpu")  # docs/cluster.md "Image variants"
+DEFAULT_VARIANT = "cu130"
+# VERSION-VARIANT, or plain VERSION for the default variant.
+TAG_SCHEME = re.compile(r"^(?P<version>\d+\.\d+\.\d+)(-(?P<variant>" + "|".join(VARIANTS) + r"))?$")
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -117,9 +127,82 @@ def _hadolint() -> str:
     return found
 
 
+def _lint(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_hadolint(), "--no-color", "--config", str(HADOLINT_CONFIG), str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def test_hadolint_is_clean() -> None:
-    proc = subprocess.run([_hadolint(), str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    proc = _lint(DOCKERFILE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hadolint_finds_its_config_in_the_repository_root() -> None:
+    proc = subprocess.run(
+        [_hadolint(), "--no-color", "Dockerfile"], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    unlabelled = subprocess.run(
+        [_hadolint(), "--no-color", "-"],
+        input='FROM python:3.11-slim-bookworm\nCMD ["x"]\n',
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert "DL3049" in unlabelled.stdout, "run from the root, hadolint applies the label policy"
+
+
+def _final_labels(dockerfile: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for op, args in stages(dockerfile)[-1]:
+        if op == "LABEL":
+            labels.update(dict(re.findall(r'([\w.-]+)="([^"]*)"', args)))
+    return labels
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        (lambda text: re.sub(r'\s*org\.opencontainers\.image\.revision="[^"]*" \\\n', "\n", text), "DL3049"),
+        (lambda text: text.replace("LABEL org.", 'LABEL maintainer="someone" \\\n      org.'), "DL3050"),
+        (lambda text: text.replace('licenses="Apache-2.0"', 'licenses="Apache 2"'), "DL3054"),
+        (lambda text: text.replace('source="https://', 'source="'), "DL3052"),
+    ],
+    ids=["missing-revision", "unknown-label", "bad-license", "bad-source-url"],
+)
+def test_the_label_policy_rejects_a_missing_unknown_or_malformed_label(
+    dockerfile: str, tmp_path: Path, change: Any, rule: str
+) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text(change(dockerfile))
+    assert bad.read_text() != dockerfile, "the change must apply to the real Dockerfile"
+    proc = _lint(bad)
+    assert proc.returncode != 0 and rule in proc.stdout, proc.stdout
+
+
+def test_the_image_carries_the_oci_labels_of_the_policy(dockerfile: str, pyproject: dict) -> None:
+    policy = yaml.safe_load(HADOLINT_CONFIG.read_text())
+    assert policy["strict-labels"] is True
+    labels = _final_labels(dockerfile)
+    assert set(labels) == set(policy["label-schema"])
+    required = {"title", "description", "licenses", "source", "version", "revision"}
+    assert {f"org.opencontainers.image.{k}" for k in required} <= set(labels)
+    assert labels["org.opencontainers.image.licenses"] == pyproject["project"]["license"]
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    assert labels["org.opencontainers.image.revision"] == "${REVISION}"
+    assert labels["io.synthrec.image.cuda-variant"] == "${CUDA_VARIANT}"
+    final = stages(dockerfile)[-1]
+    args = {a.split("=")[0]: a.partition("=")[2] for op, a in final if op == "ARG"}
+    assert args["VERSION"] == pyproject["project"]["version"], "a plain docker build labels the right version"
+    # The build arguments that change with every commit come after every layer-building instruction.
+    ops = [op for op, _ in final]
+    first_arg = ops.index("ARG")
+    assert not {"RUN", "COPY", "ADD"} & set(ops[first_arg:]), "a new REVISION must not rebuild layers"
 
 
 def test_hadolint_does_flag_a_bad_dockerfile(tmp_path: Path) -> None:
@@ -150,14 +233,15 @@ def test_torch_is_pinned_like_the_workers_extra_and_every_install_uses_the_const
     }
     for package in ("torch", "torchvision"):
         assert pins[package] in dockerfile, f"the Dockerfile must install {pins[package]}"
-    extras = re.search(r'pip install --no-cache-dir -c constraints.txt "\./\[([a-z,]+)\]"', dockerfile)
+    extras = re.search(r'pip install --no-cache-dir -c constraints.image.txt "\./\[([a-z,]+)\]"', dockerfile)
     assert extras, "the build stage installs the package with its extras"
     assert set(extras.group(1).split(",")) <= set(pyproject["project"]["optional-dependencies"])
     runs = [args for stage in stages(dockerfile) for op, args in stage if op == "RUN"]
     installs = [args for args in runs if "pip install" in args]
     assert len(installs) == 2
     for install in installs:
-        assert "-c constraints.txt" in install, f"unpinned install in the image: {install}"
+        # constraints.txt itself, less the CUDA 13 packages for another CUDA variant (tested below)
+        assert "-c constraints.image.txt" in install, f"unpinned install in the image: {install}"
 
 
 def test_the_final_stage_has_no_build_tools_and_runs_as_a_numeric_non_root_user(dockerfile: str) -> None:
@@ -222,7 +306,7 @@ def test_dockerignore_keeps_the_context_small(ignore_patterns: list[str]) -> Non
     for path in (
         "pyproject.toml",
         "README.md",
-        "synthrec/api.py",
+        "synthrec/api/base.py",
         "synthrec/presets/cifar10.txt",
         "operator/jobs.py",
         "workers/__main__.py",
@@ -250,3 +334,128 @@ def test_the_operator_entrypoint_exists() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------------------------ CUDA variants
+
+
+def _torch_install(dockerfile: str) -> str:
+    (run,) = [a for op, a in stages(dockerfile)[0] if op == "RUN" and "CUDA_VARIANT" in a]
+    return run
+
+
+def _run_torch_install(dockerfile: str, tmp_path: Path, variant: str) -> subprocess.CompletedProcess[str]:
+    """The build stage's torch RUN under sh, as Docker runs it in /src, with pip replaced by a recorder."""
+    bin_dir, src = tmp_path / "bin", tmp_path / "src"
+    bin_dir.mkdir(exist_ok=True)
+    src.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "constraints.txt", src / "constraints.txt")
+    fake_pip = bin_dir / "pip"
+    fake_pip.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    fake_pip.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CUDA_VARIANT": variant}
+    return subprocess.run(
+        ["sh", "-c", _torch_install(dockerfile)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=src,
+    )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_cuda_variant_installs_the_same_torch_from_its_index(
+    dockerfile: str, tmp_path: Path, variant: str
+) -> None:
+    proc = _run_torch_install(dockerfile, tmp_path, variant)
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.splitlines()
+    assert args[:4] == ["install", "--no-cache-dir", "-c", "constraints.image.txt"]
+    index = args[args.index("--extra-index-url") + 1]
+    pins = (tmp_path / "src" / "constraints.txt").read_text().splitlines()
+    image_pins = (tmp_path / "src" / "constraints.image.txt").read_text().splitlines()
+    if variant == DEFAULT_VARIANT:
+        # PyPI's own build is the CUDA 13 one; no other index may offer a "better" 2.14.1+cuXXX.
+        assert index == "https://pypi.org/simple"
+        assert args[-2:] == ["torch==2.14.1", "torchvision==0.29.1"]
+        assert image_pins == pins
+    else:
+        assert index == f"https://download.pytorch.org/whl/{variant}"
+        assert args[-2:] == [f"torch==2.14.1+{variant}", f"torchvision==0.29.1+{variant}"]
+        # The CUDA 13 packages torch pins (cuda-toolkit==13..., nvidia-cublas==13...) would conflict with
+        # this build's own; everything else keeps its pin.
+        cuda = [p for p in pins if p.startswith(("cuda-", "nvidia-"))]
+        assert any(p.startswith("cuda-toolkit==") for p in cuda) and any(
+            p.startswith("nvidia-") for p in cuda
+        )
+        assert image_pins == [p for p in pins if p not in cuda]
+        assert "torch==2.14.1" in image_pins
+
+
+def test_an_unknown_cuda_variant_stops_the_build_with_the_choices(dockerfile: str, tmp_path: Path) -> None:
+    proc = _run_torch_install(dockerfile, tmp_path, "cu118")
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "CUDA_VARIANT=cu118 is not a variant of this image" in proc.stderr
+    for variant in VARIANTS:
+        assert variant in proc.stderr
+
+
+def test_the_default_variant_is_cu130_in_every_stage(dockerfile: str) -> None:
+    (default,) = re.findall(r"^ARG CUDA_VARIANT=(\S+)$", dockerfile, flags=re.M)
+    assert default == DEFAULT_VARIANT
+    for stage in stages(dockerfile):
+        assert ("ARG", "CUDA_VARIANT") in stage, "each stage must re-declare the global build argument"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_make_image_tags_and_labels_by_the_scheme(pyproject: dict, variant: str) -> None:
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    proc = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "image",
+            f"CUDA_VARIANT={variant}",
+            "IMAGE=registry.example/ml/synthrec",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        # Under `make test` (as in CI) the parent make exports MAKEFLAGS and MAKELEVEL,
+        # which make a child make print "Entering directory" lines.
+        env={k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "MFLAGS"}},
+    )
+    command = proc.stdout.replace("\\\n", " ").split()
+    assert command[:2] == ["docker", "build"]
+    build_args = dict(command[i + 1].split("=", 1) for i, a in enumerate(command) if a == "--build-arg")
+    version = pyproject["project"]["version"]
+    assert build_args["CUDA_VARIANT"] == variant and build_args["VERSION"] == version
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    if head.returncode == 0:
+        assert build_args["REVISION"] == head.stdout.strip()
+    tags = [command[i + 1] for i, a in enumerate(command) if a == "-t"]
+    expected = [f"registry.example/ml/synthrec:{version}-{variant}"]
+    if variant == DEFAULT_VARIANT:
+        expected.append(f"registry.example/ml/synthrec:{version}")
+    assert tags == expected
+    for tag in tags:
+        match = TAG_SCHEME.match(tag.rsplit(":", 1)[1])
+        assert match and (match["variant"] or DEFAULT_VARIANT) == variant
+
+
+def test_image_tags_in_the_chart_examples_follow_the_scheme() -> None:
+    found = []
+    chart = ROOT / "helm" / "synthrec"
+    for path in [*sorted(chart.glob("ci/*.yaml")), chart / "values.yaml"]:
+        values = yaml.safe_load(path.read_text()) or {}
+        for image in (values.get("image") or {}, (values.get("workers") or {}).get("image") or {}):
+            if image.get("tag"):
+                found.append(image["tag"])
+                assert TAG_SCHEME.match(image["tag"]), (
+                    f"{path.name}: tag {image['tag']!r} is not VERSION[-VARIANT]"
+                )
+    assert found, "the chart's CI values name image tags"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from synthrec.api import LabelSpace
-from synthrec.labels import class_slug, normalise_folder_name, resolve_labels
+from synthrec.api.labels import class_slug, filter_prompts, normalise_folder_name, resolve_labels
 
 
 def test_preset_resolves_with_generation_and_head_names() -> None:
@@ -29,7 +29,25 @@ def test_explicit_classes_and_overrides() -> None:
         LabelSpace(classes=[{"name": "Cat", "headName": "cat"}, {"name": "Dog"}], templates=["{c} art."])
     )
     assert labels.head_names == ["cat", "Dog"] and labels.templates == ("{c} art.",)
-    assert labels.prompt_template == "a photo of a {}." and labels.source == "explicit"
+    assert labels.prompt_templates == ("a photo of a {}.",) and labels.source == "explicit"
+    assert labels.filter_template == "a photo of a {c}."
+
+
+def test_the_filter_scores_one_prompt_per_class_unless_asked_for_the_head_ensemble() -> None:
+    eurosat = resolve_labels(LabelSpace(preset="eurosat"))
+    official = filter_prompts(eurosat, "filter-template")
+    # The official CLIP Filter: the generation name in the filter template, article kept.
+    assert official.prompts(0) == ["a centered satellite photo of a Annual Crop Land."]
+    assert official.describe()["names"] == "generation names"
+    head = filter_prompts(resolve_labels(LabelSpace(preset="cifar10")), "head-templates")
+    assert len(head.prompts(0)) == 18 and head.prompts(0)[0] == "a photo of a airplane."
+    assert filter_prompts(resolve_labels(LabelSpace(preset="cifar10")), "filter-template").prompts(0) == [
+        "a photo of a airplane."
+    ]
+    custom = resolve_labels(LabelSpace(preset="eurosat", filterTemplate="satellite image of {c}"))
+    assert filter_prompts(custom, "filter-template").prompts(9) == ["satellite image of Sea or Lake"]
+    with pytest.raises(ValueError, match="filterTemplate needs a"):
+        LabelSpace(preset="eurosat", filterTemplate="no placeholder")
 
 
 @pytest.mark.parametrize("name", ["../../etc", "a/b", "café ☕", 'quote"d', "x" * 300, "..", ""])

@@ -23,7 +23,7 @@ from synthrec.operator.jobs import (
 )
 from synthrec.operator.observed import JobView
 from synthrec.plan import dataset_task
-from synthrec.tasks import ResourceRef
+from synthrec.plan.tasks import ResourceRef
 
 K8S = "1.33.0"
 OWNER = Owner("SyntheticDataset", "ds", "team-a", "0b5e0c1e-0000-4000-8000-000000000001")
@@ -184,7 +184,7 @@ def test_operator_defaults_apply_where_the_spec_is_silent() -> None:
         image_pull_policy="Always",
         service_account="workers",
         queue_name="default-queue",
-        gpu_resource="amd.com/gpu",
+        gpu_resource="nvidia.com/mig-1g.10gb",
         s3_endpoint="http://minio:9000",
         s3_secret="default-s3",
         hf_token_secret="default-hf",
@@ -198,7 +198,7 @@ def test_operator_defaults_apply_where_the_spec_is_silent() -> None:
     assert container["image"] == "registry.example/default:9" and container["imagePullPolicy"] == "Always"
     assert pod["serviceAccountName"] == "workers"
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "default-queue"
-    assert container["resources"]["limits"]["amd.com/gpu"] == "1"
+    assert container["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "default-s3"
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "default-hf"
@@ -239,3 +239,15 @@ def test_short_run_names_are_kept_as_label_values() -> None:
     assert labels["synthrec.io/run"] == "shots16-seed1-ct"
     assert labels["app.kubernetes.io/managed-by"] == "synthrec"
     assert labels["synthrec.io/kind"] == "RecognitionExperiment"
+
+
+def test_jobs_and_their_pods_carry_the_recommended_labels() -> None:
+    job = render(spec())
+    expected = {
+        "app.kubernetes.io/name": "synthrec",
+        "app.kubernetes.io/instance": OWNER.name,
+        "app.kubernetes.io/component": "generate",
+        "app.kubernetes.io/managed-by": "synthrec",
+    }
+    assert expected.items() <= job["metadata"]["labels"].items()
+    assert expected.items() <= job["spec"]["template"]["metadata"]["labels"].items()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from synthrec.contract import parse_summary
 from synthrec.operator import planning
 from synthrec.operator.observed import DatasetView, JobCondition, JobView, PodView
 from synthrec.operator.planning import Context, Observed, plan
@@ -90,8 +91,17 @@ def job(
 
 
 def pod(
-    j: JobView, index: int, *, exit_code: int | None = 0, running: bool = False, **summary: Any
+    j: JobView, index: int, *, exit_code: int | None = 0, running: bool = False, **fields: Any
 ) -> PodView:
+    """A pod of ``j``; ``fields`` make its termination summary (a failure's when it exited non-zero)."""
+    summary = None
+    if fields:
+        failed = exit_code not in (0, None)
+        raw = {"stage": j.stage, "shard": index, "ok": not failed, **fields}
+        if failed:
+            raw.setdefault("error", "data" if exit_code == 42 else "retryable")
+        summary = parse_summary(json.dumps(raw))
+        assert summary is not None, raw
     return PodView(
         name=f"{j.name}-{index}-x",
         job_uid=j.uid,
@@ -100,7 +110,7 @@ def pod(
         phase="Running" if running else ("Succeeded" if exit_code == 0 else "Failed"),
         running=running,
         exit_code=None if running else exit_code,
-        summary=summary or None,
+        summary=summary,
     )
 
 
@@ -135,7 +145,7 @@ def test_a_new_dataset_starts_its_first_stage_with_a_task_configmap_and_one_job(
 
 def test_the_next_stage_starts_when_the_previous_one_completed() -> None:
     prompts = job("ds-prompts-a1", "prompts", final="Complete", completed="0")
-    observed = Observed(jobs=[prompts], pods=[pod(prompts, 0, prompts=12)])
+    observed = Observed(jobs=[prompts], pods=[pod(prompts, 0, prompts=12, classes=4, images=48)])
     actions = plan(dataset(), observed, CTX)
     assert stage_status(actions, "prompts")["state"] == "Succeeded"
     assert actions.status["artifacts"]["prompts"] == "s3://bucket/ds/prompts.jsonl"
@@ -264,9 +274,44 @@ def test_the_last_attempt_failing_within_the_budget_completes_the_stage_degraded
     assert condition(actions.status, "Degraded")["reason"] == "ShardsFailed"
 
 
+def _data_error_attempt() -> tuple[JobView, list[PodView], dict[str, Any]]:
+    """Attempt 1 of generate: shards 0, 2, 3 committed, shard 1's input is bad (exit 42, FailIndex)."""
+    gen = job(
+        "ds-generate-a1",
+        "generate",
+        completions=4,
+        completed="0,2-3",
+        failed="1",
+        final="Failed",
+        reason="FailedIndexes",
+    )
+    pods = [pod(gen, i, images=10) for i in (0, 2, 3)]
+    pods.append(pod(gen, 1, exit_code=42, message="real image 7 of class 2 is corrupt"))
+    persisted = {"stages": {"prompts": {"state": "Succeeded", "attempt": 1}, "generate": {"attempt": 1}}}
+    return gen, pods, persisted
+
+
+def test_a_data_error_within_the_budget_is_tolerated_without_another_attempt() -> None:
+    gen, pods, persisted = _data_error_attempt()
+    spec = dataset(sharding={"shards": 4, "maxAttempts": 3, "maxFailedShards": 1})
+    actions = plan(with_status(spec, persisted), Observed(jobs=[gen], pods=pods), CTX)
+    generate = stage_status(actions, "generate")
+    assert generate["state"] == "Succeeded" and generate["shards"]["failedIndexes"] == "1"
+    assert [c.name for c in actions.create] == ["ds-filter-a1"]  # no ds-generate-a2: it would fail again
+
+
+def test_a_data_error_beyond_the_budget_fails_at_once() -> None:
+    gen, pods, persisted = _data_error_attempt()
+    spec = dataset(sharding={"shards": 4, "maxAttempts": 3, "maxFailedShards": 0})
+    actions = plan(with_status(spec, persisted), Observed(jobs=[gen], pods=pods), CTX)
+    failed = condition(actions.status, "Failed")
+    assert failed["reason"] == "MaxFailedShardsExceeded" and "after 1 attempt(s)" in failed["message"]
+    assert "real image 7 of class 2 is corrupt" in failed["message"] and not actions.create
+
+
 def test_a_config_error_fails_the_dataset_and_stops_nothing_else() -> None:
     prompts = job("ds-prompts-a1", "prompts", final="Failed", reason="PodFailurePolicy")
-    failed_pod = pod(prompts, 0, exit_code=3, ok=False, error="config", message="bad model ref")
+    failed_pod = pod(prompts, 0, exit_code=3, error="config", message="bad model ref")
     actions = plan(dataset(), Observed(jobs=[prompts], pods=[failed_pod]), CTX)
     failed = condition(actions.status, "Failed")
     assert failed["reason"] == "ConfigError" and "bad model ref" in failed["message"]
@@ -391,8 +436,8 @@ def test_an_experiment_pins_the_dataset_digest_and_bounds_parallel_runs() -> Non
     actions = plan(experiment(), Observed(datasets={"ds": ds_view()}), CTX)
     assert actions.status["datasets"] == [{"name": "ds", "uri": "s3://bucket/ds/", "digest": DIGEST}]
     assert [c.name for c in actions.create] == ["exp-r0-a1", "exp-r1-a1"]  # execution.parallelism = 2
-    run = json.loads(actions.create[0].configmap["data"]["task.json"])["run"]
-    assert run["synthetic"][0]["digest"] == DIGEST
+    task = json.loads(actions.create[0].configmap["data"]["task.json"])
+    assert task["run"]["name"] == "shots0-seed1" and task["datasets"][0]["digest"] == DIGEST
     assert [r["state"] for r in actions.status["results"]] == ["Running", "Running", "Pending", "Pending"]
     labels = actions.create[0].job["metadata"]["labels"]
     assert labels["synthrec.io/run"] == "shots0-seed1" and labels["synthrec.io/stage"] == "train"
@@ -409,7 +454,10 @@ def test_run_results_fold_into_status_with_the_best_run() -> None:
     first = plan(experiment(), Observed(datasets={"ds": ds_view()}), CTX)
     r0 = job("exp-r0-a1", "train", final="Complete", completed="0", run_index=0)
     r1 = job("exp-r1-a1", "train", final="Complete", completed="0", run_index=1)
-    pods = [pod(r0, 0, top1=0.6, zero_shot_top1=0.3), pod(r1, 0, top1=0.7, metrics="s3://x/m.json")]
+    pods = [
+        pod(r0, 0, run="shots0-seed1", top1=0.6, zero_shot_top1=0.3),
+        pod(r1, 0, run="shots0-seed2", top1=0.7, zero_shot_top1=0.3, metrics="s3://x/m.json"),
+    ]
     actions = plan(
         with_status(experiment(), first.status),
         Observed(jobs=[r0, r1], pods=pods, datasets={"ds": ds_view()}),

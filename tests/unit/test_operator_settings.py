@@ -28,7 +28,7 @@ def test_every_contract_variable_is_read() -> None:
         "SYNTHREC_WORKER_IMAGE_PULL_POLICY": "IfNotPresent",
         "SYNTHREC_WORKER_SERVICE_ACCOUNT": "synthrec-worker",
         "SYNTHREC_DEFAULT_QUEUE": "team-queue",
-        "SYNTHREC_GPU_RESOURCE": "amd.com/gpu",
+        "SYNTHREC_GPU_RESOURCE": "nvidia.com/mig-1g.10gb",
         "SYNTHREC_S3_ENDPOINT": "http://minio:9000",
         "SYNTHREC_S3_SECRET": "s3-creds",
         "SYNTHREC_HF_TOKEN_SECRET": "hf-token",
@@ -48,7 +48,7 @@ def test_every_contract_variable_is_read() -> None:
     )
     assert (worker.queue_name, worker.gpu_resource, worker.s3_endpoint) == (
         "team-queue",
-        "amd.com/gpu",
+        "nvidia.com/mig-1g.10gb",
         "http://minio:9000",
     )
     assert (worker.s3_secret, worker.hf_token_secret) == ("s3-creds", "hf-token")

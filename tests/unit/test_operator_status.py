@@ -70,7 +70,7 @@ def test_a_pod_view_reads_the_termination_summary() -> None:
     message = json.dumps({"stage": "generate", "shard": 7, "images": 120, "ok": True})
     view = PodView.from_obj(pod_obj("Succeeded", {"terminated": {"exitCode": 0, "message": message}}))
     assert (view.index, view.job_uid, view.succeeded) == (1, "j1", True)
-    assert view.summary["images"] == 120 and view.message == ""
+    assert view.summary.images == 120 and view.message == ""
     crashed = PodView.from_obj(pod_obj("Failed", {"terminated": {"exitCode": 137, "message": "Killed\nOOM"}}))
     assert crashed.summary is None and crashed.error_message == "Killed\nOOM"
 

@@ -45,7 +45,7 @@ def test_subpackages_map_to_the_top_level_folders() -> None:
 
 def test_core_imports_neither_torch_nor_kopf() -> None:
     code = (
-        "import sys, synthrec.api, synthrec.plan, synthrec.validation, synthrec.cli, synthrec.crdgen;"
+        "import sys, synthrec.api, synthrec.plan, synthrec.api.validation, synthrec.cli, synthrec.api.crdgen;"
         "synthrec.cli.build_parser();"
         "print(sorted(m for m in ('torch', 'kopf', 'diffusers', 'open_clip') if m in sys.modules))"
     )
@@ -91,7 +91,8 @@ def test_wheel_has_the_mapped_packages(tmp_path: Path) -> None:
 
     wheel = next((tmp_path / "dist").glob("synthrec-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "synthrec/api.py" in names
+    packages = sorted(p.parent.name for p in (ROOT / "synthrec").glob("*/__init__.py"))
+    assert packages and all(f"synthrec/{pkg}/__init__.py" in names for pkg in packages), packages
     assert any(n.startswith("synthrec/operator/") for n in names)
     assert "synthrec/workers/__init__.py" in names
     assert any(n.startswith("synthrec/presets/") and n.endswith(".txt") for n in names)

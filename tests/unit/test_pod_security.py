@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart import CHART, render_chart
-from tests.pss import assert_restricted, pod_security_violations
+from tests.harness.chart import CHART, render_chart
+from tests.harness.pss import assert_restricted, pod_security_violations
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_WRITABLE = ("/tmp", "/cache", "/dev/shm")  # /work/contracts.md: the only writable paths of workers

@@ -14,6 +14,7 @@ import pytest
 from synthrec.presets import (
     PRESET_ALIASES,
     PRESET_NAMES,
+    TABLE1,
     LabelClass,
     PresetError,
     canonical_preset_name,
@@ -21,15 +22,20 @@ from synthrec.presets import (
 )
 
 CLASS_COUNTS = {
+    "birdsnap": 500,
     "caltech101": 102,  # 101 categories plus 'background', the folder order clip_benchmark's loader uses
+    "caltech256": 257,  # 256 categories plus 'clutter', as the official code's list
     "cifar10": 10,
     "cifar100": 100,
+    "cub200": 200,
     "dtd": 47,
     "eurosat": 10,
     "fgvc_aircraft": 100,
     "flowers102": 102,
     "food101": 101,
     "imagenet1k": 1000,
+    "imagenet_r": 200,
+    "imagenet_sketch": 1000,
     "oxford_pets": 37,
     "stanford_cars": 196,
     "sun397": 397,
@@ -57,6 +63,7 @@ def _clip_benchmark(filename: str) -> dict:
 def test_preset_names_are_exactly_the_papers_datasets_plus_tiny():
     assert set(PRESET_NAMES) == set(CLASS_COUNTS)
     assert list(PRESET_NAMES) == sorted(PRESET_NAMES)
+    assert {row[0] for row in TABLE1} == set(PRESET_NAMES) - {"tiny"} and len(TABLE1) == 17
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -68,7 +75,7 @@ def test_every_preset_loads_with_the_exact_class_count_and_unique_names(name):
     for label in preset.classes:
         assert label.name and label.name == label.name.strip()
         assert label.head_name and label.head_name == label.head_name.strip()
-    assert set(preset.provenance) >= {"classes", "head_names", "templates", "prompts"}
+    assert set(preset.provenance) >= {"classes", "head_names", "templates", "prompts", "filter_template"}
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -76,7 +83,7 @@ def test_head_names_are_unique_except_where_imagenets_source_repeats_one(name):
     heads = get_preset(name).head_names
     repeated = sorted({h for h in heads if heads.count(h) > 1})
     # open_clip, CLIP's notebook and the official code all name 657/744 and 836/837 alike.
-    assert repeated == (["missile", "sunglasses"] if name == "imagenet1k" else [])
+    assert repeated == (["missile", "sunglasses"] if name in ("imagenet1k", "imagenet_sketch") else [])
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -86,7 +93,8 @@ def test_templates_and_prompt_formats_each_hold_exactly_one_placeholder(name):
     for template in preset.templates:
         assert template.count("{c}") == 1
         assert template.format(c="X").count("X") == 1
-    assert preset.prompt_template.count("{}") == 1
+    assert preset.prompt_templates and all(t.count("{}") == 1 for t in preset.prompt_templates)
+    assert preset.filter_template.count("{c}") == 1
     assert preset.le_input.count("{}") == 1
     assert preset.prompt_wrapper is None or preset.prompt_wrapper.count("{}") == 1
 
@@ -107,7 +115,35 @@ def test_head_templates_are_the_papers_head_initialisation_sets():
         assert len(templates) == 18 and "a blurry photo of a {c}." in templates
     imagenet = get_preset("imagenet1k").templates
     assert imagenet[0] == "itap of a {c}." and len(imagenet) == 7
+    assert get_preset("imagenet_sketch").templates == get_preset("imagenet_r").templates == imagenet
+    for birds in ("cub200", "birdsnap"):
+        assert get_preset(birds).templates == ("a photo of a {c}, a type of bird.",)
     assert len(get_preset("caltech101").templates) == 34  # no paper set: clip_benchmark's
+    assert get_preset("caltech256").templates == ("a photo of a {c}.",)  # the official simple_template
+
+
+def test_filter_templates_are_the_official_filters_prompt_per_dataset():
+    # Official code: src/classifier-tuning/src/select_glide_ims_by_clip.py writes "a photo of " + "a <name>"
+    # (the article is part of its names) and the EuroSAT prompt it runs.
+    official = {
+        "eurosat": "a centered satellite photo of a {c}.",
+        "fgvc_aircraft": "a photo of a {c}, a type of aircraft.",
+        "cub200": "a photo of a {c}, a type of bird.",
+        "sun397": "a photo of a {c}.",
+        "caltech101": "a photo of a {c}.",
+        "caltech256": "a photo of a {c}.",
+        "cifar10": "a photo of a {c}.",
+        "cifar100": "a photo of a {c}.",
+        "imagenet1k": "a photo of a {c}.",
+    }
+    for name, template in official.items():
+        preset = get_preset(name)
+        assert preset.filter_template == template, name
+        assert preset.provenance["filter_template"].startswith("official code"), name
+    for name in set(PRESET_NAMES) - set(official) - {"tiny"}:
+        assert get_preset(name).provenance["filter_template"].startswith("synthrec:"), name
+    assert get_preset("birdsnap").filter_template == "a photo of a {c}, a type of bird."
+    assert get_preset("imagenet_sketch").filter_template == "a sketch of a {c}."
 
 
 def test_eurosat_generation_names_line_up_with_coops_head_names():
@@ -123,19 +159,110 @@ def test_eurosat_generation_names_line_up_with_coops_head_names():
     assert pairs[7] == ("Residential Buildings", "residential buildings or homes or apartments")
     assert pairs[8] == ("River", "river")
     assert pairs[9] == ("Sea or Lake", "lake or sea")
-    assert eurosat.prompt_template.format("Forest") == "a centered satellite photo of Forest."
+    # The official Real Guidance prompt (src/glide/glide_fsl.py), no full stop.
+    assert eurosat.prompt_templates == ("a centered satellite photo of {}",)
     assert eurosat.prompt_wrapper == "a centered satellite photo of {}"
     assert eurosat.le_input.format("Sea or Lake") == "a Sea or Lake"
+    # The release's folders (AnnualCrop, ...), matched to the classes in label order.
+    assert [c.folder for c in eurosat.classes][:3] == ["AnnualCrop", "Forest", "HerbaceousVegetation"]
+    assert eurosat.classes[9].folder == "SeaLake"
 
 
 def test_other_presets_use_the_plain_prompt_and_no_wrapper():
-    for name in PRESET_NAMES:
-        if name != "eurosat":
-            preset = get_preset(name)
-            assert preset.prompt_template == "a photo of a {}."
-            assert preset.prompt_wrapper is None
-            assert preset.le_input == "a {}"
-            assert preset.head_names == preset.names or name == "imagenet1k"
+    styled = {"eurosat", "imagenet_sketch", "imagenet_r"}
+    own_head = {
+        "eurosat",
+        "imagenet1k",
+        "imagenet_sketch",
+        "sun397",
+        "stanford_cars",
+        "flowers102",
+        "caltech256",
+    }
+    for name in set(PRESET_NAMES) - styled:
+        preset = get_preset(name)
+        assert preset.prompt_templates == ("a photo of a {}.",)
+        assert preset.prompt_wrapper is None
+        assert preset.le_input == "a {}"
+        assert (preset.head_names == preset.names) == (name not in own_head), name
+
+
+def test_the_robustness_sets_carry_their_style_in_the_generation_prompts():
+    sketch = get_preset("imagenet_sketch")
+    assert sketch.prompt_templates == ("a sketch of a {}.",) and sketch.prompt_wrapper == "a sketch of {}"
+    assert sketch.names == get_preset("imagenet1k").names  # the same 1000 classes
+    styles = get_preset("imagenet_r").prompt_templates
+    openai = [t("{}") for t in _open_clip_metadata()["OPENAI_IMAGENET_TEMPLATES"]]
+    assert len(styles) == 13 and set(styles) <= set(openai)  # worded as the package words them
+    assert {"a sketch of a {}.", "a cartoon {}.", "a origami {}.", "a {} in a video game."} <= set(styles)
+
+
+def test_imagenet_r_is_timms_subset_of_open_clips_names_with_wordnet_folders():
+    timm_info = _package_file("timm", "data", "_info")
+    indices = [int(i) for i in (timm_info / "imagenet_r_indices.txt").read_text().split()]
+    names = _open_clip_metadata()["IMAGENET_CLASSNAMES"]
+    r = get_preset("imagenet_r")
+    assert list(r.names) == [names[i] for i in indices]
+    assert r.names[:3] == ("goldfish", "great white shark", "hammerhead shark") and r.names[-1] == "acorn"
+    assert [c.folder for c in r.classes] == (timm_info / "imagenet_r_synsets.txt").read_text().split()
+    imagenet = [c.folder for c in get_preset("imagenet1k").classes]
+    assert imagenet == (timm_info / "imagenet_synsets.txt").read_text().split()
+    assert imagenet[0] == "n01440764" and [c.folder for c in r.classes] == [imagenet[i] for i in indices]
+
+
+def test_sun397_heads_are_coops_names_as_the_official_head_uses():
+    sun = get_preset("sun397")
+    differing = [(c.name, c.head_name) for c in sun.classes if c.name != c.head_name]
+    assert len(differing) == 126
+    assert ("apartment building outdoor", "outdoor apartment building") in differing
+    assert ("desert sand", "sand desert") in differing and sun.classes[0].head_name == "abbey"
+    for name, head in differing:  # CoOp reorders the parts of the path, never changes a word
+        assert sorted(name.split()) == sorted(head.split())
+
+
+def test_stanford_cars_heads_put_the_year_first_as_coop_and_the_official_head():
+    cars = get_preset("stanford_cars")
+    assert cars.classes[0].head_name == "2000 AM General Hummer SUV"
+    assert cars.classes[195].head_name == "2012 smart fortwo Convertible"
+    for c in cars.classes:
+        year, rest = c.head_name.split(" ", 1)
+        assert year.isdigit() and len(year) == 4 and c.name == f"{rest} {year}"
+
+
+def test_flowers_heads_take_the_official_spelling_of_three_classes():
+    flowers = get_preset("flowers102")
+    differing = {i: (c.name, c.head_name) for i, c in enumerate(flowers.classes) if c.name != c.head_name}
+    assert differing == {
+        15: ("globe flower", "globe-flower"),
+        59: ("pink and yellow dahlia", "pink-yellow dahlia"),
+        92: ("air plant", "ball moss"),
+    }
+
+
+def test_caltech256_cub_and_birdsnap_follow_the_releases_and_the_official_names():
+    caltech = get_preset("caltech256")
+    bonsai = caltech.classes[14]
+    assert (bonsai.name, bonsai.head_name, bonsai.folder) == ("bonsai", "bonsai-101", "015.bonsai-101")
+    flag = caltech.classes[1]
+    assert (flag.name, flag.head_name, flag.folder) == ("american flag", "american-flag", "002.american-flag")
+    assert caltech.classes[-1].folder == "257.clutter"
+    assert [c.folder[:3] for c in caltech.classes] == [f"{i:03d}" for i in range(1, 258)]
+    cub = get_preset("cub200")
+    assert (cub.classes[0].name, cub.classes[0].folder) == (
+        "Black footed Albatross",
+        "001.Black_footed_Albatross",
+    )
+    assert cub.classes[140].name == "Artic Tern" and cub.names[-1] == "Common Yellowthroat"
+    birdsnap = get_preset("birdsnap").names
+    assert birdsnap == tuple(sorted(birdsnap)) and birdsnap[:2] == ("Acadian Flycatcher", "Acorn Woodpecker")
+
+
+def test_every_hand_kept_list_says_where_it_comes_from():
+    for path in sorted(PRESETS_DIR.glob("*.txt")):
+        header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+        assert header, f"{path.name} has no source comment"
+        text = " ".join(header)
+        assert any(source in text for source in ("CVMI-Lab", "CoOp", "openai/CLIP", "torchvision")), path.name
 
 
 def test_imagenet_is_open_clips_list_and_templates_not_a_copy():
@@ -191,7 +318,7 @@ def test_tiny_preset_matches_the_offline_demo_dataset():
     assert tiny.names == ("red circle", "green square", "blue triangle", "yellow cross")
     assert tiny.head_names == tiny.names
     assert tiny.templates == ("a photo of a {c}.", "a drawing of a {c}.")
-    assert tiny.prompt_template == "a photo of a {}."
+    assert tiny.prompt_templates == ("a photo of a {}.",)
 
 
 def test_names_resolve_through_aliases_case_and_dashes():
@@ -247,7 +374,7 @@ def test_without_the_workers_extra_presets_that_need_it_say_what_to_install():
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "13 4"
+    assert lines[0] == "18 4"
     assert [line.split()[0] for line in lines[1:]] == ["imagenet1k", "cifar10", "eurosat"]
     assert "'open_clip'" in lines[1] and "'clip_benchmark'" in lines[2]
     assert all("synthrec[workers]" in line for line in lines[1:])

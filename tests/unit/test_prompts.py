@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from synthrec.api import SyntheticDatasetSpec
-from synthrec.labels import resolve_labels
+from synthrec.api.labels import resolve_labels
 from synthrec.workers.prompts import basic_prompts, build_prompts, fill_in, images_per_row, select_prompts
 from synthrec.workers.shardio import DeterministicTar, encode_jpeg, sample_json
 from synthrec.workers.workitems import (
@@ -74,7 +74,16 @@ def test_basic_prompts_use_the_preset_template_and_wrapper_free_class_names() ->
     s = spec(labels={"preset": "eurosat"})
     labels = resolve_labels(s.labels)
     prompts = basic_prompts(s, labels, labels.classes[0].name)
-    assert prompts == [f"a centered satellite photo of {labels.classes[0].name}."]
+    # The official Real Guidance prompt: 'a centered satellite photo of ' + name (src/glide/glide_fsl.py).
+    assert prompts == ["a centered satellite photo of Annual Crop Land"]
+    # ImageNet-R: one prompt per rendition type.
+    r = spec(labels={"preset": "imagenet_r"})
+    rendered = basic_prompts(r, resolve_labels(r.labels), "goldfish")
+    assert (
+        len(rendered) == 13
+        and "a sketch of a goldfish." in rendered
+        and "a goldfish in a video game." in rendered
+    )
 
 
 @pytest.mark.parametrize(
@@ -191,3 +200,20 @@ def test_tar_bytes_depend_only_on_names_and_contents(tmp_path) -> None:
         assert [m.name for m in members] == ["k1.jpg", "k1.json"]
         assert {(m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, "", "", 0o644)}
         assert tar.extractfile("k1.json").read().decode() == '{"class":1,"class_name":"日本 \\"q\\" ../x"}'
+
+
+def test_a_stored_image_is_resized_with_antialiasing() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    # A one-pixel checkerboard: antialiased downscaling averages it to grey, point sampling would keep
+    # pure black or pure white.
+    board = (np.indices((128, 128)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    pixels = np.repeat(board[:, :, None], 3, axis=2)
+    stored = np.asarray(Image.open(io.BytesIO(encode_jpeg(pixels, 95, size=32))))
+    assert stored.shape == (32, 32, 3)
+    assert 100 < stored.mean() < 155 and stored.std() < 20
+    same = np.asarray(Image.open(io.BytesIO(encode_jpeg(pixels, 95))))
+    assert same.shape == (128, 128, 3)

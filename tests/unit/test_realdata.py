@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from synthrec.api import LabelClass, LabelSpace, RealData
-from synthrec.labels import resolve_labels
+from synthrec.api.labels import resolve_labels
 from synthrec.storage import open_storage
 from synthrec.workers.realdata import (
     RealImage,
@@ -26,6 +26,19 @@ from synthrec.workers.realdata import (
 from synthrec.workers.runtime import ConfigError, DataError
 
 TINY = resolve_labels(LabelSpace(preset="tiny"))  # red circle, green square, blue triangle, yellow cross
+# The EuroSAT release's class folders (EuroSAT_RGB), alphabetical = label order.
+EUROSAT_RELEASE_FOLDERS = [
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+]
 
 
 def png(colour: tuple[int, int, int] = (200, 10, 10)) -> bytes:
@@ -145,6 +158,32 @@ def test_head_names_match_when_names_do_not(tmp_path: Path) -> None:
     uri = tree(tmp_path, {"annual_crop_land/0.png": png(), "forest/0.png": png()})
     index = index_real_data(RealData(uri=uri), labels, open_storage)
     assert [len(index.by_class[c]) for c in range(2)] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("preset", "folders"),
+    [
+        ("eurosat", EUROSAT_RELEASE_FOLDERS),
+        ("cub200", ["001.Black_footed_Albatross", "141.Artic_Tern", "200.Common_Yellowthroat"]),
+        ("caltech256", ["001.ak47", "015.bonsai-101", "257.clutter"]),
+        ("imagenet_r", ["n01443537", "n12267677"]),
+    ],
+)
+def test_the_releases_folder_names_match_a_presets_classes(
+    tmp_path: Path, preset: str, folders: list[str]
+) -> None:
+    labels = resolve_labels(
+        LabelSpace(preset=preset)
+        if preset == "eurosat"
+        else LabelSpace(
+            preset=preset,
+            subset=[c.name for c in resolve_labels(LabelSpace(preset=preset)).classes if c.folder in folders],
+        )
+    )
+    uri = tree(tmp_path, {f"{folder}/0.png": png() for folder in folders})
+    index = index_real_data(RealData(uri=uri), labels, open_storage)
+    assert index.unmatched == []
+    assert [index.by_class[c.index][0].uri for c in labels.classes] == [f"{uri}{f}/0.png" for f in folders]
 
 
 def test_empty_image_files_follow_on_bad_image(tmp_path: Path) -> None:

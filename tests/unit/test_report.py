@@ -15,28 +15,13 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save
 
-from synthrec import api, confusion, plan
-from synthrec.layout import DatasetLayout, ExperimentLayout
+from synthrec.contract import confusion
+from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.report import build_report, safetensors_matrix
 from synthrec.storage import FileStorage, open_storage, write_marker
-from synthrec.tasks import ResourceRef
-from synthrec.workers.runtime import spec_document
+from tests.harness.artifacts import dataset_manifest, run_metrics, write_dataset_spec, write_experiment_spec
 
 CLASSES = ["cat <b>&", "dog"]
-
-
-def dataset_body(model: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "synthrec.io/v1alpha1",
-        "kind": "SyntheticDataset",
-        "metadata": {"name": "pets"},
-        "spec": {
-            "labels": {"classes": [{"name": c} for c in CLASSES]},
-            "generator": {"model": model},
-            "filter": {"keepPerClass": 1},
-            "output": {"uri": "file:///unused/"},
-        },
-    }
 
 
 def jpeg(color: tuple[int, int, int]) -> bytes:
@@ -53,11 +38,9 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_dataset(root: Path, model: str = "hf://org/sd") -> None:
     """The artifacts of a finished one-shard dataset: two images per class, one kept per class."""
-    res = api.parse_resource(dataset_body(model))
-    hashes = plan.dataset_hashes(res.spec)
     storage = FileStorage(root)
-    task = plan.dataset_task(res.spec, "prompts", ResourceRef(kind="SyntheticDataset", name="pets"))
-    storage.write_json(DatasetLayout.spec, spec_document(task))
+    spec = {"labels": {"classes": [{"name": c} for c in CLASSES]}, "generator": {"model": model}}
+    hashes = write_dataset_spec(storage, "pets", {**spec, "filter": {"keepPerClass": 1}})
     prompts = [
         {
             "class": c,
@@ -92,43 +75,18 @@ def write_dataset(root: Path, model: str = "hf://org/sd") -> None:
         {"shard": 0, "key": keys[2], "class": 1, "score": 0.8, "passed": True},
     ]
     storage.write_bytes(DatasetLayout.index, "".join(json.dumps(k) + "\n" for k in kept).encode())
-    per_class = [
-        {"index": c, "name": n, "generated": 2, "passed": 1, "kept": 1, "accept_rate": 0.5, "keep_rate": 0.5}
-        for c, n in enumerate(CLASSES)
-    ]
-    storage.write_json(
-        DatasetLayout.manifest,
-        {
-            "spec_hash": hashes["reduce"],
-            "labels": {"classes": CLASSES},
-            "filter": {"enabled": True},
-            "counts": {"generated": 4, "passed": 2, "kept": 2, "rejected": 2, "accept_rate": 0.5},
-            "per_class": per_class,
-        },
-    )
+    storage.write_json(DatasetLayout.manifest, dataset_manifest(hashes["reduce"], CLASSES).document())
 
 
 def write_experiment(root: Path) -> None:
-    body = {
-        "apiVersion": "synthrec.io/v1alpha1",
-        "kind": "RecognitionExperiment",
-        "metadata": {"name": "pets-ct"},
-        "spec": {
-            "labels": {"classes": [{"name": c} for c in CLASSES]},
-            "data": {
-                "synthetic": [{"datasetRef": "pets"}],
-                "realTrain": {"uri": "file:///real/train/"},
-                "test": {"uri": "file:///real/test/"},
-            },
-            "matrix": {"shots": [0, 4], "seeds": [1, 2]},
-            "output": {"uri": "file:///unused/"},
-        },
-    }
-    res = api.parse_resource(body)
     storage = FileStorage(root)
-    runs = plan.experiment_runs(res.spec)
-    task = plan.train_task(res.spec, runs[0], [], ResourceRef(kind="RecognitionExperiment", name="pets-ct"))
-    storage.write_json(ExperimentLayout.spec, spec_document(task))
+    data = {
+        "synthetic": [{"datasetRef": "pets"}],
+        "realTrain": {"uri": "file:///r/"},
+        "test": {"uri": "file:///t/"},
+    }
+    spec = {"labels": {"classes": [{"name": c} for c in CLASSES]}, "data": data}
+    runs = write_experiment_spec(storage, "pets-ct", {**spec, "matrix": {"shots": [0, 4], "seeds": [1, 2]}})
     per_class = [  # 10 test images per class; cat gets worse than zero-shot CLIP, dog better
         {"index": 0, "name": CLASSES[0], "count": 10, "top1": 40.0, "zero_shot_top1": 60.0},
         {"index": 1, "name": CLASSES[1], "count": 10, "top1": 70.0, "zero_shot_top1": 30.0},
@@ -136,8 +94,8 @@ def write_experiment(root: Path) -> None:
     matrices = confusion.document(CLASSES, [[4, 6], [3, 7]], [[6, 4], [7, 3]])
     for run in runs[:3]:  # the last run is not done
         top1 = 50.0 + run.shots + run.seed
-        metrics = {"top1": top1, "zero_shot_top1": 45.0, "per_class": per_class}
-        storage.write_json(ExperimentLayout.run_metrics(run.name), metrics)
+        metrics = run_metrics(run.name, top1=top1, zero_shot_top1=45.0, classes=CLASSES, per_class=per_class)
+        storage.write_json(ExperimentLayout.run_metrics(run.name), metrics.document())
         storage.write_json(ExperimentLayout.run_confusion(run.name), matrices)
         curve = {"epochs": [{"epoch": e, "loss": 2.0 / e} for e in range(1, 4)], "steps": []}
         storage.write_json(ExperimentLayout.run(run.name, "curve.json"), curve)
@@ -169,7 +127,7 @@ def test_the_report_shows_grids_rates_prompts_runs_and_plots_from_files_beside_i
         "plots/pets-ct-confusion.png",
     } <= set(files)
     # kept: the index's scores; rejected: the features file's probability of the intended class
-    grid = html.split("Kept and rejected images")[1]
+    grid = html.split("Kept and not kept images")[1]
     assert re.search(r"<span class='score'>0\.90</span> &lt;i&gt;cat &lt;b&gt;&amp;&lt;/i&gt; prompt", grid)
     assert "<span class='score'>0.30</span>" in grid  # cat image 1: rejected, p(cat) = 0.3
     assert "<span class='score'>0.40</span>" in grid  # dog image 1: rejected, p(dog) = 0.4

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from synthrec.runner import RunError, load_resources, select, storage_root, uses_tiny_models
+from synthrec.local import RunError, load_resources, select, storage_root, uses_tiny_models
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,11 +6,11 @@ The first run builds them (about 20 s on 2 cores) into pytest's cache; later run
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
+from synthrec.storage.uris import parse_model_ref
 from synthrec.tiny import (
     BUILDER_VERSION,
     IMAGE_SIZE,
@@ -22,7 +22,6 @@ from synthrec.tiny import (
     build_tiny_models,
     class_folder_name,
 )
-from synthrec.uris import parse_model_ref
 
 pytestmark = pytest.mark.slow  # the first run of the session builds the models
 
@@ -155,9 +154,7 @@ def test_real_dataset_is_an_image_folder_of_the_tiny_classes(tiny_models: TinyMo
 
 def test_a_second_build_of_the_same_folder_is_a_noop(tiny_models: TinyModels) -> None:
     before = {p: p.stat().st_mtime_ns for p in tiny_models.root.rglob("*") if p.is_file()}
-    started = time.perf_counter()
     again = build_tiny_models(tiny_models.root)
-    assert time.perf_counter() - started < 1.0
     assert again == tiny_models
     assert {p: p.stat().st_mtime_ns for p in tiny_models.root.rglob("*") if p.is_file()} == before
 

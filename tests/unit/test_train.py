@@ -3,7 +3,6 @@ schedule, the mixing orders step by step, batch-norm freezing and the evaluation
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 
@@ -17,7 +16,6 @@ from synthrec.workers.tuning import (
     CycledBatches,
     EncoderFeatures,
     LinearHead,
-    TuneConfig,
     evaluate,
     lr_at,
     plan_epoch,
@@ -28,11 +26,12 @@ from synthrec.workers.tuning import (
 )
 
 
-def config(**kw) -> TuneConfig:
+def config(soft_weight: float | None = None, **kw: object) -> ClassifierTuning:
     """Small batches and a higher LR than the paper's defaults, so that a few steps show something."""
-    ct = ClassifierTuning(batch_size_synthetic=8, batch_size_real=4, epochs=3)
-    base = TuneConfig.from_spec(ct, lr=1e-2, seed=0)
-    return dataclasses.replace(base, **kw)
+    ct = ClassifierTuning(batch_size_synthetic=8, batch_size_real=4, epochs=3, lr=1e-2)
+    if soft_weight is not None:
+        kw["soft_target"] = ct.soft_target.model_copy(update={"weight": soft_weight})
+    return ct.model_copy(update=kw)
 
 
 def test_sce_matches_the_formula_on_known_logits() -> None:
@@ -94,7 +93,7 @@ def test_tuning_learns_separable_features_from_a_head_at_chance() -> None:
     assert before < 50  # a random head is at chance (25 %), give or take
     teacher = LinearHead.random(4, 16, seed=4)  # an uninformative teacher: SCE off, CE must do the work
     cfg = config(epochs=20, batch_size_synthetic=32, lr=5e-2, soft_weight=0.0)
-    result = tune(head, teacher, CachedFeatures(x, None), x, y, None, cfg)
+    result = tune(head, teacher, CachedFeatures(x, None), x, y, None, cfg, 0)
     with torch.no_grad():
         after = evaluate(head(x_test), y_test, 4)["top1"]
     assert after >= 95, (before, after)
@@ -115,7 +114,7 @@ def test_cosine_schedule_is_sized_to_the_real_number_of_steps() -> None:
     x, y = separable(10)
     cfg = config(epochs=2, batch_size_synthetic=8, mixing="mixed")  # 40 images / 8 = 5 steps per epoch
     result = tune(
-        LinearHead.random(4, 16, 0), LinearHead.random(4, 16, 1), CachedFeatures(x, None), x, y, None, cfg
+        LinearHead.random(4, 16, 0), LinearHead.random(4, 16, 1), CachedFeatures(x, None), x, y, None, cfg, 0
     )
     assert [s["lr"] for s in result.steps] == pytest.approx([lr_at(s, 1e-2, 0, 10) for s in range(10)])
 
@@ -155,6 +154,7 @@ def test_mixing_orders_step_by_step(mixing: str, expected: list[str]) -> None:
         y_syn,
         y_real,
         cfg,
+        0,
     )
     assert [p["name"] for p in result.phases] == expected
     kinds = ["both" if "syn" in s and "real" in s else "syn" if "syn" in s else "real" for s in result.steps]
@@ -186,6 +186,7 @@ def test_best_validation_restores_the_best_epochs_head() -> None:
         y,
         None,
         cfg,
+        0,
         validate=lambda: (snapshots.append(head.weight.detach().clone()), next(scores))[1],
     )
     assert result.selected_epoch == 2 and [e["val_top1"] for e in result.epochs] == [10.0, 90.0, 50.0]
@@ -225,7 +226,9 @@ def test_batch_norm_layers_stay_in_eval_mode_when_frozen(freeze: bool) -> None:
     source = EncoderFeatures(visual, "last-block", make_loader, "cpu", freeze_bn=freeze)
     y = torch.arange(4).repeat(4)
     cached = torch.nn.functional.normalize(torch.randn(16, 16), dim=-1)
-    tune(LinearHead.random(4, 16, 0), LinearHead.random(4, 16, 1), source, cached, y, None, config(epochs=2))
+    tune(
+        LinearHead.random(4, 16, 0), LinearHead.random(4, 16, 1), source, cached, y, None, config(epochs=2), 0
+    )
     assert modes and all(tower for _, tower in modes)  # the tower itself runs in train mode
     if freeze:
         assert all(not any(flags) for flags, _ in modes)

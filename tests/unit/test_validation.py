@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from synthrec import api
-from synthrec.validation import load_documents, validate_file, validate_resource
+from synthrec.api.validation import load_documents, validate_file, validate_resource
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -81,7 +81,19 @@ def test_examples_cover_the_papers_settings() -> None:
     zero = {r.kind: r for r in kinds["eurosat-zero-shot.yaml"]}
     assert zero["SyntheticDataset"].spec.prompts.strategy == "language-enhancement"
     assert zero["SyntheticDataset"].spec.filter.enabled
+    assert zero["SyntheticDataset"].spec.filter.prompts == "filter-template"
     assert zero["RecognitionExperiment"].spec.method.classifier_tuning.soft_target.weight == 0.5
+    # Table 1's two columns from one synthetic dataset: RN50 and a ViT-B/16 zero-shot example.
+    backbones = [
+        r.spec.backbone.model for r in kinds["eurosat-zero-shot.yaml"] if r.kind == "RecognitionExperiment"
+    ]
+    assert backbones == ["RN50", "ViT-B-16"]
+    # Stable Diffusion examples: diffusers' defaults (50 steps, guidance 7.5), generated at the native size.
+    for name, resources in kinds.items():
+        for r in resources:
+            if r.kind == "SyntheticDataset" and r.spec.generator.model.startswith("hf://stabilityai/"):
+                gen = r.spec.generator
+                assert (gen.steps, gen.guidance_scale, gen.generation_resolution) == (50, 7.5, None), name
     few = {r.kind: r for r in kinds["eurosat-few-shot.yaml"]}
     assert few["SyntheticDataset"].spec.real_guidance.shots == 16
     assert few["SyntheticDataset"].spec.filter.real_filtering.enabled

@@ -112,6 +112,11 @@ Reads come from watches (list + watch), never single GETs; writes are create, me
 - apiGroups: ["synthrec.io"]
   resources: ["syntheticdatasets/status", "recognitionexperiments/status"]
   verbs: ["patch"]
+# Children set blockOwnerDeletion on their ownerReference; with OwnerReferencesPermissionEnforcement
+# (OpenShift, hardened clusters) that needs update on the owner's finalizers subresource.
+- apiGroups: ["synthrec.io"]
+  resources: ["syntheticdatasets/finalizers", "recognitionexperiments/finalizers"]
+  verbs: ["update"]
 # Worker Jobs (watched for progress, patched for TTL after results are folded, deleted on suspend).
 - apiGroups: ["batch"]
   resources: ["jobs"]
