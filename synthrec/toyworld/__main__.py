@@ -1,4 +1,5 @@
-"""``python -m synthrec.toyworld [DIR] [--seed N] [--force]``: build the toy world with a progress bar."""
+"""``python -m synthrec.toyworld [DIR] [--seed N] [--force]`` (also ``synthrec toy-world``): build the toy
+world with a progress bar per step."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import json
 import logging
 from collections.abc import Sequence
 from typing import Any
+
+DESCRIPTION = (
+    "Build the toy world (trained tiny text-to-image, CLIP and T5 models plus drawn real data; what "
+    "tiny://world/ references use) once, into DIR/v<builder version>-seed<seed>/. "
+)
 
 
 class RichProgress:
@@ -45,20 +51,18 @@ class RichProgress:
         self.bars.advance(self.task, steps)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from synthrec.toyworld.builder import NOTICE, build_toy_world, default_root
-
-    parser = argparse.ArgumentParser(
-        prog="python -m synthrec.toyworld",
-        description="Build the toy world (trained tiny text-to-image, CLIP and T5 models plus drawn real "
-        "data) once, into DIR/v<builder version>-seed<seed>/. " + NOTICE,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dir", nargs="?", help="parent folder (default: $SYNTHREC_TOY_WORLD or ~/.cache/synthrec/toy-world)"
     )
     parser.add_argument("--seed", type=int, default=0, help="the seed everything is drawn and trained from")
     parser.add_argument("--force", action="store_true", help="rebuild even when a complete build is there")
-    args = parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace) -> int:
+    """Build (or find) the toy world with progress bars; print where it is and what it measured."""
+    from synthrec.toyworld.builder import NOTICE, build_toy_world, default_root
+
     logging.basicConfig(level=logging.WARNING)
     with RichProgress() as progress:
         world = build_toy_world(
@@ -69,6 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"built in {manifest['build_seconds']['total']} s; measured: {json.dumps(manifest['quality'])}")
     print(NOTICE)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from synthrec.toyworld.builder import NOTICE
+
+    parser = argparse.ArgumentParser(prog="python -m synthrec.toyworld", description=DESCRIPTION + NOTICE)
+    add_arguments(parser)
+    return build(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """The paper's experiments on the toy world, through synthrec's real stages (``synthrec run``'s local
-runner, file:// storage, the built models referenced as file:// folders), and the numbers they give.
+runner, file:// storage, tiny://world/ references resolved to the build), and the numbers they give.
 
-``python -m synthrec.toyworld.measure [--world DIR] [--out DIR] [--seeds 1 2 3] [--shots 0 1 4]`` builds
-the toy world if needed, then runs
+``python -m synthrec.toyworld.measure [--world DIR] [--out DIR] [--file examples/quickstart.yaml]`` builds
+the toy world if needed, then runs the quickstart (what ``make demo`` runs):
 
-1. ``toy-le``: Language Enhancement prompts -> text-to-image -> CLIP Filter (the default setting);
-2. ``toy-rg``: Real Guidance from one real shot per class (img2img), for the feature-distance check;
-3. ``toy-ct``: Classifier Tuning at each shot count and seed, with (``ct-syn``) and without (``ct-init``)
-   the synthetic data,
+1. ``toy-shapes``: Language Enhancement prompts -> text-to-image -> CLIP Filter;
+2. ``toy-shapes-ct``: Classifier Tuning at each shot count and seed, with (``ct-syn``) and without
+   (``ct-init``) the synthetic data;
+
+and ``toy-shapes-rg``, Real Guidance from one real shot per class (img2img), for the feature-distance check,
 
 and prints zero-shot, CT-syn and CT-init top-1 per shot count (mean over seeds), the detector-judged label
 accuracy of the kept, rejected and unfiltered synthetic images, and the Real Guidance distances. The
@@ -17,137 +18,73 @@ learning tests (``tests/learning``) use these same functions. A toy world: not t
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import statistics
 import tarfile
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from synthrec.toyworld.builder import NOTICE, ToyWorld
-from synthrec.toyworld.evaluate import ZERO_SHOT_TEMPLATES
+from synthrec.toyworld.builder import ENV_TOY_WORLD, NOTICE, ToyWorld
 from synthrec.toyworld.world import LABEL_CLASSES, detect
 
-DATASET = "toy-le"
-GUIDED = "toy-rg"
-EXPERIMENT = "toy-ct"
-DEFAULT_SEEDS = (1, 2, 3)
-DEFAULT_SHOTS = (0, 1, 4)
+DATASET = "toy-shapes"  # the quickstart's resources (examples/quickstart.yaml)
+EXPERIMENT = "toy-shapes-ct"
+GUIDED = "toy-shapes-rg"
+GUIDED_IMAGES_PER_CLASS = 16
 
 
-def label_space() -> dict[str, Any]:
-    """The demo's eight classes with the zero-shot templates (explicit, so nothing needs a preset)."""
-    return {"classes": [{"name": name} for name in LABEL_CLASSES], "templates": list(ZERO_SHOT_TEMPLATES)}
+def quickstart_file() -> Path:
+    """examples/quickstart.yaml of a source checkout (the demo the measurements and the tests run)."""
+    return Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
 
 
-@dataclass(frozen=True)
-class Setting:
-    """The knobs of the measured runs (the defaults are what the tests and the report use)."""
-
-    sentences_per_class: int = 8
-    images_per_prompt: int = 4  # 8 x 4 = 32 images per class
-    steps: int = 20
-    guidance: float = 3.0
-    keep_per_class: int = 16
-    guided_images_per_class: int = 16
-    epochs: int = 30
-    lr: float = 0.05
-    shots: tuple[int, ...] = DEFAULT_SHOTS
-    seeds: tuple[int, ...] = DEFAULT_SEEDS
-    extra: dict[str, Any] = field(default_factory=dict)
+def load_quickstart(path: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The quickstart's SyntheticDataset and RecognitionExperiment, as plain documents."""
+    docs = [d for d in yaml.safe_load_all((path or quickstart_file()).read_text()) if d]
+    kinds = {d["kind"]: d for d in docs}
+    return kinds["SyntheticDataset"], kinds["RecognitionExperiment"]
 
 
-def dataset_resource(world: ToyWorld, setting: Setting, name: str = DATASET) -> dict[str, Any]:
-    refs = world.as_refs()
-    return {
-        "apiVersion": "synthrec.io/v1alpha1",
-        "kind": "SyntheticDataset",
-        "metadata": {"name": name},
-        "spec": {
-            "labels": label_space(),
-            "prompts": {
-                "strategy": "language-enhancement",
-                "model": refs["t5"],
-                "sentencesPerClass": setting.sentences_per_class,
-                "oversample": setting.sentences_per_class,
-            },
-            "generator": {
-                "model": refs["sd"],
-                "steps": setting.steps,
-                "guidanceScale": setting.guidance,
-                "resolution": 32,
-                "imagesPerPrompt": setting.images_per_prompt,
-                "batchSize": 32,
-            },
-            "filter": {
-                "clip": {"model": refs["clip"]},
-                "keepPerClass": setting.keep_per_class,
-                "softTargetTemperature": 2,
-                "batchSize": 128,
-            },
-            "sharding": {"shards": 2, "parallelism": 2},
-            "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
-            "output": {"uri": f"file:///unused/{name}/"},
-        },
-    }
-
-
-def guided_resource(world: ToyWorld, setting: Setting, name: str = GUIDED) -> dict[str, Any]:
-    """Real Guidance from 1 real shot per class (strength from the paper's table: 0.49), no filter."""
-    refs = world.as_refs()
-    body = dataset_resource(world, setting, name)
+def guided_resource(dataset: dict[str, Any], real_train: str, name: str = GUIDED) -> dict[str, Any]:
+    """The dataset with Real Guidance from 1 real shot per class (img2img at the paper's 1-shot strength),
+    basic prompts and no filter: for the feature-distance check."""
+    body = copy.deepcopy(dataset)
+    body["metadata"] = {"name": name}
     spec = body["spec"]
     spec["prompts"] = {"strategy": "basic"}
-    spec["generator"].pop("imagesPerPrompt")
+    spec["generator"].pop("imagesPerPrompt", None)
     spec["realGuidance"] = {
-        "source": {"uri": refs["real_train"]},
+        "source": {"uri": real_train},
         "shots": 1,
-        "imagesPerClass": setting.guided_images_per_class,
+        "imagesPerClass": GUIDED_IMAGES_PER_CLASS,
     }
     spec["filter"] = {"enabled": False}
+    spec["output"] = {"uri": f"file:///unused/{name}/"}
     return body
 
 
-def experiment_resource(
-    world: ToyWorld, setting: Setting, name: str = EXPERIMENT, dataset: str = DATASET
-) -> dict[str, Any]:
-    refs = world.as_refs()
-    return {
-        "apiVersion": "synthrec.io/v1alpha1",
-        "kind": "RecognitionExperiment",
-        "metadata": {"name": name},
-        "spec": {
-            "labels": label_space(),
-            "backbone": {"model": refs["clip"]},
-            "data": {
-                "synthetic": [{"datasetRef": dataset}],
-                "realTrain": {"uri": refs["real_train"]},
-                "test": {"uri": refs["real_test"]},
-            },
-            "method": {
-                "classifierTuning": {
-                    "epochs": setting.epochs,
-                    "lr": setting.lr,
-                    "batchSizeReal": 8,
-                    "batchSizeSynthetic": 32,
-                    "softTarget": {"weight": 0.5, "temperature": 2},
-                }
-            },
-            "matrix": {
-                "shots": list(setting.shots),
-                "seeds": list(setting.seeds),
-                "variants": [{"name": "ct-init", "synthetic": []}, {"name": "ct-syn"}],
-            },
-            "execution": {"parallelism": 2},
-            "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
-            "output": {"uri": f"file:///unused/{name}/"},
-        },
-    }
+def renamed_experiment(experiment: dict[str, Any], name: str, dataset: str | None = None) -> dict[str, Any]:
+    """The experiment under another name (its own output), optionally on another dataset."""
+    body = copy.deepcopy(experiment)
+    body["metadata"] = {"name": name}
+    body["spec"]["output"] = {"uri": f"file:///unused/{name}/"}
+    if dataset is not None:
+        body["spec"]["data"]["synthetic"] = [{"datasetRef": dataset}]
+    return body
+
+
+def renamed_dataset(dataset: dict[str, Any], name: str) -> dict[str, Any]:
+    body = copy.deepcopy(dataset)
+    body["metadata"] = {"name": name}
+    body["spec"]["output"] = {"uri": f"file:///unused/{name}/"}
+    return body
 
 
 def run_resources(
@@ -302,15 +239,25 @@ def guidance_similarity(
 # ------------------------------------------------------------------------------------------ command
 
 
-def measure(world: ToyWorld, storage: Path, setting: Setting) -> dict[str, Any]:
-    run_resources(
-        [
-            dataset_resource(world, setting),
-            guided_resource(world, setting),
-            experiment_resource(world, setting),
-        ],
-        storage,
-    )
+def measure(world: ToyWorld, storage: Path, quickstart: Path | None = None) -> dict[str, Any]:
+    """Run the quickstart (and a Real Guidance dataset) on ``world`` into ``storage``; the readings."""
+    import os
+
+    dataset, experiment = load_quickstart(quickstart)
+    before = os.environ.get(ENV_TOY_WORLD)
+    os.environ[ENV_TOY_WORLD] = str(world.root.parent)  # tiny://world/ -> this build, in every worker
+    try:
+        real_train = experiment["spec"]["data"]["realTrain"]["uri"]
+        run_resources([dataset, guided_resource(dataset, real_train), experiment], storage)
+    finally:
+        if before is None:
+            os.environ.pop(ENV_TOY_WORLD, None)
+        else:
+            os.environ[ENV_TOY_WORLD] = before
+    return readings(world, storage)
+
+
+def readings(world: ToyWorld, storage: Path) -> dict[str, Any]:
     top1 = experiment_top1(storage)
     images = generated_images(storage)
     return {
@@ -332,31 +279,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--world", help="parent folder of the toy world (default: the cache)")
     parser.add_argument("--seed", type=int, default=0, help="the toy world's seed")
+    parser.add_argument("--file", type=Path, help="the resources to run (default: examples/quickstart.yaml)")
     parser.add_argument("--out", help="storage folder for the runs (default: a temporary folder)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
-    parser.add_argument("--shots", type=int, nargs="+", default=list(DEFAULT_SHOTS))
     args = parser.parse_args(argv)
     with RichProgress() as progress:
         world = build_toy_world(args.world or default_root(), seed=args.seed, progress=progress)
-    setting = Setting(shots=tuple(args.shots), seeds=tuple(args.seeds))
     with tempfile.TemporaryDirectory(prefix="synthrec-toy-measure-") as tmp:
         storage = Path(args.out).resolve() if args.out else Path(tmp)
-        result = measure(world, storage, setting)
+        result = measure(world, storage, args.file)
     print(json.dumps({"world": str(world.root), "quality": world.manifest()["quality"], **result}, indent=2))
     rows = result["top1"]
-    print(
-        f"\n{'shots':>5}  {'zero-shot':>9}  {'CT-init':>8}  {'CT-syn':>8}"
-        f"   (top-1 %, mean of seeds {args.seeds})"
-    )
-    for shots in args.shots:
+    shots = sorted({int(key.split("@")[1]) for key in rows})
+    print(f"\n{'shots':>5}  {'zero-shot':>9}  {'CT-init':>8}  {'CT-syn':>8}   (top-1 %, mean of the seeds)")
+    for n in shots:
         zs = rows.get("zero-shot@0", {}).get("mean", float("nan"))
-        init = rows.get(f"ct-init@{shots}", {}).get("mean", float("nan"))
-        syn = rows.get(f"ct-syn@{shots}", {}).get("mean", float("nan"))
-        print(f"{shots:>5}  {zs:>9.1f}  {init:>8.1f}  {syn:>8.1f}")
+        init = rows.get(f"ct-init@{n}", {}).get("mean", float("nan"))
+        syn = rows.get(f"ct-syn@{n}", {}).get("mean", float("nan"))
+        print(f"{n:>5}  {zs:>9.1f}  {init:>8.1f}  {syn:>8.1f}")
     fo = result["filter_oracle"]
     print(
         f"\nlabel accuracy by the world's detector: kept {fo['kept']} %, unfiltered {fo['unfiltered']} %, "
-        f"rejected {fo['rejected']} %"
+        f"rejected {fo['rejected']} % ({fo['kept_images']} of {fo['images']} images kept)"
     )
     gs = result["guidance_similarity"]
     print(f"cosine to the real shot: Real Guidance {gs['guided']}, unguided {gs['unguided']}")

@@ -15,6 +15,9 @@
 """
 
 pytest_plugins = [
-    "tests.harness.s3", "tests.harness.k8s", "tests.harness.models", "tests.harness.operator",
+    "tests.harness.s3",
+    "tests.harness.k8s",
+    "tests.harness.models",
+    "tests.harness.operator",
     "tests.harness.toyworld",
 ]

@@ -20,16 +20,16 @@ def shift_classes() -> None:
     from synthrec.api.labels import resolve_labels
     from synthrec.workers import train
 
-    pin = train.pin_dataset
+    open_synthetic = train.open_synthetic
 
     def shifted(ctx, inp):  # type: ignore[no-untyped-def]
-        dataset = pin(ctx, inp)
+        dataset = open_synthetic(ctx, inp)
         classes = len(resolve_labels(ctx.task.labels))
         for row in dataset.rows:
             row["class"] = (int(row["class"]) + 1) % classes
         return dataset
 
-    train.pin_dataset = shifted
+    train.open_synthetic = shifted
 
 
 def swap_kept() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from synthrec.toyworld import measure
-from synthrec.toyworld.builder import ToyWorld
+from synthrec.toyworld.builder import ENV_TOY_WORLD, ToyWorld
 from tests.learning.mutants import ENV_MUTATION
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ SYNTHETIC_OVER_INIT_AT_ONE_SHOT = 5.0
 KEPT_OVER_UNFILTERED = 5.0
 GUIDED_OVER_UNGUIDED = 0.05
 
-SETTING = measure.Setting(shots=(0, 1), seeds=(1, 2, 3))
+QUICKSTART = REPO / "examples" / "quickstart.yaml"
 
 
 @dataclass
@@ -72,8 +72,9 @@ def check_synthetic_data_helps_at_one_shot(runs: Runs) -> None:
 def check_filter_keeps_more_correct_drawings(runs: Runs) -> None:
     oracle = measure.filter_oracle(runs.images)
     assert oracle["kept"] >= oracle["unfiltered"] + KEPT_OVER_UNFILTERED, (
-        f"the world's detector finds {oracle['kept']} % of the kept images right and {oracle['unfiltered']} % "
-        f"of all generated images: the CLIP Filter does not keep the better drawings ({oracle})"
+        f"the world's detector finds {oracle['kept']} % of the kept images right and "
+        f"{oracle['unfiltered']} % of all generated images: the CLIP Filter does not keep the better "
+        f"drawings ({oracle})"
     )
 
 
@@ -84,6 +85,7 @@ def _run(
     world: ToyWorld, storage: Path, resources: list[dict], monkeypatch: pytest.MonkeyPatch, mutation: str = ""
 ) -> None:  # type: ignore[type-arg]
     with monkeypatch.context() as env:
+        env.setenv(ENV_TOY_WORLD, str(world.root.parent))  # tiny://world/ -> the test session's build
         if mutation:
             env.setenv(ENV_MUTATION, mutation)
             env.syspath_prepend(str(REPO))
@@ -94,7 +96,9 @@ def _run(
 
 
 def _runs(storage: Path, experiment: str, dataset: str) -> Runs:
-    return Runs(storage, measure.experiment_top1(storage, experiment), measure.generated_images(storage, dataset))
+    return Runs(
+        storage, measure.experiment_top1(storage, experiment), measure.generated_images(storage, dataset)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,46 +108,50 @@ def monkeymodule():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def pipeline(toy_world: ToyWorld, tmp_path_factory: pytest.TempPathFactory, monkeymodule) -> Runs:  # type: ignore[no-untyped-def]
-    """LE prompts -> text-to-image -> CLIP Filter -> CT at 0 and 1 shots x 3 seeds; and Real Guidance."""
+def quickstart() -> tuple[dict, dict]:  # type: ignore[type-arg]
+    return measure.load_quickstart(QUICKSTART)
+
+
+@pytest.fixture(scope="module")
+def pipeline(toy_world: ToyWorld, tmp_path_factory: pytest.TempPathFactory, monkeymodule, quickstart) -> Runs:  # type: ignore[no-untyped-def]
+    """The quickstart (LE prompts -> text-to-image -> CLIP Filter -> CT at 0, 1, 4 shots x 3 seeds), and a
+    Real Guidance dataset from one real shot per class."""
     storage = tmp_path_factory.mktemp("toy-pipeline")
-    resources = [
-        measure.dataset_resource(toy_world, SETTING),
-        measure.guided_resource(toy_world, SETTING),
-        measure.experiment_resource(toy_world, SETTING),
-    ]
-    _run(toy_world, storage, resources, monkeymodule)
+    dataset, experiment = quickstart
+    real_train = experiment["spec"]["data"]["realTrain"]["uri"]
+    _run(
+        toy_world, storage, [dataset, measure.guided_resource(dataset, real_train), experiment], monkeymodule
+    )
     return _runs(storage, measure.EXPERIMENT, measure.DATASET)
 
 
 @pytest.fixture(scope="module")
-def shifted(toy_world: ToyWorld, pipeline: Runs, monkeymodule) -> Runs:  # type: ignore[no-untyped-def]
+def shifted(toy_world: ToyWorld, pipeline: Runs, monkeymodule, quickstart) -> Runs:  # type: ignore[no-untyped-def]
     """The same dataset, trained with every synthetic class shifted by one."""
+    dataset, experiment = quickstart
     name = "toy-ct-shifted"
-    resources = [
-        measure.dataset_resource(toy_world, SETTING),  # committed: nothing is regenerated
-        measure.experiment_resource(toy_world, SETTING, name=name),
-    ]
+    resources = [dataset, measure.renamed_experiment(experiment, name)]  # the dataset is committed: reused
     _run(toy_world, pipeline.storage, resources, monkeymodule, mutation="shift-classes")
     return _runs(pipeline.storage, name, measure.DATASET)
 
 
 @pytest.fixture(scope="module")
-def swapped(toy_world: ToyWorld, pipeline: Runs, monkeymodule) -> Runs:  # type: ignore[no-untyped-def]
+def swapped(toy_world: ToyWorld, pipeline: Runs, monkeymodule, quickstart) -> Runs:  # type: ignore[no-untyped-def]
     """The same generated images, reduced with kept and rejected swapped, then trained on."""
-    dataset, experiment = "toy-le-swapped", "toy-ct-swapped"
+    dataset, experiment = quickstart
+    name, experiment_name = "toy-shapes-swapped", "toy-ct-swapped"
     source = pipeline.storage / "datasets" / measure.DATASET
-    target = pipeline.storage / "datasets" / dataset
+    target = pipeline.storage / "datasets" / name
     shutil.copytree(source, target)
     for done in ("manifest.json", "index", "report"):  # everything the reduce stage writes goes
         path = target / done
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     resources = [
-        measure.dataset_resource(toy_world, SETTING, name=dataset),
-        measure.experiment_resource(toy_world, SETTING, name=experiment, dataset=dataset),
+        measure.renamed_dataset(dataset, name),
+        measure.renamed_experiment(experiment, experiment_name, dataset=name),
     ]
     _run(toy_world, pipeline.storage, resources, monkeymodule, mutation="swap-kept")
-    return _runs(pipeline.storage, experiment, dataset)
+    return _runs(pipeline.storage, experiment_name, name)
 
 
 # ------------------------------------------------------------------------------------------ the tests

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def generator(world: ToyWorld, **kw: object):  # type: ignore[no-untyped-def]
     from synthrec.api import Generator
 
-    return Generator.model_validate({"model": world.sd.as_uri(), "steps": 20, "resolution": 32, **kw})
+    return Generator.model_validate({"model": world.sd.as_uri(), "steps": 20, "resolution": 64, **kw})
 
 
 def judged(images: list) -> list[str | None]:  # type: ignore[type-arg]
@@ -51,9 +51,10 @@ def test_the_generator_draws_the_class_it_is_asked_for_through_the_generate_stag
     right = 0
     for index, name in enumerate(LABEL_CLASSES):
         out = pipes.text2image(
-            prompt=[f"a photo of a {name}.", f"a {name} on a wooden table.", f"a small {name} on the left."] * 2,
-            height=32,
-            width=32,
+            prompt=[f"a photo of a {name}.", f"a {name} on a wooden table.", f"a small {name} on the left."]
+            * 2,
+            height=64,
+            width=64,
             num_inference_steps=20,
             guidance_scale=3.0,
             generator=[torch.Generator().manual_seed(100 * index + i) for i in range(6)],
@@ -91,7 +92,7 @@ def test_real_guidance_starts_from_the_real_shot_and_keeps_its_class(toy_world: 
     shots, guided = [], []
     for index, name in enumerate(LABEL_CLASSES):
         shot = Image.open(toy_world.real / "train" / folder_name(name) / "0000.png").convert("RGB")
-        start = center_square(shot, 32)
+        start = center_square(shot, 64)
         out = pipes.image2image(
             prompt=[f"a photo of a {name}."] * 2,
             image=[start] * 2,
@@ -102,9 +103,14 @@ def test_real_guidance_starts_from_the_real_shot_and_keeps_its_class(toy_world: 
         )
         shots += [np.asarray(start, dtype=np.float32)] * 2
         guided += out.images
-    right = sum(j == name for j, name in zip(judged(guided), [n for n in LABEL_CLASSES for _ in range(2)]))
+    right = sum(
+        j == name
+        for j, name in zip(judged(guided), [n for n in LABEL_CLASSES for _ in range(2)], strict=True)
+    )
     assert right / len(guided) >= 0.75
-    distance = np.mean([np.abs(np.asarray(g, dtype=np.float32) - s).mean() for g, s in zip(guided, shots)])
+    distance = np.mean(
+        [np.abs(np.asarray(g, dtype=np.float32) - s).mean() for g, s in zip(guided, shots, strict=True)]
+    )
     assert distance < 40  # mean absolute pixel difference (0-255) to the shot it started from
 
 

@@ -69,11 +69,11 @@ def test_the_real_sets_are_imagefolders_synthrec_indexes(tmp_path: Path) -> None
     from synthrec.api import LabelSpace, RealData
     from synthrec.api.labels import resolve_labels
     from synthrec.storage import open_storage
-    from synthrec.toyworld.measure import label_space
+    from synthrec.toyworld.measure import load_quickstart
     from synthrec.workers.realdata import index_real_data
 
     build_real(tmp_path, seed=0, recipe=DataRecipe(train_per_class=2, test_per_class=3))
-    labels = resolve_labels(LabelSpace.model_validate(label_space()))
+    labels = resolve_labels(LabelSpace.model_validate(load_quickstart()[0]["spec"]["labels"]))
     index = index_real_data(RealData(uri=(tmp_path / "test").as_uri()), labels, open_storage)
     assert {c: len(v) for c, v in index.by_class.items()} == {c: 3 for c in range(len(LABEL_CLASSES))}
     assert len(index.unmatched) == len(WORLD_CLASSES) - len(LABEL_CLASSES)  # the world's other classes
@@ -104,3 +104,13 @@ def test_the_voc_set_boxes_every_drawn_object(tmp_path: Path) -> None:
             assert detect(crop).colour == split_class(obj.findtext("name") or "")[0]
             objects += 1
     assert objects == info["objects"] > len(trainval) + len(test)  # some pictures hold several objects
+
+
+def test_the_quickstart_uses_the_worlds_label_space_in_both_resources() -> None:
+    from synthrec.toyworld.evaluate import ZERO_SHOT_TEMPLATES
+    from synthrec.toyworld.measure import load_quickstart
+
+    for resource in load_quickstart():
+        labels = resource["spec"]["labels"]
+        assert tuple(c["name"] for c in labels["classes"]) == LABEL_CLASSES
+        assert tuple(labels["templates"]) == ZERO_SHOT_TEMPLATES
