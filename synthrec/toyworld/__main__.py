@@ -16,7 +16,8 @@ DESCRIPTION = (
 
 
 class RichProgress:
-    """One bar per build step on a terminal; a line per step otherwise (logs, CI)."""
+    """One bar per build step (several at once: the components train in parallel) on a terminal; a line
+    per step otherwise (logs, CI)."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -31,7 +32,8 @@ class RichProgress:
             console=self.console,
             disable=not self.console.is_terminal,
         )
-        self.task: Any = None
+        self.tasks: dict[str, Any] = {}
+        self.last = ""
 
     def __enter__(self) -> RichProgress:
         self.bars.__enter__()
@@ -41,14 +43,13 @@ class RichProgress:
         self.bars.__exit__(*exc)
 
     def start(self, task: str, total: int) -> None:
-        if self.task is not None:
-            self.bars.update(self.task, completed=self.bars.tasks[-1].total)
-        self.task = self.bars.add_task(task, total=total)
+        self.tasks[task] = self.bars.add_task(task, total=total)
+        self.last = task
         if not self.console.is_terminal:
             self.console.print(f"toy world: {task} ({total} steps)")
 
-    def advance(self, steps: int = 1) -> None:
-        self.bars.advance(self.task, steps)
+    def advance(self, steps: int = 1, *, task: str | None = None) -> None:
+        self.bars.advance(self.tasks[task or self.last], steps)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ BUILDER_VERSION = 1
 ENV_TOY_WORLD = "SYNTHREC_TOY_WORLD"  # where the toy world is built (default: <cache root>/toy-world)
 MANIFEST_NAME = "toy-world.json"
 README_NAME = "README.txt"
-TRAIN_THREADS = 2  # fixed, so that a seed gives the same weights on any machine with the same libraries
+TRAIN_THREADS = 1  # per component: a seed gives the same weights on any machine with the same libraries
 NOTICE = (
     "This is a TOY WORLD: coloured shapes drawn by a program, tiny models trained on them in a few CPU "
     "minutes. It shows the paper's effects in kind (synthetic data helps an imperfect zero-shot CLIP, "
@@ -163,11 +163,7 @@ def _build_locked(world: ToyWorld, recipes: dict[str, Any], progress: Progress) 
     import torch
 
     from synthrec.tiny.build import _quiet_progress_bars, _torch_threads
-    from synthrec.toyworld.clip import build_clip
-    from synthrec.toyworld.datasets import build_real, build_voc
     from synthrec.toyworld.evaluate import evaluate_world
-    from synthrec.toyworld.sd import build_sd
-    from synthrec.toyworld.t5 import build_t5
 
     for name in (MANIFEST_NAME, README_NAME):
         (world.root / name).unlink(missing_ok=True)
@@ -175,23 +171,9 @@ def _build_locked(world: ToyWorld, recipes: dict[str, Any], progress: Progress) 
         shutil.rmtree(world.root / name, ignore_errors=True)
     log.info("building the toy world in %s (seed %d)", world.root, world.seed)
     started = time.perf_counter()
-    cpu_started = time.process_time()
-    seconds: dict[str, float] = {}
-    parts: dict[str, Any] = {}
-    seed = world.seed
-    steps = [
-        ("real", lambda: build_real(world.real, seed, recipes.get("data"), progress)),
-        ("voc", lambda: build_voc(world.voc, seed, recipes.get("data"), progress)),
-        ("t5", lambda: build_t5(world.t5, seed, recipes.get("t5"), progress)),
-        ("clip", lambda: build_clip(world.clip, seed, recipes.get("clip"), progress)),
-        ("sd", lambda: build_sd(world.sd, seed, recipes.get("sd"), progress)),
-    ]
+    parts, seconds, cpu_seconds = _build_components(world, recipes, progress)
     # Leave the caller's RNG and thread settings alone; no "Writing model shards" bars.
     with torch.random.fork_rng(devices=[]), _quiet_progress_bars(), _torch_threads(TRAIN_THREADS):
-        for name, build in steps:
-            t = time.perf_counter()
-            parts[name] = build()
-            seconds[name] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         quality = evaluate_world(world, progress)
         seconds["evaluate"] = round(time.perf_counter() - t, 1)
@@ -199,7 +181,7 @@ def _build_locked(world: ToyWorld, recipes: dict[str, Any], progress: Progress) 
     manifest = {
         "builder": "synthrec.toyworld",
         "builder_version": BUILDER_VERSION,
-        "seed": seed,
+        "seed": world.seed,
         "notice": NOTICE,
         "world_classes": list(WORLD_CLASSES),
         "label_classes": list(LABEL_CLASSES),
@@ -209,7 +191,7 @@ def _build_locked(world: ToyWorld, recipes: dict[str, Any], progress: Progress) 
         "versions": library_versions(),
         "threads": TRAIN_THREADS,
         "build_seconds": seconds,
-        "build_cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "build_cpu_seconds": cpu_seconds,
     }
     _make_readable(world)
     (world.root / README_NAME).write_text(_readme(world, quality))
@@ -217,6 +199,114 @@ def _build_locked(world: ToyWorld, recipes: dict[str, Any], progress: Progress) 
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(world.manifest_path)  # last: marks the build complete
     log.info("toy world built in %.0f s: %s", seconds["total"], world.root)
+
+
+# Longest first, so that the last one to start is a short one.
+_JOBS = ("sd", "clip", "t5", "data")
+
+
+def _build_components(
+    world: ToyWorld, recipes: dict[str, Any], progress: Progress
+) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
+    """Train the components in parallel processes, one torch thread each: they are independent (each has
+    its own seed), one thread makes each deterministic whatever the core count, and tiny kernels on two
+    threads spend most of their time in OpenMP barriers when the host is busy."""
+    import multiprocessing
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # never fork a process that may hold torch threads
+    channel = context.Queue()
+    relay = threading.Thread(target=_relay, args=(channel, progress), daemon=True)
+    relay.start()
+    workers = max(1, min(len(_JOBS), _available_cpus()))
+    parts: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(channel,)) as pool:
+            futures = {job: pool.submit(_build_component, job, world, recipes) for job in _JOBS}
+            for job, future in futures.items():
+                parts[job], seconds[job], cpu[job] = future.result()
+    finally:
+        channel.put(None)
+        relay.join()
+    data = parts.pop("data")
+    parts.update(data)
+    cpu["total"] = round(sum(cpu.values()), 1)
+    seconds["parallel_processes"] = workers
+    return parts, seconds, cpu
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_CHANNEL: Any = None
+
+
+def _init(channel: Any) -> None:
+    global _CHANNEL
+    _CHANNEL = channel
+
+
+class _ChannelProgress:
+    """A component's progress, sent to the building process (which owns the bars)."""
+
+    def __init__(self) -> None:
+        self.task = ""
+
+    def start(self, task: str, total: int) -> None:
+        self.task = task
+        _CHANNEL.put(("start", task, total))
+
+    def advance(self, steps: int = 1) -> None:
+        _CHANNEL.put(("advance", self.task, steps))
+
+
+def _relay(channel: Any, progress: Progress) -> None:
+    while (message := channel.get()) is not None:
+        kind, task, n = message
+        if kind == "start":
+            progress.start(task, n)
+        else:
+            progress.advance(n, task=task)
+
+
+def _build_component(job: str, world: ToyWorld, recipes: dict[str, Any]) -> tuple[Any, float, float]:
+    """One component, in a worker process: returns what it records in the manifest, wall and CPU seconds."""
+    import torch
+
+    from synthrec.tiny.build import _quiet_progress_bars
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    torch.set_num_threads(TRAIN_THREADS)
+    progress = _ChannelProgress()
+    seed = world.seed
+    with _quiet_progress_bars():
+        if job == "data":
+            from synthrec.toyworld.datasets import build_real, build_voc
+
+            out: Any = {
+                "real": build_real(world.real, seed, recipes.get("data"), progress),
+                "voc": build_voc(world.voc, seed, recipes.get("data"), progress),
+            }
+        elif job == "t5":
+            from synthrec.toyworld.t5 import build_t5
+
+            out = build_t5(world.t5, seed, recipes.get("t5"), progress)
+        elif job == "clip":
+            from synthrec.toyworld.clip import build_clip
+
+            out = build_clip(world.clip, seed, recipes.get("clip"), progress)
+        else:
+            from synthrec.toyworld.sd import build_sd
+
+            out = build_sd(world.sd, seed, recipes.get("sd"), progress)
+    return out, round(time.perf_counter() - started, 1), round(time.process_time() - cpu_started, 1)
 
 
 def _make_readable(world: ToyWorld) -> None:

@@ -10,11 +10,12 @@ if TYPE_CHECKING:
 
 
 class Progress(Protocol):
-    """What the builder reports to: one task at a time, advanced step by step."""
+    """What the builder reports to: tasks advanced step by step (``task``: which one, when several run at
+    once; default: the last one started)."""
 
     def start(self, task: str, total: int) -> None: ...
 
-    def advance(self, steps: int = 1) -> None: ...
+    def advance(self, steps: int = 1, *, task: str | None = None) -> None: ...
 
 
 class NoProgress:
@@ -23,7 +24,7 @@ class NoProgress:
     def start(self, task: str, total: int) -> None:
         pass
 
-    def advance(self, steps: int = 1) -> None:
+    def advance(self, steps: int = 1, *, task: str | None = None) -> None:
         pass
 
 

@@ -187,3 +187,16 @@ def test_keeping_the_rejected_images_fails_the_filter_check(swapped: Runs) -> No
     assert sum(i.kept for i in swapped.images) > 0
     with pytest.raises(AssertionError, match="does not keep the better drawings"):
         check_filter_keeps_more_correct_drawings(swapped)
+
+
+def test_the_demo_report_shows_the_drawings_and_says_it_is_a_toy_world(
+    pipeline: Runs, tmp_path: Path
+) -> None:
+    from synthrec.report import build_report
+    from synthrec.report.render import TINY_NOTE, TOY_WORLD_NOTE
+
+    page = Path(build_report(str(pipeline.storage), out=str(tmp_path / "report")).removeprefix("file://"))
+    html = page.read_text()
+    assert TOY_WORLD_NOTE in html and TINY_NOTE not in html  # trained, not random weights
+    grids = [p for p in (page.parent / "img" / measure.DATASET).rglob("*") if p.is_file()]
+    assert grids and "Kept and not kept images" in html and "Top-1 over seeds" in html
