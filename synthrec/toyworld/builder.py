@@ -10,7 +10,9 @@
     README.txt, toy-world.json (the manifest, written last: a build without it is rebuilt)
 
 Concurrent builders of the same folder wait for each other (a lock file); a finished build whose
-manifest matches the builder version, seed and library versions is returned at once.
+manifest matches the builder version, seed and library versions is returned at once. The components train
+in "spawn" worker processes, which import the caller's main module again: a script that calls
+``build_toy_world`` must do so under ``if __name__ == "__main__":`` (as every multiprocessing program).
 """
 
 from __future__ import annotations

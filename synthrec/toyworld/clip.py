@@ -149,6 +149,6 @@ def build_clip(
     return {
         "parameters": {"clip": sum(p.numel() for p in model.parameters())},
         "losses": {"first": round(first, 4), "last": round(last, 4)},
-        "logit_scale": round(float(model.logit_scale.exp()), 2),
+        "logit_scale": round(float(model.logit_scale.detach().exp()), 2),
         "recipe": asdict(recipe),
     }
