@@ -135,8 +135,8 @@ def build_toy_world(
     """Build (or find) the toy world for ``seed`` under ``parent`` (default: ``default_root()``).
 
     ``recipes`` overrides component recipes (keys sd, clip, t5, data) for experiments; a build with
-    overrides records them in its manifest and is never mistaken for the default build, because it is
-    only reused when the caller passes the same overrides.
+    overrides records them in its manifest and is reused only by a caller that passes the same overrides
+    (or none: then whatever complete build is there is used, as tiny://world/ references do).
     """
     world = ToyWorld.at(parent if parent is not None else default_root(), seed)
     if not force and world.is_built() and _same_recipes(world, recipes):
@@ -152,7 +152,9 @@ def build_toy_world(
 
 
 def _same_recipes(world: ToyWorld, recipes: dict[str, Any] | None) -> bool:
-    return world.manifest().get("overrides", {}) == _jsonable(recipes or {})
+    """No recipes given: any complete build there will do (a worker resolving tiny://world/ uses what the
+    caller built); given: only a build with exactly those overrides."""
+    return recipes is None or world.manifest().get("overrides", {}) == _jsonable(recipes)
 
 
 def _jsonable(recipes: dict[str, Any]) -> dict[str, Any]:
