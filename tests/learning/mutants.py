@@ -24,7 +24,7 @@ def shift_classes() -> None:
 
     def shifted(ctx, inp):  # type: ignore[no-untyped-def]
         dataset = open_synthetic(ctx, inp)
-        classes = len(resolve_labels(ctx.task.labels))
+        classes = len(resolve_labels(ctx.task.experiment.labels))
         for row in dataset.rows:
             row["class"] = (int(row["class"]) + 1) % classes
         return dataset

@@ -197,10 +197,9 @@ def test_the_demo_report_shows_the_drawings_and_says_it_is_a_toy_world(
     pipeline: Runs, tmp_path: Path
 ) -> None:
     from synthrec.report import build_report
-    from synthrec.report.render import TINY_NOTE, TOY_WORLD_NOTE
 
-    page = Path(build_report(str(pipeline.storage), out=str(tmp_path / "report")).removeprefix("file://"))
+    page = Path(build_report(pipeline.storage.as_uri(), out=str(tmp_path / "report")).removeprefix("file://"))
     html = page.read_text()
-    assert TOY_WORLD_NOTE in html and TINY_NOTE not in html  # trained, not random weights
+    assert "TOY WORLD (tiny://world/)" in html and "RANDOM weights" not in html  # trained, not random
     grids = [p for p in (page.parent / "img" / measure.DATASET).rglob("*") if p.is_file()]
     assert grids and "Kept and not kept images" in html and "Top-1 over seeds" in html
