@@ -10,8 +10,8 @@ does the actual work (reconciler.py). Kopf watches:
 
 No handler returns a value (nothing lands in ``status.<handler>``) and none is a create/update handler, so
 Kopf keeps no progress or diff-base annotations on our resources. The only finalizer (``synthrec.io/
-finalizer``) is added to resources with ``spec.output.onDelete: Delete``, whose artifacts are deleted
-through synthrec.storage before the resource goes.
+finalizer``) is added to resources with ``spec.output.onDelete: Delete``: it holds the resource while a
+cleanup Job in its namespace deletes what it wrote (cleanup.py); the operator never touches the storage.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from synthrec.api import GROUP, VERSION
+from synthrec.operator import cleanup
 from synthrec.operator.observed import (
     LABEL_MANAGED_BY,
     LABEL_RESOURCE,
@@ -37,7 +39,6 @@ from synthrec.operator.settings import OperatorConfig, configure_kopf
 from synthrec.operator.status import Event
 
 log = logging.getLogger("synthrec.operator")
-DELETE_ATTEMPTS = 5
 
 
 def post_event(ref: dict[str, Any], event: Event) -> None:
@@ -152,45 +153,31 @@ def register(
             plural,
             id=f"delete-artifacts-{plural}",
             when=deletes_artifacts,
-            retries=DELETE_ATTEMPTS,
-            backoff=5,
+            retries=None,  # bounded by config.cleanup_timeout in cleanup.step
             registry=registry,
         )
-        async def synthrec_delete_artifacts(body: Any, spec: Any, retry: int, **_: Any) -> None:
-            output = spec.get("output") or {}
-            uri = output.get("uri")
-            try:
-                count = await asyncio.to_thread(
-                    delete_artifacts,
-                    uri,
-                    output.get("endpoint") or config.worker.s3_endpoint,
-                    output.get("region"),
-                )
-            except Exception as exc:
-                if retry + 1 >= DELETE_ATTEMPTS:  # never block the deletion for ever: keep the data, say so
-                    kopf.warn(
-                        body,
-                        reason="ArtifactsRetained",
-                        message=f"gave up deleting the artifacts under {uri} after {retry + 1} tries: {exc}",
-                    )
-                    return
-                raise kopf.TemporaryError(
-                    f"deleting the artifacts under {uri} failed: {exc}", delay=5
-                ) from None
-            kopf.event(
-                body, type="Normal", reason="ArtifactsDeleted", message=f"deleted {count} objects under {uri}"
-            )
+        async def synthrec_delete_artifacts(body: Any, runtime: Any, **_: Any) -> None:
+            # Waits in the handler (not by TemporaryError, which Kopf logs as an error every time);
+            # ``runtime`` counts from the first start, across operator restarts.
+            resource = dict(body)
+            meta = resource.get("metadata") or {}
+            key = (str(meta.get("namespace") or ""), str(resource.get("kind")), str(meta.get("name")))
+            loop = asyncio.get_running_loop()
+            began = loop.time() - runtime.total_seconds()
+            while True:
+                pods = list(_views(rec.pods, key))
+                done = await cleanup.step(rec.api, resource, config, pods, loop.time() - began)
+                if done.done:
+                    break
+                await asyncio.sleep(done.retry_after)
+            if done.event is not None:
+                post_event(resource, done.event)
 
     return rec
 
 
-def delete_artifacts(uri: str, endpoint: str | None, region: str | None) -> int:
-    """Delete every object under ``uri`` (spec.output.onDelete: Delete) with the operator's credentials."""
-    from synthrec.storage import open_storage
-
-    storage = open_storage(uri, endpoint=endpoint, region=region)
-    count = 0
-    for info in list(storage.list("")):
-        storage.delete(info.key)
-        count += 1
-    return count
+def _views(index: Any, key: Any) -> Iterable[Any]:
+    try:
+        return index.get(key, ()) if index is not None else ()
+    except (KeyError, AttributeError):
+        return ()

@@ -11,6 +11,7 @@ environment (experiment tracking) come from the operator's worker defaults too.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -37,6 +38,14 @@ from synthrec.plan import format_ranges
 from synthrec.plan.tasks import dump_task
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# The cleanup Job (spec.output.onDelete: Delete): not owned by the resource (a foreground deletion would
+# have the garbage collector kill it), so it names the resource's uid itself; its task travels in the pod
+# template's annotation, mounted through the downward API (no ConfigMap left behind).
+CLEANUP_STAGE = "cleanup"
+ANNOTATION_OWNER_UID = "synthrec.io/owner-uid"
+ANNOTATION_TASK = "synthrec.io/task"
+CLEANUP_TTL_SECONDS = 3600
+CLEANUP_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
 TASK_VOLUME = "task"
 CACHE_VOLUME = "cache"
 CACHE_DIR = "/cache"
@@ -124,6 +133,10 @@ def run_job_name(resource: str, run_index: int, attempt: int) -> str:
     return f"{resource}-r{run_index}-a{attempt}"
 
 
+def cleanup_job_name(resource: str) -> str:
+    return f"{resource}-{CLEANUP_STAGE}"
+
+
 def label_value(value: str) -> str:
     """A valid label value (<= 63 chars, alphanumeric ends); long or odd values get a hash suffix."""
     if len(value) <= 63 and _LABEL_VALUE.match(value):
@@ -193,30 +206,7 @@ def render_job(
         "parallelism": max(1, min(shape.parallelism, completions)),
         "backoffLimitPerIndex": shape.retries_per_index,
         "maxFailedIndexes": max(0, min(shape.max_failed_indexes, completions)),
-        "podFailurePolicy": {
-            "rules": [
-                # Preemption, eviction, node drain: not the shard's fault, do not burn a retry.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                # A configuration error cannot succeed anywhere: stop the whole Job.
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": WORKER_CONTAINER,
-                        "operator": "In",
-                        "values": [contract.EXIT_CONFIG_ERROR],
-                    },
-                },
-                # Bad input of this shard: retrying the same pod cannot help.
-                {
-                    "action": "FailIndex",
-                    "onExitCodes": {
-                        "containerName": WORKER_CONTAINER,
-                        "operator": "In",
-                        "values": [contract.EXIT_DATA_ERROR],
-                    },
-                },
-            ]
-        },
+        "podFailurePolicy": {"rules": _failure_rules(indexed=True)},
         "podReplacementPolicy": "Failed",  # never two pods of one index (and no double Kueue quota)
         "template": {
             "metadata": {"labels": dict(labels)},
@@ -236,7 +226,77 @@ def render_job(
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
-def _pod_spec(name: str, stage: str, spec: Any, defaults: WorkerDefaults) -> dict[str, Any]:
+def _failure_rules(*, indexed: bool) -> list[dict[str, Any]]:
+    """How exit codes end pods (synthrec.contract.worker): podFailurePolicy rules."""
+    rules: list[dict[str, Any]] = [
+        # Preemption, eviction, node drain: not the shard's fault, do not burn a retry.
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        # A configuration error cannot succeed anywhere: stop the whole Job.
+        {
+            "action": "FailJob",
+            "onExitCodes": {
+                "containerName": WORKER_CONTAINER,
+                "operator": "In",
+                "values": [contract.EXIT_CONFIG_ERROR],
+            },
+        },
+    ]
+    if indexed:  # FailIndex needs an Indexed Job with backoffLimitPerIndex
+        # Bad input of this shard: retrying the same pod cannot help.
+        rules.append(
+            {
+                "action": "FailIndex",
+                "onExitCodes": {
+                    "containerName": WORKER_CONTAINER,
+                    "operator": "In",
+                    "values": [contract.EXIT_DATA_ERROR],
+                },
+            }
+        )
+    return rules
+
+
+def render_cleanup_job(
+    owner: Owner, spec: Any, defaults: WorkerDefaults, task: Any, *, deadline_seconds: int
+) -> dict[str, Any]:
+    """The Job that deletes what the resource wrote (``python -m synthrec.workers cleanup``), in the
+    resource's namespace with its scheduling and storage settings and that namespace's credentials. Not
+    owned by the resource; it names the resource's uid in an annotation and expires on its own."""
+    name = cleanup_job_name(owner.name)
+    labels = child_labels(owner, CLEANUP_STAGE, 1)
+    job_labels = dict(labels)
+    queue = spec.scheduling.queue_name or defaults.queue_name
+    if queue:
+        job_labels[KUEUE_QUEUE_LABEL] = queue
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": job_labels,
+            "annotations": {ANNOTATION_OWNER_UID: owner.uid},
+        },
+        "spec": {
+            "completions": 1,
+            "parallelism": 1,
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": max(1, deadline_seconds),
+            "ttlSecondsAfterFinished": CLEANUP_TTL_SECONDS,
+            "podFailurePolicy": {"rules": _failure_rules(indexed=False)},
+            "podReplacementPolicy": "Failed",
+            "template": {
+                "metadata": {"labels": dict(labels), "annotations": {ANNOTATION_TASK: dump_task(task)}},
+                "spec": _pod_spec(name, CLEANUP_STAGE, spec, defaults, cleanup=True),
+            },
+        },
+    }
+
+
+def _pod_spec(
+    name: str, stage: str, spec: Any, defaults: WorkerDefaults, *, cleanup: bool = False
+) -> dict[str, Any]:
+    """A worker pod. ``cleanup``: no GPU, no model cache, no hub token, the task from the downward API."""
     scheduling, resources = spec.scheduling, spec.resources
     container: dict[str, Any] = {
         "name": WORKER_CONTAINER,
@@ -249,8 +309,8 @@ def _pod_spec(name: str, stage: str, spec: Any, defaults: WorkerDefaults) -> dic
             "--task",
             f"{contract.TASK_MOUNT_DIR}/{contract.TASK_FILE_NAME}",
         ],
-        "env": _env(spec, defaults),
-        "resources": _resources(resources, defaults),
+        "env": _env(spec, defaults, hub=not cleanup),
+        "resources": copy.deepcopy(CLEANUP_RESOURCES) if cleanup else _resources(resources, defaults),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -264,26 +324,36 @@ def _pod_spec(name: str, stage: str, spec: Any, defaults: WorkerDefaults) -> dic
         "volumeMounts": [
             {"name": TASK_VOLUME, "mountPath": contract.TASK_MOUNT_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
-            {"name": CACHE_VOLUME, "mountPath": CACHE_DIR},
-            *(dict(m) for m in defaults.volume_mounts),
         ],
     }
+    if not cleanup:
+        container["volumeMounts"] += [
+            {"name": CACHE_VOLUME, "mountPath": CACHE_DIR},
+            *(dict(m) for m in defaults.volume_mounts),
+        ]
     pull_policy = scheduling.image_pull_policy or defaults.image_pull_policy
     if pull_policy:
         container["imagePullPolicy"] = pull_policy
-    volumes: list[dict[str, Any]] = [
+    task_file = {"path": contract.TASK_FILE_NAME}
+    task_volume: dict[str, Any] = (
         {
             "name": TASK_VOLUME,
-            "configMap": {
-                "name": name,
-                "items": [{"key": contract.TASK_FILE_NAME, "path": contract.TASK_FILE_NAME}],
+            "downwardAPI": {
+                "items": [
+                    {**task_file, "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_TASK}']"}}
+                ]
             },
-        },
-        {"name": "tmp", "emptyDir": {}},
-        _cache_volume(defaults),
-        *(dict(v) for v in defaults.volumes),
-    ]
-    if resources.shared_memory:
+        }
+        if cleanup
+        else {
+            "name": TASK_VOLUME,
+            "configMap": {"name": name, "items": [{"key": contract.TASK_FILE_NAME, **task_file}]},
+        }
+    )
+    volumes: list[dict[str, Any]] = [task_volume, {"name": "tmp", "emptyDir": {}}]
+    if not cleanup:
+        volumes += [_cache_volume(defaults), *(dict(v) for v in defaults.volumes)]
+    if resources.shared_memory and not cleanup:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append(
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": resources.shared_memory}}
@@ -346,7 +416,7 @@ def _resources(resources: Any, defaults: WorkerDefaults) -> dict[str, Any]:
     return {"requests": requests, "limits": dict(amounts)}
 
 
-def _env(spec: Any, defaults: WorkerDefaults) -> list[dict[str, Any]]:
+def _env(spec: Any, defaults: WorkerDefaults, *, hub: bool = True) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in CACHE_ENV.items()]
     output = spec.output
     secret = output.credentials_secret or defaults.s3_secret
@@ -359,8 +429,10 @@ def _env(spec: Any, defaults: WorkerDefaults) -> list[dict[str, Any]]:
     if output.region:
         env.append({"name": "AWS_REGION", "value": output.region})
         env.append({"name": "AWS_DEFAULT_REGION", "value": output.region})
-    hub = spec.model_hub
-    token_secret = (hub.token_secret if hub else None) or defaults.hf_token_secret
+    model_hub = spec.model_hub if hub else None
+    token_secret = (model_hub.token_secret if model_hub else None) or (
+        defaults.hf_token_secret if hub else None
+    )
     if token_secret:
         env.append(
             {
@@ -368,8 +440,8 @@ def _env(spec: Any, defaults: WorkerDefaults) -> list[dict[str, Any]]:
                 "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "HF_TOKEN", "optional": True}},
             }
         )
-    if hub and hub.endpoint:
-        env.append({"name": "HF_ENDPOINT", "value": hub.endpoint})
+    if model_hub and model_hub.endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": model_hub.endpoint})
     # The admin's variables come last and replace ours of the same name (no duplicate names in the pod).
     extra = {e["name"]: dict(e) for e in defaults.env}
     return [e for e in env if e["name"] not in extra] + list(extra.values())

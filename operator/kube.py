@@ -1,13 +1,17 @@
 """The operator's writes to the Kubernetes API, idempotent and classified.
 
-Reads come from Kopf's watch streams (indexes); this module only writes: create ConfigMaps and Jobs (409 =
-already there = success), delete them (404 = already gone = success), patch Jobs and the status
-subresource of our resources. The ``kubernetes`` client is synchronous, so calls run in a small thread pool.
+Reads come from Kopf's watch streams (indexes); this module writes: create ConfigMaps and Jobs (409 =
+already there, handed back so the caller can check whose it is), delete them (404 = already gone =
+success), patch Jobs and, conditional on the resourceVersion the plan was made from, the status
+subresource of our resources. The few reads here are fresh state for those decisions (the Job that holds
+a name, a resource after a 409). The ``kubernetes`` client is synchronous, so calls run in a small thread
+pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -32,6 +36,11 @@ class ApiFailure(Exception):
     def permanent(self) -> bool:
         """The request itself is wrong (invalid object, rejected by admission): retrying cannot help."""
         return self.status in (400, 422)
+
+    @property
+    def conflict(self) -> bool:
+        """409: the object changed since it was read (optimistic concurrency); re-read, re-plan, retry."""
+        return self.status == 409
 
 
 def load_client_configuration() -> Any:
@@ -65,6 +74,7 @@ class KubeApi:
         self.core = client.CoreV1Api(self._api_client)
         self.batch = client.BatchV1Api(self._api_client)
         self.custom = client.CustomObjectsApi(self._api_client)
+        self.coordination = client.CoordinationV1Api(self._api_client)
         self.timeout = request_timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="synthrec-kube")
         self._on_error = on_error
@@ -91,36 +101,77 @@ class KubeApi:
                 self._on_error(verb, 0)
             raise ApiFailure(verb, what, 0, f"{type(exc).__name__}: {exc}") from None
 
+    async def _json(self, verb: str, what: str, fn: Callable[[], Any], ok: tuple[int, ...] = ()) -> Any:
+        """The parsed JSON answer of a call; None when its status is in ``ok``."""
+        response = await self._call(verb, what, fn, ok=ok)
+        return None if response is None else json.loads(response.data or b"null")
+
     async def create_configmap(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create it. A ConfigMap of that name from an earlier try (an attempt re-run after suspend, a
-        crash between two creates) is replaced, so the task always matches the Job about to be created.
-        Returns True when created on the first try."""
-        name = body["metadata"]["name"]
-        what = f"ConfigMap {namespace}/{name}"
-
-        def create() -> Any:
-            return self.core.create_namespaced_config_map(
-                namespace, body, _request_timeout=self.timeout, _preload_content=False
-            )
-
-        if await self._call("create", what, create, ok=(409,)) is not None:
-            return True
-        await self.delete_configmap(namespace, name)
-        await self._call("create", what, create)
-        return False
-
-    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
-        """Create it; 409 (a Job of this deterministic name exists) is success. Returns True when created."""
+        """Create it; False when a ConfigMap of that name exists already (409), which is left untouched."""
         name = body["metadata"]["name"]
         created = await self._call(
             "create",
-            f"Job {namespace}/{name}",
-            lambda: self.batch.create_namespaced_job(
+            f"ConfigMap {namespace}/{name}",
+            lambda: self.core.create_namespaced_config_map(
                 namespace, body, _request_timeout=self.timeout, _preload_content=False
             ),
             ok=(409,),
         )
         return created is not None
+
+    async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._json(  # type: ignore[no-any-return]
+            "get",
+            f"ConfigMap {namespace}/{name}",
+            lambda: self.core.read_namespaced_config_map(
+                name, namespace, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(404,),
+        )
+
+    async def replace_configmap(self, namespace: str, body: dict[str, Any], resource_version: str) -> bool:
+        """Replace it if it is still at ``resource_version``; False when it changed or went meanwhile."""
+        name = body["metadata"]["name"]
+        conditional = {**body, "metadata": {**body["metadata"], "resourceVersion": resource_version}}
+        replaced = await self._call(
+            "update",
+            f"ConfigMap {namespace}/{name}",
+            lambda: self.core.replace_namespaced_config_map(
+                name, namespace, conditional, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(404, 409),
+        )
+        return replaced is not None
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Create it. None when created; the Job that exists under this deterministic name otherwise (409),
+        so that the caller can tell its own Job from somebody else's."""
+        name = body["metadata"]["name"]
+        what = f"Job {namespace}/{name}"
+        created = await self._call(
+            "create",
+            what,
+            lambda: self.batch.create_namespaced_job(
+                namespace, body, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(409,),
+        )
+        if created is not None:
+            return None
+        existing = await self.read_job(namespace, name)
+        if existing is None:  # deleted since the 409: the next pass creates it
+            raise ApiFailure("create", what, 409, "a Job of this name existed and is being deleted")
+        return existing
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._json(  # type: ignore[no-any-return]
+            "get",
+            f"Job {namespace}/{name}",
+            lambda: self.batch.read_namespaced_job(
+                name, namespace, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(404,),
+        )
 
     async def delete_job(self, namespace: str, name: str, propagation: str = "Foreground") -> None:
         await self._call(
@@ -161,10 +212,17 @@ class KubeApi:
             ok=(404,),
         )
 
-    async def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> bool:
-        """Merge-patch ``status`` of one of our resources; False when the resource is gone."""
+    async def patch_status(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
+    ) -> dict[str, Any] | None:
+        """Merge-patch ``status`` of one of our resources, on condition that the resource is still at
+        ``resource_version`` (the API server answers 409 otherwise: ``ApiFailure.conflict``). Returns the
+        updated resource; None when it is gone."""
         plural = KIND_INFO[kind].plural
-        result = await self._call(
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await self._json(  # type: ignore[no-any-return]
             "patch",
             f"{kind} {namespace}/{name} status",
             lambda: self.custom.patch_namespaced_custom_object_status(
@@ -173,14 +231,60 @@ class KubeApi:
                 namespace,
                 plural,
                 name,
-                {"status": patch},
+                body,
                 _content_type=MERGE_PATCH,
                 _request_timeout=self.timeout,
                 _preload_content=False,
             ),
             ok=(404,),
         )
-        return result is not None
+
+    async def read_resource(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One of our resources as it is now (after a 409: the fresh state to plan from); None when gone."""
+        plural = KIND_INFO[kind].plural
+        return await self._json(  # type: ignore[no-any-return]
+            "get",
+            f"{kind} {namespace}/{name}",
+            lambda: self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(404,),
+        )
+
+    # ------------------------------------------------------------------------- the leader election Lease
+
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._json(  # type: ignore[no-any-return]
+            "get",
+            f"Lease {namespace}/{name}",
+            lambda: self.coordination.read_namespaced_lease(
+                name, namespace, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(404,),
+        )
+
+    async def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Create it; None when somebody else created it first (409)."""
+        return await self._json(  # type: ignore[no-any-return]
+            "create",
+            f"Lease {namespace}/{body['metadata']['name']}",
+            lambda: self.coordination.create_namespaced_lease(
+                namespace, body, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(409,),
+        )
+
+    async def replace_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Update it at the resourceVersion in ``body``; None when it changed since (409)."""
+        name = body["metadata"]["name"]
+        return await self._json(  # type: ignore[no-any-return]
+            "update",
+            f"Lease {namespace}/{name}",
+            lambda: self.coordination.replace_namespaced_lease(
+                name, namespace, body, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(409,),
+        )
 
 
 def _drain(response: Any) -> Any:
@@ -191,8 +295,6 @@ def _drain(response: Any) -> Any:
 
 
 def _message(exc: Any) -> str:
-    import json
-
     try:
         body = json.loads(exc.body or "{}")
         return str(body.get("message") or exc.reason or exc.body)[:2000]

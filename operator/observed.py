@@ -36,12 +36,23 @@ OwnerKey = tuple[str, str, str]  # (namespace, kind, name) of a SyntheticDataset
 
 
 def owner_key(obj: dict[str, Any]) -> OwnerKey | None:
-    """The resource a child object belongs to, from its labels; None for objects that are not ours."""
+    """The resource a child object claims to belong to, from its labels; None for objects that are not ours.
+
+    Labels are only a claim anybody can make: whether the resource really controls the object is decided
+    by the uid of its controller ownerReference (``controller_uid``), which the planner checks."""
     meta = obj.get("metadata") or {}
     labels = meta.get("labels") or {}
     if labels.get(LABEL_MANAGED_BY) != MANAGED_BY or not labels.get(LABEL_RESOURCE):
         return None
     return (str(meta.get("namespace") or ""), str(labels.get(LABEL_KIND) or ""), str(labels[LABEL_RESOURCE]))
+
+
+def controller_uid(obj: dict[str, Any], kind: str | None = None) -> str:
+    """The uid in the object's controller ownerReference (of ``kind`` when given), else ''."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") is True and (kind is None or ref.get("kind") == kind):
+            return str(ref.get("uid") or "")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class JobView:
     conditions: tuple[JobCondition, ...] = ()
     deleting: bool = False
     created: str = ""
+    controller_uid: str = ""  # the resource that really controls it (its controller ownerReference)
 
     @classmethod
     def from_obj(cls, job: dict[str, Any]) -> JobView:
@@ -117,6 +129,7 @@ class JobView:
             ),
             deleting=bool(meta.get("deletionTimestamp")),
             created=str(meta.get("creationTimestamp") or ""),
+            controller_uid=controller_uid(job),
         )
 
     def condition(self, ctype: str) -> JobCondition | None:
@@ -194,7 +207,7 @@ class PodView:
             str(labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""),
         )
         for ref in meta.get("ownerReferences") or []:
-            if ref.get("kind") == "Job":
+            if ref.get("kind") == "Job" and ref.get("controller") is True:  # the Job that really runs it
                 job_uid, job_name = str(ref.get("uid") or ""), str(ref.get("name") or job_name)
         index = annotations.get(_JOB_INDEX_KEY, labels.get(_JOB_INDEX_KEY))
         container = _worker_status(status)

@@ -35,11 +35,22 @@ from synthrec.operator.reconcile_pass import (
     Observed,
     Pass,
     finish_status,
+    name_taken,
     status_model,
 )
 from synthrec.operator.status import Conditions
 
-__all__ = ["Actions", "Context", "Create", "Observed", "describe_error", "fail_status", "parse_spec", "plan"]
+__all__ = [
+    "Actions",
+    "Context",
+    "Create",
+    "Observed",
+    "blocked_status",
+    "describe_error",
+    "fail_status",
+    "parse_spec",
+    "plan",
+]
 
 
 def plan(body: dict[str, Any], observed: Observed, ctx: Context) -> Actions:
@@ -49,13 +60,23 @@ def plan(body: dict[str, Any], observed: Observed, ctx: Context) -> Actions:
     owner = Owner(kind, str(meta.get("name")), str(meta.get("namespace") or ""), str(meta.get("uid") or ""))
     generation = meta.get("generation")
     persisted = body.get("status") or {}
+    observed = observed.controlled_by(owner.uid)
     try:
         api.ObjectMeta.model_validate({"name": owner.name})
         spec = parse_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True))
     except (ValidationError, ValueError, KeyError) as exc:
-        return _invalid(kind, generation, persisted, observed, ctx, describe_error(exc))
+        actions = _invalid(kind, generation, persisted, observed, ctx, describe_error(exc))
+        actions.foreign = list(observed.foreign)
+        return actions
+    refused = refused_output(spec.output.uri)
+    if refused is not None:
+        actions = _invalid(kind, generation, persisted, observed, ctx, refused, reason="UnsupportedOutput")
+        actions.foreign = list(observed.foreign)
+        return actions
     p = Pass.open(owner, generation, spec, persisted, observed, ctx)
-    return plan_dataset(p) if kind == "SyntheticDataset" else plan_experiment(p)
+    actions = plan_dataset(p) if kind == "SyntheticDataset" else plan_experiment(p)
+    actions.foreign = list(observed.foreign)
+    return actions
 
 
 @functools.lru_cache(maxsize=512)
@@ -84,6 +105,21 @@ def _camel(part: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
+def refused_output(uri: str) -> str | None:
+    """Why the operator cannot run a resource with this output URI, or None.
+
+    A file:// output would be written into each worker pod's own filesystem (an emptyDir that goes with
+    the pod): the artifacts would be scattered over pods and lost, and no later stage could read them."""
+    if uri.startswith("file://"):
+        return (
+            f"spec.output.uri {uri} is a file:// folder: on a cluster it would land in each worker pod's "
+            "own emptyDir and vanish with the pod. Use an s3:// URI (MinIO, Ceph and GCS/R2 in S3 mode work "
+            "too); file:// outputs are for `synthrec run` on one machine. spec.output is immutable: create a "
+            "new resource with an s3:// output"
+        )
+    return None
+
+
 def _invalid(
     kind: str,
     generation: int | None,
@@ -91,14 +127,18 @@ def _invalid(
     observed: Observed,
     ctx: Context,
     message: str,
+    *,
+    reason: str = "InvalidSpec",
 ) -> Actions:
-    """An invalid spec that slipped past the schema: Failed/InvalidSpec, and no Jobs."""
+    """A spec the operator cannot run (invalid past the schema, or an output it refuses): Failed with
+    ``reason`` and Accepted=False, and no Jobs."""
     status = status_model(kind, persisted)
     conds = Conditions(status.conditions and [c.wire() for c in status.conditions], generation, ctx.stamp)
-    conds.set("Accepted", False, "InvalidSpec", message)
-    conds.set("Failed", True, "InvalidSpec", f"the spec is invalid: {message}")
-    conds.stop_activity("InvalidSpec")
-    status.message = f"invalid spec: {message}"[:4096]
+    conds.set("Accepted", False, reason, message)
+    prefix = "the spec is invalid: " if reason == "InvalidSpec" else ""
+    conds.set("Failed", True, reason, f"{prefix}{message}")
+    conds.stop_activity(reason)
+    status.message = (f"invalid spec: {message}" if reason == "InvalidSpec" else message)[:4096]
     status.completion_time = status.completion_time or ctx.stamp
     actions = Actions(status={})
     for job in observed.jobs:  # a spec that became invalid (never via the API server) stops its Jobs
@@ -120,5 +160,20 @@ def fail_status(
     conds.stop_activity(reason)
     model.message = message[:4096]
     model.completion_time = model.completion_time or stamp
+    finish_status(model, conds, generation)
+    return model.wire()
+
+
+def blocked_status(
+    kind: str, status: dict[str, Any], body: dict[str, Any], names: list[str], stamp: str
+) -> dict[str, Any]:
+    """``status`` with Degraded=True: Jobs the resource does not control hold the names of Jobs it must
+    create (found while applying a plan: such Jobs need not carry our labels, so the plan missed them)."""
+    model = status_model(kind, status)
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    owner = Owner(kind, str(meta.get("name")), str(meta.get("namespace") or ""), str(meta.get("uid") or ""))
+    conds = Conditions([c.wire() for c in model.conditions], generation, stamp)
+    name_taken(conds, owner, names)
     finish_status(model, conds, generation)
     return model.wire()

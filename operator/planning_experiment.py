@@ -71,7 +71,7 @@ def plan_experiment(p: Pass) -> Actions:
     for run in runs:
         prev = persisted_results.get(run.name)
         result = (prev.model_copy(deep=True) if prev else None) or api.RunResult(
-            name=run.name, shots=run.shots, seed=run.seed, variant=run.variant
+            name=run.name, shots=run.shots, seed=run.seed, variant=run.variant, method=run.method
         )
         results.append(result)
         if result.state in ("Succeeded", "Failed"):
@@ -97,6 +97,10 @@ def plan_experiment(p: Pass) -> Actions:
             result.state = "Succeeded"
             if isinstance(summary, TrainSummary):
                 result.top1, result.zero_shot_top1 = summary.top1, summary.zero_shot_top1
+                result.top1_last, result.top1_best_validation = (
+                    summary.top1_last,
+                    summary.top1_best_validation,
+                )
             metrics = summary.metrics if isinstance(summary, TrainSummary) else None
             result.metrics = metrics or layout.url(layout.run_metrics(run.name))
             actions.shards_done[TRAIN_STAGE] = actions.shards_done.get(TRAIN_STAGE, 0) + 1

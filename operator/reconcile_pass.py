@@ -44,6 +44,20 @@ class Observed:
     jobs: list[JobView] = field(default_factory=list)
     pods: list[PodView] = field(default_factory=list)
     datasets: dict[str, DatasetView | None] = field(default_factory=dict)  # experiments: ref -> view
+    # Jobs that carry the resource's labels but whose controller ownerReference is not the resource's uid:
+    # made by hand, or left by an earlier resource of the same name. Never counted, never adopted.
+    foreign: list[JobView] = field(default_factory=list)
+
+    def controlled_by(self, uid: str) -> Observed:
+        """Only the Jobs whose controller is the resource ``uid`` (and their pods); the rest as foreign."""
+        owned = [j for j in self.jobs if uid and j.controller_uid == uid]
+        uids = {j.uid for j in owned}
+        return Observed(
+            jobs=owned,
+            pods=[p for p in self.pods if p.job_uid in uids],
+            datasets=self.datasets,
+            foreign=[*self.foreign, *(j for j in self.jobs if j not in owned)],
+        )
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class Actions:
     requeue_after: float | None = None  # come back this soon even without a watch event
     shards_done: dict[str, int] = field(default_factory=dict)  # newly folded, per stage (metrics)
     shards_failed: dict[str, int] = field(default_factory=dict)
+    foreign: list[JobView] = field(default_factory=list)  # Jobs with our labels, not ours: to report once
 
     def requeue(self, seconds: float) -> None:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
@@ -201,6 +216,7 @@ class Pass:
         """Still going: Running/Queued from what the pods do; Suspended=False after a resume."""
         if self.conds.is_true("Suspended"):
             self.conds.set("Suspended", False, "Resumed", "runPolicy.suspend is false")
+        activity.starting += [c.name for c in self.actions.create]  # created in this pass
         self.conds.apply_activity(activity, running_reason)
         self.status.message = message
 
@@ -221,12 +237,38 @@ class Pass:
                 self.actions.delete_configmaps.append(job.name)
 
     def close(self) -> Actions:
+        self._blocked_by_foreign_jobs()
         finish_status(self.status, self.conds, self.generation)
         self.actions.status = self.status.wire()
         return self.actions
 
+    def _blocked_by_foreign_jobs(self) -> None:
+        """A Job this pass would create whose name a foreign Job holds is not created (it would be a 409,
+        and the foreign Job is never taken over): the resource waits and says what to delete."""
+        taken = {j.name: j for j in self.observed.foreign if not j.deleting}
+        blocked = [c.name for c in self.actions.create if c.name in taken]
+        if not blocked:
+            return
+        self.actions.create = [c for c in self.actions.create if c.name not in taken]
+        name_taken(self.conds, self.owner, blocked)
+        self.actions.requeue(5.0)
+
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def name_taken(conds: Conditions, owner: Owner, names: list[str]) -> None:
+    """Degraded: Jobs this resource needs cannot be created, because Jobs it does not control hold their
+    names (made by hand, or left by an earlier resource of the same name)."""
+    joined = ", ".join(names)
+    conds.set(
+        "Degraded",
+        True,
+        "NameTakenByForeignJob",
+        f"Job {joined} exists but is not controlled by this {owner.kind} (uid {owner.uid}): it was made by "
+        "hand or left by an earlier resource of the same name. synthrec never adopts it and waits: delete it "
+        f"(kubectl -n {owner.namespace} delete job {joined}) to go on",
+    )
 
 
 def finish_status(status: Any, conds: Conditions, generation: int | None) -> None:

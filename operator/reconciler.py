@@ -31,7 +31,7 @@ from synthrec import api
 from synthrec.operator import planning
 from synthrec.operator.kube import ApiFailure, KubeApi, merge_diff
 from synthrec.operator.metrics import Metrics
-from synthrec.operator.observed import DatasetView, JobView, OwnerKey, PodView
+from synthrec.operator.observed import DatasetView, JobView, OwnerKey, PodView, controller_uid
 from synthrec.operator.settings import OperatorConfig
 from synthrec.operator.status import Event, StatusThrottle, transitions
 from synthrec.plan import referenced_datasets
@@ -42,6 +42,11 @@ DATASET = "SyntheticDataset"
 EXPERIMENT = "RecognitionExperiment"
 RECENT_CREATE_SECONDS = 15.0  # a Job we created may take this long to show up in the watch-fed index
 MAX_BACKOFF = 60.0
+CONFLICT_REPLANS = 3  # status writes that met a newer resource in a row before the pass gives up (backoff)
+
+
+class StatusConflict(Exception):
+    """The resource changed since the body the pass planned from (409 on the conditional status write)."""
 
 
 @dataclass
@@ -52,6 +57,7 @@ class _ResourceState:
     failures: int = 0
     last_error: str = ""
     last_run: float = 0.0
+    reported_foreign: set[str] = field(default_factory=set)  # Jobs (uid or name) already in an Event
 
 
 class Reconciler:
@@ -234,8 +240,23 @@ class Reconciler:
         return obs
 
     async def reconcile(self, key: OwnerKey, state: _ResourceState | None = None) -> float | None:
-        """One pass: plan from memory, apply; returns when to come back (None: at the resync interval)."""
+        """One pass: plan from memory, apply; returns when to come back (None: at the resync interval).
+
+        The status write is conditional on the resourceVersion the plan was made from; when the resource
+        changed meanwhile (409) the pass re-reads it and plans again from that fresh state."""
         state = state or self.states.setdefault(key, _ResourceState())
+        for _ in range(CONFLICT_REPLANS):
+            try:
+                return await self._reconcile_once(key, state)
+            except StatusConflict:
+                namespace, kind, name = key
+                fresh = await self.api.read_resource(kind, namespace, name)
+                if fresh is None or key not in self.bodies:
+                    return None  # deleted meanwhile: its DELETED event ends this resource's task
+                self.bodies[key] = fresh
+        raise ApiFailure("patch", f"{key[1]} {key[0]}/{key[2]} status", 409, "the resource kept changing")
+
+    async def _reconcile_once(self, key: OwnerKey, state: _ResourceState) -> float | None:
         body = self.bodies.get(key)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None  # deletion: the garbage collector removes the children (and handlers.py the data)
@@ -246,11 +267,14 @@ class Reconciler:
             fold_grace_seconds=self.config.fold_grace_seconds,
         )
         actions = planning.plan(body, self.observed(key), ctx)
-        rejected = await self._apply(namespace, kind, body, actions, state)
+        self._report_foreign(body, actions.foreign, state)
+        rejected, blocked = await self._apply(namespace, kind, body, actions, state)
         if rejected is not None:
             actions.status = planning.fail_status(
                 kind, actions.status, body, "JobRejected", rejected, ctx.stamp
             )
+        elif blocked:
+            actions.status = planning.blocked_status(kind, actions.status, body, blocked, ctx.stamp)
         for stage, count in actions.shards_done.items():
             self.metrics.shards_done.labels(stage).inc(count)
         for stage, count in actions.shards_failed.items():
@@ -259,6 +283,24 @@ class Reconciler:
         delays = [d for d in (actions.requeue_after, wait) if d is not None]
         return min(delays) if delays else None
 
+    def _report_foreign(self, body: dict[str, Any], jobs: Iterable[JobView], state: _ResourceState) -> None:
+        """One Warning Event per Job that claims the resource by its labels but is not controlled by it."""
+        for job in jobs:
+            self._report_foreign_job(body, job.name, job.uid, state)
+
+    def _report_foreign_job(self, body: dict[str, Any], name: str, uid: str, state: _ResourceState) -> None:
+        if (uid or name) in state.reported_foreign:
+            return
+        state.reported_foreign.add(uid or name)
+        meta = body.get("metadata") or {}
+        kind = body.get("kind")
+        message = (
+            f"Job {name} is not controlled by this {kind} (uid {meta.get('uid')}): made by hand or left by "
+            f"an earlier {kind} named {meta.get('name')}. synthrec ignores it (its results never count) and "
+            "never adopts it"
+        )
+        self._event(body, Event("Warning", "ForeignJob", message))
+
     async def _apply(
         self,
         namespace: str,
@@ -266,21 +308,25 @@ class Reconciler:
         body: dict[str, Any],
         actions: planning.Actions,
         state: _ResourceState,
-    ) -> str | None:
-        """Apply creates, deletes and patches; returns a message when the API rejected a Job for good."""
+    ) -> tuple[str | None, list[str]]:
+        """Apply creates, deletes and patches; returns a message when the API rejected a Job for good, and
+        the Jobs not created because somebody else's Job holds their name."""
         api_ = self.api
+        blocked: list[str] = []
         now = self.clock()
         state.created = {n: t for n, t in state.created.items() if now - t < RECENT_CREATE_SECONDS}
         for create in actions.create:
             if create.name in state.created:
                 continue  # created a moment ago; the watch has not shown it yet
             try:
-                await api_.create_configmap(namespace, create.configmap)
-                created = await api_.create_job(namespace, create.job)
+                created = await self._create(namespace, body, create, state)
             except ApiFailure as exc:
                 if exc.permanent:
-                    return f"the API server rejected Job {create.name}: {exc.message}"
+                    return f"the API server rejected Job {create.name}: {exc.message}", blocked
                 raise
+            if created is None:
+                blocked.append(create.name)  # a foreign Job holds the name: reported, never touched
+                continue
             state.created[create.name] = self.clock()
             if created:
                 stage = create.job["metadata"]["labels"].get("synthrec.io/stage", "")
@@ -297,6 +343,47 @@ class Reconciler:
             await api_.patch_job(namespace, name, patch)
         for event in actions.events:
             self._event(body, event)
+        return None, blocked
+
+    async def _create(
+        self, namespace: str, body: dict[str, Any], create: planning.Create, state: _ResourceState
+    ) -> bool | None:
+        """The task ConfigMap, then the Job. True: created now; False: this resource's Job exists already;
+        None: somebody else's Job holds the name (reported once, left alone).
+
+        A ConfigMap of the name that exists already is never replaced while a Job of that name exists (the
+        Job's pods mount it); without one it is replaced when its task differs (left by a crash between the
+        two creates, or by hand), conditional on its resourceVersion."""
+        api_, name = self.api, create.name
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        if not await api_.create_configmap(namespace, create.configmap):
+            job = await api_.read_job(namespace, name)
+            if job is not None:
+                return self._existing(body, job, uid, state)
+            current = await api_.read_configmap(namespace, name)
+            if (
+                current is None
+                or current.get("data") != create.configmap.get("data")
+                or (controller_uid(current) != uid)
+            ):
+                if current is None:
+                    await api_.create_configmap(namespace, create.configmap)
+                elif not await api_.replace_configmap(
+                    namespace, create.configmap, str(current["metadata"]["resourceVersion"])
+                ):
+                    raise ApiFailure("update", f"ConfigMap {namespace}/{name}", 409, "it changed meanwhile")
+        existing = await api_.create_job(namespace, create.job)
+        if existing is None:
+            return True
+        return self._existing(body, existing, uid, state)
+
+    def _existing(
+        self, body: dict[str, Any], job: dict[str, Any], uid: str, state: _ResourceState
+    ) -> bool | None:
+        if uid and controller_uid(job) == uid:
+            return False
+        meta = job.get("metadata") or {}
+        self._report_foreign_job(body, str(meta.get("name")), str(meta.get("uid") or ""), state)
         return None
 
     async def _write_status(
@@ -313,8 +400,17 @@ class Reconciler:
         if not patch:
             return None
         namespace, kind, name = key
-        if not await self.api.patch_status(kind, namespace, name, patch):
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        try:
+            updated = await self.api.patch_status(kind, namespace, name, patch, version)
+        except ApiFailure as exc:
+            if exc.conflict:
+                raise StatusConflict(str(exc)) from None
+            raise
+        if updated is None:
             return None  # the resource is gone
+        if key in self.bodies:
+            self.bodies[key] = updated  # the next pass plans from what was written, not from a stale view
         self.throttle.patched(key, status, now)
         self.metrics.status_patches.labels(kind).inc()
         old_phase, new_phase = persisted.get("phase"), status.get("phase")

@@ -27,6 +27,14 @@ SYNTHREC_RESYNC_INTERVAL            seconds between reconciles of a resource wit
 SYNTHREC_RECONCILE_MIN_INTERVAL     minimum seconds between two reconciles of one resource (default 0.5)
 SYNTHREC_MAX_CONCURRENT_RECONCILES  reconciles running at once across resources (default 8)
 SYNTHREC_REQUEST_TIMEOUT            seconds per Kubernetes API request (default 30)
+SYNTHREC_CLEANUP_TIMEOUT            seconds a cleanup Job (onDelete: Delete) may take before the data is
+                                    kept and the resource let go (default 1800)
+SYNTHREC_LEADER_ELECTION            true (default): lead a coordination.k8s.io Lease before doing anything
+SYNTHREC_LEASE_NAME                 the Lease's name (default synthrec-operator)
+SYNTHREC_LEASE_NAMESPACE            its namespace (default $POD_NAMESPACE, else the pod's own, else default)
+SYNTHREC_LEASE_DURATION             seconds before a Lease not renewed may be taken over (default 15)
+SYNTHREC_LEASE_RENEW_DEADLINE       seconds the leader keeps trying to renew before it stops (default 10)
+SYNTHREC_LEASE_RETRY_PERIOD         seconds between tries to acquire or renew (default 2)
 ==================================  =======================================================================
 """
 
@@ -71,6 +79,14 @@ class OperatorConfig:
     max_concurrent_reconciles: int = 8
     request_timeout: float = 30.0
     fold_grace_seconds: float = 30.0
+    cleanup_timeout: float = 1800.0  # onDelete: Delete (operator/cleanup.py)
+    cleanup_poll_interval: float = 5.0
+    leader_election: bool = True  # only `synthrec operator` (operator/process.py) reads these
+    lease_name: str = "synthrec-operator"
+    lease_namespace: str | None = None
+    lease_duration: float = 15.0
+    lease_renew_deadline: float = 10.0
+    lease_retry_period: float = 2.0
 
     @property
     def clusterwide(self) -> bool:
@@ -119,10 +135,35 @@ class OperatorConfig:
                 _number(env, "SYNTHREC_MAX_CONCURRENT_RECONCILES", 8, minimum=1, integer=True)
             ),
             request_timeout=_number(env, "SYNTHREC_REQUEST_TIMEOUT", 30.0, minimum=1.0),
+            cleanup_timeout=_number(env, "SYNTHREC_CLEANUP_TIMEOUT", 1800.0, minimum=10.0),
+            **_leader_election(env),
         )
 
     def with_overrides(self, **changes: Any) -> OperatorConfig:
         return replace(self, **changes)
+
+
+def _leader_election(env: Mapping[str, str]) -> dict[str, Any]:
+    raw = env.get("SYNTHREC_LEADER_ELECTION", "true").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"SYNTHREC_LEADER_ELECTION={raw!r}: expected true or false")
+    duration = _number(env, "SYNTHREC_LEASE_DURATION", 15.0, minimum=1.0)
+    deadline = _number(env, "SYNTHREC_LEASE_RENEW_DEADLINE", 10.0, minimum=0.1)
+    retry = _number(env, "SYNTHREC_LEASE_RETRY_PERIOD", 2.0, minimum=0.05)
+    if not retry < deadline < duration:
+        raise SettingsError(
+            f"leader election needs SYNTHREC_LEASE_RETRY_PERIOD ({retry}) < SYNTHREC_LEASE_RENEW_DEADLINE "
+            f"({deadline}) < SYNTHREC_LEASE_DURATION ({duration}): the leader must stop before the Lease "
+            "expires for the others"
+        )
+    return {
+        "leader_election": raw in ("true", "1", "yes"),
+        "lease_name": env.get("SYNTHREC_LEASE_NAME", "").strip() or "synthrec-operator",
+        "lease_namespace": env.get("SYNTHREC_LEASE_NAMESPACE", "").strip() or None,
+        "lease_duration": duration,
+        "lease_renew_deadline": deadline,
+        "lease_retry_period": retry,
+    }
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:

@@ -28,7 +28,7 @@ CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunCont
 _QUIET_WHEN_FALSE = ("Queued", "Running", "Degraded", "Suspended", "DatasetReady")
 _WARNING_TYPES = ("Failed", "Degraded")
 # Transitions that happen at every stage boundary and say nothing a user acts on.
-_QUIET_REASONS = ("PodsPending",)
+_QUIET_REASONS = ("PodsPending", "JobStarting")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class Activity:
     running: int = 0
     pending: int = 0
     waiting_for_quota: list[str] = field(default_factory=list)  # Jobs suspended by Kueue
+    # Jobs created (or being created in this pass) with no pod running or pending yet: between two stages
+    # the resource is queued for its next Job, not back to Pending.
+    starting: list[str] = field(default_factory=list)
     unschedulable: str = ""
     image_pull: str = ""
     container_config: str = ""
@@ -75,6 +78,8 @@ class Activity:
             return "ContainerConfigError", self.container_config
         if self.pending:
             return "PodsPending", f"{self.pending} pod(s) pending, none running yet"
+        if self.starting:
+            return "JobStarting", f"Job {', '.join(self.starting)} is starting: none of its pods runs yet"
         return None
 
 
@@ -85,9 +90,12 @@ def pod_activity(jobs: Iterable[JobView], pods: Iterable[PodView]) -> Activity:
     for job in active.values():
         if job.suspended:
             act.waiting_for_quota.append(job.name)
+    busy: set[str] = set()  # active Jobs with a pod that runs or waits
     for pod in pods:
         if pod.job_uid not in active or pod.deleting:
             continue
+        if pod.running or pod.phase == "Pending":
+            busy.add(pod.job_uid)
         if pod.running:
             act.running += 1
         elif pod.phase == "Pending":
@@ -100,6 +108,7 @@ def pod_activity(jobs: Iterable[JobView], pods: Iterable[PodView]) -> Activity:
                 act.container_config = f"pod {pod.name}: {pod.waiting_reason}: {pod.waiting_message}".rstrip(
                     ": "
                 )
+    act.starting = [j.name for uid, j in active.items() if uid not in busy and not j.suspended]
     return act
 
 

@@ -98,7 +98,8 @@ def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> Any:
 _Dumper.add_representer(list, _represent_list)
 
 
-def _output(o: Table1Options, kind: str, name: str) -> dict[str, Any]:
+def _output(o: Any, kind: str, name: str) -> dict[str, Any]:
+    """``<output>/<kind>/<name>/`` with the options' credentials Secret (Table1Options, Figure1Options)."""
     out: dict[str, Any] = {"uri": f"{o.output.rstrip('/')}/{kind}/{name}/"}
     if o.credentials_secret:
         out["credentialsSecret"] = o.credentials_secret

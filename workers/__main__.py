@@ -20,6 +20,7 @@ STAGES = {
     "filter": "synthrec.workers.filter",
     "reduce": "synthrec.workers.reduce",
     "train": "synthrec.workers.train",
+    "cleanup": "synthrec.workers.cleanup",
 }
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthrec.workers.modelref import ModelRefError, default_cache_dir, resolve_model
-from synthrec.workers.runtime import ConfigError, Progress
+from synthrec.workers.modelref import ModelRefError, default_cache_dir, fetch_failure, resolve_model
+from synthrec.workers.runtime import ConfigError, Progress, worker_error
 
 if TYPE_CHECKING:
     import torch
@@ -123,13 +123,14 @@ class ClipModel:
         emb = torch.cat(chunks).view(len(class_names), len(templates), -1).mean(dim=1)
         return torch.nn.functional.normalize(emb, dim=-1)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised float32 features of a preprocessed batch (no gradients)."""
+    def encode(self, images: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """L2-normalised (or, with ``normalize=False``, raw) float32 features of a preprocessed batch (no
+        gradients)."""
         import torch
 
         with torch.inference_mode(), self.autocast():
             feats = self.model.encode_image(images.to(self.device, non_blocking=True)).float()
-        return torch.nn.functional.normalize(feats, dim=-1)
+        return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
 
     def image_shape(self) -> tuple[int, ...]:
         from PIL import Image
@@ -151,7 +152,7 @@ def load_clip(
     try:
         resolved = resolve_model(ref, allow_name=True, storage_opts=storage_opts, cache_dir=cache_dir)
     except ModelRefError as e:
-        raise ConfigError(f"CLIP model: {e}") from e
+        raise worker_error(e.failure, f"CLIP model: {e}") from e
     if resolved.path is None:
         name, tag = resolved.name or ref, pretrained
         weights_cache = (cache_dir or default_cache_dir()) / "open_clip"
@@ -169,8 +170,11 @@ def load_clip(
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
         tokenizer = open_clip.get_tokenizer(name)
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
-        raise ConfigError(f"CLIP model {ref!r} (pretrained {pretrained!r}) cannot be loaded: {e}") from e
+    except (RuntimeError, ValueError, OSError, KeyError) as e:  # a download of named weights may fail too
+        failure = fetch_failure(e) if isinstance(e, OSError) else "config"
+        raise worker_error(
+            failure, f"CLIP model {ref!r} (pretrained {pretrained!r}) cannot be loaded: {e}"
+        ) from e
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -110,6 +110,50 @@ def open_synthetic(ctx: StageContext, inp: Any) -> SyntheticData:
     return SyntheticData(inp.name, inp.uri, digest, storage, manifest, rows)
 
 
+def held_out_per_class(shots: int) -> int:
+    """Real shots per class held out for validation when the data has no validation split: a quarter, at
+    least 1 and at most 4 (CoOp validates on min(shots, 4) per class)."""
+    return min(4, max(1, shots // 4))
+
+
+def held_out_shots(real: FeatureSet, per_class: int) -> tuple[FeatureSet, FeatureSet]:
+    """Split the run's shots into the ones it trains on and ``per_class`` per class it validates on: the
+    last ones of each class in the seeded shot order, so the split is the same on every run and attempt."""
+    import torch
+
+    labels = real.labels.tolist()
+    by_class: dict[int, list[int]] = {}
+    for row, c in enumerate(labels):
+        by_class.setdefault(c, []).append(row)
+    if any(len(rows) <= per_class for rows in by_class.values()):
+        raise DataError(
+            f"{real.name}: holding out {per_class} shot(s) per class leaves a class without shots"
+        )
+    held = {row for rows in by_class.values() for row in rows[-per_class:]}
+    keep_rows = [r for r in range(len(labels)) if r not in held]
+    held_rows = [r for r in range(len(labels)) if r in held]
+
+    def part(name: str, rows: list[int], info: dict[str, Any], skipped: int) -> FeatureSet:
+        index = torch.tensor(rows, dtype=torch.long, device=real.labels.device)
+        return FeatureSet(
+            name,
+            real.features[index],
+            real.labels[index],
+            [real.ids[r] for r in rows],
+            [real.items[r] for r in rows] if real.items else [],
+            real.reader,
+            real.cache_key,
+            real.cache_hit,
+            skipped,
+            info,
+        )
+
+    held_info = {"validation": {"source": "held-out shots", "images": len(held_rows), "per_class": per_class}}
+    return part(real.name, keep_rows, dict(real.info), real.skipped), part(
+        "validation", held_rows, held_info, 0
+    )
+
+
 class RunFeatures:
     """The feature sets of one run (a part of the train stage's ``_Run``: it provides ``ctx``, ``task``,
     ``spec``, ``plan``, ``ct``, ``storage``, ``layout``, ``labels``, ``clip``, ``device`` and ``tmp``)."""
@@ -155,10 +199,13 @@ class RunFeatures:
             return None
         return tensors["features"].float(), tensors["labels"].long(), kept, marker
 
-    def _store(self, key: str, feats: Any, labels: Any, ids: list[str], info: dict[str, Any]) -> None:
+    def _store(self, key: str, feats: Any, labels: Any, ids: list[str], info: dict[str, Any]) -> Any:
+        """Cache ``feats`` (as float16) and return them as a later hit reads them back: float16 values in
+        float32, so a run computes the same on a cache miss as on a hit."""
         from safetensors.torch import save
 
-        data = save({"features": feats.half().contiguous(), "labels": labels.long().contiguous()})
+        stored = feats.half().contiguous()
+        data = save({"features": stored, "labels": labels.long().contiguous()})
         self.storage.write_bytes(self.layout.features(key, "ids.json"), json.dumps(ids).encode())
         self.storage.write_bytes(self.layout.features(key, "features.safetensors"), data)
         write_marker(
@@ -171,6 +218,7 @@ class RunFeatures:
             backbone=self.clip.describe(),
             **info,
         )
+        return stored.float()
 
     def _feature_set(
         self,
@@ -232,11 +280,11 @@ class RunFeatures:
         feats = feats[keep]
         labs = torch.tensor([labels[i] for i in keep], dtype=torch.int64)
         kept_ids = [ids[i] for i in keep]
-        self._store(key, feats, labs, kept_ids, {"split": name, "skipped": len(bad), **info})
+        feats = self._store(key, feats, labs, kept_ids, {"split": name, "skipped": len(bad), **info})
         kept_items = [all_items[i] for i in keep] if need_items else []
         return FeatureSet(
             name,
-            feats.float().to(self.device),
+            feats.to(self.device),
             labs.to(self.device),
             kept_ids,
             kept_items,
@@ -304,7 +352,7 @@ class RunFeatures:
         size = self.ct.feature_batch_size
         feats = torch.cat([self.clip.encode(batch[i : i + size]).cpu() for i in range(0, len(batch), size)])
         labs = torch.tensor([img.class_index for img, _ in pairs], dtype=torch.int64)
-        self._store(key, feats, labs, ids, {"split": "real-train", "skipped": bad, **info})
+        feats = self._store(key, feats, labs, ids, {"split": "real-train", "skipped": bad, **info})
         return FeatureSet(
             "real-train",
             feats.to(self.device),

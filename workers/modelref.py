@@ -38,6 +38,7 @@ from synthrec.storage import (
     open_storage,
     sha256_file,
 )
+from synthrec.storage.errors import NO_SPACE, Failure
 from synthrec.storage.uris import TOY_WORLD_PREFIX, ModelRef, URIError, parse_model_ref
 from synthrec.tiny.layout import BUILDER_VERSION
 
@@ -48,7 +49,41 @@ MODEL_DIR = "model"
 
 
 class ModelRefError(ValueError):
-    """A model reference that cannot be resolved; the message says which, what failed and what to do."""
+    """A model reference that cannot be resolved; the message says which, what failed and what to do.
+
+    ``failure`` (as synthrec.storage.errors has it): ``config`` when the reference itself is wrong (no such
+    repository, revision or folder, no access); ``retryable`` when fetching it failed for a reason another
+    try may not meet (the network, the hub or S3 overloaded, a full disk)."""
+
+    def __init__(self, message: str, *, failure: Failure = "config") -> None:
+        super().__init__(message)
+        self.failure: Failure = failure
+
+
+def _hub_offline() -> bool:
+    """Whether huggingface_hub runs in offline mode (HF_HUB_OFFLINE, read when it was imported)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def fetch_failure(e: BaseException) -> Failure:
+    """Whether a failed download may work on another try: a full disk, the network, 5xx/429 answers."""
+    if isinstance(e, OSError) and e.errno in NO_SPACE:
+        return "retryable"
+    if isinstance(e, StorageError):
+        return "retryable" if e.failure == "data" else e.failure  # a file gone mid-download: try again
+    try:
+        import requests
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:  # pragma: no cover - both come with the workers extra
+        return "config"
+    if isinstance(e, HfHubHTTPError) and e.response is not None:
+        status = e.response.status_code
+        return "retryable" if status >= 500 or status == 429 else "config"
+    if isinstance(e, requests.ConnectionError | requests.Timeout | TimeoutError | ConnectionError):
+        return "retryable"
+    return "config"
 
 
 @dataclass(frozen=True)
@@ -150,12 +185,15 @@ def _snapshot(ref: str, parsed: ModelRef, cache_dir: Path | None) -> tuple[Path,
         raise ModelRefError(
             f"{what}: not in the local cache and the hub cannot be reached (offline mode via "
             f"HF_HUB_OFFLINE, or no network): {_first_line(e)}. Check the network and HF_ENDPOINT, "
-            f"pre-download it into HF_HOME, {alternatives}"
+            f"pre-download it into HF_HOME, {alternatives}",
+            # Offline mode is the user's setting: no retry can fetch the model. A network outage may pass.
+            failure="config" if _hub_offline() else "retryable",
         ) from e
-    except Exception as e:  # HTTP errors, timeouts, disk errors: all end the same way for the user
+    except Exception as e:  # HTTP errors, timeouts, disk errors: one message, the class says who retries
         raise ModelRefError(
             f"{what}: download failed: {type(e).__name__}: {_first_line(e)}. Check the network, the token "
-            f"(HF_TOKEN) and free disk space, {alternatives}"
+            f"(HF_TOKEN) and free disk space, {alternatives}",
+            failure=fetch_failure(e),
         ) from e
     commit = path.name if re.fullmatch(r"[0-9a-f]{40}", path.name) else parsed.revision
     return path, commit
@@ -174,7 +212,7 @@ def _s3_folder(ref: str, parsed: ModelRef, cache_root: Path, opts: dict[str, Any
         storage = open_storage(parsed.location, **opts)
         remote = list(storage.list())
     except StorageError as e:
-        raise ModelRefError(f"model {ref!r}: cannot list the folder: {e}") from e
+        raise ModelRefError(f"model {ref!r}: cannot list the folder: {e}", failure=fetch_failure(e)) from e
     if not remote:
         raise ModelRefError(
             f"model {ref!r}: {storage.uri} holds no objects; upload the model folder there "
@@ -200,7 +238,8 @@ def _s3_folder(ref: str, parsed: ModelRef, cache_root: Path, opts: dict[str, Any
     except OSError as e:
         raise ModelRefError(
             f"model {ref!r}: cannot use the model cache {cache_root}: {e}; free space, fix its permissions "
-            "or point SYNTHREC_CACHE elsewhere"
+            "or point SYNTHREC_CACHE elsewhere",
+            failure=fetch_failure(e),
         ) from e
     return entry / MODEL_DIR, manifest["revision"]
 
@@ -254,12 +293,13 @@ def _download(
             try:
                 storage.download_file(info.key, local)
             except StorageError as e:
-                raise ModelRefError(f"model {ref!r}: download failed: {e}") from e
+                raise ModelRefError(f"model {ref!r}: download failed: {e}", failure=fetch_failure(e)) from e
             st = local.stat()
             if st.st_size != info.size:
                 raise ModelRefError(
                     f"model {ref!r}: {storage.url(info.key)} has {st.st_size} bytes, the listing said "
-                    f"{info.size}; the folder changed while downloading, try again"
+                    f"{info.size}; the folder changed while downloading, try again",
+                    failure="retryable",
                 )
             files.append(
                 {

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from synthrec.workers.runtime import ConfigError
+from synthrec.workers.runtime import ConfigError, worker_error
 
 
 def resolve_model_folder(
@@ -22,7 +22,7 @@ def resolve_model_folder(
     try:
         resolved = resolve_model(ref, storage_opts=opts)
     except ModelRefError as exc:
-        raise ConfigError(f"{field_name}: {exc}") from None
+        raise worker_error(exc.failure, f"{field_name}: {exc}") from None
     if resolved.path is None:
         raise ConfigError(
             f"{field_name} {ref!r} is not a model folder; use hf://org/name, s3://bucket/folder/ or "

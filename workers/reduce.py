@@ -26,11 +26,12 @@ k = min(``realFiltering.k``, shots available) most similar real shots of a synth
 - ``strict``: drop it under ``nearest``, and also when any other-class shot is more similar than the best
   class-c shot among the k nearest (i.e. its single nearest shot is of another class).
 
-Soft targets (paper §1.7): ``softmax(logits / T)`` of the filter's text-initialised zero-shot head, with
-logits = logit_scale (100) * cos and T = ``filter.softTargetTemperature`` (paper: 2). They are not
-copied into the index: each kept row points at its features file and row, whose ``logits`` give the
-soft target exactly (``synthrec.workers.shards.soft_targets``). The train stage computes its own teacher
-from its own backbone's initial head, as the official code does.
+Soft targets (paper §1.7): ``softmax(logits / T)`` of a text-initialised zero-shot head, with logits =
+logit_scale (100) * cos. The filter's head logits are not copied into the index: each kept row points at
+its features file and row, whose ``logits`` give the filter's soft target at any T
+(``synthrec.workers.shards.soft_targets``). Training uses its own: the train stage computes its teacher
+from its own backbone's initial head, as the official code does, at the experiment's
+``classifierTuning.softTarget.temperature`` (paper: 2), the one temperature in the API.
 
 Filter disabled: everything generated is kept (no threshold, no K, no soft targets); the card says so.
 
@@ -531,8 +532,8 @@ def _manifest(
             },
             "soft_targets": (
                 {
-                    "temperature": fcfg.soft_target_temperature,
-                    "formula": "softmax(logits / T); logits = logit_scale * cos(image, class text)",
+                    "formula": "softmax(logits / T); logits = logit_scale * cos(image, class text); T: the "
+                    "experiment's classifierTuning.softTarget.temperature",
                     "logit_scale": collected.logit_scale,
                     "source": "kept.jsonl 'features' + 'row' -> tensor 'logits' of that features file",
                 }

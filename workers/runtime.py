@@ -3,8 +3,9 @@ progress reporting and the mapping of failures onto the contract (``synthrec.con
 
 A stage is a plain function ``run(ctx: StageContext) -> Summary`` returning its typed termination summary
 (``synthrec.contract.summaries``: counts, URIs). It raises ConfigError / DataError / RetryableError for
-failures the operator must treat differently; anything unexpected is logged with its traceback and treated
-as retryable.
+failures the operator must treat differently; a storage error carries its own class
+(synthrec.storage.errors: a missing input fails the shard, a full disk is retried, refused credentials
+fail the Job); anything unexpected is logged with its traceback and treated as retryable.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 from synthrec import contract
 from synthrec.contract.summaries import FailureSummary, Summary, summary_line
 from synthrec.plan.tasks import load_task
-from synthrec.storage import Storage, StorageConflict, StorageError, TransientStorageError, open_storage
+from synthrec.storage import RecordingStorage, Storage, StorageError, open_storage
 from synthrec.tiny import TINY_SCHEME, TinyModels, build_tiny_models, default_tiny_dir, resolve_uri
 from synthrec.tiny.layout import references_toy_world
 
@@ -58,6 +60,18 @@ class DataError(WorkerError):
 
 class Terminated(RetryableError):
     """SIGTERM (pod eviction, Ctrl-C in local mode): stop cleanly, nothing half-committed."""
+
+
+_BY_FAILURE: dict[str, type[WorkerError]] = {
+    "retryable": RetryableError,
+    "data": DataError,
+    "config": ConfigError,
+}
+
+
+def worker_error(failure: str, message: str) -> WorkerError:
+    """The WorkerError of a failure class (``retryable``, ``data``, ``config``; unknown: retryable)."""
+    return _BY_FAILURE.get(failure, RetryableError)(message)
 
 
 @dataclass
@@ -216,6 +230,24 @@ def write_spec_json(task: Any, storage: Storage) -> None:
         log.warning("could not write %s: %s", storage.url(key), exc)
 
 
+def recording(storage: Storage, task: Any, stage: str, shard: int | None) -> Storage:
+    """``storage`` with every key written recorded in this process's ledger (synthrec.contract.written),
+    for a resource with a uid (every one on a cluster): deleting its artifacts then deletes exactly
+    those. Local runs (no uid) write no ledger."""
+    from synthrec.contract.layout import written_keys
+    from synthrec.contract.written import Writer, WrittenKeys
+
+    ref = task.resource
+    if not ref.uid:
+        return storage
+    writer = Writer(kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid)
+
+    def render(keys: list[str]) -> bytes:
+        return WrittenKeys(resource=writer, stage=stage, shard=shard, keys=keys).document()
+
+    return RecordingStorage(storage, written_keys(stage, shard, uuid.uuid4().hex[:12]), render)
+
+
 def write_termination_log(summary: Summary) -> None:
     path = os.environ.get(contract.ENV_TERMINATION_LOG, contract.DEFAULT_TERMINATION_LOG)
     try:
@@ -248,6 +280,8 @@ def run_stage(stage: str, fn: Callable[[StageContext], Summary], task_path: str,
         except (IndexError, ValueError) as exc:
             raise ConfigError(f"cannot pick a shard: {exc}") from None
         storage = open_storage(task.output.uri, endpoint=task.output.endpoint, region=task.output.region)
+        if stage != "cleanup":
+            storage = recording(storage, task, stage, shard_id)
         progress_path = os.environ.get(contract.ENV_PROGRESS_FILE)
         progress = Progress(stage, shard_id, path=Path(progress_path) if progress_path else None)
         ctx = StageContext(task=task, shard=shard_id, storage=storage, progress=progress)
@@ -263,12 +297,9 @@ def run_stage(stage: str, fn: Callable[[StageContext], Summary], task_path: str,
         return contract.EXIT_OK
     except WorkerError as exc:
         return _fail(stage, shard_id, exc.kind, str(exc), exc.exit_code)
-    except StorageConflict as exc:
-        return _fail(stage, shard_id, "config", str(exc), contract.EXIT_CONFIG_ERROR)
-    except TransientStorageError as exc:
-        return _fail(stage, shard_id, "retryable", str(exc), contract.EXIT_RETRYABLE)
-    except StorageError as exc:
-        return _fail(stage, shard_id, "config", str(exc), contract.EXIT_CONFIG_ERROR)
+    except StorageError as exc:  # each class says what kind of failure it is (synthrec.storage.errors)
+        error = worker_error(exc.failure, str(exc))
+        return _fail(stage, shard_id, error.kind, str(error), error.exit_code)
     except KeyboardInterrupt:
         return _fail(stage, shard_id, "retryable", "interrupted", contract.EXIT_RETRYABLE)
     except Exception as exc:  # a bug or an unforeseen environment problem: retrying is the safe default

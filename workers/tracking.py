@@ -47,11 +47,14 @@ FINAL_METRICS = {
     "top1": "test/top1",
     "zero_shot_top1": "test/zero_shot_top1",
     "validation_top1": "validation/top1",
+    "top1_last": "test/top1_last",
+    "top1_best_validation": "test/top1_best_validation",
 }
 # Fields of metrics.json that describe the run (its hyper-parameters), flattened with dots.
 PARAM_FIELDS = (
     "run",
     "variant",
+    "method",
     "shots",
     "seed",
     "lr",
@@ -59,6 +62,7 @@ PARAM_FIELDS = (
     "selection",
     "backbone",
     "classifier_tuning",
+    "settings",
 )
 # MLflow's default is 7 retries of 120 s each: a tracking server that is down would hold the run for many
 # minutes. These bounds apply only where the user has not set them.

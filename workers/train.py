@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from synthrec.api import SHOT_METHODS
 from synthrec.api.labels import ResolvedLabels, resolve_labels
 from synthrec.contract import confusion
 from synthrec.contract.base import DocumentError
@@ -47,7 +48,14 @@ from synthrec.contract.metrics import RunMetrics, parse_metrics
 from synthrec.contract.summaries import TrainSummary
 from synthrec.storage import existing_commit, write_marker
 from synthrec.workers import tracking
-from synthrec.workers.features import FeatureSet, RunFeatures, SyntheticData, open_synthetic
+from synthrec.workers.features import (
+    FeatureSet,
+    RunFeatures,
+    SyntheticData,
+    held_out_per_class,
+    held_out_shots,
+    open_synthetic,
+)
 from synthrec.workers.runtime import ConfigError, DataError, StageContext, select_device
 
 log = logging.getLogger(__name__)
@@ -76,7 +84,10 @@ def run(ctx: StageContext) -> TrainSummary:
 def _summary(metrics: RunMetrics, uri: str, *, skipped: bool = False) -> TrainSummary:
     return TrainSummary(
         run=metrics.run,
+        method=metrics.method,
         top1=metrics.top1,
+        top1_last=metrics.top1_last,
+        top1_best_validation=metrics.top1_best_validation,
         zero_shot_top1=metrics.zero_shot_top1,
         metrics=uri,
         skipped=skipped,
@@ -112,8 +123,6 @@ class _Run(RunFeatures):
         data = self.spec.data
         if self.plan.shots > 0 and data.real_train is None:
             raise ConfigError(f"run {self.plan.name}: {self.plan.shots} shots need data.realTrain")
-        if self.ct.selection == "best-validation" and data.validation is None:
-            raise ConfigError("selection best-validation needs data.validation (never the test set)")
         datasets = [open_synthetic(self.ctx, inp) for inp in self.task.datasets]
 
         import torch
@@ -139,6 +148,15 @@ class _Run(RunFeatures):
         test = self._real_split("test", data.test)
         val = self._real_split("validation", data.validation) if data.validation is not None else None
         real = self._real_shots() if self.plan.shots > 0 else None
+        if val is not None:
+            val.info["validation"] = {"source": "data.validation", "images": len(val)}
+        elif real is not None and self.plan.selection() == "best-validation":
+            real, val = held_out_shots(real, held_out_per_class(self.plan.shots))
+        if val is None and self.plan.selection() == "best-validation" and (datasets or real is not None):
+            raise ConfigError(
+                f"run {self.plan.name}: selection best-validation needs data.validation, or at least 2 real "
+                "shots per class to hold out (never the test set)"
+            )
         syn = self._synthetic(datasets) if datasets else None
         self.timing["features"] = time.monotonic() - t
 
@@ -146,28 +164,72 @@ class _Run(RunFeatures):
         teacher = LinearHead.from_text(text, scale).to(self.device)
         zero_shot = evaluate(self._logits(teacher, test), test.labels, C)
         trained = bool(syn or real)  # 0 shots and no synthetic data: the zero-shot head is the result
+        t = time.monotonic()
+        if self.plan.method in SHOT_METHODS:
+            from synthrec.workers.baselines import fit
+
+            fitted = fit(self, text, scale, val, real)
+        else:
+            fitted = self._classifier_tuning(text, scale, teacher, syn, real, val, trained)
+        self.timing["train"] = time.monotonic() - t
+        t = time.monotonic()
+        with torch.no_grad():
+            final = evaluate(fitted.logits(test), test.labels, C)
+            other = evaluate(fitted.other(test), test.labels, C) if fitted.other is not None else None
+            val_final = evaluate(fitted.logits(val), val.labels, C) if val is not None else None
+        self.timing["evaluate"] = time.monotonic() - t
+        self.timing["total"] = time.monotonic() - started
+        metrics = self._metrics(
+            zero_shot, final, other, val_final, fitted, datasets, test, val, real, syn, trained
+        )
+        confusions = confusion.document(self.labels.names, final["confusion"], zero_shot["confusion"])
+        # Tracking never raises: a backend that cannot log only warns.
+        metrics.tracking = tracking.log_run(self.task, self.storage, metrics.document(), fitted.result)
+        self._write(fitted, metrics, confusions)
+        return _summary(metrics, self.layout.url(self.layout.run_metrics(self.plan.name)))
+
+    def _classifier_tuning(
+        self, text: Any, scale: float, teacher: Any, syn: Any, real: Any, val: Any, trained: bool
+    ) -> Any:
+        """The paper's CT (and zero-shot CLIP when there is nothing to train on) as a Fitted model."""
+        from synthrec.workers.baselines import Fitted
+        from synthrec.workers.tuning import LinearHead, load_snapshot, snapshot
+
+        C = len(self.labels)
         if self.ct.head_init == "text" or not trained:
             head = LinearHead.from_text(text, scale).to(self.device)
         else:
             head = LinearHead.random(C, text.shape[1], self.plan.seed, self.device)
-        t = time.monotonic()
-        result = None
-        encoder = None
+        result = encoder = None
         if trained:
             result, encoder = self._tune(head, teacher, syn, real, val)
-        self.timing["train"] = time.monotonic() - t
-        t = time.monotonic()
-        with torch.no_grad():
-            final = evaluate(self._logits(head, test, encoder), test.labels, C)
-            val_final = evaluate(self._logits(head, val, encoder), val.labels, C) if val is not None else None
-        self.timing["evaluate"] = time.monotonic() - t
-        self.timing["total"] = time.monotonic() - started
-        metrics = self._metrics(zero_shot, final, val_final, result, datasets, test, val, real, syn, trained)
-        confusions = confusion.document(self.labels.names, final["confusion"], zero_shot["confusion"])
-        # Tracking never raises: a backend that cannot log only warns.
-        metrics.tracking = tracking.log_run(self.task, self.storage, metrics.document(), result)
-        self._write(head, metrics, confusions, result)
-        return _summary(metrics, self.layout.url(self.layout.run_metrics(self.plan.name)))
+
+        def logits(fs: FeatureSet) -> Any:
+            return self._logits(head, fs, encoder)
+
+        other = None
+        if result is not None and result.alternative is not None:
+            alternative = result.alternative
+
+            def other(fs: FeatureSet) -> Any:  # the model not reported, swapped in for a moment
+                current = snapshot(head, encoder, 0)
+                load_snapshot(head, encoder, alternative)
+                try:
+                    return self._logits(head, fs, encoder)
+                finally:
+                    load_snapshot(head, encoder, current)
+
+        ct = self.ct
+        return Fitted(
+            logits,
+            other,
+            result,
+            {"weight": head.weight, "bias": head.bias},
+            "image features, L2-normalised inside the head: logits = normalize(x) @ W.T + b",
+            ct.lr,
+            ct.epochs,
+            "linear warmup + cosine to 0 over the real steps",
+        )
 
     # ------------------------------------------------------------------------------------- training
 
@@ -219,7 +281,7 @@ class _Run(RunFeatures):
                 self.clip.visual, self.ct.trainable_scope, make_loader, self.device, self.ct.freeze_batch_norm
             )
         validate = None
-        if val is not None and self.ct.selection == "best-validation":
+        if val is not None:  # every epoch, whatever the selection: a run reports both models
             from synthrec.workers.tuning import evaluate
 
             def validate() -> float:
@@ -257,8 +319,9 @@ class _Run(RunFeatures):
         self,
         zero_shot: dict,
         final: dict,
+        other: dict | None,
         val_final: dict | None,
-        result: Any,
+        fitted: Any,
         datasets: list[SyntheticData],
         test: FeatureSet,
         val: FeatureSet | None,
@@ -271,35 +334,49 @@ class _Run(RunFeatures):
             {**pc, "name": names[pc["index"]], "zero_shot_top1": zs["top1"]}
             for pc, zs in zip(final["per_class"], zero_shot["per_class"], strict=True)
         ]
-        ct = self.ct
+        ct, plan, result = self.ct, self.plan, fitted.result
+        selection = plan.selection()
+        top1_last = final["top1"] if selection == "last" or other is None else other["top1"]
+        top1_best_validation = None
+        if other is not None:
+            top1_best_validation = other["top1"] if selection == "last" else final["top1"]
         return RunMetrics.model_validate(
             {
-                "run": self.plan.name,
-                "index": self.plan.index,
-                "variant": self.plan.variant,
+                "run": plan.name,
+                "index": plan.index,
+                "variant": plan.variant,
+                "method": plan.method,
                 "spec_hash": self.task.spec_hash,
-                "shots": self.plan.shots,
-                "seed": self.plan.seed,
-                "seeds": {"shots": self.plan.seed, "shuffle": self.plan.seed, "head_init": self.plan.seed},
+                "shots": plan.shots,
+                "seed": plan.seed,
+                "seeds": {"shots": plan.seed, "shuffle": plan.seed, "head_init": plan.seed},
                 "top1": final["top1"],
+                "top1_last": top1_last,
+                "top1_best_validation": top1_best_validation,
                 "zero_shot_top1": zero_shot["top1"],
                 "trained": trained,
-                "selection": ct.selection,
+                "selection": selection,
                 "selected_epoch": result.selected_epoch if result else None,
+                "best_validation_epoch": result.best_validation_epoch if result else None,
                 "validation_top1": val_final["top1"] if val_final else None,
+                "validation": val.info.get("validation") if val is not None else None,
                 "per_class": per_class,
-                "confusion": self.layout.run_confusion(self.plan.name),
+                "confusion": self.layout.run_confusion(plan.name),
                 "classes": names,
-                "epochs": ct.epochs,
+                "epochs": fitted.epochs if trained else 0,
                 "epochs_run": len(result.epochs) if result else 0,
                 "phases": result.phases if result else [],
                 "steps": len(result.steps) if result else 0,
-                "lr": self.ct.lr,
+                "lr": fitted.lr if trained else None,
                 "schedule": {
-                    "warmup_steps": ct.warmup_steps,
-                    "kind": "linear warmup + cosine to 0 over the real steps",
+                    "warmup_steps": ct.warmup_steps if plan.method == "classifier-tuning" else 0,
+                    "kind": fitted.schedule,
                 },
-                "classifier_tuning": ct.model_dump(mode="json"),
+                "classifier_tuning": ct.model_dump(mode="json")
+                if plan.method == "classifier-tuning"
+                else None,
+                "settings": plan.settings(),
+                "details": fitted.details,
                 "backbone": self.clip.describe(),
                 "head_templates": ct.head_init_templates or list(self.labels.templates),
                 "counts": {
@@ -324,25 +401,23 @@ class _Run(RunFeatures):
             }
         )
 
-    def _write(self, head: Any, metrics: RunMetrics, confusions: dict[str, Any], result: Any) -> None:
+    def _write(self, fitted: Any, metrics: RunMetrics, confusions: dict[str, Any]) -> None:
         from safetensors.torch import save
 
         name = self.plan.name
         layout = self.layout
         weights = save(
-            {
-                "weight": head.weight.detach().cpu().contiguous(),
-                "bias": head.bias.detach().cpu().contiguous(),
-            },
+            {k: v.detach().float().cpu().contiguous() for k, v in fitted.tensors.items()},
             metadata={
                 "run": name,
+                "method": self.plan.method,
                 "backbone": json.dumps(self.clip.describe()),
                 "classes": json.dumps(self.labels.names),
-                "input": "image features, L2-normalised inside the head: logits = normalize(x) @ W.T + b",
+                "input": fitted.formula,
             },
         )
         self.storage.write_bytes(layout.run(name, "head.safetensors"), weights)
-        curve = _curve(result)
+        curve = _curve(fitted.result)
         self.storage.write_json(layout.run(name, "curve.json"), curve)
         png = _plot(curve, name)
         if png is not None:

@@ -29,8 +29,12 @@ Mixing orders (one epoch = one pass over the phase's epoch data):
 - Only one source present (0 shots, or no synthetic data): one phase over it, whatever the mixing order.
 
 Selection: ``last`` reports the head after the final epoch; ``best-validation`` keeps the head of the
-epoch with the best top-1 on the validation split (first best on ties). The test split is never looked
-at during training.
+epoch with the best top-1 on the validation set (first best on ties). With a validation set the other
+one is kept too (``TuneResult.alternative``), so a run reports both. The test split is never looked at
+during training.
+
+``softTarget.pseudoLabels: hard`` replaces SCE by the cross-entropy with the teacher's argmax class (the
+official ``--hard_pseudo_label``), still weighted by ``softTarget.weight``.
 """
 
 from __future__ import annotations
@@ -79,6 +83,14 @@ def sce_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
     """Soft-target cross-entropy: the batch mean of -sum_c softmax(teacher/T)_c * log_softmax(student)_c."""
     target = F.softmax(teacher_logits.float() / temperature, dim=-1)
     return -(target * F.log_softmax(student_logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+def teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, soft: Any) -> torch.Tensor:
+    """The teacher term of the synthetic loss: SCE at ``soft.temperature``, or with ``pseudoLabels: hard``
+    the cross-entropy with the teacher's argmax class (the official ``Hard_pseudo_label_CE``)."""
+    if soft.pseudo_labels == "hard":
+        return F.cross_entropy(student_logits.float(), teacher_logits.argmax(dim=-1))
+    return sce_loss(student_logits, teacher_logits, soft.temperature)
 
 
 def lr_at(step: int, base: float, warmup: int, total: int) -> float:
@@ -288,6 +300,10 @@ class TuneResult:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # per epoch: phase, loss, lr, val_top1
     steps: list[dict[str, float]] = field(default_factory=list)  # per step: loss, syn, real, lr
     selected_epoch: int | None = None  # 1-based global epoch whose head is reported
+    best_validation_epoch: int | None = None  # 1-based global epoch with the best validation top-1
+    # With a validation set, the state of the model NOT reported (the best-validation one when the last is
+    # reported, the last one otherwise), so that both are evaluated: {"head", "source", "epoch"}
+    alternative: dict[str, Any] | None = None
 
 
 def tune(
@@ -347,9 +363,7 @@ def tune(
                     y = syn_y[s_idx]
                     smoothing = ct.label_smoothing
                     ce = F.cross_entropy(logits, y, label_smoothing=smoothing)
-                    syn_loss = ct.soft_target.weight * sce_loss(
-                        logits, target_logits, ct.soft_target.temperature
-                    )
+                    syn_loss = ct.soft_target.weight * teacher_loss(logits, target_logits, ct.soft_target)
                     syn_loss = syn_loss + (1 - ct.soft_target.weight) * ce
                     loss = loss + ct.synthetic_loss_weight * syn_loss
                     record["syn"] = float(syn_loss.detach())
@@ -378,21 +392,35 @@ def tune(
             if validate is not None:
                 head.eval()
                 epoch["val_top1"] = validate()
-                if ct.selection == "best-validation" and (best is None or epoch["val_top1"] > best[0]):
-                    best = (epoch["val_top1"], _snapshot(head, source, global_epoch))
+                if best is None or epoch["val_top1"] > best[0]:
+                    best = (epoch["val_top1"], snapshot(head, source, global_epoch))
             result.epochs.append(epoch)
     head.eval()
     result.selected_epoch = global_epoch or None
     if best is not None:
         snap = best[1]
-        head.load_state_dict(snap["head"])
-        source.load_state(snap["source"])
-        result.selected_epoch = snap["epoch"]
+        result.best_validation_epoch = snap["epoch"]
+        result.alternative = snap
+        if ct.selection == "best-validation":
+            result.alternative = snapshot(head, source, global_epoch)
+            load_snapshot(head, source, snap)
+            result.selected_epoch = snap["epoch"]
     return result
 
 
-def _snapshot(head: LinearHead, source: Any, epoch: int) -> dict[str, Any]:
-    return {"head": copy.deepcopy(head.state_dict()), "source": source.state(), "epoch": epoch}
+def snapshot(head: LinearHead, source: Any, epoch: int) -> dict[str, Any]:
+    """The trainable state (head, and the encoder's when ``source`` has one) after ``epoch``."""
+    return {
+        "head": copy.deepcopy(head.state_dict()),
+        "source": source.state() if source is not None else {},
+        "epoch": epoch,
+    }
+
+
+def load_snapshot(head: LinearHead, source: Any, snap: dict[str, Any]) -> None:
+    head.load_state_dict(snap["head"])
+    if source is not None:
+        source.load_state(snap["source"])
 
 
 # ----------------------------------------------------------------------------------------- evaluation

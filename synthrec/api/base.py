@@ -26,6 +26,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # Child Job names are <resource>-<stage>-a<attempt> and Job names become label values (<= 63 chars).
 MAX_RESOURCE_NAME = 40
 MAX_RUNS = 512  # bounds status.results; larger sweeps belong in several experiments
+MAX_PINNED_DATASETS = 128  # bounds status.datasets: an experiment's distinct synthetic datasets
 MAX_CLASSES = 4096
 
 Rule = cel.CelRule

@@ -218,7 +218,10 @@ class Output(ApiModel):
         "(omit it for IRSA / Workload Identity).",
     )
     on_delete: Literal["Retain", "Delete"] = Field(
-        default="Retain", description="What happens to the artifacts when the resource is deleted."
+        default="Retain",
+        description="What happens to the artifacts when the resource is deleted: Retain keeps them; Delete "
+        "deletes the objects its workers wrote (recorded under its uid) from a Job in its namespace with "
+        "its credentials, never other objects under the URI, a bucket root, or another resource's data.",
     )
 
     _v_uri = field_validator("uri")(lambda v: _check_storage_uri(v, allow_tiny=False))

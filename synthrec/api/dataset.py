@@ -272,8 +272,9 @@ class RealFiltering(ApiModel):
 
 class Filter(ApiModel):
     """CLIP Filter (CF, paper §3.1): keep K images per class whose CLIP probability of the intended class
-    (softmax over the classes' prompts, ``prompts``) beats the threshold. Soft targets for SCE come from
-    the zero-shot head (head templates and names), whichever prompts the filter scores with."""
+    (softmax over the classes' prompts, ``prompts``) beats the threshold. The filter also stores its zero-shot
+    head's logits (head templates and names) with each image; the soft targets' temperature is the
+    experiment's (``classifierTuning.softTarget.temperature``), whose teacher is its own backbone's head."""
 
     __cel_rules__ = (
         Rule(
@@ -305,12 +306,6 @@ class Filter(ApiModel):
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     real_filtering: RealFiltering | None = None
-    soft_target_temperature: float = Field(
-        default=2.0,
-        gt=0,
-        le=100,
-        description="T for soft targets softmax(logits / T) with logits scaled by 100.",
-    )
     batch_size: int = Field(default=256, ge=1, le=8192)
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from synthrec.api.base import MAX_RUNS, ApiModel
+from synthrec.api.base import MAX_PINNED_DATASETS, MAX_RUNS, ApiModel
 
 # ---------------------------------------------------------------------------------------------- status
 
@@ -111,8 +111,15 @@ class RunResult(ApiModel):
     shots: int
     seed: int
     variant: str | None = Field(default=None, max_length=63)
+    method: str | None = Field(
+        default=None, max_length=63, description="classifier-tuning, zero-shot, tip-adapter(-f) or coop."
+    )
     state: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
-    top1: float | None = None
+    top1: float | None = Field(default=None, description="Test top-1 of the model the run's selection picks.")
+    top1_last: float | None = Field(default=None, description="Test top-1 of the last epoch's model.")
+    top1_best_validation: float | None = Field(
+        default=None, description="Test top-1 of the best epoch on the run's validation set, if it has one."
+    )
     zero_shot_top1: float | None = None
     metrics: str | None = Field(default=None, max_length=1024, description="URI of the run's metrics.json.")
 
@@ -142,5 +149,5 @@ class RecognitionExperimentStatus(StatusBase):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     best: BestRun | None = None
-    datasets: list[PinnedDataset] = Field(default_factory=list, max_length=16)
+    datasets: list[PinnedDataset] = Field(default_factory=list, max_length=MAX_PINNED_DATASETS)
     artifacts: ExperimentArtifacts = Field(default_factory=ExperimentArtifacts)

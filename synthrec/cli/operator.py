@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
@@ -15,8 +16,9 @@ def register(subparsers: object) -> None:
         "operator",
         help="run the Kubernetes operator that turns SyntheticDatasets and RecognitionExperiments into Jobs",
         description="Watch SyntheticDataset and RecognitionExperiment resources and run them as batch/v1 "
-        "Jobs, with progress, retries and results in their status. Standalone (one replica), cluster-wide "
-        "unless namespaces are given. Configuration comes from SYNTHREC_* environment variables (see "
+        "Jobs, with progress, retries and results in their status. One replica at a time acts: each first "
+        "leads a coordination.k8s.io Lease (the others stand by). Cluster-wide unless namespaces are given. "
+        "Configuration comes from SYNTHREC_* environment variables (see "
         "synthrec.operator.settings); the flags here override them. Credentials: in-cluster ServiceAccount "
         "in a pod, else $KUBECONFIG.",
         examples=[
@@ -50,14 +52,22 @@ def register(subparsers: object) -> None:
         metavar="PORT",
         help="serve Prometheus metrics on PORT (default: $SYNTHREC_METRICS_PORT or 8080; 0 disables)",
     )
+    p.add_argument(
+        "--no-leader-election",
+        dest="leader_election",
+        action="store_false",
+        default=None,
+        help="run at once without leading the Lease (only when no other replica can run; "
+        "default: $SYNTHREC_LEADER_ELECTION, else leader election on)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import kopf
+        import kopf  # noqa: F401 - only to say clearly when the extra is missing
 
-        from synthrec.operator.handlers import register as register_handlers
+        from synthrec.operator.process import run_operator
         from synthrec.operator.settings import OperatorConfig, SettingsError
     except ImportError as exc:
         print(
@@ -77,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["liveness_port"] = args.liveness
     if args.metrics_port is not None:
         overrides["metrics_port"] = args.metrics_port
+    if args.leader_election is not None:
+        overrides["leader_election"] = args.leader_election
     config = config.with_overrides(**overrides)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -85,16 +97,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("kubernetes").setLevel(logging.WARNING)
         logging.getLogger("urllib3").setLevel(logging.WARNING)
-    registry = kopf.OperatorRegistry()
-    register_handlers(registry, config)
-    liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
     scope = "cluster-wide" if config.clusterwide else f"namespaces {', '.join(config.namespaces)}"
     logging.getLogger("synthrec.operator").info("synthrec operator starting (%s)", scope)
-    kopf.run(
-        registry=registry,
-        standalone=True,
-        clusterwide=config.clusterwide,
-        namespaces=list(config.namespaces),
-        liveness_endpoint=liveness,
-    )
-    return 0
+    return asyncio.run(run_operator(config))

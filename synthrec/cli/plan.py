@@ -61,11 +61,40 @@ def run(args: argparse.Namespace) -> int:
         else:
             runs = plan.experiment_runs(res.spec)
             print(f"  {len(runs)} runs, up to {res.spec.execution.parallelism} at once")
+            validation = res.spec.data.validation is not None
             for r in runs:
-                data = ", ".join(s.dataset_ref or s.uri or "" for s in r.synthetic) or "real only"
-                lr = r.classifier_tuning.lr or 0.0
-                print(f"  {r.name:28s} shots={r.shots:<3d} seed={r.seed:<3d} lr={lr:g}  synthetic: {data}")
+                line = describe_run(r, validation=validation)
+                print(f"  {r.name:28s} shots={r.shots:<3d} seed={r.seed:<3d} {line}")
     return 1 if bad else 0
+
+
+def describe_run(run: Any, *, validation: bool) -> str:
+    """The run's method with what decides its training and which model it reports, as the plan resolved
+    it (the defaults, last epoch and soft pseudo labels, are not repeated). ``validation``: the experiment
+    has data.validation, on which Tip-Adapter searches alpha and beta (without it, they stay)."""
+    if run.method == "zero-shot":
+        return "zero-shot CLIP (no training)"
+    if run.method in ("tip-adapter", "tip-adapter-f"):
+        t = run.tip_adapter
+        search = ", then searched on the validation set" if t.search and validation else ""
+        if run.method == "tip-adapter":
+            return f"tip-adapter alpha={t.alpha:g} beta={t.beta:g}{search}"
+        line = f"tip-adapter-f epochs={t.epochs} lr={t.lr:g} alpha={t.alpha:g} beta={t.beta:g}"
+        return line + _selected(t.selection) + search
+    if run.method == "coop":
+        c = run.coop
+        line = f"coop epochs={c.epochs} lr={c.lr:g} context={c.context_init or c.context_tokens}"
+        return line + _selected(c.selection)
+    data = ", ".join(s.dataset_ref or s.uri or "" for s in run.synthetic) or "real only"
+    ct = run.classifier_tuning
+    line = f"classifier-tuning epochs={ct.epochs} lr={ct.lr or 0.0:g}"
+    if ct.soft_target.pseudo_labels == "hard":
+        line += " pseudo-labels=hard"
+    return f"{line}{_selected(ct.selection)}  synthetic: {data}"
+
+
+def _selected(selection: str) -> str:
+    return "" if selection == "last" else f" selection={selection}"
 
 
 def describe_dataset(spec: Any, *, hub: bool = False) -> list[str]:

@@ -99,8 +99,11 @@ def describe(state: Any) -> dict[str, Any]:
             "shots": r.shots,
             "seed": r.seed,
             "variant": r.variant,
+            "method": r.method,
             "done": r.done,
             "top1": r.top1,
+            "top1_last": r.top1_last,
+            "top1_best_validation": r.top1_best_validation,
             "zero_shot_top1": r.zero_shot_top1,
         }
         for r in state.runs
@@ -145,6 +148,11 @@ def print_text(doc: dict[str, Any]) -> None:
         if r["done"]:
             top1 = "-" if r["top1"] is None else f"{r['top1']:.1f}%"
             zs = "-" if r["zero_shot_top1"] is None else f"{r['zero_shot_top1']:.1f}%"
-            print(f"  {r['name']:32s} done     top-1 {top1:>7s}  zero-shot {zs:>7s}")
+            line = f"  {r['name']:32s} done     top-1 {top1:>7s}  zero-shot {zs:>7s}"
+            if r["top1_best_validation"] is not None:  # both selections, side by side
+                line += (
+                    f"  (last epoch {r['top1_last']:.1f}%, best validation {r['top1_best_validation']:.1f}%)"
+                )
+            print(line)
         else:
             print(f"  {r['name']:32s} missing")

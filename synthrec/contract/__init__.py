@@ -10,6 +10,7 @@ artifacts the workers write, which everybody else parses:
 
 from synthrec.contract.summaries import (
     TERMINATION_LOG_LIMIT,
+    CleanupSummary,
     FailureSummary,
     FilterSummary,
     GenerateSummary,
@@ -55,6 +56,7 @@ __all__ = [
     "TASK_FILE_NAME",
     "TASK_MOUNT_DIR",
     "TERMINATION_LOG_LIMIT",
+    "CleanupSummary",
     "FailureSummary",
     "FilterSummary",
     "GenerateSummary",

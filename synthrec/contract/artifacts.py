@@ -177,8 +177,20 @@ class RunState:
         return self.run.variant
 
     @property
+    def method(self) -> str:
+        return self.run.method
+
+    @property
     def top1(self) -> float | None:
         return self.metrics.top1 if self.metrics else None
+
+    @property
+    def top1_last(self) -> float | None:
+        return self.metrics.top1_last if self.metrics else None
+
+    @property
+    def top1_best_validation(self) -> float | None:
+        return self.metrics.top1_best_validation if self.metrics else None
 
     @property
     def zero_shot_top1(self) -> float | None:
@@ -241,8 +253,11 @@ def experiment_summary(state: ExperimentState) -> dict[str, Any]:
                 "shots": r.shots,
                 "seed": r.seed,
                 "variant": r.variant,
+                "method": r.method,
                 "state": "Succeeded" if r.done else "Pending",
                 "top1": r.top1,
+                "top1_last": r.top1_last,
+                "top1_best_validation": r.top1_best_validation,
                 "zero_shot_top1": r.zero_shot_top1,
                 "metrics": ExperimentLayout.run_metrics(r.name) if r.done else None,
             }

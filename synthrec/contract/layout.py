@@ -15,6 +15,7 @@ Dataset::
     manifest.json                    dataset card (written last by reduce)
     progress/<stage>-00012.json      small in-flight progress files (best effort, not a commit)
     report/index.html                dataset report
+    .synthrec/written/<stage>-00012-<token>.json   the keys one worker process wrote (on a cluster)
 
 Experiment::
 
@@ -24,6 +25,7 @@ Experiment::
     runs/<run>/tensorboard/          TensorBoard event file of the run (synthrec.workers.tracking)
     summary.json                     all runs, written by the reporter
     report/index.html
+    .synthrec/written/...            as for datasets
 """
 
 from __future__ import annotations
@@ -33,10 +35,17 @@ from dataclasses import dataclass
 from synthrec.storage.uris import join
 
 SHARD_DIGITS = 5
+# Ledgers of written keys (synthrec.contract.written), for deleting exactly what a resource wrote.
+WRITTEN_KEYS = ".synthrec/written/"
 
 
 def shard_name(stage_prefix: str, shard: int) -> str:
     return f"{stage_prefix}-{shard:0{SHARD_DIGITS}d}"
+
+
+def written_keys(stage: str, shard: int | None, token: str) -> str:
+    """The ledger of one worker process (``token`` is unique to the process)."""
+    return f"{WRITTEN_KEYS}{shard_name(stage, shard or 0)}-{token}.json"
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,11 @@ class ManifestFilter(Part):
 
 
 class SoftTargets(Part):
-    temperature: float
+    """Where the filter's zero-shot head logits are, from which soft targets follow at an experiment's
+    temperature (``classifierTuning.softTarget.temperature``). Cards written before the dataset spec lost
+    ``filter.softTargetTemperature`` recorded that unused value as ``temperature``."""
+
+    temperature: float | None = None
     formula: str
     logit_scale: float | None = None
     source: str

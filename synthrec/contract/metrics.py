@@ -50,21 +50,36 @@ class CacheUse(Part):
     hit: bool
 
 
+class Validation(Part):
+    """Where a run's validation set came from (never the test set)."""
+
+    source: Literal["data.validation", "held-out shots"]
+    images: int
+    per_class: int | None = None  # held-out shots per class (trained without them)
+
+
 class RunMetrics(Part):
     version: Literal[1] = METRICS_VERSION
     run: str
     index: int
     variant: str | None = None
+    # classifier-tuning | zero-shot | tip-adapter | tip-adapter-f | coop: with shots and variant, what a
+    # plot of Figure 1 needs to draw one curve per method
+    method: str = "classifier-tuning"
     spec_hash: str
     shots: int
     seed: int
     seeds: dict[str, int]
-    top1: float | None
+    top1: float | None  # test top-1 of the model ``selection`` picks
+    top1_last: float | None = None  # ... of the last epoch's model
+    top1_best_validation: float | None = None  # ... of the best epoch on the validation set (if any)
     zero_shot_top1: float | None
     trained: bool
     selection: str
     selected_epoch: int | None = None
-    validation_top1: float | None = None
+    best_validation_epoch: int | None = None
+    validation_top1: float | None = None  # validation top-1 of the reported model
+    validation: Validation | None = None
     per_class: list[ClassTop1]
     confusion: str  # key of runs/<run>/confusion.json (synthrec.contract.confusion)
     classes: list[str]
@@ -72,9 +87,11 @@ class RunMetrics(Part):
     epochs_run: int
     phases: list[dict[str, Any]]
     steps: int
-    lr: float  # the learning rate the optimiser used (the plan fills the default)
+    lr: float | None  # the learning rate the optimiser used (the plan fills the default); None: no training
     schedule: Schedule
-    classifier_tuning: dict[str, Any]
+    classifier_tuning: dict[str, Any] | None = None  # classifier-tuning runs: the resolved settings
+    settings: dict[str, Any] | None = None  # the other methods: theirs (tip_adapter or coop), resolved
+    details: dict[str, Any] = Field(default_factory=dict)  # what a method found (Tip-Adapter's alpha, beta)
     backbone: dict[str, Any]
     head_templates: list[str]
     counts: RunCounts

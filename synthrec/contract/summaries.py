@@ -90,18 +90,33 @@ class ReduceSummary(Summary):
 class TrainSummary(Summary):
     stage: Literal["train"] = "train"
     run: str
+    method: str | None = None
     top1: float | None
+    top1_last: float | None = None
+    top1_best_validation: float | None = None
     zero_shot_top1: float | None
     metrics: str | None = None  # URI of runs/<run>/metrics.json
 
 
-StageSummary = PromptsSummary | GenerateSummary | FilterSummary | ReduceSummary | TrainSummary
+class CleanupSummary(Summary):
+    """What deleting a resource's artifacts did (``spec.output.onDelete: Delete``)."""
+
+    stage: Literal["cleanup"] = "cleanup"
+    deleted: int  # objects the resource wrote, deleted now
+    kept: int  # other objects under its output URI, which synthrec did not write for it: left alone
+    ledgers: int  # ledgers of written keys read (and deleted last)
+
+
+StageSummary = (
+    PromptsSummary | GenerateSummary | FilterSummary | ReduceSummary | TrainSummary | CleanupSummary
+)
 _BY_STAGE: dict[str, type[Summary]] = {
     "prompts": PromptsSummary,
     "generate": GenerateSummary,
     "filter": FilterSummary,
     "reduce": ReduceSummary,
     "train": TrainSummary,
+    "cleanup": CleanupSummary,
 }
 
 

@@ -14,9 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthrec.api import (
     ClassifierTuning,
+    CoOp,
+    MethodName,
     RecognitionExperimentSpec,
     SyntheticDatasetSpec,
     SyntheticSource,
+    TipAdapter,
 )
 
 Stage = Literal["prompts", "generate", "filter", "reduce", "train"]
@@ -113,13 +116,42 @@ class Run(_Model):
     shots: int
     seed: int
     variant: str | None = None
+    method: MethodName = "classifier-tuning"
     synthetic: list[SyntheticSource] = Field(
-        default_factory=list, description="data.synthetic, or the variant's own list."
+        default_factory=list,
+        description="data.synthetic, or the variant's own list, with {shots} and {seed} filled in; empty for "
+        "every method but classifier-tuning.",
     )
     classifier_tuning: ClassifierTuning = Field(
         description="method.classifierTuning with the variant's overrides and every default filled in (lr: "
         "2e-3 zero-shot, 1e-3 few-shot): what the optimiser gets, as it is."
     )
+    tip_adapter: TipAdapter | None = Field(
+        default=None,
+        description="tip-adapter(-f) runs: method.tipAdapter with the variant's overrides and the dataset's "
+        "official alpha, search grid and epochs filled in.",
+    )
+    coop: CoOp | None = Field(
+        default=None,
+        description="coop runs: method.coop with the variant's overrides and the epochs for the shots.",
+    )
+
+    def selection(self) -> str:
+        """Which epoch's model the run reports: its method's ``selection`` (``last`` for the methods
+        without epochs)."""
+        if self.method == "classifier-tuning":
+            return self.classifier_tuning.selection
+        if self.method == "tip-adapter-f" and self.tip_adapter is not None:
+            return self.tip_adapter.selection
+        if self.method == "coop" and self.coop is not None:
+            return self.coop.selection
+        return "last"
+
+    def settings(self) -> dict[str, object] | None:
+        """The resolved settings of the run's method other than classifier-tuning (None for it)."""
+        block = {"tip-adapter": self.tip_adapter, "tip-adapter-f": self.tip_adapter, "coop": self.coop}
+        model = block.get(self.method)
+        return model.model_dump(mode="json") if model is not None else None
 
 
 class TrainTask(_TaskBase):
@@ -132,20 +164,31 @@ class TrainTask(_TaskBase):
     )
 
 
-Task = Annotated[
-    PromptsTask | GenerateTask | FilterTask | ReduceTask | TrainTask, Field(discriminator="stage")
-]
+class CleanupTask(_TaskBase):
+    """Delete what the resource wrote (``spec.output.onDelete: Delete``): the keys its ledgers list
+    (synthrec.contract.written), run in the resource's namespace with that namespace's credentials."""
+
+    stage: Literal["cleanup"] = "cleanup"
+    spec_hash: str = Field(default="", description="Unused: a cleanup depends on no spec.")
+
+
+def cleanup_task(resource: ResourceRef, output: StorageTarget) -> CleanupTask:
+    return CleanupTask(resource=resource, output=output)
+
+
+AnyTask = PromptsTask | GenerateTask | FilterTask | ReduceTask | TrainTask | CleanupTask
+Task = Annotated[AnyTask, Field(discriminator="stage")]
 
 
 class _TaskFile(_Model):
     task: Task
 
 
-def dump_task(task: PromptsTask | GenerateTask | FilterTask | ReduceTask | TrainTask) -> str:
+def dump_task(task: AnyTask) -> str:
     return json.dumps(task.model_dump(mode="json", by_alias=False), indent=1, sort_keys=True)
 
 
-def load_task(source: str | Path) -> PromptsTask | GenerateTask | FilterTask | ReduceTask | TrainTask:
+def load_task(source: str | Path) -> AnyTask:
     """Read a task file; raises ValueError with the path on anything unreadable or invalid."""
     path = Path(source)
     try:

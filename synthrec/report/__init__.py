@@ -8,7 +8,9 @@ bucket as it is. For each SyntheticDataset: the models, counts and accept rates 
 plot), samples of the prompts, and per class a grid of the kept images and, apart, of those that passed
 the threshold but were not kept and those below it, with their prompts and CLIP scores. For each
 RecognitionExperiment: top-1 over seeds per variant and shots (mean +- std, min-max) with zero-shot CLIP,
-as a table and a plot with a min-max band; every run with its TensorBoard log dir; each training
+as a table and a plot with a min-max band, and both again for the best-validation models where runs had
+a validation set; every run with its method, last-epoch and best-validation top-1 and TensorBoard log
+dir; each training
 objective on its own axes; and where the best run errs (its weakest classes against zero-shot CLIP, the
 classes it confuses most, and its confusion matrix with counts). Runs with the built-in tiny models say
 in red that the weights are random and the accuracy is meaningless.

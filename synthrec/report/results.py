@@ -71,17 +71,26 @@ class ResultTable:
         return [name for name in self.rows if name != ZERO_SHOT]
 
 
-def result_table(runs: list[artifacts.RunState]) -> ResultTable:
+def selected_top1(run: artifacts.RunState, best_validation: bool) -> float | None:
+    """The run's reported top-1, or with ``best_validation`` its best-validation model's where it has one
+    (a run without a validation set, zero-shot CLIP or training-free Tip-Adapter has only one model)."""
+    if best_validation and run.top1_best_validation is not None:
+        return run.top1_best_validation
+    return run.top1
+
+
+def result_table(runs: list[artifacts.RunState], *, best_validation: bool = False) -> ResultTable:
     """Each series' top-1 per shots over its finished runs, and zero-shot CLIP's as every run measured it.
 
     Zero-shot CLIP does not depend on the shots or the seed; each column shows what that column's runs
     measured, so a difference between columns (another test split) would show rather than be averaged.
+    ``best_validation``: the best-validation models' top-1 (:func:`selected_top1`) instead.
     """
     shots = sorted({r.shots for r in runs})
     planned: dict[tuple[str, int], int] = {}
     values: dict[tuple[str, int], list[float]] = {}
     for r in runs:
-        for name, value in ((series_of(r), r.top1), (ZERO_SHOT, r.zero_shot_top1)):
+        for name, value in ((series_of(r), selected_top1(r, best_validation)), (ZERO_SHOT, r.zero_shot_top1)):
             key = (name, r.shots)
             planned[key] = planned.get(key, 0) + 1
             values.setdefault(key, [])
@@ -108,10 +117,14 @@ RESULT_FIELDS = (
     "run",
     "series",
     "variant",
+    "method",
     "shots",
     "seed",
     "state",
     "top1",
+    "top1_last",
+    "top1_best_validation",
+    "best_validation_epoch",
     "zero_shot_top1",
     "change",
     "validation_top1",
@@ -155,10 +168,14 @@ def result_rows(
                 "run": r.name,
                 "series": series_of(r),
                 "variant": r.variant,
+                "method": r.method,
                 "shots": r.shots,
                 "seed": r.seed,
                 "state": run_state(r),
                 "top1": r.top1,
+                "top1_last": r.top1_last,
+                "top1_best_validation": r.top1_best_validation,
+                "best_validation_epoch": m.best_validation_epoch if m else None,
                 "zero_shot_top1": r.zero_shot_top1,
                 "change": change,
                 "validation_top1": m.validation_top1 if m else None,

@@ -16,14 +16,18 @@ from pathlib import Path
 from synthrec.storage.base import CHUNK, MiB, ObjectInfo, Storage, clean_key
 from synthrec.storage.commit import commit_file, existing_commit, read_marker, upload_tree, write_marker
 from synthrec.storage.errors import (
+    CorruptObject,
     InvalidKey,
     ObjectNotFound,
+    StorageConfigError,
     StorageConflict,
     StorageError,
+    StorageFull,
     StoragePermissionError,
     TransientStorageError,
 )
 from synthrec.storage.files import TMP_SUFFIX, FileStorage, atomic_output, exclusive_lock, sha256_file
+from synthrec.storage.recording import RecordingStorage
 from synthrec.storage.s3 import RetryPolicy, S3Storage, S3Tuning
 from synthrec.storage.uris import URIError, parse_storage_uri
 
@@ -45,11 +49,11 @@ def open_storage(
     try:
         parsed = parse_storage_uri(uri)
     except URIError as e:
-        raise StorageError(str(e)) from e
+        raise StorageConfigError(str(e)) from e
     if parsed.scheme == "file":
         return FileStorage(Path(parsed.path))
     if parsed.scheme == "tiny":
-        raise StorageError(
+        raise StorageConfigError(
             f"{uri}: tiny:// is the built-in demo data, not a storage; open its file:// folder "
             "(synthrec.tiny.resolve_uri) after building it (synthrec tiny-models)"
         )
@@ -61,17 +65,21 @@ def open_storage(
 __all__ = [
     "CHUNK",
     "TMP_SUFFIX",
+    "CorruptObject",
     "FileStorage",
     "InvalidKey",
     "MiB",
     "ObjectInfo",
     "ObjectNotFound",
+    "RecordingStorage",
     "RetryPolicy",
     "S3Storage",
     "S3Tuning",
     "Storage",
+    "StorageConfigError",
     "StorageConflict",
     "StorageError",
+    "StorageFull",
     "StoragePermissionError",
     "TransientStorageError",
     "atomic_output",

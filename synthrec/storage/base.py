@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from synthrec.storage.errors import InvalidKey, StorageError
+from synthrec.storage.errors import CorruptObject, InvalidKey
 
 MiB = 1024 * 1024
 CHUNK = MiB
@@ -111,7 +111,7 @@ class Storage(ABC):
         try:
             return json.loads(data)
         except ValueError as e:
-            raise StorageError(
+            raise CorruptObject(
                 f"{self.url(key)} is not valid JSON ({e}); it was not written by synthrec or is damaged: "
                 "delete it and re-run the step that writes it"
             ) from e

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from synthrec.storage.base import CHUNK, ObjectInfo, Storage, clean_key, missing_message
-from synthrec.storage.errors import ObjectNotFound, StorageError, StoragePermissionError
+from synthrec.storage.errors import ObjectNotFound, StorageError, StoragePermissionError, local_error
 
 # Temporary files of atomic writes end with this; listings skip them (a crash can leave one behind).
 TMP_SUFFIX = ".synthrec-tmp"
@@ -119,9 +119,7 @@ class FileStorage(Storage):
                 raise StoragePermissionError(
                     f"cannot {action} {target}: read-only file system; mount the volume read-write"
                 ) from e
-            if e.errno == errno.ENOSPC:
-                raise StorageError(f"cannot {action} {target}: no space left on the device") from e
-            raise StorageError(f"cannot {action} {target}: {e}") from e
+            raise local_error(e, f"cannot {action} {target}") from e
 
     def child(self, prefix: str) -> FileStorage:
         return FileStorage(self.root / clean_key(prefix, folder=True))

@@ -24,9 +24,11 @@ from typing import Any, TypeVar
 from synthrec.storage.base import CHUNK, MiB, ObjectInfo, Storage, clean_key, missing_message
 from synthrec.storage.errors import (
     ObjectNotFound,
+    StorageConfigError,
     StorageError,
     StoragePermissionError,
     TransientStorageError,
+    local_error,
 )
 from synthrec.storage.files import atomic_output, require_local_file
 
@@ -65,14 +67,16 @@ class RetryPolicy:
                 botocore_attempts=int(env.get("AWS_MAX_ATTEMPTS", cls.botocore_attempts)),
             )
         except ValueError as e:
-            raise StorageError(
+            raise StorageConfigError(
                 f"bad retry setting in the environment ({e}); SYNTHREC_S3_ATTEMPTS and AWS_MAX_ATTEMPTS are "
                 "integers, SYNTHREC_S3_BACKOFF_S is seconds"
             ) from e
         if policy.attempts < 1 or policy.botocore_attempts < 1 or policy.base_delay < 0:
-            raise StorageError(f"bad retry setting in the environment: {policy}; attempts must be >= 1")
+            raise StorageConfigError(f"bad retry setting in the environment: {policy}; attempts must be >= 1")
         if policy.botocore_mode not in ("adaptive", "standard", "legacy"):
-            raise StorageError(f"AWS_RETRY_MODE={policy.botocore_mode!r}: use adaptive, standard or legacy")
+            raise StorageConfigError(
+                f"AWS_RETRY_MODE={policy.botocore_mode!r}: use adaptive, standard or legacy"
+            )
         return policy
 
 
@@ -257,13 +261,13 @@ class S3Storage(Storage):
                     "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the pod role) and the bucket policy"
                 )
             if code == "NoSuchBucket":
-                return StorageError(
+                return StorageConfigError(
                     f"cannot {action} {target}: bucket {self.bucket!r} does not exist"
                     f"{' at ' + self.endpoint if self.endpoint else ''}; create it or fix the URI"
                 )
             return StorageError(f"cannot {action} {target}: {_describe(e)}")
         if isinstance(e, OSError):  # local side of a transfer
-            return StorageError(f"cannot {action} {target}: {e}")
+            return local_error(e, f"cannot {action} {target}")
         return StorageError(f"cannot {action} {target}: {_describe(e)}")
 
     def _transfer_manager(self) -> Any:
@@ -332,7 +336,7 @@ class S3Storage(Storage):
 
                 self._call("download", key, download)
         except OSError as e:
-            raise StorageError(f"cannot download {self.url(key)} to {local_path}: {e}") from e
+            raise local_error(e, f"cannot download {self.url(key)} to {local_path}") from e
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         prefix = clean_key(prefix, folder=True) if prefix.endswith("/") or not prefix else clean_key(prefix)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,24 @@ def render_chart(
     return copy.deepcopy(_parse(_render(key, namespace, release)))  # callers may modify what they get
 
 
+class GoYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Reads Helm's output as kubectl and the API server do (Go's YAML): PyYAML's YAML 1.1 rules take
+    ``1e-05`` (no dot, which Helm's toYaml writes for 1.0e-05) for a string, Go for a float."""
+
+
+GoYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."),
+)
+
+
 @functools.lru_cache(maxsize=64)
 def _parse(rendered: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     objects: list[dict[str, Any]] = []
     for path, text in sorted(rendered):
         if not path.endswith("NOTES.txt"):
-            objects += [doc for doc in yaml.load_all(text, Loader=loader) if doc]
+            objects += [doc for doc in yaml.load_all(text, Loader=GoYamlLoader) if doc]
     return objects
 
 
@@ -89,21 +101,35 @@ def env_of(deployment: dict[str, Any]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ RBAC
 
 
-def rule_allows(rule: Mapping[str, Any], verb: str, group: str, resource: str, subresource: str = "") -> bool:
-    """Whether one PolicyRule grants a request, as the RBAC authorizer decides it (no resourceNames)."""
-    name = f"{resource}/{subresource}" if subresource else resource
+def rule_allows(
+    rule: Mapping[str, Any],
+    verb: str,
+    group: str,
+    resource: str,
+    subresource: str = "",
+    name: str | None = None,
+) -> bool:
+    """Whether one PolicyRule grants a request, as the RBAC authorizer decides it: a rule with
+    resourceNames grants only requests for one of those names (never list, watch or create)."""
+    what = f"{resource}/{subresource}" if subresource else resource
+    names = rule.get("resourceNames")
     return (
         (verb in rule.get("verbs", []) or "*" in rule.get("verbs", []))
         and (group in rule.get("apiGroups", []) or "*" in rule.get("apiGroups", []))
-        and (name in rule.get("resources", []) or "*" in rule.get("resources", []))
-        and not rule.get("resourceNames")
+        and (what in rule.get("resources", []) or "*" in rule.get("resources", []))
+        and (not names or (name is not None and name in names))
     )
 
 
 def allows(
-    rules: list[Mapping[str, Any]], verb: str, group: str, resource: str, subresource: str = ""
+    rules: list[Mapping[str, Any]],
+    verb: str,
+    group: str,
+    resource: str,
+    subresource: str = "",
+    name: str | None = None,
 ) -> bool:
-    return any(rule_allows(r, verb, group, resource, subresource) for r in rules)
+    return any(rule_allows(r, verb, group, resource, subresource, name) for r in rules)
 
 
 def operator_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:

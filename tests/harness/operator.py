@@ -42,7 +42,7 @@ from synthrec.plan import parse_ranges
 from tests.harness.k8s import running_operator, serving, wait_for
 from tests.k8s.emulator import ApiCall, RealisticEmulator, _rbac_verb
 from tests.k8s.kubelet import FakeKubelet
-from tests.k8s.runners import Runner
+from tests.k8s.runners import FakeRunner, Runner
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS = "synthrec.io/v1alpha1/syntheticdatasets"
@@ -77,6 +77,11 @@ class RecordingEmulator(RealisticEmulator):
 
     created: list[dict[str, Any]] = attrs.field(factory=list, init=False)  # bodies the operator POSTed
     timeline: list[tuple[float, ApiCall]] = attrs.field(factory=list, init=False)  # (monotonic s, call)
+    # What the server did, whoever asked: objects that came to exist (resource, name), every phase a custom
+    # resource's status went through, and task ConfigMaps changed under a Job of theirs that still ran.
+    creations: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter, init=False)
+    phases: dict[str, list[str]] = attrs.field(factory=dict, init=False)
+    replaced_under_job: list[str] = attrs.field(factory=list, init=False)
 
     @property
     def operator_calls(self) -> collections.Counter[ApiCall]:
@@ -98,6 +103,29 @@ class RecordingEmulator(RealisticEmulator):
             if call.verb == "create" and call.resource in ("jobs", "configmaps"):
                 self.created.append(json.loads(request.body or b"{}"))
         return await super()._serve(request)
+
+    def _commit(self, key: Any, new: dict[str, Any], old: dict[str, Any] | None, event_type: str) -> None:
+        resource, namespace, name = key
+        plural = str(resource.plural)
+        if event_type == "ADDED":
+            self.creations[(plural, name)] += 1
+        if resource.group == "synthrec.io" and event_type != "DELETED":
+            phase = (new.get("status") or {}).get("phase")
+            seen = self.phases.setdefault(f"{plural}/{name}", [])
+            if phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
+        if plural == "configmaps" and event_type in ("MODIFIED", "DELETED"):
+            job = self.get_object(JOBS, name, namespace)
+            if job is not None and not job["metadata"].get("deletionTimestamp") and not _finished(job):
+                self.replaced_under_job.append(f"{event_type} {name}")
+        super()._commit(key, new, old, event_type)
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
 
 
 @pytest_asyncio.fixture
@@ -221,6 +249,18 @@ def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
             _merge(target[key], value)
         else:
             target[key] = value
+
+
+class StageRunner:
+    """Real workers (``python -m synthrec.workers``, subprocesses) for the stages in ``real``, instant fake
+    ones for the others: a pipeline that writes real artifacts where a test needs them, fast elsewhere."""
+
+    def __init__(self, real: set[str], fake: Any, subprocess: Runner) -> None:
+        self.real, self.fake, self.subprocess = real, FakeRunner(fake), subprocess
+
+    async def start(self, launch: Any) -> Any:
+        stage = (launch.job["metadata"].get("labels") or {}).get("synthrec.io/stage")
+        return await (self.subprocess if stage in self.real else self.fake).start(launch)
 
 
 class ManualClock:
@@ -404,6 +444,99 @@ async def operator_in_thread(config: OperatorConfig = FAST) -> AsyncIterator[Rec
     finally:
         started["loop"].call_soon_threadsafe(started["task"].cancel)
         await asyncio.to_thread(thread.join, 15)
+
+
+@dataclass
+class OperatorProcess:
+    """``synthrec operator`` (operator/process.py: the Lease gate around Kopf) in a thread of its own."""
+
+    identity: str
+    thread: threading.Thread
+    loop: asyncio.AbstractEventLoop
+    stop_event: asyncio.Event
+    reconcilers: list[Reconciler]
+    exit_codes: list[int]
+
+    @property
+    def leading(self) -> bool:
+        return bool(self.reconcilers) and self.thread.is_alive()
+
+    def stop(self) -> None:
+        """SIGTERM, in effect: stop Kopf and release the Lease."""
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+
+    async def stopped(self, timeout: float = 30) -> int:
+        await asyncio.to_thread(self.thread.join, timeout)
+        assert not self.thread.is_alive(), f"operator {self.identity} did not stop"
+        return self.exit_codes[0]
+
+
+@contextlib.asynccontextmanager
+async def operator_processes(
+    config: OperatorConfig, identities: list[str]
+) -> AsyncIterator[list[OperatorProcess]]:
+    """Several operator processes, each in its own thread and loop (as separate pods would be), each with
+    its own identity for the Lease; all stopped at the end."""
+    import kopf
+
+    from synthrec.operator.kube import KubeApi
+    from synthrec.operator.leader import LeaderElector
+    from synthrec.operator.process import lease_settings, run_operator
+
+    processes: list[OperatorProcess] = []
+    for identity in identities:
+        started = threading.Event()
+        holder: dict[str, Any] = {}
+        reconcilers: list[Reconciler] = []
+        codes: list[int] = []
+
+        def main(
+            identity: str = identity,
+            started: threading.Event = started,
+            holder: dict = holder,
+            reconcilers: list[Reconciler] = reconcilers,
+            codes: list[int] = codes,
+        ) -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            stop = asyncio.Event()
+            holder["loop"], holder["stop"] = loop, stop
+            settings = kopf.OperatorSettings()
+            settings.watching.reconnect_backoff = 0.1
+            lease_api = KubeApi(request_timeout=config.request_timeout, workers=2)
+            elector = LeaderElector(lease_settings(config, identity), lease_api)
+            started.set()
+            try:
+                codes.append(
+                    loop.run_until_complete(
+                        run_operator(
+                            config,
+                            elector=elector,
+                            stop=stop,
+                            settings=settings,
+                            on_reconciler=reconcilers.append,
+                        )
+                    )
+                )
+            finally:
+                lease_api.close()
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        thread = threading.Thread(target=main, name=f"operator-{identity}", daemon=True)
+        thread.start()
+        await asyncio.to_thread(started.wait, 15)
+        processes.append(
+            OperatorProcess(identity, thread, holder["loop"], holder["stop"], reconcilers, codes)
+        )
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.thread.is_alive():
+                process.stop()
+        for process in processes:
+            await asyncio.to_thread(process.thread.join, 30)
 
 
 def record_api_calls(k8s: RecordingEmulator, scenario: str) -> set[tuple[str, str, str, str, str]]:

@@ -8,6 +8,7 @@ every request unchanged, except the ones a test told it to break:
     proxy.fail(None, status=503)                          # every matching request, until reset()
     proxy.drop(1, method="GET")                           # read the request, close without answering
     proxy.count(method="GET", path="model/")              # requests seen (faulted ones included)
+    proxy.seen                                            # each: method, path, status, signing access key
 
 Rules are tried in the order they were added; the first one that matches and has uses left applies.
 Paths are matched as substrings of the request path (path-style addressing: ``/bucket/key?query``).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 import socket
 import threading
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ class Seen:
     method: str
     path: str
     status: int  # 0 when the connection was dropped
+    access_key: str = ""  # whose credentials signed the request (SigV4 Credential=<key>/...)
 
 
 class FaultProxy:
@@ -136,9 +139,9 @@ class FaultProxy:
                     return rule
         return None
 
-    def _record(self, method: str, path: str, status: int) -> None:
+    def _record(self, method: str, path: str, status: int, access_key: str = "") -> None:
         with self._lock:
-            self.seen.append(Seen(method, path, status))
+            self.seen.append(Seen(method, path, status, access_key))
 
 
 def _error_document(code: str) -> bytes:
@@ -178,15 +181,17 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             method, path = self.command, self.path
             body = self._read_body()
+            signed = re.search(r"Credential=([^/,\s]+)/", self.headers.get("Authorization", ""))
+            key = signed.group(1) if signed else ""
             rule = proxy._take_rule(method, path)
             if rule is not None and rule.action == "drop":
-                proxy._record(method, path, 0)
+                proxy._record(method, path, 0, key)
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             if rule is not None:
                 payload = b"" if method == "HEAD" else _error_document(rule.code)
-                proxy._record(method, path, rule.status)
+                proxy._record(method, path, rule.status, key)
                 self.send_response(rule.status)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(payload)))
@@ -194,7 +199,7 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(payload)
                 return
             status, headers, payload = self._forward(method, path, body)
-            proxy._record(method, path, status)
+            proxy._record(method, path, status, key)
             self.send_response(status)
             for name, value in headers:
                 if name.lower() not in _HOP_BY_HOP:

@@ -109,6 +109,32 @@ def dataset_spec(
     return SyntheticDatasetSpec.model_validate(body)
 
 
+def run_task(
+    task: Any, folder: Path, monkeypatch: pytest.MonkeyPatch, shard: int | None = None
+) -> tuple[int, Any]:
+    """Run any task in this process under the worker contract (``python -m synthrec.workers`` without the
+    process); returns the exit code and the typed termination summary."""
+    import importlib
+    import signal
+
+    from synthrec.workers.__main__ import STAGES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{task.stage}-{shard}-task.json"
+    path.write_text(dump_task(task))
+    log = folder / f"{task.stage}-{shard}.termination-log"
+    log.write_text("")
+    monkeypatch.setenv(contract.ENV_TERMINATION_LOG, str(log))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = run_stage(task.stage, importlib.import_module(STAGES[task.stage]).run, str(path), shard)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary = contract.parse_summary(log.read_text())
+    assert summary is not None, log.read_text()
+    return code, summary
+
+
 def run_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: SyntheticDatasetSpec, stage: str, shard: int = 0
 ) -> tuple[int, Any]:

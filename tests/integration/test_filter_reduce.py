@@ -69,12 +69,16 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
     assert rows == sorted(rows, key=lambda r: (r["shard"], r["key"]))
     row = rows[0]
     assert set(row) == {"shard", "key", "class", "class_name", "score", "passed", "features", "row"}
-    # the pointer gives the soft target softmax(logits / T) and the score is p(class)
+    # the pointer gives the soft target softmax(logits / T) at an experiment's T; the score is p(class)
     storage.download_file(row["features"], local)
     f = read_features(local)
     assert f.keys[row["row"]] == row["key"]
     assert abs(float(f.probs[row["row"], row["class"]]) - row["score"]) < 1e-5
-    target = soft_targets(f.logits[row["row"]], manifest["soft_targets"]["temperature"])
+    assert (
+        manifest["soft_targets"]["temperature"] is None
+        and "softTarget.temperature" in (manifest["soft_targets"]["formula"])
+    )
+    target = soft_targets(f.logits[row["row"]], 2.0)
     assert abs(float(target.sum()) - 1) < 1e-5
 
     # reduce again: the committed manifest is the answer

@@ -59,14 +59,22 @@ CONTRACT_ENV = {
     "SYNTHREC_WORKER_VOLUMES",
     "SYNTHREC_WORKER_VOLUME_MOUNTS",
     "SYNTHREC_WORKER_ENV",
+    "SYNTHREC_LEADER_ELECTION",
+    "SYNTHREC_LEASE_NAME",
+    "SYNTHREC_LEASE_NAMESPACE",
+    "SYNTHREC_LEASE_DURATION",
+    "SYNTHREC_LEASE_RENEW_DEADLINE",
+    "SYNTHREC_LEASE_RETRY_PERIOD",
 }
+# Set by the chart for the process itself, not settings of the contract.
+PROCESS_ENV = {"HOME", "XDG_CACHE_HOME", "POD_NAME", "POD_NAMESPACE"}
 
 # What the operator may do (the calls tests/operator_api_calls.json records, see below), never Secrets.
 OPERATOR_GRANTS = {
     *{
         (v, "synthrec.io", r, "")
         for r in ("syntheticdatasets", "recognitionexperiments")
-        for v in ("list", "watch", "patch")
+        for v in ("get", "list", "watch", "patch")
     },
     *{
         (v, "synthrec.io", r, "status")
@@ -75,8 +83,8 @@ OPERATOR_GRANTS = {
     },
     # blockOwnerDeletion on children (OwnerReferencesPermissionEnforcement checks update on finalizers)
     *{("update", "synthrec.io", r, "finalizers") for r in ("syntheticdatasets", "recognitionexperiments")},
-    *{(v, "batch", "jobs", "") for v in ("list", "watch", "create", "patch", "delete")},
-    *{(v, "", "configmaps", "") for v in ("create", "delete")},
+    *{(v, "batch", "jobs", "") for v in ("get", "list", "watch", "create", "patch", "delete")},
+    *{(v, "", "configmaps", "") for v in ("get", "create", "update", "delete")},
     *{(v, "", "pods", "") for v in ("list", "watch")},
     ("create", "", "events", ""),
 }
@@ -85,6 +93,9 @@ OPERATOR_GRANTS = {
 CLUSTER_ONLY_GRANTS = {
     (v, "apiextensions.k8s.io", "customresourcedefinitions", "") for v in ("list", "watch")
 }
+# Leader election, in the release namespace whatever the scope: create any Lease, read and renew only ours.
+LEASE_NAME = "synthrec-operator"  # FULLNAME-operator
+LEASE_GRANTS = {(v, "coordination.k8s.io", "leases", "") for v in ("create", "get", "update")}
 
 
 def load_values(path: Path) -> dict[str, Any]:
@@ -105,7 +116,7 @@ def test_default_values_render_the_operator_with_cluster_rbac_and_crds() -> None
         ["CustomResourceDefinition"] * 2
         + ["Deployment", "Service", "ServiceAccount", "ServiceAccount"]
         + ["ClusterRole"] * 3
-        + ["ClusterRoleBinding"]
+        + ["ClusterRoleBinding", "Role", "RoleBinding"]  # the Role: leader election
     )
     deployment = one(objects, "Deployment")
     spec = deployment["spec"]
@@ -133,7 +144,9 @@ def test_default_values_render_the_operator_with_cluster_rbac_and_crds() -> None
     assert env["SYNTHREC_STATUS_INTERVAL"] == "5"
     # Unset optional defaults are left out rather than set to "".
     assert not {"SYNTHREC_DEFAULT_QUEUE", "SYNTHREC_S3_ENDPOINT", "SYNTHREC_HF_TOKEN_SECRET"} & set(env)
-    assert set(env) - {"HOME", "XDG_CACHE_HOME"} <= CONTRACT_ENV
+    assert set(env) - PROCESS_ENV <= CONTRACT_ENV
+    assert env["SYNTHREC_LEADER_ELECTION"] == "true" and env["SYNTHREC_LEASE_NAME"] == LEASE_NAME
+    assert env["SYNTHREC_LEASE_NAMESPACE"] == NAMESPACE
 
 
 def test_custom_values_set_every_operator_setting_of_the_contract() -> None:
@@ -157,11 +170,10 @@ def test_custom_values_set_every_operator_setting_of_the_contract() -> None:
     ]
     assert (env["SYNTHREC_METRICS_PORT"], env["SYNTHREC_STATUS_INTERVAL"], env["TZ"]) == ("9090", "10", "UTC")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
-    assert secret_env == {
-        key: {"name": "synthrec-s3-operator", "key": key}
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-    }
+    # The operator holds no storage credentials at all: artifacts are deleted by a Job in the resource's
+    # namespace, with that namespace's Secret.
+    assert not [e for e in container["env"] if "secretKeyRef" in (e.get("valueFrom") or {})]
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
     workers = [sa for sa in of_kind(objects, "ServiceAccount") if sa["metadata"]["name"] == "synthrec-worker"]
     assert sorted(sa["metadata"]["namespace"] for sa in workers) == [NAMESPACE, "team-nlp", "team-vision"]
     for sa in workers:
@@ -174,7 +186,8 @@ def test_namespaced_mode_creates_a_role_per_watched_namespace_and_nothing_cluste
     objects = render_chart(values)
     assert not [o["kind"] for o in objects if o["kind"] in CLUSTER_SCOPED]
     watched = values["watchNamespaces"]
-    assert sorted(r["metadata"]["namespace"] for r in of_kind(objects, "Role")) == sorted(watched)
+    roles = [r for r in of_kind(objects, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
     for binding in of_kind(objects, "RoleBinding"):
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "synthrec-operator", "namespace": NAMESPACE}
@@ -190,7 +203,7 @@ def test_namespaced_mode_creates_a_role_per_watched_namespace_and_nothing_cluste
 
 def test_namespaced_mode_defaults_to_the_release_namespace() -> None:
     objects = render_chart({"rbac": {"scope": "namespaced"}}, namespace="ml")
-    assert [r["metadata"]["namespace"] for r in of_kind(objects, "Role")] == ["ml"]
+    assert [r["metadata"]["namespace"] for r in of_kind(objects, "Role")] == ["ml", "ml"]  # + the Lease's
     assert env_of(one(objects, "Deployment"))["SYNTHREC_NAMESPACES"] == "ml"
 
 
@@ -217,6 +230,9 @@ def test_the_operator_reads_the_environment_the_chart_sets(path: Path) -> None:
     assert config.worker.image == env["SYNTHREC_WORKER_IMAGE"]
     assert config.metrics_port == (values["metrics"]["port"] if values["metrics"]["enabled"] else 0)
     assert config.liveness_port == 8081
+    assert config.leader_election and config.lease_name == LEASE_NAME
+    assert config.lease_namespace == NAMESPACE
+    assert config.lease_retry_period < config.lease_renew_deadline < config.lease_duration
 
 
 @pytest.mark.parametrize("path", CI_VALUES, ids=lambda p: p.name)
@@ -246,7 +262,7 @@ def test_the_service_monitor_scrapes_the_metrics_service() -> None:
 def test_the_network_policy_admits_only_metrics_scrapes() -> None:
     values = load_values(CHART / "ci" / "gpu-cluster-values.yaml")
     objects = render_chart(values)
-    policy = one(objects, "NetworkPolicy")
+    (policy,) = [n for n in of_kind(objects, "NetworkPolicy") if n["metadata"]["name"] == "synthrec-operator"]
     pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
@@ -321,7 +337,8 @@ def test_helm_lint_is_clean(path: Path | None) -> None:
     ("values", "where"),
     [
         ({"rbac": {"scope": "cluster-wide"}}, "/rbac/scope"),
-        ({"operator": {"replicas": 2}}, "/operator/replicas"),
+        ({"operator": {"replicas": -1}}, "/operator/replicas"),
+        ({"operator": {"leaderElection": {"leaseDuration": 0}}}, "/operator/leaderElection/leaseDuration"),
         ({"operator": {"replicas": "1"}}, "/operator/replicas"),
         ({"operator": {"statusIntervall": 5}}, "/operator"),  # a typo is an error, not ignored
         ({"imagePullPolicy": "Always"}, ""),  # unknown top-level key
@@ -371,18 +388,43 @@ def test_every_value_is_typed_and_described() -> None:
 # ------------------------------------------------------------------------------------------------ RBAC
 
 
+def split_roles(objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The operator's Roles/ClusterRoles, and apart from them its leader election Role."""
+    roles = operator_roles(objects)
+    lease = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
+    assert len(lease) == 1 and lease[0]["kind"] == "Role", "one leader election Role"
+    return [r for r in roles if r not in lease], lease[0]
+
+
 @pytest.mark.parametrize("scope", ["cluster", "namespaced"])
 def test_the_operator_gets_exactly_its_rules_and_never_secrets(scope: str) -> None:
     objects = render_chart(
         {"rbac": {"scope": scope}, "watchNamespaces": ["a", "b"] if scope == "namespaced" else []}
     )
-    roles = operator_roles(objects)
+    roles, lease = split_roles(objects)
     assert {r["kind"] for r in roles} == {"ClusterRole" if scope == "cluster" else "Role"}
     expected = OPERATOR_GRANTS | (CLUSTER_ONLY_GRANTS if scope == "cluster" else set())
-    for role in roles:
-        assert grants(role["rules"]) == expected
+    for role in [*roles, lease]:
         assert not allows(role["rules"], "get", "", "secrets")
         assert not allows(role["rules"], "create", "", "pods")  # Jobs create pods, never the operator
+    for role in roles:
+        assert grants(role["rules"]) == expected
+    # The Lease lives in the release namespace; reading and renewing are limited to the operator's own.
+    assert lease["metadata"]["namespace"] == NAMESPACE
+    assert grants(lease["rules"]) == LEASE_GRANTS
+    for verb in ("get", "update"):
+        assert not allows(lease["rules"], verb, "coordination.k8s.io", "leases")
+        assert allows(lease["rules"], verb, "coordination.k8s.io", "leases", name=LEASE_NAME)
+
+
+def test_without_leader_election_there_is_no_lease_role_and_only_one_replica() -> None:
+    objects = render_chart({"operator": {"leaderElection": {"enabled": False}}})
+    assert not of_kind(objects, "Role")
+    assert env_of(one(objects, "Deployment"))["SYNTHREC_LEADER_ELECTION"] == "false"
+    with pytest.raises(helm_python.HelmError, match=r"replicas > 1 needs operator\.leaderElection\.enabled"):
+        render_chart({"operator": {"replicas": 2, "leaderElection": {"enabled": False}}})
+    with pytest.raises(helm_python.HelmError, match=r"retryPeriod < renewDeadline < leaseDuration"):
+        render_chart({"operator": {"leaderElection": {"renewDeadline": 20}}})
 
 
 def test_worker_pods_get_no_api_token_and_the_operator_needs_its_own() -> None:
@@ -408,6 +450,9 @@ UNEXERCISED_GRANTS: dict[tuple[str, str, str, str], str] = {
     # operator/handlers.py registers the same onDelete=Delete handler (and so finalizer) for both kinds;
     # only the dataset's is exercised (scenario 'delete-artifacts').
     ("patch", "synthrec.io", "recognitionexperiments", ""): "the finalizer of spec.output.onDelete=Delete",
+    # Re-reading a resource after its conditional status write met a newer version (409): one code path for
+    # both kinds, exercised for datasets ('leader-election' scenario).
+    ("get", "synthrec.io", "recognitionexperiments", ""): "re-read after a 409 on an experiment's status",
 }
 
 
@@ -440,7 +485,9 @@ def rbac_gaps(
             and resource in ("customresourcedefinitions", "namespaces")
         ):
             continue  # Kopf's cluster scanning, disabled in namespaced mode
-        (used if allows(rules, *key) else missing).add(key)
+        # The operator reads and renews one Lease only (test_operator_leader.py checks the name it uses).
+        name = LEASE_NAME if resource == "leases" else None
+        (used if allows(rules, *key, name=name) else missing).add(key)
     return missing, grants(rules) - used - set(UNEXERCISED_GRANTS)
 
 

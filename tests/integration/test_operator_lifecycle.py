@@ -1,13 +1,12 @@
-"""Lifecycle of a SyntheticDataset under the operator: restart mid-run, suspend and resume, deletion (cascade
-and onDelete: Delete), an invalid spec, pods stuck Pending (unschedulable, image pulls, Kueue quota), and
-namespaced mode."""
+"""Lifecycle of a SyntheticDataset under the operator: restart mid-run, suspend and resume, deletion (cascade;
+onDelete: Delete is in test_operator_deletion.py), an invalid spec, pods stuck Pending (unschedulable, image
+pulls, Kueue quota), and namespaced mode."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,17 @@ import pytest
 import yaml
 
 from synthrec.operator.settings import FINALIZER
-from tests.harness.k8s import running_operator, wait_for
+from synthrec.storage import open_storage
+from tests.harness.k8s import free_port, running_operator, wait_for
 from tests.harness.operator import (
     CONFIGMAPS,
     DATASETS,
-    EXPERIMENTS,
     FAST,
     JOBS,
     NS,
     PODS,
     ROOT,
     dataset_body,
-    experiment_body,
     fake_worker,
     operator_harness,
     operator_in_thread,
@@ -132,13 +130,14 @@ async def test_suspend_deletes_the_attempt_and_resume_runs_only_the_missing_shar
     record_api_calls(k8s_op, "suspend-resume")
 
 
-async def test_deleting_a_dataset_cascades_and_keeps_artifacts_by_default(k8s_op, tmp_path: Path) -> None:
+async def test_deleting_a_dataset_cascades_and_keeps_artifacts_by_default(
+    k8s_op, s3_bucket, tmp_path: Path
+) -> None:
     gate = Gate(held={0, 1})
-    output = tmp_path / "out"
-    output.mkdir()
-    (output / "spec.json").write_text("{}")
+    output = open_storage(s3_bucket.uri + "ds/")
+    output.write_bytes("spec.json", b"{}")
     async with operator_harness(k8s_op, FakeRunner(gate), tmp_path) as h:
-        await h.create(dataset_body("ds", shards=2, output={"uri": f"file://{output}/"}))
+        await h.create(dataset_body("ds", shards=2, output={"uri": output.uri}))
         await wait_for(lambda: gate.started == {0, 1}, 15)
         assert FINALIZER not in (h.obj(DATASETS, "ds")["metadata"].get("finalizers") or [])
         await k8s_op.api.delete(DATASETS, "ds", NS)
@@ -150,28 +149,9 @@ async def test_deleting_a_dataset_cascades_and_keeps_artifacts_by_default(k8s_op
         await wait_for(
             lambda: not k8s_op.list_objects(PODS, NS, label_selector="synthrec.io/resource=ds"), 10
         )
-        assert (output / "spec.json").exists()  # artifacts are retained
+        assert output.exists("spec.json")  # artifacts are retained
         gate.release()
     record_api_calls(k8s_op, "delete-cascade")
-
-
-async def test_on_delete_delete_removes_the_artifacts_through_an_optional_finalizer(
-    k8s_op, tmp_path: Path
-) -> None:
-    output = tmp_path / "out"
-    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
-        await h.create(
-            dataset_body("ds", shards=2, output={"uri": f"file://{output}/", "onDelete": "Delete"})
-        )
-        await h.wait_phase(DATASETS, "ds", "Succeeded")
-        await wait_for(lambda: FINALIZER in (h.obj(DATASETS, "ds")["metadata"].get("finalizers") or []), 5)
-        (output / "shards").mkdir(parents=True)
-        (output / "shards" / "gen-00000.tar").write_bytes(b"x")
-        (output / "manifest.json").write_text("{}")
-        await k8s_op.api.delete(DATASETS, "ds", NS)
-        await wait_for(lambda: h.obj(DATASETS, "ds") is None, 10, message="finalizer released")
-        assert not [p for p in output.rglob("*") if p.is_file()]
-    record_api_calls(k8s_op, "delete-artifacts")
 
 
 @pytest.mark.parametrize(
@@ -345,26 +325,6 @@ async def test_liveness_endpoint_reports_the_age_of_the_last_watch_event(k8s_op,
             assert resp.status == 200
             health = await resp.json()
         assert 0 <= health["lastWatchEventAgeSeconds"] < 5 and health["resources"] == 1
-
-
-async def test_an_experiment_with_on_delete_delete_removes_its_artifacts(k8s_op, tmp_path: Path) -> None:
-    output = tmp_path / "exp"
-    body = experiment_body("exp", dataset=None, output={"uri": f"file://{output}/", "onDelete": "Delete"})
-    async with operator_harness(k8s_op, FakeRunner(fake_worker()), tmp_path) as h:
-        await h.create(body)
-        await h.wait_phase(EXPERIMENTS, "exp", "Succeeded")
-        (output / "runs" / "shots0-seed1").mkdir(parents=True)
-        (output / "runs" / "shots0-seed1" / "metrics.json").write_text("{}")
-        await k8s_op.api.delete(EXPERIMENTS, "exp", NS)
-        await wait_for(lambda: h.obj(EXPERIMENTS, "exp") is None, 10, message="finalizer released")
-        assert not [p for p in output.rglob("*") if p.is_file()]
-    record_api_calls(k8s_op, "delete-artifacts")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_a_stale_task_configmap_of_the_same_name_is_replaced(k8s_op, tmp_path: Path) -> None:

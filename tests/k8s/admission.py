@@ -23,6 +23,11 @@ JOB_LABELS = (
 )
 
 
+class Undecodable(Exception):
+    """The body cannot be decoded into the type (a malformed time, a string for a number): 400, before any
+    validation, ``<Kind> in version "<v>" cannot be handled as a <Kind>: <why>``."""
+
+
 class Invalid(Exception):
     """Field errors; rendered as 422 ``<Kind> "<name>" is invalid: <field>: <error>``."""
 
@@ -49,6 +54,8 @@ def admit(resource: str, obj: dict[str, Any], old: dict[str, Any] | None) -> Non
             _default_container(container)
     elif resource == "v1/secrets":
         _admit_secret(obj)
+    elif resource == "coordination.k8s.io/v1/leases":
+        _admit_lease(obj, errors)
     if errors:
         raise Invalid(errors)
 
@@ -75,6 +82,38 @@ def _admit_secret(obj: dict[str, Any]) -> None:
         for key, value in string_data.items():
             data[key] = base64.b64encode(str(value).encode()).decode()
         obj["data"] = data
+
+
+# metav1.MicroTime decodes with Go's RFC3339Micro layout: exactly six fraction digits.
+MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$")
+RFC3339_MICRO = "2006-01-02T15:04:05.000000Z07:00"
+
+
+def _admit_lease(lease: dict[str, Any], errors: list[str]) -> None:
+    """Decoding (MicroTime, integer fields) and ValidateLeaseSpec of pkg/apis/coordination/validation."""
+    spec = lease.get("spec") or {}
+    for field in ("acquireTime", "renewTime"):
+        value = spec.get(field)
+        if value is not None and not (isinstance(value, str) and MICRO_TIME.match(value)):
+            raise Undecodable(
+                f'Lease in version "v1" cannot be handled as a Lease: parsing time {json.dumps(value)} as '
+                f'"{RFC3339_MICRO}": cannot parse {json.dumps(value)} as "{RFC3339_MICRO}"'
+            )
+    for field in ("leaseDurationSeconds", "leaseTransitions"):
+        value = spec.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise Undecodable(
+                f'Lease in version "v1" cannot be handled as a Lease: json: cannot unmarshal '
+                f"{type(value).__name__} into Go struct field LeaseSpec.spec.{field} of type int32"
+            )
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and duration <= 0:
+        errors.append(f"spec.leaseDurationSeconds: Invalid value: {duration}: must be greater than 0")
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and transitions < 0:
+        errors.append(
+            f"spec.leaseTransitions: Invalid value: {transitions}: must be greater than or equal to 0"
+        )
 
 
 def _admit_job(job: dict[str, Any], old: dict[str, Any] | None, errors: list[str]) -> None:

@@ -17,7 +17,7 @@ This subclass serves every resource request (``/api[s]/.../<plural>[/<name>[/sta
   without a ``propagationPolicy``, exactly like a real API server);
 - ``/api/v1/namespaces`` (which crashes kmock's URL parser), namespaces created on first use, and
   namespace deletion that deletes the namespace's objects;
-- Job/Pod/Secret defaulting and validation (``admission.py``);
+- Job/Pod/Secret defaulting and validation, Lease decoding and validation (``admission.py``);
 - CustomResourceDefinitions validated as kube-apiserver validates them, Established/NamesAccepted, and
   their custom resources pruned, defaulted and validated (schema, CEL incl. transition rules, status
   subresource, fieldValidation Strict/Warn/Ignore) by ``custom_resources.py``; server-side apply and
@@ -63,7 +63,7 @@ from kmock._internal.k8s import KubernetesResourceNotFoundError
 
 from tests.k8s import apply as ssa
 from tests.k8s import custom_resources as cr
-from tests.k8s.admission import Invalid, admit
+from tests.k8s.admission import Invalid, Undecodable, admit
 from tests.k8s.client import K8sClient, split_resource
 from tests.k8s.patching import PatchError, clone, json_patch, merge_patch, strategic_merge_patch
 from tests.k8s.selectors import SelectorError, parse_field_selector, parse_label_selector
@@ -1185,6 +1185,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     def _admit(self, resource: kmock.resource, obj: Obj, old: Obj | None) -> None:
         try:
             admit(resource_name(resource), obj, old)
+        except Undecodable as exc:
+            raise Reject(400, "BadRequest", str(exc)) from exc
         except Invalid as exc:
             kind = self._info(resource).kind if self._info(resource) else resource.plural
             qualified = f"{kind}.{resource.group}" if resource.group else kind  # as errors.NewInvalid

@@ -367,6 +367,18 @@ async def _volume_folder(launch: ContainerLaunch, volume: dict[str, Any]) -> Pat
         claim = launch.shared_dir / "pvc" / namespace / volume["persistentVolumeClaim"]["claimName"]
         claim.mkdir(parents=True, exist_ok=True)
         return claim
+    if "downwardAPI" in volume:
+        folder.mkdir(parents=True, exist_ok=True)
+        for item in volume["downwardAPI"].get("items") or []:
+            if "fieldRef" not in item:
+                raise ContainerConfigError(
+                    "CreateContainerConfigError",
+                    f"volume {name!r}: downwardAPI item {item.get('path')!r} without fieldRef: not emulated",
+                )
+            target = folder / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(field_ref(launch.pod, item["fieldRef"]["fieldPath"]))
+        return folder
     for key, resource, ref_field in (
         ("configMap", "v1/configmaps", "name"),
         ("secret", "v1/secrets", "secretName"),
@@ -401,8 +413,8 @@ async def _volume_folder(launch: ContainerLaunch, volume: dict[str, Any]) -> Pat
     kinds = sorted(set(volume) - {"name"})
     raise ContainerConfigError(
         "CreateContainerConfigError",
-        f"volume {name!r} of type {kinds} is not emulated by "
-        "FakeKubelet (configMap, secret, emptyDir, hostPath, persistentVolumeClaim are)",
+        f"volume {name!r} of type {kinds} is not emulated by FakeKubelet (configMap, secret, "
+        "downwardAPI fieldRefs, emptyDir, hostPath, persistentVolumeClaim are)",
     )
 
 

@@ -55,11 +55,13 @@ def test_defaults_are_the_papers_values() -> None:
         and spec.filter.keep_per_class == 800
         and spec.filter.selection == "random"
     )
-    assert spec.filter.soft_target_temperature == 2.0
+    # one soft-target temperature, the experiment's (the dataset's used to be recorded, never used)
+    assert "soft_target_temperature" not in type(spec.filter).model_fields
     ct = experiment_spec().method.classifier_tuning
     assert (ct.epochs, ct.weight_decay, ct.warmup_steps, ct.grad_clip) == (30, 0.1, 0, 1.0)
     assert (ct.batch_size_real, ct.batch_size_synthetic) == (32, 512)
     assert (ct.soft_target.weight, ct.soft_target.temperature) == (0.5, 2.0)
+    assert ct.soft_target.pseudo_labels == "soft" and ct.selection == "last"
     assert ct.mixing == "mixed" and ct.freeze_batch_norm and ct.trainable_scope == "head"
 
 
@@ -160,6 +162,140 @@ def test_matrix_expands_into_runs_with_resolved_learning_rates() -> None:
     fast = [r for r in runs if r.variant == "fast"]
     assert all(r.classifier_tuning.epochs == 3 and r.synthetic[0].dataset_ref == "ds" for r in fast)
     assert len({r.name for r in runs}) == 8
+
+
+FIGURE1_VARIANTS = [
+    {"name": "zero-shot", "method": "zero-shot"},
+    {"name": "ct-init", "synthetic": []},
+    {"name": "ct-syn"},
+    {"name": "tip-adapter", "method": "tip-adapter"},
+    {"name": "tip-adapter-f", "method": "tip-adapter-f"},
+    {"name": "coop", "method": "coop"},
+]
+
+
+def figure1_spec(preset: str = "eurosat", **matrix: object) -> api.RecognitionExperimentSpec:
+    return experiment_spec(
+        labels={"preset": preset},
+        data={
+            "synthetic": [{"datasetRef": "rg-{shots}shot-seed{seed}"}],
+            "realTrain": {"uri": "s3://bkt/train/"},
+            "test": {"uri": "s3://bkt/test/"},
+        },
+        matrix={"shots": [1, 2, 4, 8, 16], "seeds": [1, 2, 3], "variants": FIGURE1_VARIANTS, **matrix},
+    )
+
+
+def test_one_experiment_expands_into_figure_1() -> None:
+    runs = plan.experiment_runs(figure1_spec())
+    # zero-shot CLIP has no training data: one run, at 0 shots and the first seed
+    assert [(r.name, r.method) for r in runs[:7]] == [
+        ("shots0-seed1-zero-shot", "zero-shot"),
+        ("shots1-seed1-ct-init", "classifier-tuning"),
+        ("shots1-seed1-ct-syn", "classifier-tuning"),
+        ("shots1-seed1-tip-adapter", "tip-adapter"),
+        ("shots1-seed1-tip-adapter-f", "tip-adapter-f"),
+        ("shots1-seed1-coop", "coop"),
+        ("shots1-seed2-ct-init", "classifier-tuning"),
+    ]
+    assert len(runs) == 1 + 5 * 3 * 5 and [r.index for r in runs] == list(range(76))
+    # each cell's synthetic data is its own: Real Guidance from the run's shots, at their noise level
+    syn = {(r.shots, r.seed): [s.dataset_ref for s in r.synthetic] for r in runs if r.variant == "ct-syn"}
+    assert syn[(16, 3)] == ["rg-16shot-seed3"] and syn[(1, 1)] == ["rg-1shot-seed1"]
+    assert all(not r.synthetic for r in runs if r.variant != "ct-syn")  # the baselines use real shots only
+    assert plan.referenced_datasets(figure1_spec()) == [
+        f"rg-{n}shot-seed{s}" for n in (1, 2, 4, 8, 16) for s in (1, 2, 3)
+    ]
+    by = {(r.variant, r.shots): r for r in runs if r.seed == 1}
+    # the official defaults, filled once: Tip-Adapter's EuroSAT config, CoOp's epochs for the shots
+    tip = by[("tip-adapter-f", 4)].tip_adapter
+    assert (tip.alpha, tip.beta, tip.search_scale, tip.epochs, tip.augment_views) == (
+        2.0,
+        1.0,
+        [12.0, 10.0],
+        100,
+        10,
+    )
+    assert (tip.lr, tip.eps, tip.weight_decay, tip.batch_size, tip.search_steps) == (
+        1e-3,
+        1e-4,
+        0.01,
+        256,
+        [200, 20],
+    )
+    assert [by[("coop", n)].coop.epochs for n in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
+    coop = by[("coop", 16)].coop
+    assert (coop.context_tokens, coop.class_token_position, coop.class_specific, coop.context_init) == (
+        16,
+        "end",
+        False,
+        None,
+    )
+    assert (coop.lr, coop.momentum, coop.weight_decay, coop.batch_size, coop.warmup_lr) == (
+        2e-3,
+        0.9,
+        5e-4,
+        32,
+        1e-5,
+    )
+    assert by[("ct-syn", 1)].coop is None and by[("ct-syn", 1)].tip_adapter is None
+    # other datasets' configs; an explicit value and a variant's override win
+    sun = {r.variant: r for r in plan.experiment_runs(figure1_spec("sun397")) if r.shots == 2 and r.seed == 1}
+    assert (sun["tip-adapter"].tip_adapter.alpha, sun["tip-adapter"].tip_adapter.epochs) == (1.17, 20)
+    imagenet = [r for r in plan.experiment_runs(figure1_spec("imagenet")) if r.method == "coop"]
+    assert {r.coop.epochs for r in imagenet} == {50}
+    variants = [
+        *FIGURE1_VARIANTS[:3],
+        {"name": "coop", "method": "coop", "coop": {"epochs": 7}, "shots": [16]},
+    ]
+    custom = plan.experiment_runs(figure1_spec(variants=variants))
+    assert [r.coop.epochs for r in custom if r.method == "coop"] == [7, 7, 7]  # only at 16 shots
+
+
+def test_variants_pick_cells_of_the_matrix() -> None:
+    spec = figure1_spec(variants=[{"name": "a", "shots": [2, 8], "seeds": [3]}, {"name": "b"}])
+    runs = plan.experiment_runs(spec)
+    assert [r.name for r in runs if r.variant == "a"] == ["shots2-seed3-a", "shots8-seed3-a"]
+    assert len([r for r in runs if r.variant == "b"]) == 15
+
+
+def test_the_baselines_hash_their_own_settings() -> None:
+    from synthrec.plan.tasks import DatasetInput
+
+    def hashes(**method: object) -> dict[str, str]:
+        spec = figure1_spec(shots=[4], seeds=[1])
+        spec = spec.model_copy(update={"method": api.Method.model_validate(method)})
+        inputs = {
+            r.name: [DatasetInput(uri="s3://bkt/rg/", digest="d")] if r.synthetic else []
+            for r in plan.experiment_runs(spec)
+        }
+        return {r.variant: plan.run_hash(spec, r, inputs[r.name]) for r in plan.experiment_runs(spec)}
+
+    base = hashes()
+    longer_ct = hashes(classifierTuning={"epochs": 5})
+    assert {v for v in base if base[v] != longer_ct[v]} == {"ct-init", "ct-syn"}
+    longer_coop = hashes(coop={"epochs": 5})
+    assert {v for v in base if base[v] != longer_coop[v]} == {"coop"}
+    tip = hashes(tipAdapter={"alpha": 3.0})
+    assert {v for v in base if base[v] != tip[v]} == {"tip-adapter", "tip-adapter-f"}
+    hard = hashes(classifierTuning={"softTarget": {"pseudoLabels": "hard"}})
+    assert {v for v in base if base[v] != hard[v]} == {"ct-init", "ct-syn"}
+
+
+def test_a_run_reports_its_methods_selection() -> None:
+    spec = figure1_spec(shots=[4], seeds=[1])
+    spec = spec.model_copy(
+        update={"method": api.Method.model_validate({"coop": {"selection": "best-validation"}})}
+    )
+    selections = {r.variant: r.selection() for r in plan.experiment_runs(spec)}
+    assert selections == {
+        "zero-shot": "last",
+        "ct-init": "last",
+        "ct-syn": "last",
+        "tip-adapter": "last",
+        "tip-adapter-f": "last",
+        "coop": "best-validation",
+    }
 
 
 def test_tasks_round_trip_and_map_completion_indexes(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,10 +59,9 @@ def experiment_at(root: Path) -> tuple[FileStorage, api.RecognitionExperiment]:
     return storage, res
 
 
-def finish_run(storage: FileStorage, name: str, top1: float, spec_hash: str = "h") -> None:
-    storage.write_json(
-        ExperimentLayout.run_metrics(name), run_metrics(name, top1=top1, zero_shot_top1=30.0).document()
-    )
+def finish_run(storage: FileStorage, name: str, top1: float, spec_hash: str = "h", **fields: Any) -> None:
+    metrics = run_metrics(name, top1=top1, zero_shot_top1=30.0, **fields)
+    storage.write_json(ExperimentLayout.run_metrics(name), metrics.document())
     write_marker(storage, ExperimentLayout.run_marker(name), spec_hash=spec_hash)
 
 
@@ -168,6 +168,22 @@ def test_status_prints_missing_ranges_and_exits_1_until_everything_is_done(
     assert main(["status", tmp_path.as_uri(), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["complete"] and [r["complete"] for r in doc["resources"]] == [True, True]
+
+
+def test_status_shows_the_last_epoch_and_the_best_validation_model_where_a_run_has_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp, _ = experiment_at(tmp_path)
+    finish_run(exp, "shots0-seed1", 41.5)  # no validation set: one model
+    finish_run(exp, "shots0-seed2", 40.0, top1_last=40.0, top1_best_validation=43.5)
+    assert main(["status", str(tmp_path)]) == 1
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "last epoch" not in lines["shots0-seed1"]
+    assert lines["shots0-seed2"].endswith("(last epoch 40.0%, best validation 43.5%)")
+    assert main(["status", str(tmp_path), "--json"]) == 1
+    runs = {r["name"]: r for r in json.loads(capsys.readouterr().out)["resources"][0]["runs"]}
+    assert (runs["shots0-seed2"]["top1_last"], runs["shots0-seed2"]["top1_best_validation"]) == (40.0, 43.5)
+    assert runs["shots0-seed2"]["method"] == "classifier-tuning"
 
 
 def test_status_of_a_place_without_resources_is_an_error(

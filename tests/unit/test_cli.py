@@ -87,3 +87,58 @@ def test_plan_shows_the_filter_prompts_the_generation_size_and_real_guidances_st
         "filter prompts: filter-template, 1 x 10 generation names (a centered satellite photo of a {c}.); "
         "e.g. 'a centered satellite photo of a Annual Crop Land.'" in matched
     )
+
+
+def test_plan_describes_each_runs_method_settings_and_selection() -> None:
+    from synthrec.api import RecognitionExperimentSpec
+    from synthrec.cli.plan import describe_run
+    from synthrec.plan import experiment_runs
+
+    spec = RecognitionExperimentSpec.model_validate(
+        {
+            "labels": {"classes": [{"name": "cat"}, {"name": "dog"}]},
+            "data": {
+                "synthetic": [{"datasetRef": "cats-{shots}shot"}],
+                "realTrain": {"uri": "s3://bkt/train/"},
+                "validation": {"uri": "s3://bkt/val/"},
+                "test": {"uri": "s3://bkt/test/"},
+            },
+            "method": {"coop": {"selection": "best-validation"}},
+            "matrix": {
+                "shots": [4],
+                "seeds": [1],
+                "variants": [
+                    {"name": "zero-shot", "method": "zero-shot"},
+                    {"name": "syn"},
+                    {
+                        "name": "hard",
+                        "classifierTuning": {
+                            "softTarget": {"pseudoLabels": "hard"},
+                            "selection": "best-validation",
+                        },
+                        "synthetic": [],
+                    },
+                    {"name": "tip", "method": "tip-adapter"},
+                    {"name": "tip-f", "method": "tip-adapter-f"},
+                    {"name": "coop", "method": "coop"},
+                ],
+            },
+            "output": {"uri": "s3://bkt/out/"},
+        }
+    )
+    runs = experiment_runs(spec)
+    assert {r.name: describe_run(r, validation=True) for r in runs} == {
+        "shots0-seed1-zero-shot": "zero-shot CLIP (no training)",
+        "shots4-seed1-syn": "classifier-tuning epochs=30 lr=0.001  synthetic: cats-4shot",
+        "shots4-seed1-hard": (
+            "classifier-tuning epochs=30 lr=0.001 pseudo-labels=hard selection=best-validation  synthetic: "
+            "real only"
+        ),
+        "shots4-seed1-tip": "tip-adapter alpha=1 beta=1, then searched on the validation set",
+        "shots4-seed1-tip-f": (
+            "tip-adapter-f epochs=20 lr=0.001 alpha=1 beta=1, then searched on the validation set"
+        ),
+        "shots4-seed1-coop": "coop epochs=100 lr=0.002 context=16 selection=best-validation",
+    }
+    # without data.validation Tip-Adapter keeps its initial alpha and beta
+    assert describe_run(runs[3], validation=False) == "tip-adapter alpha=1 beta=1"

@@ -87,6 +87,7 @@ def job(
         conditions=conditions,
         ttl=ttl,
         deleting=deleting,
+        controller_uid="uid-exp" if stage == "train" else "uid-ds",  # controlled by the resource
     )
 
 
@@ -138,7 +139,9 @@ def test_a_new_dataset_starts_its_first_stage_with_a_task_configmap_and_one_job(
     assert (task["stage"], task["attempt"], task["shards"], task["shard_ids"]) == ("prompts", 1, 1, None)
     status = actions.status
     assert condition(status, "Accepted")["status"] == "True"
-    assert status["phase"] == "Pending" and status["startTime"] == "2026-01-01T12:00:00Z"
+    # Queued for the Job just created (not Pending: the work has started and never steps back to Pending)
+    assert status["phase"] == "Queued" and status["startTime"] == "2026-01-01T12:00:00Z"
+    assert condition(status, "Queued")["reason"] == "JobStarting"
     assert stage_status(actions, "prompts")["state"] == "Running"
     assert stage_status(actions, "prompts")["job"] == "ds-prompts-a1"
 
@@ -384,6 +387,19 @@ def test_an_invalid_spec_fails_without_jobs_and_is_reconsidered_when_the_spec_ch
     assert condition(again.status, "Failed") is None
 
 
+@pytest.mark.parametrize("make", [dataset, experiment])
+def test_a_file_output_is_refused_with_a_clear_condition_and_no_jobs(make: Any) -> None:
+    body = make(output={"uri": "file:///data/out/"})
+    actions = plan(body, Observed(), CTX)
+    assert not actions.create
+    accepted, failed = condition(actions.status, "Accepted"), condition(actions.status, "Failed")
+    assert accepted["status"] == "False" and accepted["reason"] == "UnsupportedOutput"
+    assert failed["status"] == "True" and failed["reason"] == "UnsupportedOutput"
+    assert "file:///data/out/" in failed["message"] and "emptyDir" in failed["message"]
+    assert "s3://" in failed["message"]
+    assert actions.status["phase"] == "Failed"
+
+
 def test_terminal_states_are_sticky() -> None:
     done = plan(dataset(), Observed(), CTX).status
     done["conditions"].append(
@@ -443,6 +459,47 @@ def test_an_experiment_pins_the_dataset_digest_and_bounds_parallel_runs() -> Non
     assert labels["synthrec.io/run"] == "shots0-seed1" and labels["synthrec.io/stage"] == "train"
 
 
+def test_an_experiment_with_a_dataset_per_cell_waits_for_each_and_gives_each_run_its_own() -> None:
+    from dataclasses import replace
+
+    body = experiment(
+        data={
+            "synthetic": [{"datasetRef": "rg-{shots}shot-seed{seed}"}],
+            "realTrain": {"uri": "s3://bucket/train/"},
+            "test": {"uri": "s3://bucket/test/"},
+        },
+        matrix={
+            "shots": [1, 4],
+            "seeds": [1, 2],
+            "variants": [{"name": "coop", "method": "coop"}, {"name": "syn"}],
+        },
+        execution={"parallelism": 8},
+    )
+    names = ["rg-1shot-seed1", "rg-1shot-seed2", "rg-4shot-seed1", "rg-4shot-seed2"]
+
+    def view(name: str, **kw: Any) -> DatasetView:
+        return replace(ds_view(**kw), name=name, uid=f"uid-{name}", uri=f"s3://bucket/{name}/")
+
+    waiting = plan(body, Observed(datasets={n: view(n, complete=n != "rg-4shot-seed2") for n in names}), CTX)
+    ready = condition(waiting.status, "DatasetReady")
+    assert (ready["status"], ready["reason"]) == ("False", "WaitingForDataset") and "rg-4shot-seed2" in ready[
+        "message"
+    ]
+    assert not waiting.create
+    actions = plan(body, Observed(datasets={n: view(n) for n in names}), CTX)
+    assert [d["name"] for d in actions.status["datasets"]] == names
+    tasks = {
+        t["run"]["name"]: t for t in (json.loads(c.configmap["data"]["task.json"]) for c in actions.create)
+    }
+    assert len(tasks) == 8
+    assert [d["uri"] for d in tasks["shots4-seed2-syn"]["datasets"]] == ["s3://bucket/rg-4shot-seed2/"]
+    assert (
+        tasks["shots4-seed2-coop"]["datasets"] == [] and tasks["shots4-seed2-coop"]["run"]["method"] == "coop"
+    )
+    methods = {r["name"]: r["method"] for r in actions.status["results"]}
+    assert methods["shots1-seed1-coop"] == "coop" and methods["shots1-seed1-syn"] == "classifier-tuning"
+
+
 def test_a_pinned_digest_does_not_move_when_the_dataset_changes() -> None:
     first = plan(experiment(), Observed(datasets={"ds": ds_view()}), CTX)
     later = plan(with_status(experiment(), first.status), Observed(datasets={"ds": None}), CTX)
@@ -456,7 +513,17 @@ def test_run_results_fold_into_status_with_the_best_run() -> None:
     r1 = job("exp-r1-a1", "train", final="Complete", completed="0", run_index=1)
     pods = [
         pod(r0, 0, run="shots0-seed1", top1=0.6, zero_shot_top1=0.3),
-        pod(r1, 0, run="shots0-seed2", top1=0.7, zero_shot_top1=0.3, metrics="s3://x/m.json"),
+        pod(
+            r1,
+            0,
+            run="shots0-seed2",
+            method="classifier-tuning",
+            top1=0.7,
+            top1_last=0.7,
+            top1_best_validation=0.72,
+            zero_shot_top1=0.3,
+            metrics="s3://x/m.json",
+        ),
     ]
     actions = plan(
         with_status(experiment(), first.status),
@@ -465,6 +532,9 @@ def test_run_results_fold_into_status_with_the_best_run() -> None:
     )
     results = {r["name"]: r for r in actions.status["results"]}
     assert results["shots0-seed1"]["top1"] == 0.6 and results["shots0-seed1"]["zeroShotTop1"] == 0.3
+    # the method and both selections (last epoch, best validation epoch) are in status
+    assert results["shots0-seed1"]["method"] == "classifier-tuning"
+    assert (results["shots0-seed2"]["top1Last"], results["shots0-seed2"]["top1BestValidation"]) == (0.7, 0.72)
     assert results["shots0-seed1"]["metrics"] == "s3://bucket/exp/runs/shots0-seed1/metrics.json"
     assert results["shots0-seed2"]["metrics"] == "s3://x/m.json"
     assert actions.status["best"] == {"name": "shots0-seed2", "top1": 0.7}

@@ -57,6 +57,26 @@ def test_every_contract_variable_is_read() -> None:
     assert (config.status_interval, config.metrics_port, config.liveness_port) == (2.5, 0, 9000)
 
 
+def test_leader_election_is_on_by_default_and_configurable() -> None:
+    default = OperatorConfig.from_env({})
+    assert default.leader_election and default.lease_name == "synthrec-operator"
+    assert (default.lease_duration, default.lease_renew_deadline, default.lease_retry_period) == (15, 10, 2)
+    config = OperatorConfig.from_env(
+        {
+            "SYNTHREC_LEADER_ELECTION": "false",
+            "SYNTHREC_LEASE_NAME": "ml-operator",
+            "SYNTHREC_LEASE_NAMESPACE": "ml",
+            "SYNTHREC_LEASE_DURATION": "30",
+            "SYNTHREC_LEASE_RENEW_DEADLINE": "20",
+            "SYNTHREC_LEASE_RETRY_PERIOD": "4",
+            "SYNTHREC_CLEANUP_TIMEOUT": "600",
+        }
+    )
+    assert not config.leader_election and (config.lease_name, config.lease_namespace) == ("ml-operator", "ml")
+    assert (config.lease_duration, config.lease_renew_deadline, config.lease_retry_period) == (30, 20, 4)
+    assert config.cleanup_timeout == 600
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -65,6 +85,8 @@ def test_every_contract_variable_is_read() -> None:
         ({"SYNTHREC_STATUS_INTERVAL": "fast"}, "SYNTHREC_STATUS_INTERVAL='fast' is not a number"),
         ({"SYNTHREC_METRICS_PORT": "-1"}, "SYNTHREC_METRICS_PORT='-1' must be at least 0"),
         ({"SYNTHREC_WORKER_IMAGE_PULL_POLICY": "Sometimes"}, "expected one of Always, IfNotPresent, Never"),
+        ({"SYNTHREC_LEADER_ELECTION": "maybe"}, "SYNTHREC_LEADER_ELECTION='maybe': expected true or false"),
+        ({"SYNTHREC_LEASE_RENEW_DEADLINE": "20"}, "the leader must stop before the Lease expires"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:

@@ -39,7 +39,7 @@ def pod_obj(phase: str, state: dict[str, object], conditions: list[dict[str, obj
             "namespace": "ns",
             "labels": {**LABELS, "batch.kubernetes.io/job-completion-index": "1"},
             "annotations": {"batch.kubernetes.io/job-completion-index": "1"},
-            "ownerReferences": [{"kind": "Job", "name": "ds-generate-a2", "uid": "j1"}],
+            "ownerReferences": [{"kind": "Job", "name": "ds-generate-a2", "uid": "j1", "controller": True}],
         },
         "status": {
             "phase": phase,

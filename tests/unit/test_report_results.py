@@ -227,8 +227,10 @@ def write_experiment(
     tracking: str | None = None,
     shots: list[int] = SHOTS,
     also_logged: dict[str, Any] | None = None,
+    best_validation: bool = False,
 ) -> list[str]:
-    """An experiment of VARIANTS x shots x SEEDS; the run ``missing`` is not done. Returns the run names."""
+    """An experiment of VARIANTS x shots x SEEDS; the run ``missing`` is not done. Returns the run names.
+    With ``best_validation`` every run but Tip-Adapter's also reports a best-validation model, 1.0 better."""
     storage = FileStorage(root)
     data = {
         "synthetic": [{"datasetRef": "pets"}],
@@ -246,12 +248,15 @@ def write_experiment(
             continue
         assert run.variant is not None
         extra: dict[str, Any] = {}
+        top1 = top1_of(run.shots, run.seed, run.variant)
+        if best_validation and run.variant != "tip-adapter":
+            extra.update(top1_last=top1, top1_best_validation=top1 + 1.0, best_validation_epoch=2)
         if tracking:
             tensorboard = f"{tracking}runs/{run.name}/tensorboard"
             extra["tracking"] = {"tensorboard": tensorboard, **(also_logged or {})}
         metrics = run_metrics(
             run.name,
-            top1=top1_of(run.shots, run.seed, run.variant),
+            top1=top1,
             zero_shot_top1=ZERO_SHOT_TOP1,
             classes=CLASSES,
             shots=run.shots,
@@ -269,7 +274,9 @@ def test_the_seeds_table_has_mean_std_min_max_per_variant_and_shots_with_a_zero_
 ) -> None:
     write_experiment(tmp_path / "experiments" / "fig1", missing="shots4-seed3-coop")
     page = Path(build_report(tmp_path.as_uri())).read_text()
-    table = Tables(page).tables["Top-1 over seeds"]
+    tables = Tables(page).tables
+    table = tables["Top-1 over seeds"]
+    assert "Top-1 over seeds, best-validation models" not in tables  # no run had a validation set
     assert table[0] == ["top-1 (%)", "0 shots", "1 shot", "4 shots"]
     assert [row[0] for row in table[1:]] == ["zero-shot CLIP", *VARIANTS]
     assert table[1][1:] == ["45.0 ± 0.0 / 45.0–45.0, n=15"] * 2 + ["45.0 ± 0.0 / 45.0–45.0, n=14 of 15"]
@@ -277,6 +284,38 @@ def test_the_seeds_table_has_mean_std_min_max_per_variant_and_shots_with_a_zero_
     assert table[6][3] == "68.5 ± 5.2 / 63.2–73.8, n=3"  # sample std: 5.25, rounded half to even
     # coop at 4 shots without its seed-3 run: 40 + 15 + 8 + {-5, 0} + {0.25, 0.5} = 58.25, 63.5
     assert table[5][3] == "60.9 ± 3.7 / 58.2–63.5, n=2 of 3"
+
+
+def test_runs_with_a_validation_set_show_the_last_and_the_best_validation_model_in_tables_csv_and_plot(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "experiments" / "fig1"
+    write_experiment(root, missing="shots4-seed3-coop", best_validation=True)
+    out = Path(build_report(tmp_path.as_uri())).parent
+    tables = Tables((out / "index.html").read_text()).tables
+    runs = tables["All runs"]
+    assert runs[0][3:8] == ["variant", "method", "top-1", "last epoch", "best validation"]
+    row = {r[0]: r for r in runs[1:]}
+    assert row["shots4-seed2-ct-syn"][4:8] == ["classifier-tuning", "68.5%", "68.5%", "69.5%"]
+    assert row["shots4-seed2-tip-adapter"][5:8] == ["53.5%", "-", "-"]  # one model
+    # the best-validation table: every cell 1.0 higher, except Tip-Adapter's, which has one model
+    selected, best = tables["Top-1 over seeds"], tables["Top-1 over seeds, best-validation models"]
+    assert best[0] == selected[0] and best[1] == selected[1]  # zero-shot CLIP
+    assert best[6][3] == "69.5 ± 5.2 / 64.2–74.8, n=3" and selected[6][3].startswith("68.5 ± 5.2")
+    assert best[3] == selected[3]  # tip-adapter
+    assert (out / "plots" / "fig1-top1-best-validation-vs-shots.png").is_file()
+    storage = FileStorage(root)
+    for r in read_csv(out / "results.csv"):
+        if r["state"] != "done":
+            continue
+        metrics = storage.read_json(ExperimentLayout.run_metrics(r["run"]))
+        assert r["method"] == "classifier-tuning"
+        if r["variant"] == "tip-adapter":
+            assert r["top1_last"] == r["top1_best_validation"] == r["best_validation_epoch"] == ""
+        else:
+            assert float(r["top1_last"]) == metrics["top1"] == float(r["top1"])
+            assert float(r["top1_best_validation"]) == metrics["top1_best_validation"]
+            assert r["best_validation_epoch"] == "2"
 
 
 def test_table_csv_and_results_csv_hold_every_number_of_the_runs_metrics(tmp_path: Path) -> None:

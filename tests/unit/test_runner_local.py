@@ -423,3 +423,50 @@ def test_s3_storage_works_the_same(h: Harness, s3_bucket: Any) -> None:
     assert open_storage(root + "experiments/cats-ct/").exists("summary.json")
     assert h.run(storage=root)[0] == 0
     assert h.calls() == []
+
+
+def per_seed_file() -> str:
+    """A dataset per seed (as Figure 1's Real Guidance has one per shots and seed) and one experiment whose
+    datasetRef names them with {seed}."""
+    dataset, experiment = FILE.split("---\n")
+    per_seed = [
+        dataset.replace("name: cats}", f"name: cats-seed{s}}}").replace("/cats/", f"/cats-seed{s}/")
+        for s in (1, 2)
+    ]
+    experiment = experiment.replace("datasetRef: cats}", "datasetRef: 'cats-seed{seed}'}")
+    return "---\n".join([*per_seed, experiment])
+
+
+def test_each_run_trains_on_the_dataset_of_its_own_cell(h: Harness) -> None:
+    h.write_file(text=per_seed_file())
+    code, ui = h.run()
+    assert code == 0, ui.text
+    train = {c["run"]: c["synthetic"] for c in h.calls() if c["stage"] == "train"}
+    for seed in (1, 2):
+        root = h.storage / "datasets" / f"cats-seed{seed}"
+        digest = hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()
+        assert [(i["name"], i["uri"], i["digest"]) for i in train[f"shots0-seed{seed}"]] == [
+            (f"cats-seed{seed}", root.as_uri() + "/", digest)
+        ]
+
+
+def test_a_missing_cell_dataset_is_refused_by_its_filled_in_name_before_any_work(h: Harness) -> None:
+    h.write_file(text=per_seed_file())
+    assert h.run(only=("cats-seed1",))[0] == 0
+    h.calls()
+    code, ui = h.run(only=("cats-seed1", "cats-ct"))
+    assert code == 1
+    assert (
+        "RecognitionExperiment cats-ct: datasetRef 'cats-seed2' is in the file but not selected with --only"
+        in ui.text
+    )
+    assert h.calls() == []
+
+
+def test_a_failed_cell_dataset_skips_the_experiment_and_names_it(h: Harness) -> None:
+    h.write_file(text=per_seed_file())
+    h.behave(prompts_0=["config"])  # both datasets' prompts stage
+    code, ui = h.run()
+    assert code == 1
+    assert "cats-ct: skipped: dataset cats-seed1, cats-seed2 did not complete" in ui.text
+    assert not [c for c in h.calls() if c["stage"] == "train"]

@@ -104,3 +104,68 @@ def test_validate_examples_star_is_clean_including_the_generated_folder() -> Non
     assert proc.returncode == 0, proc.stderr
     assert "table1/15-eurosat.yaml: document 1 (SyntheticDataset/table1-eurosat): valid" in proc.stdout
     assert proc.stdout.count(": valid") >= 17 * 3
+
+
+# ------------------------------------------------------------------------------------------- Figure 1
+
+FEW_SHOT = ROOT / "examples" / "eurosat-few-shot.yaml"
+
+
+def test_the_committed_eurosat_few_shot_example_is_exactly_what_the_scaffold_writes() -> None:
+    from synthrec.scaffold_figure1 import figure1
+
+    assert FEW_SHOT.read_text() == figure1(), "edited by hand, or the scaffold changed: write it again"
+
+
+def test_figure1_guides_each_cell_with_exactly_the_shots_its_runs_train_on() -> None:
+    from synthrec import plan
+
+    resources = [api.parse_resource(doc) for doc in yaml.safe_load_all(FEW_SHOT.read_text())]
+    datasets = {r.metadata.name: r.spec for r in resources if r.kind == "SyntheticDataset"}
+    (experiment,) = [r.spec for r in resources if r.kind == "RecognitionExperiment"]
+    runs = plan.experiment_runs(experiment)
+    assert {r.method for r in runs} == {
+        "zero-shot",
+        "classifier-tuning",
+        "tip-adapter",
+        "tip-adapter-f",
+        "coop",
+    }
+    assert sorted({(r.shots, r.seed) for r in runs if r.shots}) == [
+        (n, s) for n in (1, 2, 4, 8, 16) for s in (1, 2, 3)
+    ]
+    assert len(runs) == 76 and set(plan.referenced_datasets(experiment)) == set(datasets)
+    for run in runs:
+        for source in run.synthetic:
+            rg = datasets[source.dataset_ref].real_guidance
+            # the same real data, shot count and seed: Real Guidance starts from the run's own shots
+            assert rg.source == experiment.data.real_train
+            assert (rg.shots, rg.seed) == (run.shots, run.seed)
+            assert rg.images_per_class == 800 and rg.strength is None  # the paper's level for the shots
+    assert experiment.data.validation is not None and experiment.backbone.model == "RN50"
+    header = " ".join(line.lstrip("# ") for line in FEW_SHOT.read_text().split("apiVersion")[0].splitlines())
+    assert "zero-shot CLIP's 37.51 (Table 1) is on the 8,100-image test split" in header
+
+
+def test_figure1_for_another_dataset_from_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "sun.yaml"
+    result = _run(
+        "scaffold", "figure1", "--preset", "sun", "--shots", "1,16", "--seeds", "1", "--no-validation",
+        "--data", "file:///data/", "--output", "file:///out/", "--credentials-secret", "", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert [d["metadata"]["name"] for d in docs] == [
+        "sun397-rg-1shot-seed1",
+        "sun397-rg-16shot-seed1",
+        "sun397-figure1",
+    ]
+    experiment = docs[-1]["spec"]
+    assert (
+        "validation" not in experiment["data"]
+        and experiment["data"]["realTrain"]["uri"] == "file:///data/sun397/train/"
+    )
+    assert docs[0]["spec"]["sharding"]["shards"] == 397  # 397 classes x 800 / 800 per shard
+    assert "SUN397" in out.read_text().splitlines()[0] and "CoOp: 60.3 / 59.5" in out.read_text()
+    bad = _run("scaffold", "figure1", "--shots", "0,1", "--out", str(tmp_path / "x.yaml"))
+    assert bad.returncode == 1 and "shot counts above 0" in bad.stderr

@@ -172,27 +172,6 @@ def test_only_one_source_trains_on_it_whatever_the_order() -> None:
     assert plan_phases("mixed", 0, 0, 3) == []
 
 
-def test_best_validation_restores_the_best_epochs_head() -> None:
-    x, y = separable(10)
-    scores = iter([10.0, 90.0, 50.0])
-    cfg = config(epochs=3, selection="best-validation")
-    head = LinearHead.random(4, 16, 0)
-    snapshots = []
-    result = tune(
-        head,
-        LinearHead.random(4, 16, 1),
-        CachedFeatures(x, None),
-        x,
-        y,
-        None,
-        cfg,
-        0,
-        validate=lambda: (snapshots.append(head.weight.detach().clone()), next(scores))[1],
-    )
-    assert result.selected_epoch == 2 and [e["val_top1"] for e in result.epochs] == [10.0, 90.0, 50.0]
-    assert torch.equal(head.weight.detach(), snapshots[1])
-
-
 def tiny_resnet_clip() -> nn.Module:
     from open_clip.model import CLIP
 
@@ -259,3 +238,51 @@ def test_evaluate_reports_top1_per_class_and_the_confusion_matrix() -> None:
     assert out["top1"] == 75.0 and out["count"] == 4
     assert out["confusion"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
     assert [c["top1"] for c in out["per_class"]] == [100.0, 50.0, 100.0]
+
+
+@pytest.mark.parametrize("selection", ["last", "best-validation"])
+def test_with_a_validation_set_both_models_are_kept(selection: str) -> None:
+    x, y = separable(10)
+    scores = iter([10.0, 90.0, 50.0])
+    head = LinearHead.random(4, 16, 0)
+    snapshots = []
+    result = tune(
+        head,
+        LinearHead.random(4, 16, 1),
+        CachedFeatures(x, None),
+        x,
+        y,
+        None,
+        config(epochs=3, selection=selection),
+        0,
+        validate=lambda: (snapshots.append(head.weight.detach().clone()), next(scores))[1],
+    )
+    assert [e["val_top1"] for e in result.epochs] == [10.0, 90.0, 50.0]
+    assert result.best_validation_epoch == 2 and result.alternative is not None
+    reported, other = (snapshots[2], snapshots[1]) if selection == "last" else (snapshots[1], snapshots[2])
+    assert result.selected_epoch == (3 if selection == "last" else 2)
+    assert torch.equal(head.weight.detach(), reported)  # the head is left as the reported model
+    assert torch.equal(result.alternative["head"]["weight"], other)  # and the other one is there to evaluate
+
+
+def test_hard_pseudo_labels_are_cross_entropy_with_the_teachers_class() -> None:
+    from synthrec.api import SoftTarget
+    from synthrec.workers.tuning import teacher_loss
+
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    teacher = torch.tensor([[0.1, 0.3, 0.2], [4.0, 0.0, 1.0]])  # argmax: classes 1 and 0
+    hard = teacher_loss(student, teacher, SoftTarget(pseudo_labels="hard", temperature=7.0))
+    expected = nn.functional.cross_entropy(student, torch.tensor([1, 0]))
+    assert hard.item() == pytest.approx(expected.item(), rel=1e-6)  # the temperature plays no part
+    soft = teacher_loss(student, teacher, SoftTarget(temperature=2.0))
+    assert soft.item() == pytest.approx(sce_loss(student, teacher, 2.0).item(), rel=1e-6)
+    # and tuning with hard pseudo labels trains on them: a teacher that says class 0 for everything pulls
+    # every prediction there when the labels carry no weight
+    x, y = separable(10)
+    teacher_head = LinearHead(torch.zeros(4, 16), torch.tensor([5.0, 0.0, 0.0, 0.0]))
+    head = LinearHead.random(4, 16, 3)
+    ct = config(epochs=30, lr=5e-2, soft_weight=1.0)
+    ct = ct.model_copy(update={"soft_target": ct.soft_target.model_copy(update={"pseudo_labels": "hard"})})
+    tune(head, teacher_head, CachedFeatures(x, None), x, y, None, ct, 0)
+    with torch.no_grad():
+        assert (head(x).argmax(-1) == 0).all()

@@ -65,6 +65,10 @@ def with_(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 DELETE = object()
 
 
+def few_shot() -> dict[str, Any]:
+    return with_(experiment(), "spec.data.realTrain", {"uri": "s3://bucket/train/"})
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_is_valid(path: Path) -> None:
     report = validate_file(path)
@@ -246,8 +250,8 @@ INVALID = [
     (
         "best-epoch-without-validation",
         with_(experiment(), "spec.method", {"classifierTuning": {"selection": "best-validation"}}),
-        "spec.data.validation",
-        "never the test set",
+        "spec",
+        "needs data.validation (never the test set), or at least 2 real shots per class",
     ),
     (
         "synthetic-ref-and-uri",
@@ -276,6 +280,67 @@ INVALID = [
         with_(experiment(), "spec.method", {"classifierTuning": {"lr": -1}}),
         "spec.method.classifierTuning.lr",
         "minimum",
+    ),
+    (
+        "coop-at-zero-shots",
+        with_(few_shot(), "spec.matrix", {"shots": [0, 4], "variants": [{"name": "coop", "method": "coop"}]}),
+        "spec",
+        "coop learns from real shots and cannot run at 0 shots",
+    ),
+    (
+        "tip-adapter-with-synthetic-data",
+        with_(
+            few_shot(),
+            "spec.matrix",
+            {
+                "shots": [4],
+                "variants": [{"name": "t", "method": "tip-adapter", "synthetic": [{"datasetRef": "ds"}]}],
+            },
+        ),
+        "spec.matrix.variants[0].synthetic",
+        "only classifier-tuning trains on synthetic data",
+    ),
+    (
+        "variant-shots-outside-the-matrix",
+        with_(few_shot(), "spec.matrix", {"shots": [1, 2], "variants": [{"name": "a", "shots": [4]}]}),
+        "spec.matrix.variants",
+        "among matrix.shots",
+    ),
+    (
+        "unknown-method",
+        with_(few_shot(), "spec.method", {"name": "linear-probe"}),
+        "spec.method.name",
+        "'linear-probe' is not one of",
+    ),
+    (
+        "dataset-template-with-unknown-placeholder",
+        with_(few_shot(), "spec.data.synthetic", [{"datasetRef": "rg-{shot}"}]),
+        "spec.data.synthetic[0].datasetRef",
+        "does not match",
+    ),
+    (
+        "dataset-template-too-long-once-filled",
+        with_(
+            with_(
+                few_shot(), "spec.data.synthetic", [{"datasetRef": "eurosat-rg-guided-{shots}shot-s{seed}"}]
+            ),
+            "spec.matrix",
+            {"shots": [16], "seeds": [123456789012345]},
+        ),
+        "spec",
+        "becomes 'eurosat-rg-guided-16shot-s123456789012345' at 16 shots, seed 123456789012345",
+    ),
+    (
+        "held-out-validation-at-one-shot",
+        with_(
+            with_(
+                few_shot(), "spec.matrix", {"shots": [1, 4], "variants": [{"name": "c", "method": "coop"}]}
+            ),
+            "spec.method",
+            {"coop": {"selection": "best-validation"}},
+        ),
+        "spec",
+        "matrix.variants[c]: selection best-validation needs data.validation",
     ),
 ]
 

@@ -41,6 +41,11 @@ app.kubernetes.io/part-of: synthrec
 {{- default (printf "%s-operator" (include "synthrec.fullname" .)) .Values.operator.serviceAccount.name }}
 {{- end }}
 
+{{/* The leader election Lease (in the release namespace). */}}
+{{- define "synthrec.leaseName" -}}
+{{- printf "%s-operator" (include "synthrec.fullname" .) }}
+{{- end }}
+
 {{- define "synthrec.workerServiceAccount" -}}
 {{- default (printf "%s-worker" (include "synthrec.fullname" .)) .Values.workers.serviceAccount.name }}
 {{- end }}
@@ -102,13 +107,15 @@ cluster scope -> [] (every namespace). Callers use `include ... | fromJsonArray`
 {{/*
 The operator's API permissions (the same rules for a ClusterRole and for each namespaced Role): exactly the
 calls its tests record (tests/operator_api_calls.json; tests/integration/test_helm_chart.py compares).
-Reads come from watches (list + watch), never single GETs; writes are create, merge-patch and delete.
+Reads come from watches (list + watch); single GETs only fetch fresh state for a decision (whose Job holds a
+name, a resource after a 409). Writes are create, merge-patch, conditional update and delete.
 */}}
 {{- define "synthrec.operatorRules" -}}
-# The two custom resources: watched; patched only for the finalizer (never spec); status via /status.
+# The two custom resources: watched; read afresh after a conflicting status write (409); patched only for
+# the finalizer (never spec); status via /status.
 - apiGroups: ["synthrec.io"]
   resources: ["syntheticdatasets", "recognitionexperiments"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["synthrec.io"]
   resources: ["syntheticdatasets/status", "recognitionexperiments/status"]
   verbs: ["patch"]
@@ -117,14 +124,16 @@ Reads come from watches (list + watch), never single GETs; writes are create, me
 - apiGroups: ["synthrec.io"]
   resources: ["syntheticdatasets/finalizers", "recognitionexperiments/finalizers"]
   verbs: ["update"]
-# Worker Jobs (watched for progress, patched for TTL after results are folded, deleted on suspend).
+# Worker Jobs (watched for progress, patched for TTL after results are folded, deleted on suspend; read
+# when a create finds the name taken, to tell our Job from somebody else's).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
-# The ConfigMaps holding the task JSON of each Job.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The ConfigMaps holding the task JSON of each Job (read and replaced, conditionally, only when a stale one
+# of the name exists and no Job uses it).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "delete"]
+  verbs: ["get", "create", "update", "delete"]
 # Pods are only watched: scheduling problems and the workers' termination messages.
 - apiGroups: [""]
   resources: ["pods"]
