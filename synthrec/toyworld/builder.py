@@ -32,7 +32,7 @@ from synthrec.toyworld.world import LABEL_CLASSES, WORLD_CLASSES
 log = logging.getLogger(__name__)
 
 # Bump whenever anything the builder writes changes: a new version builds into a new folder.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 ENV_TOY_WORLD = "SYNTHREC_TOY_WORLD"  # where the toy world is built (default: <cache root>/toy-world)
 MANIFEST_NAME = "toy-world.json"
 README_NAME = "README.txt"
@@ -171,7 +171,7 @@ def _build_locked(world: ToyWorld, recipes: dict[str, Any], progress: Progress) 
 
     for name in (MANIFEST_NAME, README_NAME):
         (world.root / name).unlink(missing_ok=True)
-    for name in _COMPONENTS:
+    for name in (*_COMPONENTS, _SD_PARTS):
         shutil.rmtree(world.root / name, ignore_errors=True)
     log.info("building the toy world in %s (seed %d)", world.root, world.seed)
     started = time.perf_counter()
@@ -205,8 +205,10 @@ def _build_locked(world: ToyWorld, recipes: dict[str, Any], progress: Progress) 
     log.info("toy world built in %.0f s: %s", seconds["total"], world.root)
 
 
-# Longest first, so that the last one to start is a short one.
-_JOBS = ("sd", "clip", "t5", "data")
+# Longest first, so that the last one to start is a short one. The text-to-image model trains as two
+# independent halves (its latent is designed), assembled into sd/ when both are done.
+_JOBS = ("sd-denoiser", "clip", "sd-autoencoder", "t5", "data")
+_SD_PARTS = ".sd-parts"
 
 
 def _build_components(
@@ -237,9 +239,21 @@ def _build_components(
         relay.join()
     data = parts.pop("data")
     parts.update(data)
+    parts["sd"] = _assemble_sd(world, recipes, parts.pop("sd-autoencoder"), parts.pop("sd-denoiser"))
     cpu["total"] = round(sum(cpu.values()), 1)
     seconds["parallel_processes"] = workers
     return parts, seconds, cpu
+
+
+def _assemble_sd(world: ToyWorld, recipes: dict[str, Any], *halves: dict[str, Any]) -> dict[str, Any]:
+    from synthrec.toyworld.sd import assemble_sd
+
+    out = assemble_sd(world.root / _SD_PARTS, world.sd, recipes.get("sd"))
+    for half in halves:
+        for key in ("parameters", "losses"):
+            out.setdefault(key, {}).update(half[key])
+    shutil.rmtree(world.root / _SD_PARTS, ignore_errors=True)
+    return out
 
 
 def _available_cpus() -> int:
@@ -307,9 +321,10 @@ def _build_component(job: str, world: ToyWorld, recipes: dict[str, Any]) -> tupl
 
             out = build_clip(world.clip, seed, recipes.get("clip"), progress)
         else:
-            from synthrec.toyworld.sd import build_sd
+            from synthrec.toyworld.sd import build_sd_part
 
-            out = build_sd(world.sd, seed, recipes.get("sd"), progress)
+            part = job.removeprefix("sd-")
+            out = build_sd_part(part, world.root / _SD_PARTS, seed, recipes.get("sd"), progress)
     return out, round(time.perf_counter() - started, 1), round(time.process_time() - cpu_started, 1)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthrec.toyworld.training import NoProgress, Progress
-from synthrec.toyworld.world import LABEL_CLASSES, detect
+from synthrec.toyworld.world import LABEL_CLASSES, detect, split_class
 
 if TYPE_CHECKING:
     from synthrec.toyworld.builder import ToyWorld
@@ -115,7 +115,7 @@ def evaluate_generator(world: ToyWorld, per_class: int = 8, steps: int = 20) -> 
     pipe.set_progress_bar_config(disable=True)
     results: dict[str, float] = {}
     for kind in ("name", "sentences"):
-        right = 0
+        right = colour = 0
         for index, name in enumerate(LABEL_CLASSES):
             if kind == "name":
                 prompts = [f"a photo of a {name}."] * per_class
@@ -129,8 +129,12 @@ def evaluate_generator(world: ToyWorld, per_class: int = 8, steps: int = 20) -> 
                 guidance_scale=3.0,
                 generator=[torch.Generator().manual_seed(1000 * index + i) for i in range(per_class)],
             ).images
-            right += sum(detect(im).name == name for im in images)
-        results[f"oracle_top1_from_{kind}"] = round(100 * right / (per_class * len(LABEL_CLASSES)), 1)
+            seen = [detect(im) for im in images]
+            right += sum(d.name == name for d in seen)
+            colour += sum(d.colour == split_class(name)[0] for d in seen)
+        total = per_class * len(LABEL_CLASSES)
+        results[f"oracle_top1_from_{kind}"] = round(100 * right / total, 1)
+        results[f"oracle_colour_from_{kind}"] = round(100 * colour / total, 1)
     return results
 
 

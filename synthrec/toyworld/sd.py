@@ -1,19 +1,21 @@
 """The toy world's text-to-image model: a standard diffusers Stable Diffusion folder, trained on CPU.
 
 Components (all stock diffusers/transformers classes, so the generate stage loads it like SD):
-``AutoencoderKL`` (64 px <-> 5 x 8 x 8 latents), ``UNet2DConditionModel`` (v-prediction, cross-attention
-plus a pooled-text embedding added to the time embedding), ``CLIPTextModel`` with a CLIP BPE tokenizer
-(the first 10,000 of OpenAI's merges, so every word of the world is one or two tokens) and a DDIM
-scheduler with Stable Diffusion's noise schedule.
+``AutoencoderKL`` (64 px <-> 7 x 16 x 16 latents, a VAE factor of 4), ``UNet2DConditionModel``
+(v-prediction, cross-attention plus a pooled-text embedding added to the time embedding), ``CLIPTextModel``
+with a CLIP BPE tokenizer (the first 10,000 of OpenAI's merges, so every word of the world is one or two
+tokens) and a DDIM scheduler with Stable Diffusion's noise schedule.
 
-What makes it trainable in a couple of CPU minutes: the latent space is DESIGNED instead of discovered.
-A picture's latent is its colour averaged over 8 x 8 pixel cells (3 channels) plus, where an object lies,
-a 2-d shape code scaled by how much of the cell the object covers (circle, square, triangle and cross
-point in four directions). The encoder and decoder of the autoencoder are trained by plain regression to
-and from that latent (so neither has to invent a code), and the UNet learns the distribution of designed
-latents given a caption. The decoder renders shapes from the code; the UNet only has to place a blob of
-the right colour with the right code. Generations are blurry, recognisable and sometimes wrong: 8 % of the
-generator's training captions name a class that differs from the picture in colour or shape.
+What makes it trainable in a few CPU minutes: the latent space is DESIGNED instead of discovered. A
+picture's latent is its colour averaged over 4 x 4 pixel cells (3 channels) plus one channel per shape
+holding how much of each cell the object of that shape covers. The outline is in the latent (a 14 px
+shape still spans 3-4 cells) and so is the shape's name (which channel), so the UNet learns to draw a
+silhouette of the right kind and the decoder only sharpens it. The encoder and decoder of the autoencoder
+are trained by plain regression to and from that latent (neither has to invent a code) and the UNet
+learns the distribution of designed latents given a caption; the two halves need nothing from each other
+and train in parallel processes (``build_sd_part``, then ``assemble_sd``). Generations are smoother than
+the drawn pictures and sometimes wrong: 8 % of the generator's training captions name a class that
+differs from the picture in colour or shape, and a small model confuses near shapes (a rounded square).
 """
 
 from __future__ import annotations
@@ -32,18 +34,10 @@ from synthrec.toyworld.world import IMAGE_SIZE, SHAPES, WORLD_CLASSES, Scene, dr
 
 log = logging.getLogger(__name__)
 
-RESOLUTION = IMAGE_SIZE  # the generator draws 64 px pictures from 8 x 8 latents, as SD's VAE (factor 8)
-LATENT_CELL = 8  # pixels per latent cell
-LATENT_CHANNELS = 5  # colour (3) + shape code (2)
-CODE_SCALE = 1.5  # the shape code's scale relative to colours in -1..1
-#: Shape -> direction of its code in the two code channels.
-SHAPE_CODES: dict[str, tuple[float, float]] = {
-    "circle": (1.0, 0.0),
-    "square": (0.0, 1.0),
-    "triangle": (-1.0, 0.0),
-    "cross": (0.0, -1.0),
-}
-assert set(SHAPE_CODES) == set(SHAPES)
+RESOLUTION = IMAGE_SIZE  # the generator draws 64 px pictures from 16 x 16 latents (VAE factor 4)
+LATENT_CELL = 4  # pixels per latent cell: a 14 px shape still spans 3-4 cells, so its outline survives
+LATENT_CHANNELS = 3 + len(SHAPES)  # colour (3) + one coverage channel per shape
+CODE_SCALE = 2.0  # coverage 0..1 -> 0..2, as loud as the colours in -1..1
 TOKENIZER_MERGES = 10_000  # OpenAI BPE prefix: 10,514 tokens; 'circle', 'yellow', 'background' are one token
 MAX_TOKENS = 32
 
@@ -55,15 +49,14 @@ class SdRecipe:
     pictures: int = 4000
     wrong_caption_rate: float = 0.08
     empty_caption_rate: float = 0.1  # classifier-free guidance needs an unconditional model too
-    vae_channels: tuple[int, ...] = (4, 8, 16, 32)  # 4 channels at full size: cheap, and the shape is
-    # decided at 16 x 16 and 32 x 32
+    vae_channels: tuple[int, ...] = (8, 16, 32)  # 64, 32, 16 px: the decoder sharpens outlines, locally
     vae_steps: int = 600
     vae_batch: int = 16
     vae_lr: float = 2e-3
-    unet_channels: tuple[int, ...] = (32, 64)
+    unet_channels: tuple[int, ...] = (32, 64, 64)  # 16, 8, 4 cells; no attention at 16 x 16 (cheap)
     text_width: int = 64
-    unet_steps: int = 500
-    unet_batch: int = 64
+    unet_steps: int = 800
+    unet_batch: int = 48
     unet_lr: float = 2e-3
     min_snr: float = 5.0
     ema: float = 0.99
@@ -76,10 +69,10 @@ def designed_latent(pixels: Any, scene: Scene) -> Any:
 
     n, k = RESOLUTION // LATENT_CELL, LATENT_CELL
     colour = pixels.reshape(n, k, n, k, 3).mean((1, 3))
-    code = np.zeros((n, n, 2), dtype=np.float32)
+    code = np.zeros((n, n, len(SHAPES)), dtype=np.float32)
     for thing in scene.things:
         cover = thing_alpha(thing.shape, thing.box).reshape(n, k, n, k).mean((1, 3))
-        code += cover[..., None] * np.asarray(SHAPE_CODES[thing.shape], dtype=np.float32)
+        code[..., SHAPES.index(thing.shape)] += cover
     return np.concatenate([colour, code * CODE_SCALE], -1).transpose(2, 0, 1).astype(np.float32)
 
 
@@ -224,36 +217,57 @@ def _train_unet(
     return ema_unet, ema_text, {"first": round(first, 4), "last": round(last, 4)}
 
 
-def build_sd(
-    out: Path, seed: int, recipe: SdRecipe | None = None, progress: Progress | None = None
+PARTS = ("autoencoder", "denoiser")  # trained independently (the latent is designed): two processes
+
+
+def build_sd_part(
+    part: str, out: Path, seed: int, recipe: SdRecipe | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Draw the training pictures, train the autoencoder, then the UNet and text encoder; save the
-    pipeline folder at ``out``. Returns parameter counts, losses and the recipe."""
+    """Train one half of the pipeline into ``out`` (a scratch folder): ``autoencoder`` (the VAE) or
+    ``denoiser`` (the UNet, text encoder and tokenizer). Both draw the same pictures from ``seed``; neither
+    needs the other, because the latent each one learns is the designed one. Returns losses and sizes."""
     import numpy as np
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from synthrec.tiny import SD_DDIM_CONFIG
 
     recipe = recipe or SdRecipe()
     progress = progress or NoProgress()
-    rng = np.random.default_rng([seed, 101])
-    data = _draw_pictures(rng, recipe)
-    gen = torch.Generator().manual_seed(seed * 1000 + 101)
+    data = _draw_pictures(np.random.default_rng([seed, 101]), recipe)
 
-    torch.manual_seed(seed * 1000 + 102)
-    vae = _vae(recipe)
-    vae_losses = _train_vae(vae, data, recipe, gen, progress)
+    def count(module: Any) -> int:
+        return sum(p.numel() for p in module.parameters())
 
+    if part == "autoencoder":
+        gen = torch.Generator().manual_seed(seed * 1000 + 101)
+        torch.manual_seed(seed * 1000 + 102)
+        vae = _vae(recipe)
+        losses = _train_vae(vae, data, recipe, gen, progress)
+        vae.save_pretrained(out / "vae", safe_serialization=True)
+        return {"parameters": {"vae": count(vae)}, "losses": {"autoencoder": losses}}
+    if part != "denoiser":
+        raise ValueError(f"unknown part {part!r}; expected one of {PARTS}")
+    gen = torch.Generator().manual_seed(seed * 1000 + 104)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = _tokenizer(Path(tmp))
     tokens = tokenizer(
         data.captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
     ).input_ids  # exactly as the pipeline tokenizes a prompt
     torch.manual_seed(seed * 1000 + 103)
+    text_encoder, unet = _text_encoder(recipe, tokenizer), _unet(recipe)
+    unet, text_encoder, losses = _train_unet(unet, text_encoder, tokens, data.latents, recipe, gen, progress)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+    return {
+        "parameters": {"unet": count(unet), "text_encoder": count(text_encoder)},
+        "losses": {"unet": losses},
+    }
+
+
+def _text_encoder(recipe: SdRecipe, tokenizer: Any) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     width = recipe.text_width
-    text_encoder = CLIPTextModel(
+    return CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=width,
@@ -267,31 +281,41 @@ def build_sd(
             pad_token_id=tokenizer.pad_token_id,
         )
     )
+
+
+def _unet(recipe: SdRecipe) -> Any:
+    from diffusers import UNet2DConditionModel
+
     levels = len(recipe.unet_channels)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=RESOLUTION // LATENT_CELL,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
         layers_per_block=1,
         block_out_channels=recipe.unet_channels,
         norm_num_groups=8,
-        cross_attention_dim=width,
+        cross_attention_dim=recipe.text_width,
         attention_head_dim=16,
-        down_block_types=("CrossAttnDownBlock2D",) * levels,
-        up_block_types=("CrossAttnUpBlock2D",) * levels,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
         addition_embed_type="text",  # the pooled caption conditions every ResNet block via the time embedding
         addition_embed_type_num_heads=4,
     )
-    unet, text_encoder, unet_losses = _train_unet(
-        unet, text_encoder, tokens, data.latents, recipe, gen, progress
-    )
-    scheduler = DDIMScheduler(**SD_DDIM_CONFIG, prediction_type="v_prediction")
+
+
+def assemble_sd(parts: Path, out: Path, recipe: SdRecipe | None = None) -> dict[str, Any]:
+    """The pipeline folder ``out`` from the two trained halves in ``parts`` (DDIM with SD's schedule)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from synthrec.tiny import SD_DDIM_CONFIG
+
     pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
+        vae=AutoencoderKL.from_pretrained(parts / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(parts / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(parts / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(parts / "unet"),
+        scheduler=DDIMScheduler(**SD_DDIM_CONFIG, prediction_type="v_prediction"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -300,21 +324,13 @@ def build_sd(
     (out / "toy-world-latents.json").write_text(
         json.dumps(
             {
-                "latent": "cell colours (3 ch, mean over 8x8 px, -1..1) "
-                "+ shape code (2 ch) x object coverage",
-                "shape_codes": SHAPE_CODES,
+                "latent": f"cell colours (3 ch, mean over {LATENT_CELL}x{LATENT_CELL} px, -1..1) "
+                "+ the object's coverage of the cell, one channel per shape",
+                "shape_channels": list(SHAPES),
                 "code_scale": CODE_SCALE,
             },
             indent=2,
         )
         + "\n"
     )
-
-    def count(module: Any) -> int:
-        return sum(p.numel() for p in module.parameters())
-
-    return {
-        "parameters": {"unet": count(unet), "vae": count(vae), "text_encoder": count(text_encoder)},
-        "losses": {"autoencoder": vae_losses, "unet": unet_losses},
-        "recipe": asdict(recipe),
-    }
+    return {"recipe": asdict(recipe or SdRecipe())}

@@ -114,3 +114,23 @@ def test_the_quickstart_uses_the_worlds_label_space_in_both_resources() -> None:
         labels = resource["spec"]["labels"]
         assert tuple(c["name"] for c in labels["classes"]) == LABEL_CLASSES
         assert tuple(labels["templates"]) == ZERO_SHOT_TEMPLATES
+
+
+def test_the_generators_designed_latent_holds_each_shapes_outline_and_name() -> None:
+    """The text-to-image model's latent (16 x 16 cells of 4 px, synthrec.toyworld.sd) carries the outline of
+    the object in the channel of its shape: blown back up to 64 px, the coverage alone is recognisable."""
+    from PIL import Image
+
+    from synthrec.toyworld.sd import LATENT_CELL, designed_latent
+    from synthrec.toyworld.world import SHAPES
+
+    rng = np.random.default_rng(3)
+    for shape in SHAPES:
+        for size_word in ("medium", "large"):
+            image, scene = draw_class(rng, f"blue {shape}", size_word=size_word)
+            latent = designed_latent(np.asarray(image, dtype=np.float32) / 127.5 - 1, scene)
+            coverage = latent[3:]
+            assert coverage.sum((1, 2)).argmax() == SHAPES.index(shape)  # the shape's own channel
+            cells = np.kron(coverage.sum(0) > coverage.max() / 2, np.ones((LATENT_CELL, LATENT_CELL)))
+            silhouette = np.where(cells[..., None], (40, 80, 220), (200, 200, 200)).astype(np.uint8)
+            assert detect(Image.fromarray(silhouette)).shape == shape, (shape, size_word)
