@@ -7,20 +7,23 @@ Uses TRAINED models (``toy_world``): every check here is about what the models l
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from synthrec.toyworld.builder import BUILDER_VERSION, NOTICE, ToyWorld, build_toy_world
 from synthrec.toyworld.world import LABEL_CLASSES, detect
+from tests.learning.pipeline import Runs
 
 pytestmark = pytest.mark.slow
 
-
-def generator(world: ToyWorld, **kw: object):  # type: ignore[no-untyped-def]
-    from synthrec.api import Generator
-
-    return Generator.model_validate({"model": world.sd.as_uri(), "steps": 20, "resolution": 64, **kw})
+# Detector-judged class accuracy measured on the seed-0 world (synthrec/toyworld/README.md); chance is 1/16
+# of the world classes. From "a photo of a <class>.": 65.6 % (the build's measure, in %); from the
+# quickstart's LE sentences: 46.5 % (colour 92 %); Real Guidance from one real shot per class: 40.6 %.
+GENERATOR_FROM_NAMES = 50.0
+GENERATOR_FROM_SENTENCES = 0.35
+GUIDED_CLASS_RIGHT = 0.25
 
 
 def judged(images: list) -> list[str | None]:  # type: ignore[type-arg]
@@ -40,88 +43,52 @@ def test_the_build_is_reused_and_says_it_is_a_toy_world(toy_world: ToyWorld) -> 
     assert "TOY WORLD" in (toy_world.root / "README.txt").read_text()
 
 
-def test_the_generator_draws_the_class_it_is_asked_for_through_the_generate_stage_loader(
-    toy_world: ToyWorld,
-) -> None:
-    import torch
-
-    from synthrec.workers.diffusion import load_pipelines
-
-    pipes = load_pipelines(generator(toy_world), real_guidance=False)
-    right = colour = 0
-    for index, name in enumerate(LABEL_CLASSES):
-        out = pipes.text2image(
-            prompt=[f"a photo of a {name}.", f"a {name} on a wooden table.", f"a small {name} on the left."]
-            * 2,
-            height=64,
-            width=64,
-            num_inference_steps=20,
-            guidance_scale=3.0,
-            generator=[torch.Generator().manual_seed(100 * index + i) for i in range(6)],
-        )
-        seen = judged(out.images)
-        right += sum(j == name for j in seen)
-        colour += sum(j is not None and j.split()[0] == name.split()[0] for j in seen)
-    # Measured on the seed-0 world: colours nearly always right, shapes mostly drawn as blobs (a known gap of
-    # this generator, synthrec/toyworld/README.md); chance is 1/16 for the class, 1/4 for the colour.
-    assert colour / (6 * len(LABEL_CLASSES)) >= 0.8
-    assert right / (6 * len(LABEL_CLASSES)) >= 0.15
-
-
-def test_the_generator_varies_its_drawings(toy_world: ToyWorld) -> None:
-    import torch
-
-    from synthrec.workers.diffusion import load_pipelines
-
-    pipes = load_pipelines(generator(toy_world), real_guidance=False)
-    out = pipes.text2image(
-        prompt=["a photo of a blue cross."] * 6,
-        num_inference_steps=20,
-        guidance_scale=3.0,
-        generator=[torch.Generator().manual_seed(i) for i in range(6)],
-        output_type="np",
-    )
-    pictures = out.images.reshape(6, -1)
-    spread = np.abs(pictures[:, None] - pictures[None]).mean(-1)
-    assert spread[np.triu_indices(6, 1)].min() > 0.02  # no two of them alike
-
-
-def test_real_guidance_starts_from_the_real_shot_and_keeps_its_class(toy_world: ToyWorld) -> None:
-    import torch
-    from PIL import Image
-
-    from synthrec.toyworld.datasets import folder_name
-    from synthrec.workers.diffusion import center_square, load_pipelines
-
-    pipes = load_pipelines(generator(toy_world), real_guidance=True)
-    shots, guided = [], []
-    for index, name in enumerate(LABEL_CLASSES):
-        shot = Image.open(toy_world.real / "train" / folder_name(name) / "0000.png").convert("RGB")
-        start = center_square(shot, 64)
-        out = pipes.image2image(
-            prompt=[f"a photo of a {name}."] * 2,
-            image=[start] * 2,
-            strength=0.49,  # the paper's strength for 1 shot
-            num_inference_steps=20,
-            guidance_scale=3.0,
-            generator=[torch.Generator().manual_seed(10 * index + i) for i in range(2)],
-        )
-        shots += [np.asarray(start, dtype=np.float32)] * 2
-        guided += out.images
-    asked = [n for n in LABEL_CLASSES for _ in range(2)]
-    seen = judged(guided)
+def test_the_generator_draws_the_class_it_is_asked_for(toy_world: ToyWorld, pipeline: Runs) -> None:
+    # From "a photo of a <class>.": measured by the build (evaluate.evaluate_generator, 8 per class).
+    quality = toy_world.manifest()["quality"]["generator"]
+    assert quality["oracle_top1_from_name"] >= GENERATOR_FROM_NAMES, quality
+    # From the LE sentences, through the generate stage (the quickstart's 32 per class, before the filter).
+    seen = judged([i.image for i in pipeline.images])
+    asked = [LABEL_CLASSES[i.label] for i in pipeline.images]
+    right = sum(j == n for j, n in zip(seen, asked, strict=True)) / len(asked)
     colour = sum(j is not None and j.split()[0] == n.split()[0] for j, n in zip(seen, asked, strict=True))
-    assert colour / len(guided) >= 0.75  # the colour survives; the shape is the generator's known gap
+    assert right >= GENERATOR_FROM_SENTENCES, right  # chance: 1/16 of the world classes
+    assert colour / len(asked) >= 0.8
 
-    def distance(to: list) -> float:  # type: ignore[type-arg]
-        return float(
-            np.mean(
-                [np.abs(np.asarray(g, dtype=np.float32) - t).mean() for g, t in zip(guided, to, strict=True)]
-            )
+
+def test_the_generator_varies_its_drawings(pipeline: Runs) -> None:
+    for label in range(len(LABEL_CLASSES)):
+        drawn = [i.image for i in pipeline.images if i.label == label]
+        pictures = np.stack([np.asarray(im, dtype=np.float32).reshape(-1) / 255 for im in drawn])
+        spread = np.abs(pictures[:, None] - pictures[None]).mean(-1)
+        assert spread[np.triu_indices(len(pictures), 1)].min() > 0.02  # no two of them alike
+
+
+def test_real_guidance_starts_from_the_real_shot_and_keeps_its_class(pipeline: Runs) -> None:
+    from synthrec.toyworld import measure
+    from synthrec.workers.diffusion import center_square
+    from synthrec.workers.realdata import decode_rgb
+
+    guided = measure.generated_images(pipeline.storage, measure.GUIDED)
+    shots = {
+        i.label: np.asarray(
+            center_square(decode_rgb(Path(i.meta["real_source"].removeprefix("file://")).read_bytes()), 64),
+            dtype=np.float32,
         )
+        for i in guided
+    }
+    assert sorted(shots) == list(range(len(LABEL_CLASSES)))
+    seen = judged([i.image for i in guided])
+    asked = [LABEL_CLASSES[i.label] for i in guided]
+    right = sum(j == n for j, n in zip(seen, asked, strict=True)) / len(guided)
+    assert right >= GUIDED_CLASS_RIGHT, right
 
-    other = shots[2:] + shots[:2]  # the shot of the next class
-    assert distance(shots) < distance(other)  # mean absolute pixel difference: nearer its own shot
+    def distance(item: measure.Generated, shot: int) -> float:  # mean absolute pixel difference
+        return float(np.abs(np.asarray(item.image.resize((64, 64)), dtype=np.float32) - shots[shot]).mean())
+
+    own = np.mean([distance(i, i.label) for i in guided])
+    other = np.mean([distance(i, (i.label + 1) % len(LABEL_CLASSES)) for i in guided])  # the next class's
+    assert own < other, (own, other)
 
 
 def test_clip_zero_shot_is_imperfect_but_its_features_separate_the_classes(toy_world: ToyWorld) -> None:
