@@ -86,7 +86,8 @@ def run_stage_in_process(spec: Any, stage: str, folder: Path, shard: int | None 
         code = run_stage(stage, {"prompts": prompts.run, "generate": generate.run}[stage], str(task), shard)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    summary = parse_summary(log.read_text()) or {}
+    parsed = parse_summary(log.read_text())
+    summary = parsed.model_dump() if parsed is not None else {}
     if code != 0:
         raise SystemExit(f"{stage} failed with exit code {code}: {summary.get('message')}")
     return summary
@@ -108,8 +109,11 @@ def run_worker(model_uri: str, out_uri: str, folder: Path, args: argparse.Namesp
     }
 
 
-def run_naive(model_uri: str, out_uri: str, folder: Path, args: argparse.Namespace) -> dict[str, float]:
-    """One prompt per call, synchronous encode and upload per image; same prompts, seeds and settings."""
+def run_naive(
+    model_uri: str, out_uri: str, folder: Path, args: argparse.Namespace, batch: int = 1
+) -> dict[str, float]:
+    """``batch`` prompts per call (1: one), synchronous encode and upload per image; same prompts, seeds
+    and settings. Batched, it separates what batching gives from what the worker's overlapped I/O gives."""
     import torch
     from diffusers import AutoPipelineForText2Image
 
@@ -127,24 +131,26 @@ def run_naive(model_uri: str, out_uri: str, folder: Path, args: argparse.Namespa
     pipe = AutoPipelineForText2Image.from_pretrained(model_uri.removeprefix("file://"))
     pipe.set_progress_bar_config(disable=True)
     model = 0.0
-    for item in items:
+    for start in range(0, len(items), batch):
+        group = items[start : start + batch]
         t = time.perf_counter()
-        image = pipe(
-            item.prompt,
+        images = pipe(
+            [item.prompt for item in group],
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             height=args.resolution,
             width=args.resolution,
-            generator=torch.Generator("cpu").manual_seed(item.seed),
-        ).images[0]
+            generator=[torch.Generator("cpu").manual_seed(item.seed) for item in group],
+        ).images
         model += time.perf_counter() - t
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=95)
-        storage.write_bytes(f"naive/{item.key}.jpg", buf.getvalue())
-        storage.write_bytes(
-            f"naive/{item.key}.json",
-            json.dumps({"class": item.class_index, "prompt": item.prompt, "seed": item.seed}).encode(),
-        )
+        for item, image in zip(group, images, strict=True):
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=95)
+            storage.write_bytes(f"naive/{item.key}.jpg", buf.getvalue())
+            storage.write_bytes(
+                f"naive/{item.key}.json",
+                json.dumps({"class": item.class_index, "prompt": item.prompt, "seed": item.seed}).encode(),
+            )
     wall = time.perf_counter() - started
     return {
         "images": len(items),
@@ -174,18 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="measured rounds (at least 3)")
+    parser.add_argument("--smoke", action="store_true", help="16 images, batch 4, 2 steps: checks the path")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.images_per_prompt, args.batch_size, args.steps = 2, 4, 2
+        args.threads = args.threads or 1
 
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    import torch
 
     from synthrec.tiny import build_tiny_models
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     tiny = build_tiny_models(args.models)
     import diffusers.utils.logging  # imported once, untimed, for both contenders
     import transformers.utils.logging
@@ -193,53 +200,87 @@ def main(argv: list[str] | None = None) -> int:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
 
+    from rounds import paired_rounds, torch_threads
+
     model_uri = tiny.sd.as_uri()
-    results: dict[str, list[dict[str, float]]] = {"worker": [], "naive": []}
-    with tempfile.TemporaryDirectory(prefix="synthrec-bench-") as tmp, _storage(args, Path(tmp)) as base:
-        for repeat in range(args.repeats + 1):  # repeat 0 warms up both (first pipeline calls are slow)
-            order = ("worker", "naive") if repeat % 2 == 0 else ("naive", "worker")
-            for name in order:
-                out = f"{base.rstrip('/')}/{name}-{repeat}-{time.time_ns()}/"
-                runner = run_worker if name == "worker" else run_naive
-                result = runner(model_uri, out, Path(tmp, f"{name}-{repeat}"), args)
-                if repeat > 0:
-                    results[name].append(result)
-                label = "warm-up" if repeat == 0 else f"repeat {repeat}"
-                print(
-                    f"{label} {name:6s}: {result['images']} images in {result['wall_s']:.2f} s = "
-                    f"{result['images_per_s']:.2f} img/s, model busy {result['model_busy']:.0%}",
-                    file=sys.stderr,
-                )
+    runners = {
+        "worker": run_worker,
+        "naive": run_naive,
+        "naive_batched": lambda *a: run_naive(*a, batch=args.batch_size),
+    }
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
+    counter = iter(range(10**6))
+
+    def side(name: str) -> Any:
+        def run() -> float:
+            n = next(counter)
+            out = f"{base.rstrip('/')}/{name}-{n}-{time.time_ns()}/"
+            result = runners[name](model_uri, out, Path(tmp, f"{name}-{n}"), args)
+            results[name].append(result)
+            print(
+                f"{name:13s}: {result['images']} images in {result['wall_s']:.2f} s = "
+                f"{result['images_per_s']:.2f} img/s, model busy {result['model_busy']:.0%}",
+                file=sys.stderr,
+            )
+            return result["images_per_s"]
+
+        return run
+
+    with (
+        tempfile.TemporaryDirectory(prefix="synthrec-bench-") as tmp,
+        _storage(args, Path(tmp)) as base,
+        torch_threads(args.threads) as threads,
+    ):
+        # one warm-up round (first pipeline calls are slow), then per-round ratios of images/s
+        rounds = paired_rounds(
+            "worker / naive (images/s)",
+            {name: side(name) for name in runners},
+            lambda v: v["worker"] / v["naive"],
+            rounds=args.repeats,
+        )
+    measured = {name: runs[1:] for name, runs in results.items()}  # the warm-up round left out
+    ratios = {
+        "worker_over_naive": rounds,
+        "worker_over_naive_batched": _ratio(rounds, "worker", "naive_batched", "overlapped I/O"),
+        "naive_batched_over_naive": _ratio(rounds, "naive_batched", "naive", "batching alone"),
+    }
 
     def median(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[name])
+        return statistics.median(r[key] for r in measured[name])
 
-    worker_ips, naive_ips = median("worker", "images_per_s"), median("naive", "images_per_s")
     summary = {
         "bench": "generate_cpu",
+        "smoke": args.smoke,
         "model": "tiny SD (random weights)",
-        "images": results["worker"][0]["images"],
+        "images": measured["worker"][0]["images"],
         "resolution": args.resolution,
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "repeats": args.repeats,
         "cpu": cpu_name(),
         "storage": "moto S3" if args.moto else ("s3" if (args.storage or "").startswith("s3://") else "file"),
-        "worker_images_per_s": round(worker_ips, 3),
-        "naive_images_per_s": round(naive_ips, 3),
-        "speedup": round(worker_ips / naive_ips, 3),
-        "worker_model_busy": round(median("worker", "model_busy"), 3),
-        "naive_model_busy": round(median("naive", "model_busy"), 3),
+        **{f"{name}_images_per_s": round(median(name, "images_per_s"), 3) for name in runners},
+        **{f"{name}_model_busy": round(median(name, "model_busy"), 3) for name in runners},
         "worker_writer_wait_s": round(median("worker", "writer_wait_s"), 3),
+        **{name: r.as_json() for name, r in ratios.items()},
     }
+    for r in ratios.values():
+        print(r.text())
     print(
-        f"worker {worker_ips:.2f} img/s vs naive {naive_ips:.2f} img/s: speed-up {summary['speedup']:.2f}x; "
-        f"model busy {summary['worker_model_busy']:.0%} (worker) vs "
-        f"{summary['naive_model_busy']:.0%} (naive) of wall time; median of {args.repeats}"
+        f"model busy {summary['worker_model_busy']:.0%} (worker), {summary['naive_batched_model_busy']:.0%} "
+        f"(naive batched), {summary['naive_model_busy']:.0%} (naive) of wall time"
     )
     print(json.dumps(summary))
     return 0
+
+
+def _ratio(rounds: Any, top: str, bottom: str, what: str) -> Any:
+    """Another per-round ratio of the same rounds' images/s."""
+    from rounds import Ratio
+
+    per_round = [t / b for t, b in zip(rounds.sides[top], rounds.sides[bottom], strict=True)]
+    return Ratio(f"{top} / {bottom} ({what})", per_round)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""Render the batch/v1 Jobs and task ConfigMaps of a stage attempt or an experiment run. Pure: no I/O.
+"""Render the batch/v1 Jobs, task ConfigMaps and (for multi-node torchrun stages) headless Services of a
+stage attempt or an experiment run. Pure: no I/O.
 
 One Indexed Job per attempt of a stage (completion index i runs the attempt's i-th shard), one per run of
 an experiment. The task JSON lives in a ConfigMap owned by the resource and mounted at
@@ -21,6 +22,7 @@ from synthrec import contract
 from synthrec.api import API_VERSION
 from synthrec.operator.observed import (
     ANNOTATION_RUN_INDEX,
+    ANNOTATION_SERVICE,
     ANNOTATION_SHARDS,
     LABEL_ATTEMPT,
     LABEL_COMPONENT,
@@ -35,9 +37,11 @@ from synthrec.operator.observed import (
     WORKER_CONTAINER,
 )
 from synthrec.plan import format_ranges
+from synthrec.plan.shm import stage_shared_memory
 from synthrec.plan.tasks import dump_task
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set on a Job's pods by the Job controller
 # The cleanup Job (spec.output.onDelete: Delete): not owned by the resource (a foreground deletion would
 # have the garbage collector kill it), so it names the resource's uid itself; its task travels in the pod
 # template's annotation, mounted through the downward API (no ConfigMap left behind).
@@ -114,6 +118,22 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class Gang:
+    """A stage that runs torchrun over several pods (pre-training, transfer): the Job's ``nodes`` pods
+    start together (Kueue admits the Job's whole pod set at once), meet at index 0's stable hostname
+    ``<job>-0.<service>`` through a headless Service (``service`` None: one node, no rendezvous) and get
+    ``grace_seconds`` to write their checkpoint after SIGTERM."""
+
+    nodes: int
+    port: int
+    grace_seconds: int
+    service: str | None = None
+
+    def endpoint(self, job: str) -> str | None:
+        return f"{job}-0.{self.service}:{self.port}" if self.service else None
+
+
+@dataclass(frozen=True)
 class JobShape:
     """How one Job spreads and retries its work."""
 
@@ -129,8 +149,37 @@ def stage_job_name(resource: str, stage: str, attempt: int) -> str:
     return f"{resource}-{stage}-a{attempt}"
 
 
-def run_job_name(resource: str, run_index: int, attempt: int) -> str:
-    return f"{resource}-r{run_index}-a{attempt}"
+def run_job_name(resource: str, run_index: int, attempt: int, stage: str | None = None) -> str:
+    """``<resource>-r<run>-a<attempt>``; a pre-training run's stages ``<resource>-r<run>-<stage>-a<n>``
+    (at most 40 + 2 + 3 + 9 + 3 characters: its pods' hostnames ``<job>-<index>`` stay DNS labels)."""
+    return f"{resource}-r{run_index}-{stage}-a{attempt}" if stage else f"{resource}-r{run_index}-a{attempt}"
+
+
+def gang_service_name(job: str) -> str:
+    """The headless Service of a Job's pods: the Job's name, made a DNS-1035 label (a leading letter)."""
+    return job if job[:1].isalpha() else f"s{job}"[:63]
+
+
+def render_service(owner: Owner, name: str, labels: dict[str, str], job: str, port: int) -> dict[str, Any]:
+    """The headless Service that gives the pods of Job ``job`` their stable DNS names
+    (``<job>-<index>.<name>``), owned by the resource; addresses are published before the pods are ready,
+    since the rendezvous happens before anything could be ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": dict(labels),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": {JOB_NAME_LABEL: job},
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "rendezvous", "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    }
 
 
 def cleanup_job_name(resource: str) -> str:
@@ -187,9 +236,12 @@ def render_job(
     spec: Any,
     defaults: WorkerDefaults,
     run_index: int | None = None,
+    gang: Gang | None = None,
 ) -> dict[str, Any]:
     """The Indexed Job of one attempt; ``spec`` is the resource's parsed spec (resources, scheduling,
-    output, modelHub). The task ConfigMap has the same name as the Job."""
+    output, modelHub). The task ConfigMap has the same name as the Job. A ``gang`` (torchrun over pods)
+    has completions = parallelism = nodes, a pod subdomain on its headless Service and the rendezvous
+    address in the pods' environment."""
     queue = spec.scheduling.queue_name or defaults.queue_name
     job_labels = dict(labels)
     if queue:
@@ -199,6 +251,8 @@ def render_job(
         annotations[ANNOTATION_SHARDS] = format_ranges(list(shape.shard_ids))
     if run_index is not None:
         annotations[ANNOTATION_RUN_INDEX] = str(run_index)
+    if gang is not None and gang.service:
+        annotations[ANNOTATION_SERVICE] = gang.service
     completions = shape.completions
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
@@ -210,7 +264,7 @@ def render_job(
         "podReplacementPolicy": "Failed",  # never two pods of one index (and no double Kueue quota)
         "template": {
             "metadata": {"labels": dict(labels)},
-            "spec": _pod_spec(name, stage, spec, defaults),
+            "spec": _pod_spec(name, stage, spec, defaults, gang),
         },
     }
     if shape.active_deadline_seconds is not None:
@@ -294,7 +348,13 @@ def render_cleanup_job(
 
 
 def _pod_spec(
-    name: str, stage: str, spec: Any, defaults: WorkerDefaults, *, cleanup: bool = False
+    name: str,
+    stage: str,
+    spec: Any,
+    defaults: WorkerDefaults,
+    gang: Gang | None = None,
+    *,
+    cleanup: bool = False,
 ) -> dict[str, Any]:
     """A worker pod. ``cleanup``: no GPU, no model cache, no hub token, the task from the downward API."""
     scheduling, resources = spec.scheduling, spec.resources
@@ -309,7 +369,7 @@ def _pod_spec(
             "--task",
             f"{contract.TASK_MOUNT_DIR}/{contract.TASK_FILE_NAME}",
         ],
-        "env": _env(spec, defaults, hub=not cleanup),
+        "env": _env(spec, defaults, gang.endpoint(name) if gang else None, hub=not cleanup),
         "resources": copy.deepcopy(CLEANUP_RESOURCES) if cleanup else _resources(resources, defaults),
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -353,11 +413,15 @@ def _pod_spec(
     volumes: list[dict[str, Any]] = [task_volume, {"name": "tmp", "emptyDir": {}}]
     if not cleanup:
         volumes += [_cache_volume(defaults), *(dict(v) for v in defaults.volumes)]
-    if resources.shared_memory and not cleanup:
-        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
-        volumes.append(
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": resources.shared_memory}}
-        )
+    if not cleanup:
+        # sized for the stage's loaders (synthrec.plan.shm); torchrun's ranks (NCCL, their loaders) get one
+        # bounded by the pod's memory limit only, unless the spec names a size
+        auto = resources.shared_memory == "auto"
+        shared_memory = None if gang is not None and auto else stage_shared_memory(spec, stage)
+        if shared_memory or gang is not None:
+            container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+            size = {"sizeLimit": shared_memory} if shared_memory else {}
+            volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", **size}})
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # workers never talk to the Kubernetes API
@@ -388,6 +452,11 @@ def _pod_spec(
         pod["tolerations"] = tolerations
     if scheduling.priority_class_name:
         pod["priorityClassName"] = scheduling.priority_class_name
+    if gang is not None:
+        # SIGTERM (eviction, preemption) -> torchrun -> the ranks save a checkpoint within this time
+        pod["terminationGracePeriodSeconds"] = gang.grace_seconds
+        if gang.service:
+            pod["subdomain"] = gang.service  # <job>-<index>.<service> resolves to the pod
     return pod
 
 
@@ -416,8 +485,12 @@ def _resources(resources: Any, defaults: WorkerDefaults) -> dict[str, Any]:
     return {"requests": requests, "limits": dict(amounts)}
 
 
-def _env(spec: Any, defaults: WorkerDefaults, *, hub: bool = True) -> list[dict[str, Any]]:
+def _env(
+    spec: Any, defaults: WorkerDefaults, rendezvous: str | None = None, *, hub: bool = True
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in CACHE_ENV.items()]
+    if rendezvous:
+        env.append({"name": contract.ENV_RENDEZVOUS, "value": rendezvous})
     output = spec.output
     secret = output.credentials_secret or defaults.s3_secret
     if secret:

@@ -1,11 +1,11 @@
 """The operator's writes to the Kubernetes API, idempotent and classified.
 
-Reads come from Kopf's watch streams (indexes); this module writes: create ConfigMaps and Jobs (409 =
-already there, handed back so the caller can check whose it is), delete them (404 = already gone =
-success), patch Jobs and, conditional on the resourceVersion the plan was made from, the status
-subresource of our resources. The few reads here are fresh state for those decisions (the Job that holds
-a name, a resource after a 409). The ``kubernetes`` client is synchronous, so calls run in a small thread
-pool.
+Reads come from Kopf's watch streams (indexes); this module writes: create ConfigMaps, Jobs and the
+headless Services of multi-node torchrun Jobs (409 = already there; for a Job, the existing one is handed
+back so the caller can check whose it is), delete them (404 = already gone = success), patch Jobs and,
+conditional on the resourceVersion the plan was made from, the status subresource of our resources. The
+few reads here are fresh state for those decisions (the Job that holds a name, a resource after a 409).
+The ``kubernetes`` client is synchronous, so calls run in a small thread pool.
 """
 
 from __future__ import annotations
@@ -168,6 +168,29 @@ class KubeApi:
             "get",
             f"Job {namespace}/{name}",
             lambda: self.batch.read_namespaced_job(
+                name, namespace, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(404,),
+        )
+
+    async def create_service(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a Job's headless Service; 409 (one of this deterministic name exists) is success."""
+        name = body["metadata"]["name"]
+        created = await self._call(
+            "create",
+            f"Service {namespace}/{name}",
+            lambda: self.core.create_namespaced_service(
+                namespace, body, _request_timeout=self.timeout, _preload_content=False
+            ),
+            ok=(409,),
+        )
+        return created is not None
+
+    async def delete_service(self, namespace: str, name: str) -> None:
+        await self._call(
+            "delete",
+            f"Service {namespace}/{name}",
+            lambda: self.core.delete_namespaced_service(
                 name, namespace, _request_timeout=self.timeout, _preload_content=False
             ),
             ok=(404,),

@@ -28,6 +28,8 @@ LABEL_RUN = "synthrec.io/run"
 # The shard ids of an attempt, as a range string: completion index i runs the i-th smallest id.
 ANNOTATION_SHARDS = "synthrec.io/shards"
 ANNOTATION_RUN_INDEX = "synthrec.io/run-index"
+# The headless Service of a multi-node (torchrun) Job: deleted with the Job's task ConfigMap.
+ANNOTATION_SERVICE = "synthrec.io/service"
 
 WORKER_CONTAINER = "worker"
 _JOB_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
@@ -77,6 +79,7 @@ class JobView:
     shard_ids: tuple[int, ...] | None = None  # None: completion index == shard id
     completions: int = 1
     parallelism: int | None = None
+    service: str | None = None
     suspended: bool = False
     ttl: int | None = None
     active: int = 0
@@ -117,6 +120,7 @@ class JobView:
             failed=_int(status.get("failed"), 0),
             completed_indexes=str(status.get("completedIndexes") or ""),
             failed_indexes=str(status.get("failedIndexes") or ""),
+            service=annotations.get(ANNOTATION_SERVICE),
             conditions=tuple(
                 JobCondition(
                     str(c.get("type")),

@@ -5,13 +5,15 @@ runs at once and fold each run's metrics into ``status.results``."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from synthrec import api
 from synthrec.contract.layout import ExperimentLayout
 from synthrec.contract.summaries import TrainSummary
-from synthrec.operator.jobs import JobShape, child_labels, render_configmap, render_job, run_job_name
+from synthrec.operator.jobs import child_labels, render_configmap, run_job_name
 from synthrec.operator.observed import JobView
+from synthrec.operator.planning_pretrain import fold_pretraining
 from synthrec.operator.reconcile_pass import (
     Actions,
     Create,
@@ -20,11 +22,23 @@ from synthrec.operator.reconcile_pass import (
     failed_pod_message,
     persisted_terminal,
     pods_by_job,
+    release,
+    render_run_job,
     resource_ref,
+    run_failure_message,
     successful_pods,
 )
 from synthrec.operator.status import Conditions, Event
-from synthrec.plan import experiment_hash, experiment_runs, pin_datasets, referenced_datasets, train_task
+from synthrec.plan import (
+    PRETRAIN_STAGE,
+    TRANSFER_STAGE,
+    experiment_hash,
+    experiment_runs,
+    pin_datasets,
+    referenced_datasets,
+    runs_of,
+    train_task,
+)
 from synthrec.plan.tasks import DatasetInput
 
 TRAIN_STAGE = "train"
@@ -36,15 +50,21 @@ def plan_experiment(p: Pass) -> Actions:
     status: api.RecognitionExperimentStatus = p.status
     observed, ctx, actions, conds = p.observed, p.ctx, p.actions, p.conds
     layout = ExperimentLayout(spec.output.uri)
-    runs = experiment_runs(spec)
     status.spec_hash = experiment_hash(spec)
     persisted_results = {r.name: r for r in old.results}
-    run_names = {r.index: r.name for r in runs}
+    run_names = {r.index: r.name for r in runs_of(spec)}
 
     def folded(job: JobView) -> bool:
-        """The persisted status holds this finished run's result: its Job may expire."""
+        """The persisted status holds this finished Job's result: it may expire. (A pre-training run's
+        pretrain Job is folded once the run has moved on to its transfer stage.)"""
         prev = persisted_results.get(run_names.get(job.run_index if job.run_index is not None else -1, ""))
-        return persisted_terminal(old) or (prev is not None and prev.state in ("Succeeded", "Failed"))
+        if persisted_terminal(old):
+            return True
+        if prev is None:
+            return False
+        return prev.state in ("Succeeded", "Failed") or (
+            job.stage == PRETRAIN_STAGE and prev.stage == TRANSFER_STAGE
+        )
 
     if p.settled:
         return p.settle(folded)
@@ -59,6 +79,81 @@ def plan_experiment(p: Pass) -> Actions:
     may_start = ready and not suspended and deadline is None and failure is None
 
     # 2. Runs: fold finished ones, start pending ones within the parallelism budget.
+    if spec.method.pretrain is not None:
+        results, config_error, deadline = fold_pretraining(p, may_start, deadline, pinned_input(p))
+    else:
+        results, config_error, deadline = _fold_runs(p, layout, may_start, deadline)
+    status.results = results
+    counts = status.runs
+    counts.total = len(results)
+    counts.succeeded = sum(1 for r in results if r.state == "Succeeded")
+    counts.failed = sum(1 for r in results if r.state == "Failed")
+    counts.running = sum(1 for r in results if r.state == "Running")
+    counts.pending = sum(1 for r in results if r.state == "Pending")
+    scored = [r for r in results if r.state == "Succeeded" and r.top1 is not None]
+    best = max(scored, key=lambda r: r.top1 or 0.0) if scored else None
+    status.best = api.BestRun(name=best.name, top1=float(best.top1 or 0.0)) if best else None
+    finished = counts.succeeded + counts.failed
+
+    # 3. Conditions.
+    troubles: list[tuple[str, str]] = []
+    if activity.trouble:
+        troubles.append(activity.trouble)
+    if counts.failed:
+        troubles.append(("RunsFailed", f"{counts.failed} of {counts.total} run(s) failed"))
+    terminal_failure = failure or (("ConfigError", config_error) if config_error else None) or deadline
+    if terminal_failure is not None:
+        p.fail(*terminal_failure)
+    elif ready and finished == counts.total and counts.total:
+        if counts.succeeded:
+            best_text = f"; best {status.best.name} top-1 {status.best.top1:.4f}" if status.best else ""
+            p.complete(
+                "AllRunsSucceeded" if not counts.failed else "RunsCompleted",
+                f"{counts.succeeded} of {counts.total} run(s) succeeded{best_text}",
+                f"complete: {counts.succeeded}/{counts.total} runs{best_text}",
+            )
+        else:
+            message = f"all {counts.total} run(s) failed"
+            conds.set("Failed", True, "AllRunsFailed", message)
+            conds.stop_activity("AllRunsFailed")
+            status.message = message
+            status.completion_time = status.completion_time or ctx.stamp
+    elif suspended:
+        stopping = [j.name for j in observed.jobs if not j.finished]
+        for job in observed.jobs:
+            if not job.finished and not job.deleting:
+                actions.delete_jobs.append(job.name)
+                release(actions, job)
+        p.suspend(stopping, "suspended; resuming restarts unfinished runs")
+    elif ready:
+        p.run(activity, "Training", f"{finished}/{counts.total} runs finished, {counts.running} running")
+    else:
+        conds.stop_activity("WaitingForDataset")
+        status.message = (conds.get("DatasetReady") or {}).get("message")
+    p.degraded(troubles, "no failing runs")
+
+    progress = status.progress
+    progress.stage = TRAIN_STAGE if ready else "waiting"
+    progress.summary = f"{finished}/{counts.total}"
+    if conds.is_true("Complete"):
+        progress.percent = 100
+    else:
+        progress.percent = min(99, int(100 * finished / counts.total)) if counts.total else 0
+    p.expire(folded)
+    p.close()
+    if not ready and failure is None and actions.requeue_after is None:
+        actions.requeue(30.0)
+    return actions
+
+
+def _fold_runs(
+    p: Pass, layout: ExperimentLayout, may_start: bool, deadline: tuple[str, str] | None
+) -> tuple[list[api.RunResult], str | None, tuple[str, str] | None]:
+    """Classifier-tuning runs (one Job each): fold finished ones, start pending ones within the
+    parallelism budget; returns the results, a configuration error and a deadline failure."""
+    spec, observed, ctx, actions = p.spec, p.observed, p.ctx, p.actions
+    persisted_results = {r.name: r for r in p.old.results}
+    runs = experiment_runs(spec)
     by_job = pods_by_job(observed.pods)
     jobs_by_run: dict[int, list[JobView]] = defaultdict(list)
     for job in observed.jobs:
@@ -108,7 +203,7 @@ def plan_experiment(p: Pass) -> Actions:
         failure_cond = job.failure
         reason = failure_cond.reason if failure_cond else "Failed"
         detail = failed_pod_message(pods) or (failure_cond.message if failure_cond else "")
-        result.state = "Failed"
+        result.state, result.message = "Failed", run_failure_message(reason, detail)
         actions.shards_failed[TRAIN_STAGE] = actions.shards_failed.get(TRAIN_STAGE, 0) + 1
         if reason == "PodFailurePolicy" and config_error is None:
             config_error = f"run {run.name} failed with a configuration error (not retried): {detail}"
@@ -120,67 +215,7 @@ def plan_experiment(p: Pass) -> Actions:
             actions.create.append(_run_create(p, run))
             next(r for r in results if r.name == run.name).state = "Running"
             p.started()
-    status.results = results
-    counts = status.runs
-    counts.total = len(results)
-    counts.succeeded = sum(1 for r in results if r.state == "Succeeded")
-    counts.failed = sum(1 for r in results if r.state == "Failed")
-    counts.running = sum(1 for r in results if r.state == "Running")
-    counts.pending = sum(1 for r in results if r.state == "Pending")
-    scored = [r for r in results if r.state == "Succeeded" and r.top1 is not None]
-    best = max(scored, key=lambda r: r.top1 or 0.0) if scored else None
-    status.best = api.BestRun(name=best.name, top1=float(best.top1 or 0.0)) if best else None
-    finished = counts.succeeded + counts.failed
-
-    # 3. Conditions.
-    troubles: list[tuple[str, str]] = []
-    if activity.trouble:
-        troubles.append(activity.trouble)
-    if counts.failed:
-        troubles.append(("RunsFailed", f"{counts.failed} of {counts.total} run(s) failed"))
-    terminal_failure = failure or (("ConfigError", config_error) if config_error else None) or deadline
-    if terminal_failure is not None:
-        p.fail(*terminal_failure)
-    elif ready and finished == counts.total and counts.total:
-        if counts.succeeded:
-            best_text = f"; best {status.best.name} top-1 {status.best.top1:.4f}" if status.best else ""
-            p.complete(
-                "AllRunsSucceeded" if not counts.failed else "RunsCompleted",
-                f"{counts.succeeded} of {counts.total} run(s) succeeded{best_text}",
-                f"complete: {counts.succeeded}/{counts.total} runs{best_text}",
-            )
-        else:
-            message = f"all {counts.total} run(s) failed"
-            conds.set("Failed", True, "AllRunsFailed", message)
-            conds.stop_activity("AllRunsFailed")
-            status.message = message
-            status.completion_time = status.completion_time or ctx.stamp
-    elif suspended:
-        stopping = [j.name for j in observed.jobs if not j.finished]
-        for job in observed.jobs:
-            if not job.finished and not job.deleting:
-                actions.delete_jobs.append(job.name)
-                actions.delete_configmaps.append(job.name)
-        p.suspend(stopping, "suspended; resuming restarts unfinished runs")
-    elif ready:
-        p.run(activity, "Training", f"{finished}/{counts.total} runs finished, {counts.running} running")
-    else:
-        conds.stop_activity("WaitingForDataset")
-        status.message = (conds.get("DatasetReady") or {}).get("message")
-    p.degraded(troubles, "no failing runs")
-
-    progress = status.progress
-    progress.stage = TRAIN_STAGE if ready else "waiting"
-    progress.summary = f"{finished}/{counts.total}"
-    if conds.is_true("Complete"):
-        progress.percent = 100
-    else:
-        progress.percent = min(99, int(100 * finished / counts.total)) if counts.total else 0
-    p.expire(folded)
-    p.close()
-    if not ready and failure is None and actions.requeue_after is None:
-        actions.requeue(30.0)
-    return actions
+    return results, config_error, deadline
 
 
 def _resolve_datasets(
@@ -233,12 +268,12 @@ def _resolve_datasets(
     return None
 
 
-def _run_create(p: Pass, run: Any, attempt: int = 1) -> Create:
-    spec, owner = p.spec, p.owner
+def pinned_input(p: Pass) -> Callable[[api.SyntheticSource], DatasetInput]:
+    """How a run's synthetic source is pinned: a datasetRef at the digest in status (reached with its own
+    output's endpoint), a uri as it is."""
     pins = {d.name: d for d in p.status.datasets}
 
     def pinned(source: api.SyntheticSource) -> DatasetInput:
-        """A datasetRef at the digest in status (reached with its own output's endpoint); a uri as it is."""
         if not source.dataset_ref:
             return DatasetInput(uri=str(source.uri))
         pin, view = pins[source.dataset_ref], p.observed.datasets.get(source.dataset_ref)
@@ -250,27 +285,16 @@ def _run_create(p: Pass, run: Any, attempt: int = 1) -> Create:
             region=view.region if view else None,
         )
 
-    inputs = pin_datasets([run], pinned)[run.name]
+    return pinned
+
+
+def _run_create(p: Pass, run: Any, attempt: int = 1) -> Create:
+    spec, owner = p.spec, p.owner
+    inputs = pin_datasets([run], pinned_input(p))[run.name]
     task = train_task(spec, run, inputs, resource_ref(owner), attempt=attempt)
     name = run_job_name(owner.name, run.index, attempt)
     labels = child_labels(owner, TRAIN_STAGE, attempt, run=run.name)
-    shape = JobShape(
-        completions=1,
-        parallelism=1,
-        retries_per_index=spec.execution.retries_per_run,
-        max_failed_indexes=0,
-        active_deadline_seconds=p.remaining_deadline(),
-    )
-    job = render_job(
-        owner,
-        name=name,
-        stage=TRAIN_STAGE,
-        labels=labels,
-        shape=shape,
-        spec=spec,
-        defaults=p.ctx.defaults,
-        run_index=run.index,
-    )
+    job = render_run_job(p, name, TRAIN_STAGE, labels, run.index)
     return Create(
         name,
         render_configmap(owner, name, labels, task),

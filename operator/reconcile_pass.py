@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from synthrec import api
-from synthrec.operator.jobs import Owner, WorkerDefaults
+from synthrec.operator.jobs import Gang, JobShape, Owner, WorkerDefaults, render_job
 from synthrec.operator.observed import DatasetView, JobView, PodView
 from synthrec.operator.status import Activity, Conditions, Event, pod_activity
 from synthrec.plan.tasks import ResourceRef
@@ -62,12 +62,14 @@ class Observed:
 
 @dataclass(frozen=True)
 class Create:
-    """A stage attempt or run to start: its task ConfigMap first, then its Job."""
+    """A stage attempt or run to start: its task ConfigMap first, its headless Service (multi-node
+    torchrun stages), then its Job."""
 
     name: str
     configmap: dict[str, Any]
     job: dict[str, Any]
     event: Event
+    service: dict[str, Any] | None = None
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Actions:
     create: list[Create] = field(default_factory=list)
     delete_jobs: list[str] = field(default_factory=list)
     delete_configmaps: list[str] = field(default_factory=list)
+    delete_services: list[str] = field(default_factory=list)
     patch_jobs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)  # besides condition transitions
     requeue_after: float | None = None  # come back this soon even without a watch event
@@ -234,7 +237,7 @@ class Pass:
         for job in self.observed.jobs:
             if job.finished and not job.deleting and job.ttl is None and folded(job):
                 self.actions.patch_jobs.append((job.name, {"spec": {"ttlSecondsAfterFinished": ttl}}))
-                self.actions.delete_configmaps.append(job.name)
+                release(self.actions, job)
 
     def close(self) -> Actions:
         self._blocked_by_foreign_jobs()
@@ -330,8 +333,48 @@ def failed_pod_message(pods: list[PodView], code: int | None = None) -> str:
     return ""
 
 
+def run_failure_message(reason: str, detail: str, stage: str | None = None) -> str:
+    """A failed run's status message: where (the stage of a pre-training run), the Job's reason, and what
+    its last failed pod said; cut to the status field's 1024 characters."""
+    where = f"{stage} " if stage else ""
+    return f"{where}{reason}: {detail}"[:1024] if detail else f"{where}{reason}"[:1024]
+
+
 def stop_unfinished(actions: Actions, jobs: Iterable[JobView]) -> None:
     for job in jobs:
         if not job.finished and not job.deleting:
             actions.delete_jobs.append(job.name)
-            actions.delete_configmaps.append(job.name)
+            release(actions, job)
+
+
+def release(actions: Actions, job: JobView) -> None:
+    """What a Job leaves behind once it ends or is stopped: its task ConfigMap and its Service."""
+    actions.delete_configmaps.append(job.name)
+    if job.service:
+        actions.delete_services.append(job.service)
+
+
+def render_run_job(
+    p: Pass, name: str, stage: str, labels: dict[str, str], run_index: int, gang: Gang | None = None
+) -> dict[str, Any]:
+    """The Job of one run (or one stage of a pre-training run): one pod, or a gang's ``nodes`` pods, each
+    index failing the run after ``execution.retriesPerRun`` retries."""
+    nodes = gang.nodes if gang else 1
+    shape = JobShape(
+        completions=nodes,
+        parallelism=nodes,
+        retries_per_index=p.spec.execution.retries_per_run,
+        max_failed_indexes=0,
+        active_deadline_seconds=p.remaining_deadline(),
+    )
+    return render_job(
+        p.owner,
+        name=name,
+        stage=stage,
+        labels=labels,
+        shape=shape,
+        spec=p.spec,
+        defaults=p.ctx.defaults,
+        run_index=run_index,
+        gang=gang,
+    )

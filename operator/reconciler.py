@@ -339,6 +339,8 @@ class Reconciler:
         # reconcile plans both again, so a task ConfigMap is never left behind a Job that expired.
         for name in actions.delete_configmaps:
             await api_.delete_configmap(namespace, name)
+        for name in actions.delete_services:
+            await api_.delete_service(namespace, name)
         for name, patch in actions.patch_jobs:
             await api_.patch_job(namespace, name, patch)
         for event in actions.events:
@@ -372,6 +374,8 @@ class Reconciler:
                     namespace, create.configmap, str(current["metadata"]["resourceVersion"])
                 ):
                     raise ApiFailure("update", f"ConfigMap {namespace}/{name}", 409, "it changed meanwhile")
+        if create.service is not None:  # before the Job: its pods' DNS names come from it
+            await api_.create_service(namespace, create.service)
         existing = await api_.create_job(namespace, create.job)
         if existing is None:
             return True

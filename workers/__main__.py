@@ -20,8 +20,12 @@ STAGES = {
     "filter": "synthrec.workers.filter",
     "reduce": "synthrec.workers.reduce",
     "train": "synthrec.workers.train",
+    # distributed stages: the module's main() launches torchrun (or is a rank under it)
+    "pretrain": "synthrec.workers.pretrain.stage",
+    "transfer": "synthrec.workers.pretrain.stage",
     "cleanup": "synthrec.workers.cleanup",
 }
+DISTRIBUTED = ("pretrain", "transfer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n"
         "  python -m synthrec.workers generate --task /etc/synthrec/task/task.json   # in a pod\n"
         "  python -m synthrec.workers generate --task task.json --shard 3           # shard 3 locally\n"
+        "  python -m synthrec.workers pretrain --task task.json      # torchrun when it needs more than\n"
+        "                                                            # one process (docs/pretraining.md)\n"
         "exit codes: 0 ok, 1 retryable, 3 configuration error (fails the Job),\n"
         "            42 data error (fails the shard)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -46,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     module = importlib.import_module(STAGES[args.stage])
+    if args.stage in DISTRIBUTED:
+        return module.main(args.stage, args.task)
     return run_stage(args.stage, module.run, args.task, args.shard)
 
 

@@ -1,5 +1,5 @@
 """open_clip models for the filter and train stages: loading, the text-initialised zero-shot head, and
-batched image features with JPEG decoding in DataLoader workers.
+batched image features (images decoded as synthrec.workers.decode says, normalised on the device).
 
 A model reference is an open_clip architecture name with a pretrained tag (``RN50`` + ``openai``; a tag of
 None gives random weights), or a folder holding ``open_clip_config.json`` and the weights (``file://``,
@@ -7,7 +7,8 @@ None gives random weights), or a folder holding ``open_clip_config.json`` and th
 open_clip's ``local-dir:`` schema. Built-in pretrained weights are cached under ``$SYNTHREC_CACHE``.
 
 Images are preprocessed with the model's own validation transform (bicubic resize of the short side,
-centre crop, CLIP mean/std), as the paper's CLIP Filter and Classifier Tuning do. Image features are
+centre crop, CLIP mean/std), as the paper's CLIP Filter and Classifier Tuning do: resize and crop give uint8
+batches, the mean and std are applied on the device (``ClipModel.pixels``). Image features are
 L2-normalised; on CUDA they are computed under float16 autocast (the official code runs CLIP in fp16).
 
 The zero-shot head (paper §1.7 "CT w. init"): for each class, every template is filled with the class's
@@ -21,13 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthrec.workers.decode import ImageDataset, Pixels, device_batches, image_loader, split_preprocess
 from synthrec.workers.modelref import ModelRefError, default_cache_dir, fetch_failure, resolve_model
 from synthrec.workers.runtime import ConfigError, Progress, worker_error
 
@@ -38,7 +41,6 @@ log = logging.getLogger(__name__)
 
 # Small datasets are decoded in the main process: starting workers costs more than it saves.
 MIN_ITEMS_FOR_WORKERS = 512
-MAX_LOADER_WORKERS = 16
 
 
 # ------------------------------------------------------------------------------------------ CPUs
@@ -60,11 +62,12 @@ def available_cpus() -> int:
 
 def loader_workers(items: int) -> int:
     """DataLoader workers for ``items`` images: none for tiny sets, else all CPUs but one (the main
-    process feeds the accelerator), at most MAX_LOADER_WORKERS."""
-    cpus = available_cpus()
-    if items < MIN_ITEMS_FOR_WORKERS or cpus < 2:
+    process feeds the accelerator), at most 16: the rule the operator sizes /dev/shm with."""
+    from synthrec.plan.shm import loader_workers as for_cpus
+
+    if items < MIN_ITEMS_FOR_WORKERS:
         return 0
-    return min(cpus - 1, MAX_LOADER_WORKERS)
+    return for_cpus(available_cpus())
 
 
 def set_torch_threads() -> None:
@@ -80,12 +83,16 @@ def set_torch_threads() -> None:
 @dataclass
 class ClipModel:
     model: Any  # open_clip CLIP
-    preprocess: Callable[[Any], Any]  # PIL image -> CHW float tensor
+    preprocess: Callable[[Any], Any]  # PIL image -> CHW float tensor (the model's own transform)
     tokenizer: Callable[[list[str]], Any]
     ref: str
     pretrained: str | None
     revision: str
     device: str
+    pixels: Pixels = field(init=False)  # the same, split: uint8 on the CPU, normalised on the device
+
+    def __post_init__(self) -> None:
+        self.pixels = split_preprocess(self.preprocess)
 
     @property
     def logit_scale(self) -> float:
@@ -123,19 +130,31 @@ class ClipModel:
         emb = torch.cat(chunks).view(len(class_names), len(templates), -1).mean(dim=1)
         return torch.nn.functional.normalize(emb, dim=-1)
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch as the model takes it, on its device: uint8 images normalised there, float ones moved."""
+        import torch
+
+        if images.dtype == torch.uint8:
+            return self.pixels.normalize(images, self.device)
+        return images.to(self.device, non_blocking=True)
+
     def encode(self, images: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
-        """L2-normalised (or, with ``normalize=False``, raw) float32 features of a preprocessed batch (no
-        gradients)."""
+        """L2-normalised (or, with ``normalize=False``, raw) float32 features of a batch (uint8 from
+        ``pixels``, or preprocessed floats); no gradients."""
         import torch
 
         with torch.inference_mode(), self.autocast():
-            feats = self.model.encode_image(images.to(self.device, non_blocking=True)).float()
+            feats = self.model.encode_image(self.normalize(images)).float()
         return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
 
     def image_shape(self) -> tuple[int, ...]:
-        from PIL import Image
+        return self.pixels.shape
 
-        return tuple(self.preprocess(Image.new("RGB", (8, 8))).shape)
+    def dataset(
+        self, items: Sequence[Any], read: Callable[[Any], bytes], decode: str = "full"
+    ) -> ImageDataset:
+        """The images ``items`` (read with ``read``) as this model takes them, decoded the ``decode`` way."""
+        return ImageDataset(items, read, self.pixels, decode)
 
 
 def load_clip(
@@ -145,19 +164,36 @@ def load_clip(
     *,
     storage_opts: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
+    weights_from: str | None = None,
+    revision: str | None = None,
 ) -> ClipModel:
-    """Load an open_clip model in eval mode on ``device``; ConfigError for a reference that cannot load."""
+    """Load an open_clip model in eval mode on ``device``; ConfigError for a reference that cannot load.
+
+    ``weights_from``: a built-in architecture's pretrained weights as the model mirror copied them (a folder
+    with the weights file and its tag's preprocessing, synthrec.workers.mirror); ``revision``: the pinned
+    revision to report (the mirror's), instead of the one worked out here."""
     import open_clip
 
     try:
-        resolved = resolve_model(ref, allow_name=True, storage_opts=storage_opts, cache_dir=cache_dir)
+        resolved = resolve_model(
+            weights_from or ref, allow_name=True, storage_opts=storage_opts, cache_dir=cache_dir
+        )
     except ModelRefError as e:
         raise worker_error(e.failure, f"CLIP model: {e}") from e
-    if resolved.path is None:
+    kwargs: dict[str, Any] = {}
+    if weights_from is not None:
+        assert resolved.path is not None
+        info = json.loads((resolved.path / "open_clip_pretrained.json").read_text())
+        name, tag = ref, pretrained
+        revision = revision or f"open_clip:{name}:{tag or 'random'}"
+        # the tag's preprocessing, as open_clip applies it when it downloads the tag itself
+        kwargs = {f"image_{k}": info[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in info}
+        kwargs["pretrained"] = str(resolved.path / info["file"])
+    elif resolved.path is None:
         name, tag = resolved.name or ref, pretrained
         weights_cache = (cache_dir or default_cache_dir()) / "open_clip"
-        revision = f"open_clip:{name}:{tag or 'random'}"
-        kwargs: dict[str, Any] = {"pretrained": tag, "cache_dir": str(weights_cache)}
+        revision = revision or f"open_clip:{name}:{tag or 'random'}"
+        kwargs = {"pretrained": tag, "cache_dir": str(weights_cache)}
     else:
         if not (resolved.path / "open_clip_config.json").is_file():
             raise ConfigError(
@@ -165,8 +201,7 @@ def load_clip(
                 "open_clip (config + weights), or give an open_clip architecture name"
             )
         name, tag = f"local-dir:{resolved.path}", None
-        revision = resolved.revision or folder_digest(resolved.path)
-        kwargs = {}
+        revision = revision or resolved.revision or folder_digest(resolved.path)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
         tokenizer = open_clip.get_tokenizer(name)
@@ -179,9 +214,8 @@ def load_clip(
     for p in model.parameters():
         p.requires_grad_(False)
     log.info("loaded CLIP %s (%s) on %s", ref, revision, device)
-    return ClipModel(
-        model, preprocess, tokenizer, ref, pretrained if resolved.path is None else None, revision, device
-    )
+    builtin = resolved.path is None or weights_from is not None
+    return ClipModel(model, preprocess, tokenizer, ref, pretrained if builtin else None, revision, device)
 
 
 def folder_digest(path: Path) -> str:
@@ -203,58 +237,6 @@ def zero_shot_logits(features: torch.Tensor, head: torch.Tensor, scale: float) -
 # ------------------------------------------------------------------------------------- image data
 
 
-class ImageDataset:
-    """Map-style dataset: item i -> (preprocessed image, i, ok). ``read(item)`` returns the encoded image
-    bytes; undecodable bytes give a zero image and ok False (the caller applies its bad-image policy).
-    Readers run in DataLoader workers, so ``read`` must be a module-level function or a picklable object."""
-
-    def __init__(
-        self, items: Sequence[Any], read: Callable[[Any], bytes], preprocess: Callable, shape: tuple
-    ):
-        self.items = list(items)
-        self.read = read
-        self.preprocess = preprocess
-        self.shape = shape
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[Any, int, bool]:
-        import torch
-        from PIL import Image
-
-        from synthrec.workers.realdata import decode_rgb
-
-        try:
-            return self.preprocess(decode_rgb(self.read(self.items[i]))), i, True
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            log.warning("cannot decode image %s: %s", self.items[i], e)
-            return torch.zeros(self.shape), i, False
-
-
-def image_loader(
-    dataset: ImageDataset,
-    *,
-    batch_size: int | None = None,
-    batch_sampler: Any = None,
-    device: str = "cpu",
-    workers: int | None = None,
-) -> Any:
-    """A DataLoader over ``dataset`` in order (``batch_size``), or following ``batch_sampler`` (lists of
-    indices, e.g. a training plan); decoding runs in ``workers`` processes (default: loader_workers)."""
-    import torch
-
-    workers = loader_workers(len(dataset)) if workers is None else workers
-    kwargs: dict[str, Any] = {
-        "num_workers": workers,
-        "pin_memory": device.startswith("cuda"),
-        "prefetch_factor": 4 if workers else None,
-    }
-    if batch_sampler is not None:
-        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
-
-
 def encode_dataset(
     clip: ClipModel,
     dataset: ImageDataset,
@@ -268,9 +250,9 @@ def encode_dataset(
     ok = torch.zeros(len(dataset), dtype=torch.bool)
     chunks: list[torch.Tensor] = []
     loader = image_loader(dataset, batch_size=batch_size, device=clip.device, workers=workers)
-    for images, index, good in loader:
+    for images, index, good in device_batches(loader, dataset, clip.device):
         chunks.append(clip.encode(images))  # stays on the device: no sync per batch
-        ok[index] = good
+        ok[index] = good.cpu()
         if progress is not None:
             progress.advance(len(index))
     if not chunks:

@@ -80,29 +80,36 @@ class SyntheticData:
     rows: list[dict[str, Any]]
 
 
-def open_synthetic(ctx: StageContext, inp: Any) -> SyntheticData:
-    """Open a synthetic dataset at the digest the experiment pinned (DataError if it changed)."""
-    endpoint = inp.endpoint or ctx.task.output.endpoint
-    region = inp.region or ctx.task.output.region
-    storage = open_storage(inp.uri, endpoint=endpoint, region=region)
+def read_pinned_manifest(storage: Storage, uri: str, pinned: str | None) -> tuple[DatasetManifest, str]:
+    """A synthetic dataset's manifest.json and its sha256; DataError when it is missing (the dataset is
+    not complete), unreadable, or differs from the ``pinned`` digest (the dataset changed under the
+    experiment)."""
     layout = DatasetLayout(storage.uri)
     try:
         raw = storage.read_bytes(layout.manifest)
     except ObjectNotFound as e:
         raise DataError(
-            f"synthetic dataset {inp.uri} has no manifest.json: it is not complete (its reduce stage has not "
+            f"synthetic dataset {uri} has no manifest.json: it is not complete (its reduce stage has not "
             "committed)"
         ) from e
     digest = hashlib.sha256(raw).hexdigest()
-    if inp.digest and digest != inp.digest:
+    if pinned and digest != pinned:
         raise DataError(
-            f"synthetic dataset {inp.uri} changed since the experiment pinned it: manifest.json sha256 is "
-            f"{digest}, pinned {inp.digest}; create a new experiment to use the new data"
+            f"synthetic dataset {uri} changed since the experiment pinned it: manifest.json sha256 is "
+            f"{digest}, pinned {pinned}; create a new experiment to use the new data"
         )
     try:
-        manifest = parse_manifest(raw, storage.url(layout.manifest))
+        return parse_manifest(raw, storage.url(layout.manifest)), digest
     except DocumentError as exc:
         raise DataError(str(exc)) from None
+
+
+def open_synthetic(ctx: StageContext, inp: Any) -> SyntheticData:
+    """Open a synthetic dataset at the digest the experiment pinned (DataError if it changed)."""
+    endpoint = inp.endpoint or ctx.task.output.endpoint
+    region = inp.region or ctx.task.output.region
+    storage = open_storage(inp.uri, endpoint=endpoint, region=region)
+    manifest, digest = read_pinned_manifest(storage, inp.uri, inp.digest)
     index = storage.read_bytes(manifest.index.key)
     if hashlib.sha256(index).hexdigest() != manifest.index.sha256:
         raise DataError(f"{storage.url(manifest.index.key)} does not match the sha256 in manifest.json")
@@ -263,9 +270,9 @@ class RunFeatures:
         if encode is not None:
             feats, ok = encode()
         else:
-            from synthrec.workers.clip import ImageDataset, encode_dataset
+            from synthrec.workers.clip import encode_dataset
 
-            dataset = ImageDataset(all_items, reader, self.clip.preprocess, self.clip.image_shape())
+            dataset = self.clip.dataset(all_items, reader)
             self.ctx.progress.start(len(all_items))
             feats, ok = encode_dataset(self.clip, dataset, self.ct.feature_batch_size, self.ctx.progress)
         bad = [ids[i] for i, good in enumerate(ok.tolist()) if not good]
@@ -348,7 +355,7 @@ class RunFeatures:
         loaded, bad = load_shots(index, shots, seed, self.ctx.open, data.on_bad_image)
         pairs = [(img, rgb) for c in sorted(loaded) for img, rgb in loaded[c]]
         ids = [img.uri for img, _ in pairs]
-        batch = torch.stack([self.clip.preprocess(rgb) for _, rgb in pairs])
+        batch = torch.stack([self.clip.pixels.geometric(rgb) for _, rgb in pairs])
         size = self.ct.feature_batch_size
         feats = torch.cat([self.clip.encode(batch[i : i + size]).cpu() for i in range(0, len(batch), size)])
         labs = torch.tensor([img.class_index for img, _ in pairs], dtype=torch.int64)
@@ -439,22 +446,35 @@ class RunFeatures:
 
     def _from_filter_features(self, d: SyntheticData) -> Any:
         def encode() -> tuple[Any, Any]:
+            """The kept rows' features from the dataset's features files, fetched a few at a time
+            (synthrec.workers.fetch): only each file's kept rows stay in memory."""
+            import numpy as np
             import torch
 
+            from synthrec.workers.fetch import map_bounded
             from synthrec.workers.shards import read_features
 
-            cache: dict[str, Any] = {}
-            rows = []
+            wanted: dict[str, list[int]] = {}
             for r in d.rows:
-                key = r["features"]
-                if key not in cache:
-                    path = self.tmp / f"{d.digest[:16]}-{Path(key).name}"
-                    d.storage.download_file(key, path)
-                    cache[key] = read_features(path).features
-                rows.append(cache[key][int(r["row"])])
-            import numpy as np
+                wanted.setdefault(r["features"], []).append(int(r["row"]))
 
-            feats = torch.from_numpy(np.stack(rows).astype("float32")) if rows else torch.zeros((0, 0))
+            def fetch(key: str) -> Any:
+                path = self.tmp / f"{d.digest[:16]}-{Path(key).name}"
+                d.storage.download_file(key, path)
+                try:
+                    features = read_features(path, ("features",)).features
+                    return np.asarray(features[np.asarray(wanted[key])], dtype=np.float32)
+                finally:
+                    path.unlink(missing_ok=True)
+
+            picked = dict(map_bounded(fetch, list(wanted)))
+            position = {key: 0 for key in wanted}
+            rows = []
+            for r in d.rows:  # back in index order
+                key = r["features"]
+                rows.append(picked[key][position[key]])
+                position[key] += 1
+            feats = torch.from_numpy(np.stack(rows)) if rows else torch.zeros((0, 0))
             return torch.nn.functional.normalize(feats, dim=-1), torch.ones(len(rows), dtype=torch.bool)
 
         return encode

@@ -69,6 +69,7 @@ def run(ctx: StageContext) -> FilterSummary:
             images=counts["images"],
             corrupt=counts["corrupt"],
             device=counts["device"],
+            decode=counts["decode"],
             clip=meta["clip"],
             generator=meta["generator"],
             generate_sha256=gen_marker.get("sha256"),
@@ -90,23 +91,24 @@ def _summary(marker: dict[str, Any], uri: str, *, skipped: bool) -> FilterSummar
 def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[dict, dict, dict, dict]:
     import torch
 
-    from synthrec.workers.clip import ImageDataset, encode_dataset, load_clip, set_torch_threads
-    from synthrec.workers.shards import read_range
+    from synthrec.workers.clip import encode_dataset, set_torch_threads
+    from synthrec.workers.decode import resolve_decode
+    from synthrec.workers.mirror import load_dataset_clip
+    from synthrec.workers.shards import FEATURES_FORMAT, read_range
 
     set_torch_threads()
     spec = ctx.task.dataset.filter
     device = select_device()
     t0 = time.monotonic()
-    clip = load_clip(spec.clip.model, spec.clip.pretrained, device, storage_opts=_storage_opts(ctx))
+    clip = load_dataset_clip(ctx, device)  # from the model mirror when it holds it
     head = clip.text_head(labels.head_names, labels.templates)
     prompts = filter_prompts(labels, spec.prompts)
     scorer = head if spec.prompts == "head-templates" else clip.text_head(prompts.names, prompts.templates)
     t_model = time.monotonic() - t0
 
     samples = contents.samples
-    dataset = ImageDataset(
-        [(str(tar), s.offset, s.size) for s in samples], read_range, clip.preprocess, clip.image_shape()
-    )
+    decode = resolve_decode(spec.decode, device)
+    dataset = clip.dataset([(str(tar), s.offset, s.size) for s in samples], read_range, decode)
     ctx.progress.start(len(samples))
     t1 = time.monotonic()
     feats, ok = encode_dataset(clip, dataset, spec.batch_size, ctx.progress)
@@ -122,17 +124,17 @@ def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[di
     if not keep and samples:
         raise DataError(f"shard {ctx.shard}: none of its {len(samples)} images decode; regenerate the shard")
     feats = feats[keep] if keep else torch.zeros((0, head.shape[1]))
-    logits = clip.logit_scale * feats @ head.cpu().T
-    filter_logits = clip.logit_scale * feats @ scorer.cpu().T
     first = samples[0].meta if samples else {}
+    # Logits only, in float16; scores and soft targets are their softmax, taken where they are used.
     tensors = {
         "features": feats.half().numpy(),
-        "logits": logits.float().numpy(),
-        "filter_logits": filter_logits.float().numpy(),
-        "probs": filter_logits.softmax(dim=-1).float().numpy(),
+        "logits": (clip.logit_scale * feats @ head.cpu().T).half().numpy(),
         "class_index": torch.tensor([samples[i].class_index for i in keep], dtype=torch.int64).numpy(),
     }
+    if scorer is not head:
+        tensors["filter_logits"] = (clip.logit_scale * feats @ scorer.cpu().T).half().numpy()
     meta = {
+        "format": FEATURES_FORMAT,
         "keys": [samples[i].key for i in keep],
         "corrupt": corrupt,
         "shard": str(ctx.shard),
@@ -146,9 +148,6 @@ def _score(ctx: StageContext, tar: Path, contents: Any, labels: Any) -> tuple[di
     }
     counts: dict[str, Any] = {"images": len(keep), "corrupt": len(corrupt)}
     counts["device"] = device
+    counts["decode"] = decode
     timing = {"model": round(t_model, 3), "encode": round(t_encode, 3)}
     return tensors, meta, counts, timing
-
-
-def _storage_opts(ctx: StageContext) -> dict[str, Any]:
-    return {"endpoint": ctx.task.output.endpoint, "region": ctx.task.output.region}

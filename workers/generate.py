@@ -3,9 +3,17 @@
 For shard ``s`` of ``S``: check the shard's marker (same generate hash -> done, at once and without
 importing torch; another hash -> StorageConflict), check that prompts.jsonl was committed by this spec's
 prompts stage, take the shard's contiguous slice of the work items (workers/workitems.py), load the
-pipeline, and run batches across prompts, each image with its own seeded generator. JPEG encoding and tar
-writing happen on a background thread (workers/shardio.py); the finished tar is uploaded and the marker
-written last (synthrec.storage.commit_file).
+pipeline, and run batches across prompts, each image with its own seeded generator. Images come back as
+tensors on the device, are made uint8 there and copied to the host without waiting (diffusion.HostImages);
+JPEG encoding and tar writing happen on a background thread (workers/shardio.py), and the tar is uploaded
+in parts while it grows (synthrec.storage.streaming.FileTail), so at the end only its last part and the
+commit are left: the upload is published only if no other writer of the shard (a retried pod, a slow
+original) got there first, and the marker written last (synthrec.storage.commit_staged).
+
+The batch size is ``generator.batchSize``, or with ``generator.batchSizeSearch`` the fastest size measured
+on the shard's first batches (workers/batching.py) or stored by an earlier pod. With ``generator.compile``
+the compiled artifacts are loaded from the output before the first batch and stored after the shard when
+new (diffusion.CompileCache), so later pods skip most of the compilation.
 
 Images are generated at ``generator.generationResolution``, by default the pipeline's native size (its
 denoiser's sample size x the VAE scale factor), and stored at ``generator.resolution``, resized with
@@ -18,7 +26,8 @@ generation size); images_per_class / shots images per real shot. The strength is
 ``realGuidance.target_alpha_bar()`` (synthrec.noise_levels); it, the start timestep and the level reached
 go into every sample's JSON and the shard marker (``real_guidance``), and from there into the card.
 
-Tar members per sample: ``<key>.jpg`` and ``<key>.json``; keys are built from indexes only
+Tar members per sample: ``<key>.jpg``, ``<key>.json`` and ``<key>.cls`` (the class index, so the webdataset
+library's ``to_tuple("jpg", "cls")`` works on the shards as they are); keys are built from indexes only
 (``c00003-p00012-i00004``: class, prompt row, image), so names with quotes, slashes, '..' or any unicode
 never reach a file name. The JSON holds class, class_name, prompt, seed, item and the generation settings.
 """
@@ -35,7 +44,7 @@ from typing import Any
 from synthrec.contract.layout import DatasetLayout
 from synthrec.contract.summaries import GenerateSummary
 from synthrec.noise_levels import StartLevel, steps_run
-from synthrec.storage import ObjectNotFound, commit_file, existing_commit, read_marker
+from synthrec.storage import ObjectNotFound, commit_staged, existing_commit, read_marker
 from synthrec.workers.runtime import ConfigError, DataError, StageContext
 from synthrec.workers.workitems import PromptRow, WorkItem, parse_rows, per_class_counts, shard_items
 
@@ -131,7 +140,12 @@ class ShardGenerator:
         self.size: int | None = None  # generation size, known once the pipeline is loaded
         self.start: StartLevel | None = None  # Real Guidance's img2img start
         self.shots: RealShots | None = None
-        self.seconds_model = 0.0
+        self.timer: Any = None  # diffusion.ModelTimer once the pipeline is loaded
+        self.compile_cache: Any = None  # diffusion.CompileCache with generator.compile
+        self.batch_size = self.gen.batch_size
+        self.batch_size_source: str | None = None
+        self.first_batch_done: float | None = None  # perf_counter when the first batch's images were ready
+        self.first_batch_images = 0
         self.real_sources: dict[int, str] = {}  # item index -> real shot URI, set before the batch is queued
 
     def run(self) -> GenerateSummary:
@@ -140,42 +154,41 @@ class ShardGenerator:
         load_started = time.perf_counter()
         if self.items:
             from synthrec.workers.diffusion import generation_size, load_pipelines
+            from synthrec.workers.mirror import source_of
 
+            source, pinned = source_of(self.ctx.storage, self.gen.model)
             self.pipes = load_pipelines(
-                self.gen, real_guidance=self.rg is not None, storage_opts=self.storage_opts
+                self.gen,
+                real_guidance=self.rg is not None,
+                storage_opts=self.storage_opts,
+                source=source,
+                pinned=pinned,
             )
             self.size = self.gen.generation_resolution or generation_size(self.pipes.text2image)
             if self.shots is not None:
                 self.shots.size = self.size
                 self.start = self._real_guidance_start()
+            self._load_compile_cache()
         seconds_load = time.perf_counter() - load_started
         with tempfile.TemporaryDirectory(prefix="synthrec-gen-") as tmp:
             tar_path = Path(tmp) / "shard.tar"
             gen_started = time.perf_counter()
-            writer_stats = self._write(tar_path)
+            writer_stats, tail = self._write(tar_path)
             seconds_generate = time.perf_counter() - gen_started
             upload_started = time.perf_counter()
-            marker = commit_file(
-                self.ctx.storage,
-                tar_path,
-                self.layout.shard(self.ctx.shard),
-                self.layout.shard_marker(self.ctx.shard),
-                spec_hash=self.stage_hash,
-                count=len(self.items),
-                shard=self.ctx.shard,
-                first_item=self.items[0].index if self.items else None,
-                last_item=self.items[-1].index if self.items else None,
-                classes=per_class_counts(self.items),
-                model=self.gen.model,
-                revision=self.pipes.revision if self.pipes else None,
-                real_skipped=self.shots.skipped if self.shots else 0,
-                generation_resolution=self.size,
-                resolution=self.gen.resolution,
-                real_guidance=self._real_guidance_record(),
-            )
+            marker = self._commit(tail)
             seconds_upload = time.perf_counter() - upload_started
+        compile_state = None
+        if self.compile_cache is not None:
+            stored = self.compile_cache.save()
+            compile_state = "stored" if stored else ("loaded" if self.compile_cache.loaded else "unchanged")
         total = time.perf_counter() - self.started
         n = len(self.items)
+        seconds_model = self.timer.total() if self.timer else 0.0
+        steady = None
+        if self.first_batch_done is not None and n > self.first_batch_images:
+            steady_s = gen_started + seconds_generate - self.first_batch_done
+            steady = (n - self.first_batch_images) / steady_s if steady_s > 0 else None
         return GenerateSummary(
             images=n,
             tar=self.ctx.storage.url(self.layout.shard(self.ctx.shard)),
@@ -183,16 +196,85 @@ class ShardGenerator:
             size=marker["size"],
             device=self.pipes.device if self.pipes else None,
             dtype=self.pipes.dtype if self.pipes else None,
-            batch_size=self.gen.batch_size,
+            batch_size=self.batch_size,
+            batch_size_source=self.batch_size_source,
+            compile_cache=compile_state,
             seconds_load=round(seconds_load, 3),
-            seconds_model=round(self.seconds_model, 3),
+            seconds_fetch=round(self.pipes.seconds_fetch, 3) if self.pipes else None,
+            seconds_startup=(
+                round(self.first_batch_done - self.started, 3) if self.first_batch_done is not None else None
+            ),
+            seconds_model=round(seconds_model, 3),
             seconds_generate=round(seconds_generate, 3),
             seconds_upload=round(seconds_upload, 3),
             seconds_total=round(total, 3),
             seconds_writer_wait=round(writer_stats["waiting"], 3),
-            model_busy=round(self.seconds_model / seconds_generate, 4) if n and seconds_generate else None,
+            model_busy=round(seconds_model / seconds_generate, 4) if n and seconds_generate else None,
             images_per_s=round(n / seconds_generate, 3) if n and seconds_generate else None,
+            steady_images_per_s=round(steady, 3) if steady else None,
             real_skipped=self.shots.skipped if self.shots else 0,
+        )
+
+    def _facts(self) -> dict[str, Any]:
+        """What the compiled artifacts and the best batch size depend on."""
+        return {
+            "model": self.gen.model,
+            "revision": self.pipes.revision,
+            "pipeline": self.pipes.pipeline_class,
+            "scheduler": self.pipes.scheduler_class,
+            "device": self.pipes.device,
+            "dtype": self.pipes.dtype,
+            "size": self.size,
+            "cfg": self.gen.guidance_scale > 1,
+            "compile": self.pipes.compiled,
+            "img2img": self.rg is not None,
+        }
+
+    def _load_compile_cache(self) -> None:
+        if not self.pipes.compiled:
+            return
+        from synthrec.workers.diffusion import CompileCache
+
+        self.compile_cache = CompileCache(self.ctx.storage, CompileCache.key_of(**self._facts()))
+        self.compile_cache.load()
+
+    def _commit(self, tail: Any) -> dict[str, Any]:
+        """Seal the upload and commit it (synthrec.storage.commit_staged: published only if no other writer
+        of the shard got there first; else that writer's commit stands and this upload is aborted)."""
+        shard_key, marker_key = self.layout.shard(self.ctx.shard), self.layout.shard_marker(self.ctx.shard)
+        try:
+            existing = existing_commit(
+                self.ctx.storage, marker_key, self.stage_hash, what=self.ctx.storage.url(shard_key)
+            )
+        except BaseException:
+            tail.abort()
+            raise
+        if existing is not None:  # committed meanwhile: the last part need not go up
+            tail.abort()
+            return existing
+        try:
+            staged = tail.finish()
+        except BaseException:
+            tail.abort()
+            raise
+        return commit_staged(  # discards the upload unless it is what the commit that stands describes
+            self.ctx.storage,
+            staged,
+            shard_key,
+            marker_key,
+            spec_hash=self.stage_hash,
+            count=len(self.items),
+            shard=self.ctx.shard,
+            first_item=self.items[0].index if self.items else None,
+            last_item=self.items[-1].index if self.items else None,
+            classes=per_class_counts(self.items),
+            model=self.gen.model,
+            revision=self.pipes.revision if self.pipes else None,
+            real_skipped=self.shots.skipped if self.shots else 0,
+            generation_resolution=self.size,
+            resolution=self.gen.resolution,
+            real_guidance=self._real_guidance_record(),
+            batch_size=self.batch_size,
         )
 
     def _real_guidance_start(self) -> StartLevel:
@@ -235,33 +317,78 @@ class ShardGenerator:
             "shots": self.rg.shots,
         }
 
-    def _write(self, tar_path: Path) -> dict[str, float]:
+    def _write(self, tar_path: Path) -> tuple[dict[str, float], Any]:
+        from synthrec.storage.streaming import FileTail
         from synthrec.workers.shardio import BackgroundShardWriter
 
         writer = BackgroundShardWriter(
             tar_path,
             key=lambda item: item.key,
             metadata=self._metadata,
+            label=lambda item: item.class_index,
             quality=self.gen.jpeg_quality,
             size=self.gen.resolution,
             on_written=self.ctx.progress.advance,
         )
+        tail = None
         try:
-            size = self.gen.batch_size
-            for start in range(0, len(self.items), size):
-                batch = self.items[start : start + size]
-                t = time.perf_counter()
-                images = self._generate(batch)
-                self.seconds_model += time.perf_counter() - t
-                writer.put(batch, images)
+            tail = FileTail(self.ctx.storage, self.layout.shard(self.ctx.shard), tar_path)
+            writer.on_flushed = tail.poke
+            if self.items:
+                self._generate_all(writer)
             writer.close()
         except BaseException:
             writer.abort()
+            if tail is not None:
+                tail.abort()
             raise
-        return {"waiting": writer.seconds_waiting, "busy": writer.seconds_busy}
+        return {"waiting": writer.seconds_waiting, "busy": writer.seconds_busy}, tail
+
+    def _generate_all(self, writer: Any) -> None:
+        """Every item, in batches of the chosen size (searched on the first batches when asked)."""
+        import torch
+
+        from synthrec.workers.batching import BatchSearch, choice_key, load_choice, save_choice
+        from synthrec.workers.diffusion import ModelTimer
+
+        self.timer = ModelTimer(self.pipes.device)
+        search = None
+        self.batch_size_source = "spec"
+        if self.gen.batch_size_search:
+            key = choice_key(**self._facts(), maximum=self.gen.batch_size, torch=torch.__version__)
+            stored = load_choice(self.ctx.storage, key)
+            if stored is not None:
+                self.batch_size, self.batch_size_source = int(stored["batch_size"]), "stored"
+            else:
+                search = BatchSearch(self.gen.batch_size)
+        position = 0
+        while position < len(self.items):
+            searching = search is not None and not search.done
+            size = search.size if search is not None else self.batch_size
+            batch = self.items[position : position + size]
+            self.timer.start()
+            try:
+                images = self._generate(batch)
+            except torch.OutOfMemoryError:
+                if not searching or search is None or not search.rates:
+                    raise
+                torch.cuda.empty_cache()
+                search.out_of_memory(size)
+                continue
+            seconds = self.timer.stop(wait=searching or self.first_batch_done is None)
+            if self.first_batch_done is None:
+                self.first_batch_done, self.first_batch_images = time.perf_counter(), len(batch)
+            position += len(batch)
+            writer.put(batch, images)
+            if search is not None and searching:
+                search.record(size, len(batch), seconds or 0.0)
+                if search.done:
+                    self.batch_size, self.batch_size_source = search.best, "searched"
+                    log.info("batch size %d measured (images/s by size: %s)", search.best, search.rates)
+                    save_choice(self.ctx.storage, key, search, device=self.pipes.device, shard=self.ctx.shard)
 
     def _generate(self, batch: list[WorkItem]) -> Any:
-        from synthrec.workers.diffusion import generators
+        from synthrec.workers.diffusion import HostImages, generators
 
         gen = self.gen
         common: dict[str, Any] = {
@@ -269,7 +396,7 @@ class ShardGenerator:
             "num_inference_steps": gen.steps,
             "guidance_scale": gen.guidance_scale,
             "generator": generators([i.seed for i in batch]),
-            "output_type": "np",
+            "output_type": "pt",  # stays on the device: made uint8 there (HostImages)
         }
         if gen.negative_prompt:
             common["negative_prompt"] = [gen.negative_prompt] * len(batch)
@@ -283,7 +410,7 @@ class ShardGenerator:
                 images.append(image)
                 self.real_sources[item.index] = uri
             out = self.pipes.image2image(image=images, strength=self.start.strength, **common)
-        return out.images
+        return HostImages(out.images)
 
     def _metadata(self, item: WorkItem) -> dict[str, Any]:
         gen = self.gen

@@ -62,15 +62,23 @@ class PromptSet:
 
 
 def run(ctx: StageContext) -> PromptsSummary:
+    from synthrec.workers.mirror import mirror_models
+
     task = ctx.task
     layout = DatasetLayout(task.output.uri)
     spec_hash = task.hashes["prompts"]
+    # The models first: once prompts.jsonl is committed, generate pods start and load from the mirror.
+    mirror = mirror_models(ctx)
+    mirrored = {
+        "models_mirrored": sum(1 for m in mirror["models"] if m.get("copied")) if mirror else 0,
+        "seconds_mirror": mirror.get("seconds") if mirror else None,
+    }
     existing = existing_commit(
         ctx.storage, layout.prompts_marker, spec_hash, what=ctx.storage.url(layout.prompts)
     )
     if existing is not None:
         log.info("prompts already committed for this spec (%s); nothing to do", spec_hash[:12])
-        return _summary(existing, ctx.storage.url(layout.prompts), skipped=True)
+        return _summary(existing, ctx.storage.url(layout.prompts), skipped=True).model_copy(update=mirrored)
 
     spec: SyntheticDatasetSpec = task.dataset
     labels = labels_of(spec)
@@ -96,7 +104,7 @@ def run(ctx: StageContext) -> PromptsSummary:
             model=prompt_set.model,
             revision=prompt_set.revision,
         )
-    return _summary(marker, ctx.storage.url(layout.prompts), skipped=False)
+    return _summary(marker, ctx.storage.url(layout.prompts), skipped=False).model_copy(update=mirrored)
 
 
 def _summary(marker: dict[str, Any], uri: str, *, skipped: bool) -> PromptsSummary:

@@ -49,7 +49,6 @@ replaces an unreadable shot (policy skip) by the next image, so a run still gets
 from __future__ import annotations
 
 import atexit
-import io
 import json
 import logging
 import random
@@ -63,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthrec import limits
 from synthrec.api import RealData
 from synthrec.api.labels import ResolvedLabels, normalise_folder_name
 from synthrec.storage import ObjectNotFound, Storage, StorageError
@@ -107,7 +107,7 @@ class RealIndex:
 def index_real_data(data: RealData, labels: ResolvedLabels, opener: Opener) -> RealIndex:
     """List the images of ``data`` and assign each to a class of ``labels`` (see the module policy)."""
     storage = opener(data.uri)
-    resolver = _ClassResolver(data, labels)
+    resolver = ClassResolver(data, labels)
     skipped: Counter[str] = Counter()
     by_class: dict[int, list[RealImage]] = defaultdict(list)
     try:
@@ -148,7 +148,7 @@ def index_real_data(data: RealData, labels: ResolvedLabels, opener: Opener) -> R
     )
 
 
-class _ClassResolver:
+class ClassResolver:
     """Folder name / WebDataset label -> class index, following the module's matching rules."""
 
     def __init__(self, data: RealData, labels: ResolvedLabels) -> None:
@@ -215,7 +215,7 @@ def _bad_listing(data: RealData, uri: str, what: str, skipped: Counter[str]) -> 
 def _index_imagefolder(
     storage: Storage,
     data: RealData,
-    resolver: _ClassResolver,
+    resolver: ClassResolver,
     by_class: dict[int, list[RealImage]],
     skipped: Counter[str],
 ) -> None:
@@ -241,7 +241,7 @@ def _index_imagefolder(
 def _index_webdataset(
     storage: Storage,
     data: RealData,
-    resolver: _ClassResolver,
+    resolver: ClassResolver,
     by_class: dict[int, list[RealImage]],
     skipped: Counter[str],
 ) -> None:
@@ -303,18 +303,18 @@ def _tar_samples(path: Path, tar_uri: str) -> list[_WdsSample]:
                 if ext in WDS_IMAGE_FIELDS and sample.image is None:
                     sample.image = member
                 elif ext == "cls" or (ext == "json" and key not in from_cls):
-                    raw = tar.extractfile(member)
-                    label = _parse_label(ext, raw.read() if raw else b"", tar_uri, member.name)
+                    raw = limits.read_member(tar, member, limits.MAX_JSON_MEMBER_BYTES)
+                    label = parse_label(ext, raw, tar_uri, member.name)
                     if ext == "cls":
                         from_cls.add(key)
                     if label is not None:
                         sample.label = label
-    except (tarfile.TarError, OSError) as e:
+    except (tarfile.TarError, OSError, limits.MemberTooLarge) as e:
         raise DataError(f"real data: {tar_uri} is not a readable tar ({e}); replace the shard") from e
     return list(samples.values())
 
 
-def _parse_label(ext: str, raw: bytes, tar_uri: str, member: str) -> str | int | None:
+def parse_label(ext: str, raw: bytes, tar_uri: str, member: str) -> str | int | None:
     if ext == "cls":
         text = raw.decode("utf-8", "replace").strip()
         return int(text) if text.lstrip("-").isdigit() else (text or None)
@@ -359,6 +359,10 @@ class _TarCache:
             info = self._members[tar_uri].get(name)
         if info is None:
             raise ObjectNotFound(f"{tar_uri} has no member {name}")
+        if info.size > limits.MAX_IMAGE_BYTES:
+            raise limits.MemberTooLarge(
+                f"{tar_uri}#{name} is {info.size} bytes, over {limits.MAX_IMAGE_BYTES}"
+            )
         with open(path, "rb") as fh:
             fh.seek(info.offset_data)
             return fh.read(info.size)
@@ -434,12 +438,9 @@ def read_image_bytes(uri: str, opener: Opener) -> bytes:
 
 
 def decode_rgb(data: bytes) -> Image.Image:
-    """Decode fully (truncation shows up here, not later) and convert to RGB; raises on bad data."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return img.convert("RGB")
+    """Decode fully (truncation shows up here, not later) and convert to RGB; raises on bad data, and
+    ImageTooLarge (a ValueError) on an image over the pixel cap, before decoding it (synthrec.limits)."""
+    return limits.decode_rgb(data)
 
 
 def load_rgb(image: RealImage, opener: Opener, on_bad: str = "skip") -> Image.Image | None:

@@ -40,115 +40,47 @@ Outputs: ``index/kept.jsonl`` (one JSON object per kept image, sorted by shard a
     {"shard": 3, "key": "c00002-p00010-i00004", "class": 2, "class_name": "...", "score": 0.81,
      "passed": true, "features": "features/gen-00003.safetensors", "row": 17}
 
-and ``manifest.json`` (``synthrec.contract.manifest.DatasetManifest``). Termination summary: generated,
-passed, kept, rejected, manifest (URI), digest (sha256 of manifest.json).
+``index/shards/gen-NNNNN.jsonl`` per committed shard: every decodable sample of the shard in tar order with
+its kept flag, so a reader of one shard (the pre-training loader, or a user with the webdataset library,
+docs/datasets.md) knows which samples to use without reading the dataset-wide index::
+
+    {"key": "c00002-p00010-i00004", "class": 2, "kept": true}
+
+Each shard record in the manifest gains ``index`` (that key), ``index_sha256``, ``kept`` and the per-class
+counts ``classes`` / ``kept_classes`` ({"2": 17}), from which a size cap is planned without reading any
+shard. And ``manifest.json`` (``synthrec.contract.manifest.DatasetManifest``). Termination summary:
+generated, passed, kept, rejected, manifest (URI), digest (sha256 of manifest.json).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from synthrec.api.labels import ResolvedLabels, resolve_labels
 from synthrec.contract.base import DocumentError
+from synthrec.contract.kept import KeptRow
 from synthrec.contract.layout import DatasetLayout
 from synthrec.contract.manifest import DatasetManifest, parse_manifest
 from synthrec.contract.summaries import ReduceSummary
-from synthrec.storage import Storage, StorageConflict, existing_commit, read_marker, sha256_file
+from synthrec.storage import Storage, existing_commit, sha256_file
 from synthrec.timestamps import utc_stamp
-from synthrec.workers.runtime import ConfigError, DataError, StageContext
+from synthrec.workers.reduce_collect import (
+    Collected,
+    Images,
+    RealFilter,
+    collect,
+    filtered_shard,
+    unfiltered_shard,
+)
+from synthrec.workers.runtime import DataError, StageContext
+from synthrec.workers.selection import select_class
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------- the rules (pure)
-
-
-def clip_filter(
-    scores: Sequence[float], threshold: float, keep: int, selection: str, seed: int, class_index: int
-) -> tuple[list[int], list[bool]]:
-    """The CLIP Filter for one class. ``scores`` are in (shard, key) order; returns the kept positions
-    (sorted) and whether each position passed the threshold."""
-    passed = [s > threshold for s in scores]
-    if len(scores) <= keep:
-        return list(range(len(scores))), passed
-    passing = [i for i, ok in enumerate(passed) if ok]
-    if selection == "random" and len(passing) >= keep:
-        chosen = random.Random(f"synthrec-cf:{seed}:{class_index}").sample(passing, keep)
-    else:
-        chosen = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:keep]
-    return sorted(chosen), passed
-
-
-def real_filter_keep(
-    syn_feats: Any, syn_class: Any, real_feats: Any, real_class: Any, k: int, rule: str
-) -> Any:
-    """Bool mask over synthetic images: True = keep (see the module docstring for the rules)."""
-    import numpy as np
-
-    syn = np.asarray(syn_feats, dtype=np.float32)
-    real = np.asarray(real_feats, dtype=np.float32)
-    real_class = np.asarray(real_class)
-    syn_class = np.asarray(syn_class)
-    k = max(1, min(k, len(real)))
-    keep = np.ones(len(syn), dtype=bool)
-    classes = int(max(real_class.max(initial=0), syn_class.max(initial=0))) + 1
-    for start in range(0, len(syn), 4096):  # bounded memory: 4096 x shots similarities at a time
-        sim = syn[start : start + 4096] @ real.T
-        # the k most similar shots, most similar first (stable: ties go to the lower shot index)
-        order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-        labels = real_class[order]
-        own = syn_class[start : start + 4096]
-        votes = np.zeros((len(labels), classes), dtype=np.int64)
-        np.add.at(votes, (np.arange(len(labels))[:, None], labels), 1)
-        own_votes = votes[np.arange(len(labels)), own]
-        ok = own_votes >= votes.max(axis=1)
-        if rule == "strict":
-            ok &= labels[:, 0] == own
-        keep[start : start + 4096] = ok
-    return keep
-
-
-# ------------------------------------------------------------------------------------------ the stage
-
-
-@dataclass
-class _Item:
-    shard: int
-    key: str
-    cls: int
-    row: int | None = None
-    score: float | None = None
-    passed: bool | None = None
-
-
-@dataclass
-class _Collected:
-    items: list[_Item] = field(default_factory=list)
-    features: list[Any] = field(default_factory=list)  # per shard numpy arrays (real filtering only)
-    corrupt: dict[int, int] = field(default_factory=dict)  # class -> count
-    shards: list[dict[str, Any]] = field(default_factory=list)
-    missing: list[int] = field(default_factory=list)
-    clip: dict[str, Any] | None = None
-    filter_prompts: dict[str, Any] | None = None
-    generator: dict[str, Any] | None = None
-    generation: dict[str, Any] | None = None  # sizes and Real Guidance's start, from a generate marker
-    logit_scale: float | None = None
-
-    def note_generation(self, marker: dict[str, Any]) -> None:
-        if self.generation is None and "generation_resolution" in marker:
-            self.generation = {
-                "generation_resolution": marker.get("generation_resolution"),
-                "resolution": marker.get("resolution"),
-                "real_guidance": marker.get("real_guidance"),
-            }
 
 
 def run(ctx: StageContext) -> ReduceSummary:
@@ -164,41 +96,53 @@ def run(ctx: StageContext) -> ReduceSummary:
     spec = task.dataset
     labels = resolve_labels(spec.labels)
     n_shards = spec.sharding.shards
+    rf_cfg = spec.filter.real_filtering
+    real_filter = RealFilter.load(ctx, labels) if spec.filter.enabled and rf_cfg and rf_cfg.enabled else None
     ctx.progress.start(n_shards)
     if spec.filter.enabled:
-        collected = _collect_features(ctx, n_shards, labels)
+        collected = collect(ctx, n_shards, lambda shard: filtered_shard(ctx, shard, labels, real_filter))
     else:
-        collected = _collect_unfiltered(ctx, n_shards, labels)
+        collected = collect(ctx, n_shards, lambda shard: unfiltered_shard(ctx, shard, labels))
     if not collected.shards:
         raise DataError(
             f"no shard of {storage.uri} is committed (generate{'/filter' if spec.filter.enabled else ''}); "
             "nothing to reduce"
         )
     t_collect = time.monotonic() - started
+    images = Images(collected)
+    corrupt = collected.corrupt()
 
     rf_info: dict[str, Any] | None = None
     rf_dropped: dict[int, int] = {}
-    rf_keep = None
-    rf_cfg = spec.filter.real_filtering
-    if spec.filter.enabled and rf_cfg is not None and rf_cfg.enabled:
-        rf_keep, rf_info = _real_filtering(ctx, collected, labels)
-        for item, keep in zip(collected.items, rf_keep.tolist(), strict=True):
-            if not keep:
-                rf_dropped[item.cls] = rf_dropped.get(item.cls, 0) + 1
+    if real_filter is not None and images.rf_keep is not None:
+        import numpy as np
 
-    per_class, kept = _select(spec, labels, collected, rf_keep)
+        dropped = np.bincount(images.cls[~images.rf_keep], minlength=len(labels))
+        rf_dropped = {c: int(n) for c, n in enumerate(dropped) if n}
+        rf_info = real_filter.info(int((~images.rf_keep).sum()))
+
+    per_class, kept = _select(spec, labels, images, corrupt)
     for c in per_class:
         c["real_filtered"] = rf_dropped.get(c["index"], 0)
 
     with tempfile.TemporaryDirectory(prefix="synthrec-reduce-") as tmp:
         index_path = Path(tmp) / "kept.jsonl"
         with open(index_path, "w", encoding="utf-8") as fh:
-            for item in kept:
-                fh.write(json.dumps(_row(item, labels), ensure_ascii=False, sort_keys=True) + "\n")
+            for i in kept.tolist():
+                fh.write(json.dumps(_row(images, i, labels), ensure_ascii=False, sort_keys=True) + "\n")
         index_sha = sha256_file(index_path)
         storage.upload_file(index_path, layout.index)
+        _write_shard_indexes(storage, Path(tmp), images, kept)
     manifest = _manifest(
-        task, labels, collected, per_class, kept, index_sha, rf_info, started=started, t_collect=t_collect
+        task,
+        labels,
+        collected,
+        per_class,
+        len(kept),
+        index_sha,
+        rf_info,
+        started=started,
+        t_collect=t_collect,
     )
     storage.write_json(layout.manifest, manifest.document())
     digest = storage.sha256(layout.manifest)
@@ -230,208 +174,42 @@ def _summary(manifest: DatasetManifest, uri: str, digest: str, *, skipped: bool 
     )
 
 
-def _collect_features(ctx: StageContext, n_shards: int, labels: ResolvedLabels) -> _Collected:
-    from synthrec.workers.shards import read_features
-
-    task, storage = ctx.task, ctx.storage
-    need_features = bool(task.dataset.filter.real_filtering and task.dataset.filter.real_filtering.enabled)
-    out = _Collected()
-    with tempfile.TemporaryDirectory(prefix="synthrec-reduce-") as tmp:
-        for shard in range(n_shards):
-            ctx.progress.advance()
-            fmarker = read_marker(storage, DatasetLayout.features_marker(shard))
-            gmarker = read_marker(storage, DatasetLayout.shard_marker(shard))
-            if fmarker is None or gmarker is None:
-                out.missing.append(shard)
-                continue
-            if (
-                fmarker["spec_hash"] != task.hashes["filter"]
-                or gmarker["spec_hash"] != task.hashes["generate"]
-            ):
-                raise StorageConflict(
-                    f"shard {shard} of {storage.uri} was committed by another spec (filter hash "
-                    f"{fmarker['spec_hash']}, generate hash {gmarker['spec_hash']}); use a new output URI"
-                )
-            local = Path(tmp) / f"{shard}.safetensors"
-            storage.download_file(DatasetLayout.features(shard), local)
-            if sha256_file(local) != fmarker.get("sha256"):
-                raise DataError(
-                    f"{storage.url(DatasetLayout.features(shard))} does not match its marker's sha256; "
-                    "delete the features file and its marker to filter the shard again"
-                )
-            sf = read_features(local)
-            local.unlink()
-            if int(sf.meta.get("classes", len(labels))) != len(labels):
-                raise DataError(
-                    f"features of shard {shard} have {sf.meta.get('classes')} classes, not {len(labels)}"
-                )
-            out.note_generation(gmarker)
-            out.clip = out.clip or json.loads(sf.meta.get("clip", "null"))
-            out.filter_prompts = out.filter_prompts or json.loads(sf.meta.get("filter_prompts", "null"))
-            out.generator = out.generator or json.loads(sf.meta.get("generator", "null"))
-            out.logit_scale = out.logit_scale or float(sf.meta.get("logit_scale", "nan"))
-            rows = range(len(sf.keys))
-            for row, key, cls in zip(rows, sf.keys, sf.class_index.tolist(), strict=True):
-                out.items.append(_Item(shard, key, int(cls), row, float(sf.probs[row, cls])))
-            for bad in sf.corrupt:
-                if bad.get("class") is not None:
-                    out.corrupt[bad["class"]] = out.corrupt.get(bad["class"], 0) + 1
-            if need_features:
-                out.features.append(sf.features)
-            out.shards.append(_shard_record(storage, shard, gmarker, fmarker, len(sf.keys), len(sf.corrupt)))
-    return out
-
-
-def _collect_unfiltered(ctx: StageContext, n_shards: int, labels: ResolvedLabels) -> _Collected:
-    from synthrec.workers.shards import download_shard, scan_shard
-
-    task, storage = ctx.task, ctx.storage
-    out = _Collected()
-    with tempfile.TemporaryDirectory(prefix="synthrec-reduce-") as tmp:
-        for shard in range(n_shards):
-            ctx.progress.advance()
-            gmarker = read_marker(storage, DatasetLayout.shard_marker(shard))
-            if gmarker is None:
-                out.missing.append(shard)
-                continue
-            if gmarker["spec_hash"] != task.hashes["generate"]:
-                raise StorageConflict(
-                    f"shard {shard} of {storage.uri} was generated by another spec ({gmarker['spec_hash']})"
-                )
-            out.note_generation(gmarker)
-            path = download_shard(storage, shard, Path(tmp), gmarker)
-            contents = scan_shard(path, len(labels))
-            path.unlink()
-            for s in contents.samples:
-                out.items.append(_Item(shard, s.key, s.class_index))
-                if out.generator is None:
-                    out.generator = {"model": s.meta.get("model"), "revision": s.meta.get("revision")}
-            for bad in contents.corrupt:
-                if bad.get("class") is not None:
-                    out.corrupt[bad["class"]] = out.corrupt.get(bad["class"], 0) + 1
-            out.shards.append(
-                _shard_record(storage, shard, gmarker, None, len(contents.samples), len(contents.corrupt))
-            )
-    return out
-
-
-def _shard_record(
-    storage: Storage,
-    shard: int,
-    gmarker: dict[str, Any],
-    fmarker: dict[str, Any] | None,
-    images: int,
-    corrupt: int,
-) -> dict[str, Any]:
-    return {
-        "shard": shard,
-        "tar": DatasetLayout.shard(shard),
-        "tar_sha256": gmarker.get("sha256"),
-        "tar_size": gmarker.get("size"),
-        "features": DatasetLayout.features(shard) if fmarker else None,
-        "features_sha256": fmarker.get("sha256") if fmarker else None,
-        "images": images,
-        "corrupt": corrupt,
-        "generate_seconds": gmarker.get("seconds"),
-        "filter_seconds": (fmarker or {}).get("seconds"),
-    }
-
-
-def _real_filtering(
-    ctx: StageContext, collected: _Collected, labels: ResolvedLabels
-) -> tuple[Any, dict[str, Any]]:
+def _select(
+    spec: Any, labels: ResolvedLabels, images: Images, corrupt: dict[int, int]
+) -> tuple[list[dict[str, Any]], Any]:
+    """The CLIP Filter per class; returns the per-class counts and the kept image ids in (shard, key)
+    order. Works on the columns: a class's scores are one slice of a numpy array."""
     import numpy as np
 
-    from synthrec.workers.clip import load_clip, set_torch_threads
-    from synthrec.workers.realdata import index_real_data, load_shots
-    from synthrec.workers.runtime import select_device
-
-    spec = ctx.task.dataset
-    rf = spec.filter.real_filtering
-    rg = spec.real_guidance
-    source = rf.source or (rg.source if rg else None)
-    shots = rf.shots or (rg.shots if rg else None)
-    if source is None or shots is None:
-        raise ConfigError(
-            "filter.realFiltering needs real shots: set realFiltering.source and .shots, or realGuidance"
-        )
-    set_torch_threads()
-    index = index_real_data(source, labels, ctx.open)
-    seed = rf.seed if rf.seed is not None else (rg.seed if rg else 0)
-    loaded, bad = load_shots(index, shots, seed, ctx.open, source.on_bad_image)
-    clip = load_clip(
-        spec.filter.clip.model,
-        spec.filter.clip.pretrained,
-        select_device(),
-        storage_opts={"endpoint": ctx.task.output.endpoint, "region": ctx.task.output.region},
-    )
-    if collected.clip and clip.revision != collected.clip.get("revision"):
-        raise DataError(
-            "the filter CLIP model changed since the shards were filtered "
-            f"({collected.clip.get('revision')} -> {clip.revision}); real and synthetic features must come "
-            "from the same model"
-        )
-    import torch
-
-    shots_list = [(c, img) for c in sorted(loaded) for _, img in loaded[c]]
-    batch = torch.stack([clip.preprocess(img) for _, img in shots_list])
-    real_feats = torch.cat([clip.encode(batch[i : i + 256]) for i in range(0, len(batch), 256)]).cpu().numpy()
-    real_class = np.array([c for c, _ in shots_list])
-    syn_feats = (
-        np.concatenate(collected.features) if collected.features else np.zeros((0, real_feats.shape[1]))
-    )
-    syn_class = np.array([it.cls for it in collected.items], dtype=np.int64)
-    keep = real_filter_keep(syn_feats, syn_class, real_feats, real_class, rf.k, rf.rule)
-    info = {
-        "rule": rf.rule,
-        "k": min(rf.k, len(real_class)),
-        "source": source.uri,
-        "shots": shots,
-        "seed": seed,
-        "shot_uris": sorted(img.uri for c in loaded for img, _ in loaded[c])[:10_000],
-        "unreadable_shots_replaced": bad,
-        "dropped": int((~keep).sum()),
-        "order": "before the CLIP Filter",
-    }
-    return keep, info
-
-
-def _select(
-    spec: Any, labels: ResolvedLabels, collected: _Collected, rf_keep: Any
-) -> tuple[list[dict[str, Any]], list[_Item]]:
-    by_class: dict[int, list[int]] = {c.index: [] for c in labels.classes}
-    for i, item in enumerate(collected.items):
-        by_class[item.cls].append(i)
     fcfg = spec.filter
     threshold = fcfg.threshold if fcfg.threshold is not None else 1.0 / len(labels)
-    kept_positions: list[int] = []
+    order, bounds = images.by_class()
+    kept_parts = []
     per_class = []
     for c in labels.classes:
-        positions = sorted(
-            by_class[c.index], key=lambda i: (collected.items[i].shard, collected.items[i].key)
-        )
-        generated = len(positions) + collected.corrupt.get(c.index, 0)
-        if rf_keep is not None:
-            positions = [i for i in positions if rf_keep[i]]
+        lo, hi = (int(bounds[c.index]), int(bounds[c.index + 1])) if c.index + 1 < len(bounds) else (0, 0)
+        positions = order[lo:hi]
+        generated = len(positions) + corrupt.get(c.index, 0)
+        if images.rf_keep is not None:
+            positions = positions[images.rf_keep[positions]]
         if fcfg.enabled:
-            scores = [collected.items[i].score for i in positions]
-            chosen, passed = clip_filter(
-                scores, threshold, fcfg.keep_per_class, fcfg.selection, fcfg.seed, c.index
+            assert images.score is not None
+            chosen, passed = select_class(
+                images.score[positions], threshold, fcfg.keep_per_class, fcfg.selection, fcfg.seed, c.index
             )
-            for i, ok in zip(positions, passed, strict=True):
-                collected.items[i].passed = ok
-            kept = [positions[j] for j in chosen]
-            n_passed = sum(passed)
-            below = sum(1 for j in chosen if not passed[j])
+            images.passed[positions] = passed.astype(np.int8)
+            kept = positions[chosen]
+            n_passed = int(passed.sum())
+            below = int((~passed[chosen]).sum())
         else:
             kept, n_passed, below = positions, len(positions), 0
-        kept_positions += kept
+        kept_parts.append(kept)
         per_class.append(
             {
                 "index": c.index,
                 "name": c.name,
                 "generated": generated,
-                "corrupt": collected.corrupt.get(c.index, 0),
+                "corrupt": corrupt.get(c.index, 0),
                 "passed": n_passed,
                 "kept": len(kept),
                 "kept_below_threshold": below,
@@ -441,26 +219,59 @@ def _select(
         )
         if fcfg.enabled and len(kept) < fcfg.keep_per_class:
             log.warning("class %r: only %d images to keep, K = %d", c.name, len(kept), fcfg.keep_per_class)
-    kept_items = sorted((collected.items[i] for i in kept_positions), key=lambda it: (it.shard, it.key))
-    return per_class, kept_items
+    kept_ids = np.concatenate(kept_parts) if kept_parts else np.zeros(0, dtype=np.int64)
+    return per_class, images.in_order(kept_ids)
 
 
-def _row(item: _Item, labels: ResolvedLabels) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "shard": item.shard,
-        "key": item.key,
-        "class": item.cls,
-        "class_name": labels.classes[item.cls].name,
-        "score": None if item.score is None else round(item.score, 6),
-        "passed": item.passed,
-    }
-    if item.row is not None:
-        row["features"] = DatasetLayout.features(item.shard)
-        row["row"] = item.row
-    return row
+def _write_shard_indexes(storage: Storage, folder: Path, images: Images, kept: Any) -> None:
+    """Write index/shards/gen-NNNNN.jsonl of every committed shard (its images in tar order, each with its
+    kept flag) and add its counts to the shard's record."""
+    import numpy as np
+
+    flags = np.zeros(images.n, dtype=bool)
+    flags[kept] = True
+    start = 0
+    for shard in images.shards:
+        n = len(shard.keys)
+        cls, kept_here = images.cls[start : start + n], flags[start : start + n]
+        path = folder / f"shard-{shard.shard}.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for r in range(n):
+                key = bytes(shard.keys[r]).decode("utf-8")
+                fh.write(json.dumps({"key": key, "class": int(cls[r]), "kept": bool(kept_here[r])}) + "\n")
+        key = DatasetLayout.shard_index(shard.shard)
+        record = shard.record
+        record["index_sha256"] = sha256_file(path)
+        storage.upload_file(path, key)
+        path.unlink()
+        classes, counts = np.unique(cls, return_counts=True)
+        kept_classes, kept_counts = np.unique(cls[kept_here], return_counts=True)
+        record["index"] = key
+        record["kept"] = int(kept_here.sum())
+        record["classes"] = {str(int(c)): int(k) for c, k in zip(classes, counts, strict=True)}
+        record["kept_classes"] = {str(int(c)): int(k) for c, k in zip(kept_classes, kept_counts, strict=True)}
+        start += n
 
 
-def _generation(spec: Any, collected: _Collected) -> dict[str, Any]:
+def _row(images: Images, i: int, labels: ResolvedLabels) -> dict[str, Any]:
+    """A line of index/kept.jsonl (synthrec.contract.kept, which readers parse it with)."""
+    cls = int(images.cls[i])
+    shard = images.shard_id(i)
+    passed = int(images.passed[i])
+    filtered = images.score is not None
+    return KeptRow(
+        shard=shard,
+        key=images.key(i),
+        class_index=cls,
+        class_name=labels.classes[cls].name,
+        score=round(float(images.score[i]), 6) if images.score is not None else None,
+        passed=None if passed < 0 else bool(passed),
+        features=DatasetLayout.features(shard) if filtered else None,
+        row=int(images.row[i]) if filtered else None,
+    ).document()
+
+
+def _generation(spec: Any, collected: Collected) -> dict[str, Any]:
     """Generation settings as run: the pipeline's size, the stored size and Real Guidance's start (the
     strength used and the signal level it reached, next to the paper's level it was matched to)."""
     gen = spec.generator
@@ -481,9 +292,9 @@ def _generation(spec: Any, collected: _Collected) -> dict[str, Any]:
 def _manifest(
     task: Any,
     labels: ResolvedLabels,
-    collected: _Collected,
+    collected: Collected,
     per_class: list[dict[str, Any]],
-    kept: list[_Item],
+    n_kept: int,
     index_sha: str,
     rf_info: dict[str, Any] | None,
     *,
@@ -494,7 +305,6 @@ def _manifest(
     fcfg = spec.filter
     generated = sum(c["generated"] for c in per_class)
     passed = sum(c["passed"] for c in per_class)
-    n_kept = len(kept)
     threshold = fcfg.threshold if fcfg.threshold is not None else 1.0 / len(labels)
     return DatasetManifest.model_validate(
         {
@@ -551,8 +361,13 @@ def _manifest(
                 "keep_rate": round(n_kept / generated, 6) if generated else None,
             },
             "per_class": per_class,
-            "index": {"key": DatasetLayout.index, "sha256": index_sha, "rows": n_kept},
-            "shards": collected.shards,
+            "index": {
+                "key": DatasetLayout.index,
+                "sha256": index_sha,
+                "rows": n_kept,
+                "per_shard": "shards[].index: every sample of the shard with its kept flag",
+            },
+            "shards": [s.record for s in collected.shards],
             "shards_total": spec.sharding.shards,
             "shards_missing": collected.missing,
             "timings": {

@@ -205,11 +205,11 @@ def spec_document(task: Any) -> dict[str, Any]:
         "metadata": {"name": task.resource.name, "namespace": task.resource.namespace},
         "synthrec": __version__,
     }
-    if task.stage == "train":
+    if task.stage in ("train", "pretrain", "transfer"):
         spec = task.experiment
         doc["spec"] = spec.wire()
         doc["specHash"] = plan.experiment_hash(spec)
-        doc["runs"] = [r.name for r in plan.experiment_runs(spec)]
+        doc["runs"] = [r.name for r in plan.runs_of(spec)]
     else:
         doc["spec"] = task.dataset.wire()
         doc["hashes"] = dict(task.hashes)
@@ -295,16 +295,23 @@ def run_stage(stage: str, fn: Callable[[StageContext], Summary], task_path: str,
         write_termination_log(summary)
         log.info("%s shard %s done: %s", stage, shard_id, summary_line(summary))
         return contract.EXIT_OK
-    except WorkerError as exc:
-        return _fail(stage, shard_id, exc.kind, str(exc), exc.exit_code)
-    except StorageError as exc:  # each class says what kind of failure it is (synthrec.storage.errors)
+    except (Exception, KeyboardInterrupt) as exc:
+        kind, message, code = classify_failure(exc, stage)
+        return _fail(stage, shard_id, kind, message, code)
+
+
+def classify_failure(exc: BaseException, stage: str) -> tuple[str, str, int]:
+    """(kind, message, exit code) of a stage's failure under the contract; an unexpected exception is
+    logged with its traceback and treated as retryable (a bug or an unforeseen environment problem)."""
+    if isinstance(exc, WorkerError):
+        return exc.kind, str(exc), exc.exit_code
+    if isinstance(exc, StorageError):  # each class says what kind of failure it is (synthrec.storage.errors)
         error = worker_error(exc.failure, str(exc))
-        return _fail(stage, shard_id, error.kind, str(error), error.exit_code)
-    except KeyboardInterrupt:
-        return _fail(stage, shard_id, "retryable", "interrupted", contract.EXIT_RETRYABLE)
-    except Exception as exc:  # a bug or an unforeseen environment problem: retrying is the safe default
-        log.error("unexpected error in %s:\n%s", stage, traceback.format_exc())
-        return _fail(stage, shard_id, "retryable", f"{type(exc).__name__}: {exc}", contract.EXIT_RETRYABLE)
+        return error.kind, str(error), error.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return "retryable", "interrupted", contract.EXIT_RETRYABLE
+    log.error("unexpected error in %s:\n%s", stage, "".join(traceback.format_exception(exc)))
+    return "retryable", f"{type(exc).__name__}: {exc}", contract.EXIT_RETRYABLE
 
 
 def _fail(stage: str, shard: int | None, kind: str, message: str, code: int) -> int:

@@ -45,6 +45,10 @@ class DeterministicTar:
         self._tar.addfile(info, io.BytesIO(data))
         self.members += 1
 
+    def flush(self) -> None:
+        """Hand what was added to the file (so a reader of the file sees it)."""
+        self._file.flush()
+
     def close(self) -> None:
         if self._file.closed:
             return
@@ -59,9 +63,12 @@ class DeterministicTar:
 
 
 def to_uint8(images: Any) -> Any:
-    """Float images in [0, 1] (N, H, W, 3) as uint8, rounded as diffusers' numpy_to_pil does."""
+    """Float images in [0, 1] (N, H, W, 3) as uint8, rounded as diffusers' numpy_to_pil does; a batch made
+    uint8 on the device (``numpy()``, e.g. synthrec.workers.diffusion.HostImages) as it is."""
     import numpy as np
 
+    if callable(getattr(images, "numpy", None)) and not isinstance(images, np.ndarray):
+        images = images.numpy()  # waits for its copy to the host
     array = np.asarray(images)
     if array.dtype == np.uint8:
         return array
@@ -87,7 +94,8 @@ def sample_json(meta: dict[str, Any]) -> bytes:
 
 
 class BackgroundShardWriter:
-    """Encodes batches of images to JPEG and appends ``<key>.jpg`` + ``<key>.json`` to a tar, off-thread.
+    """Encodes batches of images to JPEG and appends ``<key>.jpg`` + ``<key>.json`` (+ ``<key>.cls`` when
+    ``label`` is given: the class index as ASCII digits, WebDataset's convention) to a tar, off-thread.
 
     Images are stored at ``size`` x ``size`` (resized with antialiasing when generated at another size).
     ``put(items, images)`` hands a batch over (blocking only when ``max_pending`` batches are queued);
@@ -101,6 +109,7 @@ class BackgroundShardWriter:
         *,
         key: Callable[[Any], str],
         metadata: Callable[[Any], dict[str, Any]],
+        label: Callable[[Any], int] | None = None,
         quality: int = 95,
         size: int | None = None,
         max_pending: int = 3,
@@ -109,9 +118,11 @@ class BackgroundShardWriter:
         self._tar = DeterministicTar(path)
         self._key = key
         self._metadata = metadata
+        self._label = label
         self._quality = quality
         self._size = size
         self._on_written = on_written
+        self.on_flushed: Callable[[], None] | None = None  # after each batch reached the file
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._abort = threading.Event()
@@ -177,9 +188,14 @@ class BackgroundShardWriter:
                     key = self._key(item)
                     self._tar.add(f"{key}.jpg", encode_jpeg(image, self._quality, self._size))
                     self._tar.add(f"{key}.json", sample_json(self._metadata(item)))
+                    if self._label is not None:
+                        self._tar.add(f"{key}.cls", str(int(self._label(item))).encode())
                     self.count += 1
+                self._tar.flush()
                 self.seconds_busy += time.perf_counter() - started
                 if self._on_written is not None:
                     self._on_written(len(items))
+                if self.on_flushed is not None:
+                    self.on_flushed()
         except BaseException as exc:  # handed to the caller; the thread must not die silently
             self._error = exc

@@ -2,30 +2,36 @@
 
 A generated shard ``shards/gen-NNNNN.tar`` is a WebDataset tar: ``<key>.jpg`` + ``<key>.json`` (at least
 ``class`` (int index), ``class_name``, ``prompt``, ``seed``, ``item``, ``real_source``, ``model``,
-``revision``). Its marker ``shards/gen-NNNNN.done.json`` carries the generate stage hash and the tar's
+``revision``) + ``<key>.cls`` (the class index as text; older shards lack it, so readers here use the json's
+``class``). Its marker ``shards/gen-NNNNN.done.json`` carries the generate stage hash and the tar's
 sha256, which is checked after download: a damaged tar is a DataError (delete the marker to regenerate).
 
 Policy for damaged samples inside a verified tar (the generator wrote bad bytes): a JPEG that does not
 decode, or a sample without its .jpg or .json, is skipped and counted as ``corrupt`` (per shard in the
 features file and marker, per class in manifest.json); it never reaches the kept index.
 
-Features file ``features/gen-NNNNN.safetensors`` (one row per decodable image, in tar order):
+Features file ``features/gen-NNNNN.safetensors`` (format 2; one row per decodable image, in tar order):
 
 =============  =========================  ===========================================================
 tensor         shape / dtype              meaning
 =============  =========================  ===========================================================
 features       [N, D] float16             L2-normalised CLIP image features
-logits         [N, C] float32             zero-shot head logits, logit_scale * cos(image, class text):
+logits         [N, C] float16             zero-shot head logits, logit_scale * cos(image, class text):
                                           head templates with head names (soft targets)
-filter_logits  [N, C] float32             the same with the CLIP Filter's prompts (``filter.prompts``)
-probs          [N, C] float32             softmax(filter_logits): the CLIP Filter's scores
+filter_logits  [N, C] float16             the same with the CLIP Filter's prompts (``filter.prompts``);
+                                          absent when those are the head's (then ``logits`` scores)
 class_index    [N] int64                  intended class (from the sample's json)
 =============  =========================  ===========================================================
 
-Metadata (strings): ``keys`` (JSON list, row order), ``corrupt`` (JSON list of {key, class, reason}),
-``shard``, ``spec_hash``, ``clip`` (JSON: model, pretrained, revision), ``logit_scale``, ``classes``
-(count), ``templates`` (JSON list), ``filter_prompts`` (JSON: mode, names, templates, example),
-``generator`` (JSON: model, revision of the first sample).
+Logits only, in float16 (the precision the official code computed them in: CLIP in fp16): the CLIP
+Filter's score ``p(c | image)`` is ``softmax(filter_logits)[c]`` and a soft target ``softmax(logits / T)``,
+both derived where they are needed (``ShardFeatures.scores``, ``soft_targets``). Format 1 files (float32
+logits plus their softmax ``probs``) are still read.
+
+Metadata (strings): ``format`` ("2"), ``keys`` (JSON list, row order), ``corrupt`` (JSON list of {key,
+class, reason}), ``shard``, ``spec_hash``, ``clip`` (JSON: model, pretrained, revision), ``logit_scale``,
+``classes`` (count), ``templates`` (JSON list), ``filter_prompts`` (JSON: mode, names, templates,
+example), ``generator`` (JSON: model, revision of the first sample).
 """
 
 from __future__ import annotations
@@ -88,6 +94,7 @@ def download_shard(storage: Storage, shard: int, folder: Path, marker: dict[str,
 
 def scan_shard(path: Path, classes: int) -> ShardContents:
     """Group the tar's members by WebDataset key; check each sample's json and class index."""
+    from synthrec.limits import MAX_JSON_MEMBER_BYTES, read_member
     from synthrec.workers.realdata import tar_members
 
     members: dict[str, dict[str, tarfile.TarInfo]] = {}
@@ -97,10 +104,9 @@ def scan_shard(path: Path, classes: int) -> ShardContents:
             for key, ext, member in tar_members(tar):
                 members.setdefault(key, {})[ext] = member
                 if ext == "json":
-                    raw = tar.extractfile(member)
                     try:
-                        metas[key] = json.loads(raw.read() if raw else b"")
-                    except ValueError:
+                        metas[key] = json.loads(read_member(tar, member, MAX_JSON_MEMBER_BYTES))
+                    except ValueError:  # not JSON, or MemberTooLarge: the sample counts as corrupt
                         metas[key] = None
     except (tarfile.TarError, OSError) as e:
         raise DataError(
@@ -136,16 +142,42 @@ def read_range(item: tuple[str, int, int]) -> bytes:
 
 # --------------------------------------------------------------------------------- features files
 
+FEATURES_FORMAT = "2"
+
 
 @dataclass
 class ShardFeatures:
     features: Any  # numpy [N, D] float16
-    logits: Any  # numpy [N, C] float32
-    probs: Any  # numpy [N, C] float32
+    logits: Any  # numpy [N, C] (float16; float32 in format 1)
+    filter_logits: Any  # numpy [N, C]: the CLIP Filter's logits (``logits`` when it scores with the head)
     class_index: Any  # numpy [N] int64
     keys: list[str]
     corrupt: list[dict[str, Any]]
     meta: dict[str, str]
+    probs: Any = None  # format 1 only: softmax(filter_logits) as stored
+
+    def scores(self) -> Any:
+        """float32 [N]: each row's CLIP Filter score p(intended class | image)."""
+        import numpy as np
+
+        rows = np.arange(len(self.class_index))
+        if self.probs is not None:
+            return np.asarray(self.probs[rows, self.class_index], dtype=np.float32)
+        return class_probability(self.filter_logits, self.class_index)
+
+
+def class_probability(logits: Any, classes: Any, chunk: int = 8192) -> Any:
+    """float32 [N]: ``softmax(logits[i])[classes[i]]`` per row, computed in float32 a chunk at a time."""
+    import numpy as np
+
+    out = np.empty(len(classes), dtype=np.float32)
+    for start in range(0, len(classes), chunk):
+        z = np.asarray(logits[start : start + chunk], dtype=np.float32)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        picked = e[np.arange(len(z)), np.asarray(classes[start : start + chunk])]
+        out[start : start + chunk] = picked / e.sum(axis=1)
+    return out
 
 
 def write_features(path: Path, tensors: dict[str, Any], metadata: dict[str, Any]) -> None:
@@ -156,20 +188,29 @@ def write_features(path: Path, tensors: dict[str, Any], metadata: dict[str, Any]
     save_file({k: v for k, v in tensors.items()}, str(path), metadata=meta)
 
 
-def read_features(path: Path) -> ShardFeatures:
+def read_features(path: Path, tensors: tuple[str, ...] | None = None) -> ShardFeatures:
+    """A features file; ``tensors`` limits what is read (the rest is left as None), e.g. reduce reads no
+    ``features`` unless Real Filtering needs them."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata() or {}
-        arrays = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+        names = set(f.keys())
+        wanted = names if tensors is None else names & (set(tensors) | {"class_index"})
+        if tensors is not None and "filter_logits" in tensors:  # scores: what format 1 or 2 has
+            scorer = {"filter_logits"} if "filter_logits" in names else {"logits"}
+            wanted |= (scorer | {"probs"}) & names
+        arrays = {name: f.get_tensor(name) for name in wanted}
+    logits = arrays.get("logits")
     return ShardFeatures(
-        features=arrays["features"],
-        logits=arrays["logits"],
-        probs=arrays["probs"],
+        features=arrays.get("features"),
+        logits=logits,
+        filter_logits=arrays.get("filter_logits", logits),
         class_index=arrays["class_index"],
         keys=json.loads(meta.get("keys", "[]")),
         corrupt=json.loads(meta.get("corrupt", "[]")),
         meta=meta,
+        probs=arrays.get("probs"),
     )
 
 

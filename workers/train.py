@@ -247,10 +247,10 @@ class _Run(RunFeatures):
         """Features of ``fs`` through the tuned image tower (eval mode), for evaluation."""
         import torch
 
-        from synthrec.workers.clip import ImageDataset, image_loader
+        from synthrec.workers.decode import image_loader
 
         encoder.visual.eval()
-        dataset = ImageDataset(fs.items, fs.reader, self.clip.preprocess, self.clip.image_shape())
+        dataset = self.clip.dataset(fs.items, fs.reader)
         chunks = []
         with torch.no_grad():
             for images, _, _ in image_loader(
@@ -262,7 +262,7 @@ class _Run(RunFeatures):
     def _tune(
         self, head: Any, teacher: Any, syn: FeatureSet | None, real: FeatureSet | None, val: FeatureSet | None
     ) -> tuple[Any, Any]:
-        from synthrec.workers.clip import ImageDataset, image_loader
+        from synthrec.workers.decode import image_loader
         from synthrec.workers.tuning import CachedFeatures, EncoderFeatures, tune
 
         ct = self.ct
@@ -274,11 +274,16 @@ class _Run(RunFeatures):
 
             def make_loader(split: str, batches: list[list[int]]) -> Any:
                 fs = sets[split]
-                dataset = ImageDataset(fs.items, fs.reader, self.clip.preprocess, self.clip.image_shape())
+                dataset = self.clip.dataset(fs.items, fs.reader)
                 return image_loader(dataset, batch_sampler=batches, device=self.device)
 
             encoder = source = EncoderFeatures(
-                self.clip.visual, self.ct.trainable_scope, make_loader, self.device, self.ct.freeze_batch_norm
+                self.clip.visual,
+                self.ct.trainable_scope,
+                make_loader,
+                self.device,
+                self.ct.freeze_batch_norm,
+                normalize=self.clip.normalize,
             )
         validate = None
         if val is not None:  # every epoch, whatever the selection: a run reports both models

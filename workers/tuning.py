@@ -8,6 +8,8 @@ CLIP's zero-shot logits. Random init: nn.Linear's uniform(-1/sqrt(D), 1/sqrt(D))
 Loss on a synthetic batch: ``w * SCE + (1 - w) * CE``, SCE = -sum(p_t * log_softmax(student)) with
 p_t = softmax(teacher / T), the teacher being the initial text head (fixed for the run, applied to the
 frozen encoder's features); the student is not divided by T and there is no T^2 factor (official code).
+The teacher being fixed, p_t is computed once per synthetic example before training (``teacher_targets``),
+not once per step.
 Loss on a real batch: CE. The two are weighted by ``syntheticLossWeight`` and ``realLossWeight``.
 
 Optimiser: AdamW(betas 0.9/0.999, eps 1e-8, weight decay on every trainable parameter, bias included),
@@ -27,6 +29,10 @@ Mixing orders (one epoch = one pass over the phase's epoch data):
   the first produced (the official repo's "syn_init"/"real_init" head files hint at exactly this).
   Phase-wise training therefore runs ``epochs`` over each data source, mixed runs ``epochs`` in total.
 - Only one source present (0 shots, or no synthetic data): one phase over it, whatever the mixing order.
+
+The step loop never waits for the device: batch indices go to it once per epoch (one non-blocking copy),
+losses stay on it, and the host reads them once per epoch (the logging interval: ``result.steps`` and the
+epoch's mean loss), where validation also runs.
 
 Selection: ``last`` reports the head after the final epoch; ``best-validation`` keeps the head of the
 epoch with the best top-1 on the validation set (first best on ties). With a validation set the other
@@ -81,8 +87,45 @@ class LinearHead(nn.Module):
 
 def sce_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Soft-target cross-entropy: the batch mean of -sum_c softmax(teacher/T)_c * log_softmax(student)_c."""
-    target = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    return -(target * F.log_softmax(student_logits.float(), dim=-1)).sum(dim=-1).mean()
+    return soft_cross_entropy(student_logits, F.softmax(teacher_logits.float() / temperature, dim=-1))
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The batch mean of -sum_c target_c * log_softmax(student)_c, for target probabilities."""
+    return -(target.float() * F.log_softmax(student_logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+TEACHER_FLOAT32_ELEMENTS = (
+    1 << 28
+)  # above this many N x C targets (1 GiB in float32) they are kept in float16
+
+
+def teacher_targets(
+    teacher: nn.Module, features: torch.Tensor, soft: Any, chunk: int = 16384
+) -> torch.Tensor:
+    """What the fixed teacher says of every cached synthetic example, computed once: softmax(teacher(x) /
+    T), [N, C] float32 (float16 when N x C exceeds TEACHER_FLOAT32_ELEMENTS: ~1e-3 relative, next to
+    memory of the features' size); with ``pseudoLabels: hard`` its argmax class, [N] int64."""
+    hard = soft.pseudo_labels == "hard"
+    with torch.no_grad():
+        parts = []
+        for i in range(0, len(features), chunk):
+            logits = teacher(features[i : i + chunk]).float()
+            parts.append(logits.argmax(dim=-1) if hard else F.softmax(logits / soft.temperature, dim=-1))
+    if not parts:
+        return torch.zeros(
+            (0,) if hard else (0, 0), device=features.device, dtype=torch.long if hard else None
+        )
+    targets = torch.cat(parts)
+    return targets.half() if not hard and targets.numel() > TEACHER_FLOAT32_ELEMENTS else targets
+
+
+def targets_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The teacher term from ``teacher_targets``' rows of the batch: SCE with soft targets, or the
+    cross-entropy with the teacher's class (the official ``Hard_pseudo_label_CE``)."""
+    if targets.dtype == torch.long:
+        return F.cross_entropy(student_logits.float(), targets)
+    return soft_cross_entropy(student_logits, targets)
 
 
 def teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, soft: Any) -> torch.Tensor:
@@ -239,8 +282,10 @@ class EncoderFeatures:
         make_loader: Callable[[str, list[list[int]]], Any],
         device: str,
         freeze_bn: bool = True,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.visual = visual
+        self.normalize = normalize  # uint8 batches -> the model's input, on the device
         self.make_loader = (
             make_loader  # (split 'syn'|'real', batches of indices) -> iterable of image batches
         )
@@ -261,6 +306,8 @@ class EncoderFeatures:
             freeze_batch_norm(self.visual)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.normalize is not None:
+            images = self.normalize(images)
         images = images.to(self.device, non_blocking=True)
         if self.device.startswith("cuda"):
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -289,6 +336,24 @@ class EncoderFeatures:
 
 def _images(batch: Any) -> torch.Tensor:
     return batch[0] if isinstance(batch, list | tuple) else batch
+
+
+def indices_on(device: torch.device, steps: Sequence[Step]) -> list[Step]:
+    """The epoch's index batches on ``device``: each source's indices in one pinned, non-blocking copy,
+    split there, so no step makes a host-to-device copy (which would wait for the device)."""
+    if device.type == "cpu":
+        return list(steps)
+    columns = []
+    for side in (0, 1):
+        parts = [s[side] for s in steps]
+        present = [p for p in parts if p is not None]
+        if not present:
+            columns.append(parts)
+            continue
+        flat = torch.cat(present).pin_memory().to(device, non_blocking=True)
+        pieces = iter(flat.split([len(p) for p in present]))
+        columns.append([None if p is None else next(pieces) for p in parts])
+    return list(zip(columns[0], columns[1], strict=True))
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -329,12 +394,24 @@ def tune(
     result = TuneResult()
     gen = torch.Generator().manual_seed(seed)
     teacher.requires_grad_(False)
+    device = head.weight.device
+    weight = ct.soft_target.weight
+    targets = (
+        teacher_targets(teacher, syn_cached, ct.soft_target)
+        if syn_cached is not None and n_syn and weight > 0
+        else None
+    )
     best: tuple[float, dict[str, Any]] | None = None
     global_epoch = 0
     for phase in plan_phases(ct.mixing, n_syn, n_real, ct.epochs):
         params = list(head.parameters()) + list(source.parameters())
         optimizer = torch.optim.AdamW(
-            params, lr=ct.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=ct.weight_decay
+            params,
+            lr=ct.lr,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=ct.weight_decay,
+            fused=device.type == "cuda",  # one kernel per step, its step counters on the device
         )
         spe = steps_per_epoch(phase.kind, n_syn, n_real, ct.batch_size_synthetic, ct.batch_size_real)
         total = spe * phase.epochs
@@ -348,45 +425,44 @@ def tune(
             plan = plan_epoch(
                 phase.kind, n_syn, n_real, ct.batch_size_synthetic, ct.batch_size_real, gen, cycled
             )
+            on_device = indices_on(device, plan)
             head.train()
-            losses = []
-            for (s_idx, r_idx), (x_syn, x_real) in zip(plan, source.batches(plan), strict=True):
+            records: list[dict[str, Any]] = []
+            pending: list[torch.Tensor] = []  # per step (loss, syn, real) on the device, read once per epoch
+            nan = torch.full((), float("nan"), device=device)
+            for (s_idx, r_idx), (x_syn, x_real) in zip(on_device, source.batches(plan), strict=True):
                 lr = lr_at(step, ct.lr, ct.warmup_steps, total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = torch.zeros((), device=head.weight.device)
-                record = {"lr": lr}
+                loss = torch.zeros((), device=device)
+                syn_loss = real_loss = nan
                 if x_syn is not None:
                     logits = head(x_syn)
-                    with torch.no_grad():
-                        target_logits = teacher(syn_cached[s_idx])
-                    y = syn_y[s_idx]
-                    smoothing = ct.label_smoothing
-                    ce = F.cross_entropy(logits, y, label_smoothing=smoothing)
-                    syn_loss = ct.soft_target.weight * teacher_loss(logits, target_logits, ct.soft_target)
-                    syn_loss = syn_loss + (1 - ct.soft_target.weight) * ce
+                    ce = F.cross_entropy(logits, syn_y[s_idx], label_smoothing=ct.label_smoothing)
+                    syn_loss = (1 - weight) * ce
+                    if targets is not None:
+                        syn_loss = syn_loss + weight * targets_loss(logits, targets[s_idx])
                     loss = loss + ct.synthetic_loss_weight * syn_loss
-                    record["syn"] = float(syn_loss.detach())
                 if x_real is not None:
                     logits = head(x_real)
                     real_loss = F.cross_entropy(logits, real_y[r_idx], label_smoothing=ct.label_smoothing)
                     loss = loss + ct.real_loss_weight * real_loss
-                    record["real"] = float(real_loss.detach())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if ct.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, ct.grad_clip)
                 optimizer.step()
-                record["loss"] = float(loss.detach())
-                result.steps.append(record)
-                losses.append(record["loss"])
+                pending.append(torch.stack([loss.detach(), syn_loss.detach(), real_loss.detach()]))
+                records.append({"lr": lr, "syn": x_syn is not None, "real": x_real is not None})
                 step += 1
                 if on_step is not None:
                     on_step()
+            losses = _read_losses(records, pending)  # the epoch's one read of the device
+            result.steps.extend(losses)
             epoch = {
                 "epoch": global_epoch,
                 "phase": phase.name,
-                "loss": sum(losses) / max(1, len(losses)),
+                "loss": sum(r["loss"] for r in losses) / max(1, len(losses)),
                 "lr": lr,
             }
             if validate is not None:
@@ -406,6 +482,21 @@ def tune(
             load_snapshot(head, source, snap)
             result.selected_epoch = snap["epoch"]
     return result
+
+
+def _read_losses(records: list[dict[str, Any]], pending: list[torch.Tensor]) -> list[dict[str, float]]:
+    """Per step {lr, loss, syn, real} (syn/real only when the step had that batch), from one transfer."""
+    values = torch.stack(pending).tolist() if pending else []
+    out = []
+    for record, (loss, syn, real) in zip(records, values, strict=True):
+        row = {"lr": record["lr"]}
+        if record["syn"]:
+            row["syn"] = syn
+        if record["real"]:
+            row["real"] = real
+        row["loss"] = loss
+        out.append(row)
+    return out
 
 
 def snapshot(head: LinearHead, source: Any, epoch: int) -> dict[str, Any]:

@@ -131,3 +131,5 @@ ModelRefStr = Annotated[
 ]
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL)]
 Quantity = Annotated[str, Field(max_length=64, pattern=_QUANTITY)]
+# A quantity, or "auto" (sized by the operator: synthrec.plan.shm).
+ShmSize = Annotated[str, Field(max_length=64, pattern=r"^auto$|" + _QUANTITY)]

@@ -14,6 +14,7 @@ from synthrec.api.base import (
     OutputUri,
     Quantity,
     Rule,
+    ShmSize,
     StorageUri,
     _check_storage_uri,
     _check_text,
@@ -170,7 +171,12 @@ class Resources(ApiModel):
     )
     cpu: Quantity = "4"
     memory: Quantity = "16Gi"
-    shared_memory: Quantity | None = Field(default="2Gi", description="Size of /dev/shm for data loaders.")
+    shared_memory: ShmSize | None = Field(
+        default="auto",
+        description="Size of /dev/shm for data loaders: auto sizes it from the stage's batch size, the "
+        "loader workers the cpu request gives and the model's input size (uint8 images; at most half of "
+        "memory, which it counts against); a quantity is used as is; null mounts none.",
+    )
 
 
 class Toleration(ApiModel):

@@ -173,13 +173,28 @@ class Generator(ApiModel):
         description="If set, images per class spread evenly over the class's prompts (overrides "
         "imagesPerPrompt; the paper's 2000 = 200 sentences x 10).",
     )
-    batch_size: int = Field(default=16, ge=1, le=1024, description="Images per pipeline call.")
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Images per pipeline call (with batchSizeSearch: the largest size tried).",
+    )
+    batch_size_search: bool | None = Field(
+        default=None,
+        description="Measure images/s at batch sizes 1, 2, 4, ... up to batchSize on the shard's first "
+        "batches (their images are kept) and generate the rest at the fastest; the choice is stored in the "
+        "output and reused by later pods on the same model, device and settings.",
+    )
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         default="auto", description="auto: float16 on GPU, float32 on CPU."
     )
     negative_prompt: str | None = _text(1000, default=None)
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Base seed; every image derives its own.")
-    compile: bool = Field(default=False, description="torch.compile the denoiser (GPU only).")
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the denoiser and the VAE decoder; the compiled artifacts are kept in the "
+        "output (models/compile-cache/) so later pods load instead of compiling.",
+    )
     jpeg_quality: int = Field(default=95, ge=50, le=100)
 
     _v_model = field_validator("model")(lambda v: _check_model_ref(v))
@@ -307,9 +322,29 @@ class Filter(ApiModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     real_filtering: RealFiltering | None = None
     batch_size: int = Field(default=256, ge=1, le=8192)
+    decode: Literal["full", "reduced", "gpu"] | None = Field(
+        default=None,
+        description="How images are decoded for scoring. full: every pixel on the CPU, then the model's "
+        "preprocessing (the official code's way); reduced: JPEGs decoded at the smallest DCT scale that "
+        "still covers the model's input (PIL draft; the same as full below twice the input size); gpu: "
+        "JPEGs decoded and resized on the GPU (nvJPEG). Omit for gpu on a GPU, reduced elsewhere.",
+    )
 
 
 # ------------------------------------------------------------------------------------------ execution
+
+
+class ModelMirror(ApiModel):
+    """Where the dataset's pods load their models from (synthrec.workers.mirror): the prompts stage pins
+    every model to a revision and copies it once, instead of every pod downloading it from the hub."""
+
+    target: Literal["auto", "output", "cache", "off"] = Field(
+        default="auto",
+        description="output: a copy under the dataset's output (models/), fetched by each pod from the "
+        "object store; cache: a copy in the pods' /cache when it is one shared volume (the operator's worker "
+        "cache volume), loaded in place; off: each pod resolves the references itself. auto: output for "
+        "s3:// outputs, off for file:// ones. file:// models are pinned, never copied.",
+    )
 
 
 class Sharding(ApiModel):
@@ -386,4 +421,5 @@ class SyntheticDatasetSpec(ApiModel):
     scheduling: Scheduling = Field(default_factory=Scheduling)
     output: Output
     model_hub: ModelHub | None = None
+    model_mirror: ModelMirror | None = None
     run_policy: RunPolicy = Field(default_factory=RunPolicy)

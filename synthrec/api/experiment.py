@@ -30,6 +30,7 @@ from synthrec.api.common import (
     Scheduling,
     _immutable,
 )
+from synthrec.api.pretraining import WEIGHTS_REF_PATTERN, Objective, Pretrain, check_weights_ref
 
 # ----------------------------------------------------------------------------- RecognitionExperiment
 
@@ -92,7 +93,11 @@ class ExperimentData(ApiModel):
     real_train: RealData | None = Field(
         default=None, description="Real training images; M shots per class are sampled."
     )
-    test: RealData = Field(description="Real test images: every run reports top-1 on them.")
+    test: RealData | None = Field(
+        default=None,
+        description="Real test images: every run reports top-1 on them (classifier tuning needs them; "
+        "pre-training's classification and linear-probe transfer evaluate on them).",
+    )
     validation: RealData | None = Field(
         default=None,
         description="Real validation images (e.g. CoOp's val split): every run evaluates its models on them "
@@ -311,6 +316,42 @@ class Method(ApiModel):
     classifier_tuning: ClassifierTuning = Field(default_factory=ClassifierTuning)
     tip_adapter: TipAdapter = Field(default_factory=TipAdapter)
     coop: CoOp = Field(default_factory=CoOp)
+    pretrain: Pretrain | None = Field(
+        default=None,
+        description="Pre-train a timm backbone on synthetic data, then transfer (the paper's Tables 8-11); "
+        "the runs are then matrix.dataSizes x inits x objectives x labelSpaces x seeds.",
+    )
+
+
+class LabelSpaceData(ApiModel):
+    """One value of matrix.labelSpaces: a named pre-training set (e.g. IN-1K Syn, IN-2K Syn)."""
+
+    __cel_rules__ = (
+        Rule(
+            "!has(self.dataSizes) || self.dataSizes.all(s, s >= 0)",
+            "matrix.labelSpaces[].dataSizes values must be non-negative",
+            ".dataSizes",
+        ),
+    )
+
+    name: str = Field(
+        min_length=1, max_length=20, pattern=_DNS_LABEL, description="A short name (it is part of run names)."
+    )
+    synthetic: list[SyntheticSource] = Field(min_length=1, max_length=16)
+    data_sizes: list[int] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description="This label space's sizes (e.g. IN-1K Syn 1.2M and 2.4M, IN-2K Syn 2.4M and 4.0M); "
+        "default: matrix.dataSizes.",
+    )
+
+    @field_validator("data_sizes")
+    @classmethod
+    def _unique(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and len(set(values)) != len(values):
+            raise ValueError(f"values must be unique, got {values}")
+        return values
 
 
 class Variant(ApiModel):
@@ -352,6 +393,13 @@ class Variant(ApiModel):
         return values
 
 
+_PER_CELL = (
+    "size(self.seeds) * (has(self.inits) ? size(self.inits) : 1) * "
+    "(has(self.objectives) ? size(self.objectives) : 1)"
+)
+_SIZES = "(has(self.dataSizes) ? size(self.dataSizes) : 1)"
+
+
 class Matrix(ApiModel):
     """shots x seeds x variants, each combination one run."""
 
@@ -373,6 +421,20 @@ class Matrix(ApiModel):
             f"<= {MAX_RUNS}",
             f"the matrix expands to more than {MAX_RUNS} runs; split it into several experiments",
         ),
+        Rule(
+            "!has(self.dataSizes) || self.dataSizes.all(s, s >= 0)",
+            "matrix.dataSizes values must be non-negative (0: no synthetic pre-training)",
+            ".dataSizes",
+        ),
+        Rule(
+            # runs = seeds x inits x objectives x (sizes summed over the label spaces), bounded by the
+            # number of label spaces times the sizes of each (plain CEL has no sum or max)
+            f"has(self.labelSpaces) ? self.labelSpaces.all(l, {_PER_CELL} * size(self.labelSpaces) * "
+            f"(has(l.dataSizes) ? size(l.dataSizes) : {_SIZES}) <= {MAX_RUNS}) : "
+            f"{_PER_CELL} * {_SIZES} <= {MAX_RUNS}",
+            f"the pre-training matrix expands to more than {MAX_RUNS} runs; split it into several "
+            "experiments",
+        ),
     )
 
     shots: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=32)
@@ -383,25 +445,117 @@ class Matrix(ApiModel):
         max_length=32,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    # method.pretrain's axes (unset: the method's own value)
+    data_sizes: list[int] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description="Synthetic images per pre-training run (e.g. 1200000 of a 3.6M dataset, each class "
+        "keeping its share; chosen by method.pretrain.data.capSeed). 0: no synthetic pre-training, the "
+        "init alone is transferred (the paper's '0' column). Unset: every image.",
+    )
+    inits: list[Annotated[str, Field(max_length=1024, pattern=WEIGHTS_REF_PATTERN)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description="Initial weights of the backbone (scratch, timm:tv_in1k, ...), as method.pretrain.init.",
+    )
+    objectives: list[Objective] | None = Field(default=None, min_length=1, max_length=2)
+    label_spaces: list[LabelSpaceData] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description="Named pre-training sets, each a label space's synthetic data (replaces data.synthetic).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
 
-    @field_validator("shots", "seeds")
+    @field_validator("shots", "seeds", "data_sizes", "inits", "objectives")
     @classmethod
-    def _unique(cls, values: list[int]) -> list[int]:
-        if len(set(values)) != len(values):
+    def _unique(cls, values: list[Any] | None) -> list[Any] | None:
+        if values is not None and len(set(values)) != len(values):
             raise ValueError(f"values must be unique, got {values}")
+        return values
+
+    @field_validator("inits")
+    @classmethod
+    def _weights(cls, values: list[str] | None) -> list[str] | None:
+        for value in values or []:
+            check_weights_ref(value)
         return values
 
     @model_validator(mode="after")
     def _unique_variants(self) -> Matrix:
-        names = [v.name for v in self.variants or []]
-        if len(set(names)) != len(names):
-            raise ValueError(f"matrix.variants names must be unique, got {names}")
+        for what, items in (("variants", self.variants), ("labelSpaces", self.label_spaces)):
+            names = [v.name for v in items or []]
+            if len(set(names)) != len(names):
+                raise ValueError(f"matrix.{what} names must be unique, got {names}")
         return self
 
 
 class Execution(ApiModel):
     parallelism: int = Field(default=4, ge=1, le=MAX_RUNS, description="Runs at once.")
     retries_per_run: int = Field(default=1, ge=0, le=10)
+
+
+_PRETRAIN_AXES = "has(self.matrix.dataSizes) || has(self.matrix.inits) || has(self.matrix.objectives) || "
+_PRETRAIN_AXES += "has(self.matrix.labelSpaces)"
+_TRANSFER = "self.method.pretrain.transfer"
+_PRETRAIN_RULES = (
+    Rule(
+        f"has(self.method.pretrain) || !({_PRETRAIN_AXES})",
+        "matrix.dataSizes, inits, objectives and labelSpaces are method.pretrain's axes; set method.pretrain "
+        "or remove them",
+        field_path=".matrix",
+    ),
+    Rule(
+        "!has(self.method.pretrain) || (self.matrix.shots == [0] && !has(self.matrix.variants))",
+        "method.pretrain runs expand over matrix.dataSizes, inits, objectives, labelSpaces and seeds; "
+        "matrix.shots and matrix.variants belong to classifier tuning",
+        field_path=".matrix.shots",
+    ),
+    Rule(
+        "!has(self.method.pretrain) || self.method.pretrain.batchSize % "
+        "(self.method.pretrain.distributed.nodes * (self.resources.gpus > 0 ? self.resources.gpus : 1)) == 0",
+        "method.pretrain.batchSize must be divisible by the world size: method.pretrain.distributed.nodes x "
+        "resources.gpus processes (one per CPU-only pod) each take an equal share of the global batch",
+        field_path=".method.pretrain.batchSize",
+    ),
+    Rule(
+        "!has(self.method.pretrain) || self.method.pretrain.precision != 'fp16' || self.resources.gpus > 0",
+        "method.pretrain.precision fp16 needs GPUs (resources.gpus > 0); use bf16 or fp32 on CPU",
+        field_path=".method.pretrain.precision",
+    ),
+    Rule(
+        f"!has(self.method.pretrain) || !has({_TRANSFER}) || "
+        f"!(has({_TRANSFER}.classification) || has({_TRANSFER}.linearProbe)) || "
+        "(has(self.data.realTrain) && has(self.data.test))",
+        "method.pretrain.transfer.classification and linearProbe train on data.realTrain and report top-1 "
+        "on data.test (in labels): set both",
+        field_path=".data.realTrain",
+        reason="FieldValueRequired",
+    ),
+    Rule(
+        "!has(self.method.pretrain) || !has(self.matrix.labelSpaces) || size(self.data.synthetic) == 0",
+        "matrix.labelSpaces replaces data.synthetic for pre-training: set one of them",
+        field_path=".data.synthetic",
+    ),
+    Rule(
+        "!has(self.method.pretrain) || size(self.data.synthetic) > 0 || has(self.matrix.labelSpaces) || "
+        "(has(self.matrix.dataSizes) && self.matrix.dataSizes.all(s, s == 0))",
+        "method.pretrain needs synthetic data: data.synthetic or matrix.labelSpaces",
+        field_path=".data.synthetic",
+        reason="FieldValueRequired",
+    ),
+    Rule(
+        "!has(self.method.pretrain) || has(self.method.pretrain.transfer) || "
+        "((!has(self.matrix.dataSizes) || !self.matrix.dataSizes.exists(s, s == 0)) && "
+        "(!has(self.matrix.labelSpaces) || !self.matrix.labelSpaces.exists(l, has(l.dataSizes) && "
+        "l.dataSizes.exists(s, s == 0))))",
+        "matrix.dataSizes 0 runs no pre-training, only the transfer of the init: set "
+        "method.pretrain.transfer",
+        field_path=".matrix.dataSizes",
+    ),
+)
 
 
 class RecognitionExperimentSpec(ApiModel):
@@ -414,12 +568,19 @@ class RecognitionExperimentSpec(ApiModel):
             field_path=".data.realTrain",
             reason="FieldValueRequired",
         ),
+        Rule(
+            "has(self.method.pretrain) || has(self.data.test)",
+            "classifier tuning needs data.test (every run reports top-1 on it)",
+            field_path=".data.test",
+            reason="FieldValueRequired",
+        ),
+        *_PRETRAIN_RULES,
         *_immutable("labels", "backbone", "data", "method", "matrix", "output"),
     )
 
     labels: LabelSpace
     backbone: Backbone = Field(default_factory=Backbone)
-    data: ExperimentData
+    data: ExperimentData = Field(default_factory=ExperimentData)
     method: Method = Field(default_factory=Method)
     matrix: Matrix = Field(default_factory=Matrix)
     execution: Execution = Field(default_factory=Execution)

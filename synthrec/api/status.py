@@ -107,21 +107,49 @@ class RunCounts(ApiModel):
 
 
 class RunResult(ApiModel):
+    """One run: a classifier-tuning run (shots, seed, variant) or a pre-training run (data size, init,
+    objective, label space, seed) with its transfer results; percentages."""
+
     name: str = Field(max_length=253)
-    shots: int
+    shots: int | None = None
     seed: int
     variant: str | None = Field(default=None, max_length=63)
     method: str | None = Field(
         default=None, max_length=63, description="classifier-tuning, zero-shot, tip-adapter(-f) or coop."
     )
     state: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
-    top1: float | None = Field(default=None, description="Test top-1 of the model the run's selection picks.")
+    message: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Why a Failed run failed: the Job's reason and its last pod's error.",
+    )
+    top1: float | None = Field(
+        default=None,
+        description="Test top-1 of the model the run's selection picks (pre-training: of the fine-tuned "
+        "backbone, or the linear probe).",
+    )
     top1_last: float | None = Field(default=None, description="Test top-1 of the last epoch's model.")
     top1_best_validation: float | None = Field(
         default=None, description="Test top-1 of the best epoch on the run's validation set, if it has one."
     )
     zero_shot_top1: float | None = None
-    metrics: str | None = Field(default=None, max_length=1024, description="URI of the run's metrics.json.")
+    metrics: str | None = Field(
+        default=None, max_length=1024, description="URI of the run's metrics.json (pre-training: its folder)."
+    )
+    # pre-training (method.pretrain): the cell of the matrix, the stage it is at, the transfer table
+    objective: str | None = Field(default=None, max_length=32)
+    label_space: str | None = Field(default=None, max_length=63)
+    data_size: int | None = Field(default=None, description="Synthetic images (unset: all; 0: none).")
+    init: str | None = Field(default=None, max_length=1024)
+    stage: str | None = Field(default=None, max_length=32, description="pretrain or transfer.")
+    pretrain_steps: int | None = Field(default=None, description="Optimizer steps of the pre-training.")
+    pretrain_loss: float | None = Field(default=None, description="The pre-training's last logged loss.")
+    card: str | None = Field(
+        default=None, max_length=1024, description="URI of the pre-trained backbone's card.json."
+    )
+    classification_top1: float | None = None
+    linear_probe_top1: float | None = None
+    ap50: float | None = Field(default=None, description="VOC07 11-point AP50 of the detection transfer.")
 
 
 class BestRun(ApiModel):

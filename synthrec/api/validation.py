@@ -24,6 +24,7 @@ import yaml
 
 from synthrec import api
 from synthrec.api import cel, crdgen
+from synthrec.limits import MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, bounded
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -33,6 +34,10 @@ class Problem:
     path: str  # e.g. spec.sharding.parallelism
     message: str
     layer: str  # schema | cel | model | file
+
+    def __post_init__(self) -> None:  # a value echoed in a message can be megabytes: keep lines short
+        object.__setattr__(self, "path", bounded(self.path, 300))
+        object.__setattr__(self, "message", bounded(self.message, 1000))
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
@@ -45,26 +50,127 @@ class Document:
 
     @property
     def label(self) -> str:
-        kind = self.body.get("kind", "?")
-        name = (self.body.get("metadata") or {}).get("name", "?")
-        return f"{kind}/{name}"
+        kind, name = self.body.get("kind", "?"), _name_of(self.body)
+        return bounded(f"{kind}/{'?' if name is None else name}", 200)
+
+
+def _name_of(body: dict[str, Any]) -> Any:
+    """metadata.name of a resource body that may be anything (None when there is no such field)."""
+    metadata = body.get("metadata")
+    return metadata.get("name") if isinstance(metadata, dict) else None
 
 
 class FileError(ValueError):
     """The file itself cannot be read as resources."""
 
 
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the bounds of synthrec.limits: nesting depth (checked before it
+    recurses, so 50,000 levels are an error, not a RecursionError) and the size of each document with
+    its aliases expanded (an alias bomb is refused before anything walks it)."""
+
+    def __init__(self, stream: str, name: str = "<unicode string>") -> None:
+        super().__init__(stream)
+        self.name = name  # what marks in messages call the file
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_YAML_DEPTH} levels of nesting", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        size, depth = _expanded(node, MAX_YAML_NODES)
+        if size > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"its aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?); write the "
+                "values out, or use fewer aliases",
+                node.start_mark,
+            )
+        if depth > MAX_YAML_DEPTH:  # each alias within the limit, nested in one another beyond it
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"its aliases nest more than {MAX_YAML_DEPTH} levels deep; write the values out",
+                node.start_mark,
+            )
+        return node
+
+
+def _expanded(root: Any, limit: int) -> tuple[int, int]:
+    """Values in a document once every alias is replaced by what it names (a shared node counts each
+    time it is used; a recursive alias counts as over the limit; counting stops past ``limit``), and the
+    nesting depth it then has. Recursion here stays within the composed depth: an alias names a node
+    that appears earlier, so it has been measured already (or is an ancestor: recursive)."""
+    measured: dict[int, tuple[int, int]] = {}
+    busy: set[int] = set()
+
+    def measure(node: Any) -> tuple[int, int]:
+        key = id(node)
+        if key in measured:
+            return measured[key]
+        if key in busy:  # an alias to a collection it is part of: infinite
+            return limit + 1, 0
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        busy.add(key)
+        total, deepest = 1, 0
+        for child in children:
+            size, depth = measure(child)
+            total, deepest = total + size, max(deepest, depth)
+            if total > limit:
+                break
+        busy.discard(key)
+        measured[key] = (min(total, limit + 1), deepest + 1 if children else 0)
+        return measured[key]
+
+    return measure(root)
+
+
 def load_documents(path: str | Path) -> list[Document]:
-    """All non-empty YAML documents of a file; raises FileError with a clear reason."""
+    """All non-empty YAML documents of a file; raises FileError with a clear reason.
+
+    Bounded (synthrec.limits): the file's size, its nesting depth and its size with aliases expanded;
+    it must be UTF-8 text."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        size = p.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise FileError(
+                f"{p}: {size} bytes is more than the {MAX_YAML_BYTES} a resource file may have; a cluster "
+                "stores at most about 1.5 MiB per resource"
+            )
+        data = p.read_bytes()
     except OSError as exc:
         raise FileError(f"{p}: cannot read the file ({exc.strerror or exc})") from None
     try:
-        docs = list(yaml.safe_load_all(text))
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise FileError(
+            f"{p}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
+    try:
+        docs = list(yaml.load_all(text, Loader=lambda stream: _LimitedLoader(stream, str(p))))
     except yaml.YAMLError as exc:
-        raise FileError(f"{p}: not valid YAML: {exc}") from None
+        raise FileError(bounded(f"{p}: not valid YAML: {exc}")) from None
     out = []
     for i, body in enumerate(docs, start=1):
         if body is None:
@@ -116,6 +222,36 @@ def _path(parts: Iterator[Any] | list[Any]) -> str:
     return out
 
 
+# Size rules whose default message repeats the whole value (a 100,000-item list: a 2 MB line).
+_SIZE_LIMITS = {
+    "maxItems": "items",
+    "minItems": "items",
+    "maxLength": "characters",
+    "minLength": "characters",
+    "maxProperties": "fields",
+    "minProperties": "fields",
+}
+MAX_PROBLEMS = 50  # per document; the rest are counted
+
+
+def _pattern_message(value: str, pattern: str) -> str:
+    """A URI or model reference that fails its pattern: the parser's words for why (the regular
+    expression itself helps nobody); anything else: the value and the pattern, both short."""
+    from synthrec.storage import uris
+
+    parsers = {
+        uris.OUTPUT_URI_PATTERN: lambda v: uris.parse_storage_uri(v, allow_tiny=False),
+        uris.STORAGE_URI_PATTERN: uris.parse_storage_uri,
+        uris.MODEL_REF_PATTERN: uris.parse_model_ref,
+    }
+    if pattern in parsers:
+        try:
+            parsers[pattern](value)
+        except uris.URIError as exc:
+            return str(exc)
+    return f"{bounded(repr(value), 200)} does not match {bounded(pattern, 200)}"
+
+
 def _schema_problems(kind: str, body: dict[str, Any]) -> list[Problem]:
     problems = []
     for err in sorted(_validator(kind).iter_errors(body), key=lambda e: list(e.absolute_path)):
@@ -130,7 +266,18 @@ def _schema_problems(kind: str, body: dict[str, Any]) -> list[Problem]:
             continue
         if err.validator == "enum":
             allowed = ", ".join(map(str, err.validator_value))
-            problems.append(Problem(path, f"{err.instance!r} is not one of: {allowed}", "schema"))
+            problems.append(
+                Problem(path, f"{bounded(repr(err.instance), 100)} is not one of: {allowed}", "schema")
+            )
+            continue
+        if err.validator == "pattern" and isinstance(err.instance, str):
+            problems.append(Problem(path, _pattern_message(err.instance, err.validator_value), "schema"))
+            continue
+        if err.validator in _SIZE_LIMITS:
+            what, most = _SIZE_LIMITS[err.validator], err.validator_value
+            side = "more" if err.validator.startswith("max") else "fewer"
+            message = f"{len(err.instance)} {what}, {side} than the {most} allowed"
+            problems.append(Problem(path, message, "schema"))
             continue
         if err.validator == "required":
             missing = re.findall(r"'([^']+)' is a required property", err.message)
@@ -222,38 +369,49 @@ def _model_problems(body: dict[str, Any]) -> list[Problem]:
 def validate_resource(body: dict[str, Any], old: dict[str, Any] | None = None) -> list[Problem]:
     """Every problem of one resource; an empty list means the cluster (and synthrec) will accept it."""
     kind = body.get("kind")
-    if kind not in api.KINDS:
+    if not isinstance(kind, str) or kind not in api.KINDS:
         return [
             Problem(
                 "kind",
-                f"unknown kind {kind!r}: synthrec knows {', '.join(sorted(api.KINDS))}",
+                f"unknown kind {bounded(repr(kind), 100)}: synthrec knows {', '.join(sorted(api.KINDS))}",
                 "schema",
             )
         ]
     if body.get("apiVersion") != api.API_VERSION:
         return [
-            Problem("apiVersion", f"expected {api.API_VERSION!r}, got {body.get('apiVersion')!r}", "schema")
+            Problem(
+                "apiVersion",
+                f"expected {api.API_VERSION!r}, got {bounded(repr(body.get('apiVersion')), 100)}",
+                "schema",
+            )
         ]
-    name = (body.get("metadata") or {}).get("name")
+    name = _name_of(body)
     if not isinstance(name, str) or not _NAME.match(name):
         return [
             Problem(
                 "metadata.name",
-                f"{name!r} is not a valid name (lowercase letters, digits and '-', starting and ending "
-                "with a letter or digit)",
+                f"{bounded(repr(name), 100)} is not a valid name (lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit)",
                 "schema",
             )
         ]
     problems = _schema_problems(kind, body)
     if problems:
-        return problems
+        return _at_most(problems)
     schema = _schema(kind)
     value = _coerce_numbers(schema, apply_defaults(schema, body))
     old_value = _coerce_numbers(schema, apply_defaults(schema, old)) if old is not None else None
     problems = _cel_problems(schema, value, old_value, "")
     if problems:
+        return _at_most(problems)
+    return _at_most(_model_problems(body))
+
+
+def _at_most(problems: list[Problem]) -> list[Problem]:
+    if len(problems) <= MAX_PROBLEMS:
         return problems
-    return _model_problems(body)
+    rest = len(problems) - MAX_PROBLEMS
+    return [*problems[:MAX_PROBLEMS], Problem("", f"... and {rest} more problems", problems[0].layer)]
 
 
 @dataclass
@@ -272,9 +430,9 @@ def validate_file(path: str | Path, old_path: str | Path | None = None) -> FileR
     olds: dict[tuple[str, str], dict[str, Any]] = {}
     if old_path is not None:
         for d in load_documents(old_path):
-            olds[(str(d.body.get("kind")), str((d.body.get("metadata") or {}).get("name")))] = d.body
+            olds[(str(d.body.get("kind")), str(_name_of(d.body)))] = d.body
     results = []
     for doc in docs:
-        key = (str(doc.body.get("kind")), str((doc.body.get("metadata") or {}).get("name")))
+        key = (str(doc.body.get("kind")), str(_name_of(doc.body)))
         results.append((doc, validate_resource(doc.body, olds.get(key))))
     return FileReport(Path(path), results)

@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {stage.stage:9s} shards={stage.shards:<5d} hash={stage.spec_hash[:12]}{state}")
             for line in describe_dataset(res.spec, hub=args.hub):
                 print(f"  {line}")
+        elif res.spec.method.pretrain is not None:
+            for line in describe_pretraining(res.spec):
+                print(f"  {line}")
         else:
             runs = plan.experiment_runs(res.spec)
             print(f"  {len(runs)} runs, up to {res.spec.execution.parallelism} at once")
@@ -66,6 +69,28 @@ def run(args: argparse.Namespace) -> int:
                 line = describe_run(r, validation=validation)
                 print(f"  {r.name:28s} shots={r.shots:<3d} seed={r.seed:<3d} {line}")
     return 1 if bad else 0
+
+
+def describe_pretraining(spec: Any) -> list[str]:
+    """A pre-training experiment's runs: the matrix cell, the stages and where torchrun runs them."""
+    from synthrec import plan
+
+    method = spec.method.pretrain
+    nodes, gpus = method.distributed.nodes, spec.resources.gpus
+    world = f"{nodes} node(s) x {max(1, gpus)} process(es) on a cluster; locally one process per GPU"
+    runs = plan.pretrain_runs(spec)
+    lines = [
+        f"{len(runs)} runs of {method.backbone}, global batch {method.batch_size} ({world}), "
+        f"up to {spec.execution.parallelism} at once"
+    ]
+    for r in runs:
+        data = ", ".join(s.dataset_ref or s.uri or "" for s in r.synthetic) or "none"
+        size = "all" if r.size is None else f"{r.size:,}"
+        stages = " + ".join(plan.run_stages(spec, r))
+        lines.append(
+            f"{r.name:32s} {r.objective:10s} size={size:<11s} init={r.init}  [{stages}]  data: {data}"
+        )
+    return lines
 
 
 def describe_run(run: Any, *, validation: bool) -> str:

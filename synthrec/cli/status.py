@@ -93,6 +93,19 @@ def describe(state: Any) -> dict[str, Any]:
             "images": {k: counts.get(k) for k in ("generated", "passed", "kept", "rejected")},
             "complete": state.complete,
         }
+    if state.spec.method.pretrain is not None:
+        rows = artifacts.pretrain_rows(state)
+        return {
+            "kind": "RecognitionExperiment",
+            "method": "pretrain",
+            "name": state.name,
+            "uri": state.uri,
+            "pretraining": rows,
+            "done": sum(r.done for r in state.pretraining),
+            "expected": len(state.pretraining),
+            "missing": [r.name for r in state.pretraining if not r.done],
+            "complete": state.complete,
+        }
     runs = [
         {
             "name": r.name,
@@ -144,6 +157,22 @@ def print_text(doc: dict[str, Any]) -> None:
             print("  manifest.json missing")
         return
     print(f"  runs {doc['done']}/{doc['expected']} done")
+    if doc.get("method") == "pretrain":
+        for r in doc["pretraining"]:
+            if r["state"] != "Succeeded":
+                print(f"  {r['name']:32s} missing ({r['stage']})")
+                continue
+            numbers = [
+                f"{label} {r[key]:.1f}%"
+                for key, label in (
+                    ("classification_top1", "top-1"),
+                    ("linear_probe_top1", "linear probe"),
+                    ("ap50", "AP50 (VOC07)"),
+                )
+                if r[key] is not None
+            ]
+            print(f"  {r['name']:32s} done     {'  '.join(numbers) or 'pre-trained'}")
+        return
     for r in doc["runs"]:
         if r["done"]:
             top1 = "-" if r["top1"] is None else f"{r['top1']:.1f}%"

@@ -20,9 +20,27 @@ from synthrec.contract.base import DocumentError
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout, StorageLayout
 from synthrec.contract.manifest import DatasetManifest, parse_manifest
 from synthrec.contract.metrics import RunMetrics, parse_metrics
-from synthrec.plan.tasks import Run
-from synthrec.storage import ObjectNotFound, Storage, StorageError, open_storage
+from synthrec.contract.pretraining import (
+    TRANSFER_KINDS,
+    PretrainMetrics,
+    TransferMetrics,
+    parse_pretrain_metrics,
+    parse_transfer_metrics,
+)
+from synthrec.contract.resource import parse_resource_document
+from synthrec.limits import bounded
+from synthrec.plan.tasks import PretrainRun, Run
+from synthrec.storage import (
+    MAX_JSON_BYTES,
+    InvalidKey,
+    ObjectNotFound,
+    ObjectTooLarge,
+    Storage,
+    StorageError,
+    open_storage,
+)
 
+MAX_MARKER_BYTES = 1024 * 1024  # commit markers are small JSON objects
 _SHARD_MARKER = re.compile(r"^(shards|features)/gen-(\d+)\.done\.json$")
 
 
@@ -62,6 +80,7 @@ class DatasetState:
     stages: list[StageState]
     manifest: DatasetManifest | None = None  # only when committed by this spec
     manifest_digest: str | None = None  # sha256 of manifest.json: what experiments pin
+    manifest_problem: str | None = None  # why a manifest.json that exists could not be read
 
     def stage(self, name: str) -> StageState:
         return next(s for s in self.stages if s.stage == name)
@@ -73,9 +92,11 @@ class DatasetState:
 
 def _marker_hash(storage: Storage, key: str) -> str | None:
     try:
-        marker = storage.read_json(key)
+        marker = storage.read_json(key, max_bytes=MAX_MARKER_BYTES)
     except ObjectNotFound:
         return None
+    except ObjectTooLarge:  # no marker is that large: not a commit
+        return ""
     except StorageError:
         raise
     except ValueError:  # not JSON: not a commit
@@ -123,21 +144,24 @@ def dataset_state(
         if shard < state.shards:
             record(state, shard, _marker_hash(storage, key))
 
-    manifest, digest = None, None
+    manifest, digest, problem = None, None, None
     try:
-        raw = storage.read_bytes(DatasetLayout.manifest)
+        raw = storage.read_bytes(DatasetLayout.manifest, max_bytes=MAX_JSON_BYTES)
     except ObjectNotFound:
         raw = None
+    except ObjectTooLarge as exc:
+        raw, problem = b"", bounded(str(exc))
     if raw is not None:  # the dataset's own commit marker
         try:
             parsed = parse_manifest(raw, storage.url(DatasetLayout.manifest))
-        except DocumentError:
+        except DocumentError as exc:
             parsed = None  # not a manifest of this synthrec version: not ours to build on
+            problem = problem or bounded(str(exc))
         found = parsed.spec_hash if parsed is not None else ""
         record(by_stage["reduce"], 0, found)
         if parsed is not None and found == by_stage["reduce"].spec_hash:
             manifest, digest = parsed, hashlib.sha256(raw).hexdigest()
-    return DatasetState(name, storage.uri, spec, hashes, stages, manifest, digest)
+    return DatasetState(name, storage.uri, spec, hashes, stages, manifest, digest, problem)
 
 
 def manifest_digest(storage: Storage) -> str | None:
@@ -159,6 +183,7 @@ class RunState:
     done: bool = False
     stale: bool = False  # a done.json exists, but for other inputs (e.g. a regenerated dataset)
     metrics: RunMetrics | None = None
+    problem: str | None = None  # why the metrics.json of a done run could not be read
 
     @property
     def name(self) -> str:
@@ -198,19 +223,61 @@ class RunState:
 
 
 @dataclass
+class PretrainRunState:
+    """A pre-training run (the plan's record of it) and its stages' artifacts: the pre-trained backbone's
+    metrics and each transfer evaluation's metrics, counted only when committed by this spec."""
+
+    run: PretrainRun
+    stages: list[str]  # what the plan runs: pretrain (unless data size 0), transfer (when asked for)
+    kinds: list[str]  # the transfer evaluations asked for (folders: classification, linear-probe, ...)
+    pretrain_done: bool = False
+    transfer_done: bool = False
+    stale: bool = False  # a done.json exists, but for other inputs
+    pretrain: PretrainMetrics | None = None
+    transfer: dict[str, TransferMetrics] = field(default_factory=dict)  # folder -> metrics
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def done(self) -> bool:
+        return ("pretrain" not in self.stages or self.pretrain_done) and (
+            "transfer" not in self.stages or self.transfer_done
+        )
+
+    @property
+    def stage(self) -> str:
+        """The stage still to run ('done' when none)."""
+        if "pretrain" in self.stages and not self.pretrain_done:
+            return "pretrain"
+        return "transfer" if "transfer" in self.stages and not self.transfer_done else "done"
+
+    def result(self, kind: str) -> float | None:
+        """The table's number of one evaluation: top-1, or the VOC07 AP50 of detection."""
+        metrics = self.transfer.get(kind)
+        return metrics.headline if metrics else None
+
+
+@dataclass
 class ExperimentState:
     name: str
     uri: str
     spec: api.RecognitionExperimentSpec
     runs: list[RunState]
+    pretraining: list[PretrainRunState] = field(default_factory=list)  # method.pretrain: its runs
 
     @property
     def complete(self) -> bool:
-        return all(r.done for r in self.runs)
+        return all(r.done for r in self.runs) and all(r.done for r in self.pretraining)
 
     @property
     def missing(self) -> list[RunState]:
         return [r for r in self.runs if not r.done]
+
+    @property
+    def all_runs(self) -> list[RunState] | list[PretrainRunState]:
+        return self.pretraining if self.spec.method.pretrain is not None else self.runs
 
 
 def experiment_state(
@@ -223,8 +290,11 @@ def experiment_state(
     """The runs of an experiment and which of them are done.
 
     With ``run_hashes`` (run name -> the run's spec hash, what the runner computes from the pinned dataset
-    digests) a run counts as done only when its done.json carries that hash; without, any done.json does.
+    digests; ``<run>/pretrain`` and ``<run>/transfer`` for a pre-training run's stages) a run counts as
+    done only when its done.json carries that hash; without, any done.json does.
     """
+    if spec.method.pretrain is not None:
+        return ExperimentState(name, storage.uri, spec, [], pretrain_states(storage, spec, run_hashes))
     runs = []
     for r in plan.experiment_runs(spec):
         state = RunState(r)
@@ -236,15 +306,89 @@ def experiment_state(
         if state.done:
             key = ExperimentLayout.run_metrics(r.name)
             try:
-                state.metrics = parse_metrics(storage.read_bytes(key), storage.url(key))
-            except (ObjectNotFound, DocumentError):
-                state.metrics = None
+                raw = storage.read_bytes(key, max_bytes=MAX_JSON_BYTES)
+                state.metrics = parse_metrics(raw, storage.url(key))
+            except ObjectNotFound:
+                state.problem = f"{storage.url(key)} is missing although the run is done"
+            except (DocumentError, ObjectTooLarge) as exc:
+                state.problem = bounded(str(exc))
         runs.append(state)
     return ExperimentState(name, storage.uri, spec, runs)
 
 
+def pretrain_states(
+    storage: Storage, spec: api.RecognitionExperimentSpec, run_hashes: dict[str, str] | None = None
+) -> list[PretrainRunState]:
+    """The runs of a pre-training experiment and which of their stages are committed."""
+    hashes = run_hashes or {}
+    transfer = spec.method.pretrain.transfer if spec.method.pretrain else None
+    kinds = [folder for field_, folder in TRANSFER_KINDS.items() if transfer and getattr(transfer, field_)]
+    states = []
+    for r in plan.pretrain_runs(spec):
+        state = PretrainRunState(r, plan.run_stages(spec, r), kinds)
+        marker = _marker_hash(storage, ExperimentLayout.pretrain(r.name, "done.json"))
+        if marker is not None:
+            wanted = hashes.get(f"{r.name}/pretrain")
+            state.pretrain_done = wanted is None or marker == wanted
+            state.stale |= not state.pretrain_done
+        if state.pretrain_done:
+            state.pretrain = _parsed(
+                storage, ExperimentLayout.pretrain(r.name, "metrics.json"), parse_pretrain_metrics
+            )
+        for kind in kinds:
+            folder = ExperimentLayout.transfer(r.name, kind)
+            marker = _marker_hash(storage, folder + "done.json")
+            wanted = hashes.get(f"{r.name}/transfer")
+            if marker is not None and (wanted is None or marker == wanted):
+                metrics = _parsed(storage, folder + "metrics.json", parse_transfer_metrics)
+                if metrics is not None:
+                    state.transfer[kind] = metrics
+            elif marker is not None:
+                state.stale = True
+        state.transfer_done = bool(kinds) and len(state.transfer) == len(kinds)
+        states.append(state)
+    return states
+
+
+def _parsed(storage: Storage, key: str, parse: Any) -> Any:
+    """A stored document parsed, size-capped as every JSON the readers take; None when missing or bad."""
+    try:
+        return parse(storage.read_bytes(key, max_bytes=MAX_JSON_BYTES), storage.url(key))
+    except (ObjectNotFound, ObjectTooLarge, DocumentError):
+        return None
+
+
+def pretrain_rows(state: ExperimentState) -> list[dict[str, Any]]:
+    """The transfer table (the paper's Tables 8-11): one row per pre-training run, its numbers as
+    percentages (detection: the VOC07 11-point AP50)."""
+    rows = []
+    for r in state.pretraining:
+        rows.append(
+            {
+                "name": r.name,
+                "objective": r.run.objective,
+                "label_space": r.run.label_space,
+                "size": r.run.size,
+                "init": r.run.init,
+                "seed": r.run.seed,
+                "stage": r.stage,
+                "state": "Succeeded" if r.done else "Pending",
+                "pretrain_steps": r.pretrain.steps if r.pretrain else None,
+                "pretrain_loss": r.pretrain.final_loss if r.pretrain else None,
+                "classification_top1": r.result("classification"),
+                "linear_probe_top1": r.result("linear-probe"),
+                "ap50": r.result("detection"),
+            }
+        )
+    return rows
+
+
 def experiment_summary(state: ExperimentState) -> dict[str, Any]:
-    """summary.json of an experiment: every run with its top-1 and the zero-shot baseline, and the best."""
+    """summary.json of an experiment: every run with its top-1 and the zero-shot baseline, and the best;
+    a pre-training experiment: the transfer table."""
+    if state.spec.method.pretrain is not None:
+        rows = pretrain_rows(state)
+        return {"experiment": state.name, "pretraining": rows, "complete": state.complete}
     rows = []
     for r in state.runs:
         rows.append(
@@ -300,54 +444,87 @@ class FoundResource:
         return experiment_state(self.storage, self.spec, name=self.name)
 
 
+@dataclass
+class Unreadable:
+    """A resource root whose spec.json could not be read: where, and why (for a note, not a traceback)."""
+
+    uri: str
+    problem: str
+
+
+@dataclass
+class Scan:
+    """What ``scan_resources`` found: the resources, and the roots it could not read."""
+
+    found: list[FoundResource]
+    unreadable: list[Unreadable]
+
+
 def read_resource(storage: Storage) -> FoundResource | None:
-    """The resource whose root is ``storage`` (from its spec.json), or None when there is no spec.json."""
+    """The resource whose root is ``storage`` (from its spec.json), or None when there is no spec.json.
+    ArtifactError says what is wrong with a spec.json that exists."""
+    where = storage.url(DatasetLayout.spec)
     try:
-        doc = storage.read_json(DatasetLayout.spec)
+        raw = storage.read_bytes(DatasetLayout.spec, max_bytes=MAX_JSON_BYTES)
     except ObjectNotFound:
         return None
-    except ValueError as exc:
-        raise ArtifactError(f"{storage.url(DatasetLayout.spec)} is not JSON: {exc}") from None
-    kind = doc.get("kind") if isinstance(doc, dict) else None
-    if kind not in api.KIND_INFO:
-        raise ArtifactError(
-            f"{storage.url(DatasetLayout.spec)} does not describe a synthrec resource (kind {kind!r})"
-        )
+    except ObjectTooLarge as exc:
+        raise ArtifactError(str(exc)) from None
+    try:
+        doc = parse_resource_document(raw, where)
+    except DocumentError as exc:
+        raise ArtifactError(f"{bounded(str(exc))}; it does not describe a synthrec resource") from None
     from pydantic import ValidationError
 
     try:
-        spec = api.KIND_INFO[kind].spec.model_validate(doc.get("spec") or {})
+        spec = api.KIND_INFO[doc.kind].spec.model_validate(doc.spec)
     except ValidationError as exc:
         raise ArtifactError(
-            f"{storage.url(DatasetLayout.spec)}: the recorded spec is not valid for this synthrec version "
-            f"({exc.error_count()} problems, first: {exc.errors()[0]['msg']})"
+            f"{where}: the recorded spec is not valid for this synthrec version "
+            f"({exc.error_count()} problems, first: {bounded(exc.errors()[0]['msg'], 300)})"
         ) from None
-    name = str((doc.get("metadata") or {}).get("name") or storage.uri.rstrip("/").rsplit("/", 1)[-1])
-    return FoundResource(kind, name, storage.uri, storage, spec, doc)  # type: ignore[arg-type]
+    document = doc.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return FoundResource(doc.kind, doc.metadata.name, storage.uri, storage, spec, document)
 
 
 def find_resources(
     uri: str, *, endpoint: str | None = None, region: str | None = None
 ) -> list[FoundResource]:
     """Resources at ``uri``: a single resource root (with spec.json), or a storage root with datasets/ and
-    experiments/ below. Raises ArtifactError when there is none."""
+    experiments/ below. Raises ArtifactError when there is none, or one cannot be read."""
+    scan = scan_resources(uri, endpoint=endpoint, region=region)
+    if scan.unreadable:
+        raise ArtifactError(scan.unreadable[0].problem)
+    return scan.found
+
+
+def scan_resources(uri: str, *, endpoint: str | None = None, region: str | None = None) -> Scan:
+    """``find_resources`` that goes on past a resource it cannot read (the report notes those).
+    Raises ArtifactError when there is nothing at all."""
     root = open_storage(uri, endpoint=endpoint, region=region)
-    single = read_resource(root)
+    try:
+        single = read_resource(root)
+    except ArtifactError as exc:
+        return Scan([], [Unreadable(root.uri, str(exc))])
     if single is not None:
-        return [single]
+        return Scan([single], [])
     layout = StorageLayout(root.uri)
-    found = []
+    scan = Scan([], [])
     for folder in (layout.datasets, layout.experiments):
         for name in _child_names(root, folder):
-            res = read_resource(root.child(f"{folder}{name}/"))
+            try:
+                res = read_resource(root.child(f"{folder}{name}/"))
+            except (ArtifactError, InvalidKey) as exc:
+                scan.unreadable.append(Unreadable(f"{root.uri}{folder}{bounded(name, 100)}/", str(exc)))
+                continue
             if res is not None:
-                found.append(res)
-    if not found:
+                scan.found.append(res)
+    if not scan.found and not scan.unreadable:
         raise ArtifactError(
             f"no synthrec resource at {root.uri}: expected a spec.json there (a resource's output) or "
             f"datasets/<name>/spec.json and experiments/<name>/spec.json below it (a `synthrec run` storage)"
         )
-    return found
+    return scan
 
 
 def _child_names(storage: Storage, folder: str) -> list[str]:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+
+from synthrec.contract.base import Part, parse_document
 
 FORMAT = "sparse: [true class, predicted class, count] for each non-zero cell"
 
@@ -29,6 +33,36 @@ def document(
 ) -> dict[str, Any]:
     """The file's content: the trained head's and the zero-shot classifier's matrices on the test split."""
     return {"classes": list(classes), "format": FORMAT, "test": sparse(test), "zero_shot": sparse(zero_shot)}
+
+
+Count = Annotated[int, Field(ge=0)]
+Cell = tuple[Count, Count, Count]  # true class, predicted class, images
+
+
+class ConfusionDocument(Part):
+    """The parsed file: cells name classes of ``classes`` only."""
+
+    classes: list[str]
+    format: str = FORMAT
+    test: list[Cell]
+    zero_shot: list[Cell] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cells_name_classes(self) -> ConfusionDocument:
+        n = len(self.classes)
+        for name in ("test", "zero_shot"):
+            for t, p, _ in getattr(self, name):
+                if t >= n or p >= n:
+                    raise ValueError(f"{name} has a cell for class {max(t, p)}, but there are {n} classes")
+        return self
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_confusion(raw: bytes | str, where: str = "confusion.json") -> ConfusionDocument:
+    """Parse a confusion.json; DocumentError says where and what is wrong."""
+    return parse_document(ConfusionDocument, raw, where)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ Dataset::
     features/gen-00012.safetensors   CLIP image features + zero-shot probabilities of that shard
     features/gen-00012.done.json
     index/kept.jsonl                 kept samples (shard, key, class, score, soft target)
+    index/shards/gen-00012.jsonl     every decodable sample of that shard: key, class, kept (tar order)
+    models/mirror.json               the models pinned and mirrored once for the dataset's pods (its commit)
+    models/<name>/...                a mirrored model folder (synthrec.workers.mirror)
+    models/compile-cache/<key>.bin   torch.compile artifacts shared by the pods (synthrec.workers.diffusion)
+    models/batch-size/<key>.json     the generation batch size measured by a first pod (workers/batching.py)
     manifest.json                    dataset card (written last by reduce)
     progress/<stage>-00012.json      small in-flight progress files (best effort, not a commit)
     report/index.html                dataset report
@@ -23,6 +28,9 @@ Experiment::
     features/<cache key>/...         cached CLIP features, keyed by backbone + data digest
     runs/<run>/metrics.json, head.safetensors, curve.json, confusion.json, done.json
     runs/<run>/tensorboard/          TensorBoard event file of the run (synthrec.workers.tracking)
+    runs/<run>/pretrain/card.json, backbone.safetensors, metrics.json, curve.json, done.json
+    runs/<run>/pretrain/checkpoints/latest.json, step-00001234.pt, final.pt
+    runs/<run>/transfer/<kind>/metrics.json, curve.json, done.json   (classification, linear-probe, detection)
     summary.json                     all runs, written by the reporter
     report/index.html
     .synthrec/written/...            as for datasets
@@ -75,12 +83,31 @@ class DatasetLayout:
         return f"features/{shard_name('gen', shard)}.safetensors"
 
     @staticmethod
+    def shard_index(shard: int) -> str:
+        """The kept flag of each sample of one shard, so a reader of the shard needs nothing else."""
+        return f"index/shards/{shard_name('gen', shard)}.jsonl"
+
+    @staticmethod
     def features_marker(shard: int) -> str:
         return f"features/{shard_name('gen', shard)}.done.json"
 
     @staticmethod
     def progress(stage: str, shard: int) -> str:
         return f"progress/{shard_name(stage, shard)}.json"
+
+    models_mirror: str = "models/mirror.json"
+
+    @staticmethod
+    def model_folder(name: str) -> str:
+        return f"models/{name}/"
+
+    @staticmethod
+    def compile_cache(key: str) -> str:
+        return f"models/compile-cache/{key}.bin"
+
+    @staticmethod
+    def batch_choice(key: str) -> str:
+        return f"models/batch-size/{key}.json"
 
 
 @dataclass(frozen=True)
@@ -120,6 +147,16 @@ class ExperimentLayout:
     @staticmethod
     def features(cache_key: str, name: str) -> str:
         return f"features/{cache_key}/{name}"
+
+    @staticmethod
+    def pretrain(run: str, name: str = "") -> str:
+        """A pre-training run's folder (``name=''``) or a file in it."""
+        return f"runs/{run}/pretrain/{name}"
+
+    @staticmethod
+    def transfer(run: str, kind: str = "", name: str = "") -> str:
+        """A run's transfer folder, an evaluation's folder (``kind``) or a file in it."""
+        return f"runs/{run}/transfer/" + (f"{kind}/" if kind else "") + name
 
     @staticmethod
     def progress(run: str) -> str:

@@ -143,6 +143,7 @@ class IndexRef(Part):
     key: str
     sha256: str
     rows: int
+    per_shard: str | None = None  # how the per-shard indexes are found (manifests before them: None)
 
 
 class ShardRecord(Part):
@@ -156,6 +157,14 @@ class ShardRecord(Part):
     corrupt: int
     generate_seconds: dict[str, float] | None = None
     filter_seconds: dict[str, float] | None = None
+    # The shard's own index (index/shards/gen-NNNNN.jsonl: every decodable sample with its kept flag) and
+    # its per-class counts ({"2": 17}), from which a pre-training size cap is planned without reading a
+    # shard. None in manifests written before the per-shard index existed.
+    index: str | None = None
+    index_sha256: str | None = None
+    kept: int | None = None
+    classes: dict[str, int] | None = None
+    kept_classes: dict[str, int] | None = None
 
 
 class DatasetManifest(Part):

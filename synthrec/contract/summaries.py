@@ -47,6 +47,8 @@ class PromptsSummary(Summary):
     filled: int = 0  # Language Enhancement sentences filled in deterministically
     filled_classes: int = 0
     uri: str | None = None
+    models_mirrored: int = 0  # models pinned and copied once for the dataset's pods (spec.modelMirror)
+    seconds_mirror: float | None = None
 
 
 class GenerateSummary(Summary):
@@ -58,7 +60,11 @@ class GenerateSummary(Summary):
     device: str | None = None
     dtype: str | None = None
     batch_size: int | None = None
-    seconds_load: float | None = None
+    batch_size_source: Literal["spec", "searched", "stored"] | None = None
+    compile_cache: Literal["loaded", "stored", "unchanged"] | None = None  # with generator.compile
+    seconds_load: float | None = None  # the model resolved (seconds_fetch of it) and loaded
+    seconds_fetch: float | None = None
+    seconds_startup: float | None = None  # stage start to the first batch's images: what a pod waits
     seconds_model: float = 0.0
     seconds_generate: float | None = None
     seconds_upload: float | None = None
@@ -66,6 +72,7 @@ class GenerateSummary(Summary):
     seconds_writer_wait: float | None = None
     model_busy: float | None = None  # share of the generate time the model was busy
     images_per_s: float | None = None
+    steady_images_per_s: float | None = None  # after the first batch (which pays warm-up and compile)
     real_skipped: int = 0  # unreadable real shots passed over (Real Guidance)
 
 
@@ -98,6 +105,30 @@ class TrainSummary(Summary):
     metrics: str | None = None  # URI of runs/<run>/metrics.json
 
 
+class PretrainSummary(Summary):
+    """A pre-training run (all ranks of its torchrun group; rank 0 writes the summary)."""
+
+    stage: Literal["pretrain"] = "pretrain"
+    run: str
+    steps: int
+    loss: float | None = None  # the last point of the loss curve
+    images_per_s: float | None = None
+    world_size: int | None = None
+    card: str | None = None  # URI of runs/<run>/pretrain/card.json
+
+
+class TransferSummary(Summary):
+    """A run's downstream evaluations (percentages): what status shows in the transfer table."""
+
+    stage: Literal["transfer"] = "transfer"
+    run: str
+    classification_top1: float | None = None
+    linear_probe_top1: float | None = None
+    ap50: float | None = None  # COCO-style all-point AP at IoU 0.5
+    ap50_voc07: float | None = None  # the VOC07 11-point AP50 (Detectron2's VOC evaluator)
+    metrics: str | None = None  # URI of runs/<run>/transfer/
+
+
 class CleanupSummary(Summary):
     """What deleting a resource's artifacts did (``spec.output.onDelete: Delete``)."""
 
@@ -108,7 +139,14 @@ class CleanupSummary(Summary):
 
 
 StageSummary = (
-    PromptsSummary | GenerateSummary | FilterSummary | ReduceSummary | TrainSummary | CleanupSummary
+    PromptsSummary
+    | GenerateSummary
+    | FilterSummary
+    | ReduceSummary
+    | TrainSummary
+    | PretrainSummary
+    | TransferSummary
+    | CleanupSummary
 )
 _BY_STAGE: dict[str, type[Summary]] = {
     "prompts": PromptsSummary,
@@ -116,6 +154,8 @@ _BY_STAGE: dict[str, type[Summary]] = {
     "filter": FilterSummary,
     "reduce": ReduceSummary,
     "train": TrainSummary,
+    "pretrain": PretrainSummary,
+    "transfer": TransferSummary,
     "cleanup": CleanupSummary,
 }
 

@@ -25,6 +25,8 @@ ENV_TERMINATION_LOG = "SYNTHREC_TERMINATION_LOG"  # default /dev/termination-log
 ENV_PROGRESS_FILE = "SYNTHREC_PROGRESS_FILE"  # optional local JSON file with in-flight progress
 ENV_CACHE = "SYNTHREC_CACHE"  # model cache folder
 ENV_DEVICE = "SYNTHREC_DEVICE"  # force a torch device (cpu, cuda, cuda:1)
+# A multi-node stage's torchrun rendezvous, index 0's <job>-0.<headless service>:<port> (set by the operator)
+ENV_RENDEZVOUS = "SYNTHREC_RDZV_ENDPOINT"
 
 ENV_TINY_MODELS = (
     "SYNTHREC_TINY_MODELS"  # where tiny:// models and data are built (default: <cache>/tiny-models)

@@ -8,7 +8,8 @@ attempt the runner reads the commit markers (``synthrec.contract.artifacts``), w
 run at once). Exit codes mean what they mean to the Job: 1 retries the shard (``retriesPerShard``), 42
 fails the shard (the stage fails when more than ``maxFailedShards`` did), 3 stops the stage at once.
 RecognitionExperiments run after the datasets they reference, each run one ``train`` task pinned to the
-sha256 of its datasets' manifest.json.
+sha256 of its datasets' manifest.json; a pre-training experiment runs its runs' ``pretrain`` then
+``transfer`` tasks (synthrec.local.pretraining).
 
 Nothing is committed by the runner: workers write data first and their marker last, so an interrupted
 run (Ctrl-C, a crash, a full disk) leaves only whole shards, and the next run starts from them.
@@ -209,7 +210,7 @@ class LocalRunner:
             if not stage.enabled:
                 self.ui.note(f"{name} {stage.stage}: disabled")
                 continue
-            failure = _with_hint(self._run_dataset_stage(res, stage, storage, ref))
+            failure = with_hint(self._run_dataset_stage(res, stage, storage, ref))
             if failure:
                 self.ui.error(f"{name} {stage.stage}: {failure}")
                 return DatasetOutcome(name, False, f"{stage.stage}: {failure}")
@@ -316,7 +317,7 @@ class LocalRunner:
     def _check_references(self, experiments: list[api.RecognitionExperiment]) -> None:
         """Every datasetRef must name a dataset of the file or one committed in storage; fail before work."""
         for ex in experiments:
-            for run in plan.experiment_runs(ex.spec):
+            for run in plan.runs_of(ex.spec):
                 for source in run.synthetic:
                     self._locate(ex, source, check_only=True)
 
@@ -374,18 +375,22 @@ class LocalRunner:
             f"dataset in the storage (no {manifest}); add the dataset to the file or run it first"
         )
 
-    def _pinned(self, ex: api.RecognitionExperiment, source: api.SyntheticSource) -> DatasetInput:
+    def pinned(self, ex: api.RecognitionExperiment, source: api.SyntheticSource) -> DatasetInput:
         found = self._locate(ex, source, check_only=False)
         assert found is not None  # check_only=False finds it or raises
         return found
 
     def run_experiment(self, res: api.RecognitionExperiment) -> ExperimentOutcome:
+        if res.spec.method.pretrain is not None:
+            from synthrec.local.pretraining import run_pretraining
+
+            return run_pretraining(self, res)
         name, spec = res.metadata.name, res.spec
         storage = storage_of(spec.output)
         ref = ResourceRef(kind="RecognitionExperiment", name=name, namespace=res.metadata.namespace)
         self.ui.section(f"RecognitionExperiment {name} -> {spec.output.uri}")
         runs = plan.experiment_runs(spec)
-        inputs = plan.pin_datasets(runs, lambda source: self._pinned(res, source))
+        inputs = plan.pin_datasets(runs, lambda source: self.pinned(res, source))
         tasks = {run.name: plan.train_task(spec, run, inputs[run.name], ref) for run in runs}
         pinned = {i.name or i.uri: i for run_inputs in inputs.values() for i in run_inputs}
         for value in pinned.values():
@@ -414,21 +419,21 @@ class LocalRunner:
                 already_done=len(runs) - len(todo),
             )
             if result.config_error:
-                msg = _with_hint(f"stopped: {result.config_error}")
+                msg = with_hint(f"stopped: {result.config_error}")
                 self.ui.error(f"{name}: {msg}")
-                return ExperimentOutcome(name, False, msg, self._final_state(storage, res, hashes))
+                return ExperimentOutcome(name, False, msg, self.final_state(storage, res, hashes))
             if result.failed:
                 names = [r.name for r in runs if r.index in result.failed]
                 first = next(iter(result.failed.values()))
                 msg = f"run(s) {', '.join(names)} failed; first error: {first}"
                 self.ui.error(f"{name}: {msg}")
-                return ExperimentOutcome(name, False, msg, self._final_state(storage, res, hashes))
+                return ExperimentOutcome(name, False, msg, self.final_state(storage, res, hashes))
             self.ui.note(f"{name} train: done in {time.monotonic() - started:.1f} s")
-        final = self._final_state(storage, res, hashes)
+        final = self.final_state(storage, res, hashes)
         ok = final.complete
         return ExperimentOutcome(name, ok, "" if ok else "some runs have no done.json", final)
 
-    def _final_state(
+    def final_state(
         self, storage: Storage, res: api.RecognitionExperiment, hashes: dict[str, str]
     ) -> artifacts.ExperimentState:
         state = artifacts.experiment_state(storage, res.spec, name=res.metadata.name, run_hashes=hashes)
@@ -441,7 +446,7 @@ class LocalRunner:
         return state
 
 
-def _with_hint(message: str | None) -> str | None:
+def with_hint(message: str | None) -> str | None:
     if message and "no space left" in message.lower():
         return message + "; free some space and run the same command again (committed shards are kept)"
     return message

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthrec.limits import bounded
+
 if TYPE_CHECKING:
     from synthrec.local.executor import RunOutcome
 
@@ -22,10 +24,10 @@ class QuietUI:
     def banner(self, text: str) -> None: ...
 
     def warn(self, text: str) -> None:
-        print(f"warning: {text}", file=sys.stderr)
+        print(f"warning: {bounded(text)}", file=sys.stderr)
 
     def error(self, text: str) -> None:
-        print(f"error: {text}", file=sys.stderr)
+        print(f"error: {bounded(text)}", file=sys.stderr)
 
     def add_stage(self, title: str, *, total: int, completed: int) -> Any:
         return None
@@ -120,13 +122,13 @@ class RichUI(QuietUI):
     def banner(self, text: str) -> None:
         from rich.panel import Panel
 
-        self.console.print(Panel(text, title="NOTE", style="yellow"))
+        self.console.print(Panel(_text(text), title="NOTE", style="yellow"))
 
     def warn(self, text: str) -> None:
-        self._print(f"  warning: {text}", "yellow")
+        self._print(f"  warning: {bounded(text)}", "yellow")
 
     def error(self, text: str) -> None:
-        self.err.print(f"error: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
+        self.err.print(f"error: {bounded(text)}", style="red", markup=False, highlight=False, soft_wrap=True)
 
     # ---- bars
 
@@ -179,13 +181,13 @@ class RichUI(QuietUI):
             if state is None or state.manifest is None:
                 self._print(f"SyntheticDataset {ds.name}: FAILED ({ds.message})", "red")
                 continue
-            table = Table(title=f"SyntheticDataset {ds.name}", title_justify="left")
+            table = Table(title=_text(f"SyntheticDataset {ds.name}"), title_justify="left")
             for column in ("class", "generated", "passed CF", "kept", "accept rate"):
                 table.add_column(column, justify="left" if column == "class" else "right")
             for row in state.manifest.per_class:
                 rate = row.accept_rate
                 table.add_row(
-                    row.name,
+                    _text(row.name),
                     str(row.generated),
                     str(row.passed),
                     str(row.kept),
@@ -203,17 +205,22 @@ class RichUI(QuietUI):
             title = f"RecognitionExperiment {ex.name}" + (
                 " (tiny models: accuracy is meaningless)" if tiny else ""
             )
-            table = Table(title=title, title_justify="left")
+            if ex.state.spec.method.pretrain is not None:
+                self.console.print(transfer_table(ex.state, title))
+                if not ex.ok:
+                    self._print(f"  {ex.message}", "red")
+                continue
+            table = Table(title=_text(title), title_justify="left")
             for column in ("run", "shots", "seed", "variant", "top-1", "zero-shot", "change"):
                 table.add_column(column, justify="left" if column in ("run", "variant") else "right")
             for run in ex.state.runs:
                 top1, zs = run.top1, run.zero_shot_top1
                 delta = f"{top1 - zs:+.1f}" if top1 is not None and zs is not None else "-"
                 table.add_row(
-                    run.name,
+                    _text(run.name),
                     str(run.shots),
                     str(run.seed),
-                    run.variant or "-",
+                    _text(run.variant or "-"),
                     _pct(top1) if run.done else "not done",
                     _pct(zs),
                     delta,
@@ -226,6 +233,43 @@ class RichUI(QuietUI):
 
     def report(self, where: str, *, tiny: bool) -> None:
         self._print(f"report: {where}", "bold")
+
+
+def transfer_table(state: Any, title: str) -> Any:
+    """A pre-training experiment's runs as the paper's Tables 8-11 lay them out: one row per run (data
+    size, initialisation, objective, label space) with its transfer results."""
+    from rich.table import Table
+
+    from synthrec.contract.artifacts import pretrain_rows
+
+    table = Table(title=_text(title), title_justify="left")
+    columns = ("run", "label space", "objective", "init", "data size", "top-1 (fine-tune)", "linear probe")
+    for column in (*columns, "AP50 (VOC07)"):
+        table.add_column(
+            column, justify="right" if column in ("data size", *columns[5:], "AP50 (VOC07)") else "left"
+        )
+    for row in pretrain_rows(state):
+        size = "all" if row["size"] is None else f"{row['size']:,}"
+        done = row["state"] == "Succeeded"
+        table.add_row(
+            _text(row["name"]),
+            _text(row["label_space"] or "-"),
+            _text(row["objective"]),
+            _text(row["init"]),
+            size,
+            _pct(row["classification_top1"]) if done else f"({row['stage']})",
+            _pct(row["linear_probe_top1"]),
+            _pct(row["ap50"]),
+        )
+    return table
+
+
+def _text(value: str) -> Any:
+    """User data (class, run, variant and resource names) as plain text: Rich would read ``[/bold]`` in a
+    class name as markup (and fail on it) wherever a bare string goes."""
+    from rich.text import Text
+
+    return Text(value)
 
 
 def _pct(value: float | None) -> str:

@@ -14,7 +14,7 @@ from synthrec.api import (
 )
 from synthrec.plan.baselines import coop_defaults, tip_adapter_defaults
 from synthrec.plan.stages import HASH_VERSION, digest, storage_target
-from synthrec.plan.tasks import DatasetInput, ResourceRef, Run, TrainTask
+from synthrec.plan.tasks import DatasetInput, PretrainRun, ResourceRef, Run, TrainTask
 
 ZERO_SHOT_LR = 2e-3  # paper README, zero-shot CT
 FEW_SHOT_LR = 1e-3  # paper README, few-shot CT
@@ -169,10 +169,18 @@ def train_task(
 # ------------------------------------------------------------------------------- referenced datasets
 
 
+def runs_of(spec: RecognitionExperimentSpec) -> list[Run] | list[PretrainRun]:
+    """The runs of any experiment: pre-training runs with method.pretrain, classifier-tuning runs else."""
+    from synthrec.plan.pretraining import pretrain_runs
+
+    return pretrain_runs(spec) if spec.method.pretrain is not None else experiment_runs(spec)
+
+
 def referenced_datasets(spec: RecognitionExperimentSpec) -> list[str]:
-    """Every SyntheticDataset the experiment's runs reference (data.synthetic and variants), in order."""
+    """Every SyntheticDataset the experiment's runs reference (data.synthetic, variants, labelSpaces), in
+    order."""
     refs: list[str] = []
-    for run in experiment_runs(spec):
+    for run in runs_of(spec):
         for source in run.synthetic:
             if source.dataset_ref and source.dataset_ref not in refs:
                 refs.append(source.dataset_ref)
@@ -180,7 +188,7 @@ def referenced_datasets(spec: RecognitionExperimentSpec) -> list[str]:
 
 
 def pin_datasets(
-    runs: Sequence[Run], resolve: Callable[[SyntheticSource], DatasetInput]
+    runs: Sequence[Run | PretrainRun], resolve: Callable[[SyntheticSource], DatasetInput]
 ) -> dict[str, list[DatasetInput]]:
     """Each run's synthetic inputs (run name -> inputs, in the run's order), every distinct source pinned
     once by ``resolve``: the operator pins from the datasets' status, the local runner from storage."""

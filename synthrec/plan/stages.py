@@ -27,6 +27,9 @@ from synthrec.plan.tasks import (
 # pipeline's native size, Real Guidance's strength matched by signal level, the official CLIP Filter
 # prompts and head names (issue 13): a spec written for 1 now makes other images, scores and heads.
 HASH_VERSION = "2"
+# The filter stage's own version (its hash only): 2 = features files of float16 logits (format 2) and
+# images decoded at reduced size or on the GPU by default (filter.decode), so scores may move slightly.
+FILTER_VERSION = "2"
 
 
 def digest(value: Any) -> str:
@@ -51,7 +54,7 @@ def dataset_hashes(spec: SyntheticDatasetSpec) -> dict[str, str]:
             "shards": w["sharding"]["shards"],
         }
     )
-    filt = digest({"generate": generate, "filter": w["filter"]})
+    filt = digest({"generate": generate, "filter": w["filter"], "v": FILTER_VERSION})
     reduce = digest({"filter": filt})
     return {"prompts": prompts, "generate": generate, "filter": filt, "reduce": reduce}
 

@@ -1,6 +1,7 @@
 """Label-space presets: class names, CLIP prompt templates and generation prompts per dataset.
 
-A preset is the label space of one of the paper's 17 Table 1 datasets (or the offline ``tiny`` demo):
+A preset is the label space of one of the paper's 17 Table 1 datasets, of its pre-training study's IN-2K
+(``imagenet2k``: ImageNet-1k plus 1,000 ImageNet-21k classes, ``IN2K_EXTRA``), or the offline ``tiny`` demo:
 
 - ``classes``: each class's ``name`` (used in generation prompts, language enhancement, the CLIP Filter's
   prompts and as the class's identity), ``head_name`` (the text for the CLIP zero-shot head and soft
@@ -38,6 +39,7 @@ __all__ = [
     "PRESET_ALIASES",
     "PRESET_NAMES",
     "TABLE1",
+    "VOC_CLASSES",
     "LabelClass",
     "Preset",
     "PresetError",
@@ -58,9 +60,11 @@ PRESET_NAMES: tuple[str, ...] = (
     "flowers102",
     "food101",
     "imagenet1k",
+    "imagenet2k",
     "imagenet_r",
     "imagenet_sketch",
     "oxford_pets",
+    "pascal_voc",
     "stanford_cars",
     "sun397",
     "tiny",
@@ -71,7 +75,10 @@ PRESET_ALIASES: dict[str, str] = {
     "imagenet": "imagenet1k",
     "imagenet_1k": "imagenet1k",
     "in1k": "imagenet1k",
+    "imagenet_2k": "imagenet2k",
+    "in2k": "imagenet2k",
     "pets": "oxford_pets",
+    "voc": "pascal_voc",
     "oxford_iiit_pet": "oxford_pets",
     "oxfordpets": "oxford_pets",
     "flowers": "flowers102",
@@ -284,6 +291,56 @@ def _imagenet_r_names() -> list[str]:
     return [names[int(i)] for i in _timm_lines("imagenet_r_indices.txt")]
 
 
+# IN-2K (method spec §3.1, Tables 9-11): ImageNet-1k plus 1,000 ImageNet-21k classes. The paper does not
+# say which (baselines-and-pretraining.md §7); synthrec draws them reproducibly from timm's ImageNet-12k
+# synsets (the ImageNet-21k classes timm keeps for having enough images) that are not ImageNet-1k classes:
+# ranked by blake2b("in2k", IN2K_SEED, synset), each named by its first WordNet lemma (timm's
+# imagenet_synset_to_lemma.txt) not already a class name (a synset whose lemmas are all taken is passed
+# over), until IN2K_EXTRA are drawn. The names are in every dataset card (labels.classes), the synsets are
+# the preset's folders (real ImageNet-21k images in their release layout match them).
+IN2K_EXTRA = 1000
+IN2K_SEED = 0
+
+
+@functools.cache
+def _imagenet2k_extra() -> tuple[tuple[str, str], ...]:
+    """(synset, name) of the 1,000 classes IN-2K adds to ImageNet-1k, in draw order."""
+    import hashlib
+
+    in1k = set(_timm_lines("imagenet_synsets.txt"))
+    lemmas = dict(line.split("\t", 1) for line in _timm_lines("imagenet_synset_to_lemma.txt"))
+    taken = set(_with_overrides(_open_clip_metadata().IMAGENET_CLASSNAMES, _IMAGENET_NAME_OVERRIDES))
+    pool = [s for s in _timm_lines("imagenet12k_synsets.txt") if s not in in1k and s in lemmas]
+
+    def rank(synset: str) -> bytes:
+        return hashlib.blake2b(f"in2k\x1f{IN2K_SEED}\x1f{synset}".encode(), digest_size=8).digest()
+
+    drawn: list[tuple[str, str]] = []
+    for synset in sorted(pool, key=rank):
+        name = next((n.strip() for n in lemmas[synset].split(",") if n.strip() not in taken), None)
+        if name is None:
+            continue
+        taken.add(name)
+        drawn.append((synset, name))
+        if len(drawn) == IN2K_EXTRA:
+            return tuple(drawn)
+    raise PresetError(f"timm's ImageNet-12k list has fewer than {IN2K_EXTRA} classes outside ImageNet-1k")
+
+
+def _imagenet2k_names() -> list[str]:
+    base = _with_overrides(_open_clip_metadata().IMAGENET_CLASSNAMES, _IMAGENET_NAME_OVERRIDES)
+    return [*base, *(name for _, name in _imagenet2k_extra())]
+
+
+def _imagenet2k_heads() -> list[str]:
+    # ImageNet-1k keeps open_clip's head text (as the imagenet1k preset); the added classes their lemma.
+    return [*_open_clip_metadata().IMAGENET_CLASSNAMES, *(name for _, name in _imagenet2k_extra())]
+
+
+def _imagenet2k_folders() -> list[str]:
+    return [*_timm_lines("imagenet_synsets.txt"), *(synset for synset, _ in _imagenet2k_extra())]
+
+
 def _strip_number(folder: str) -> str:
     """'015.bonsai-101' -> 'bonsai-101' (Caltech-256 and CUB number their class folders)."""
     return folder.split(".", 1)[1]
@@ -359,6 +416,32 @@ _IMAGENET_R_STYLES = (
     "a toy {}.",
     "a {} in a video game.",
 )
+
+# PASCAL VOC's 20 classes in the devkit's order (the detection transfer's label space, Tables 10-11), named
+# in words; the devkit's spelling is the folder (its XML <name>).
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+_VOC_WORDS = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
 
 _TINY_CLASSES = ("red circle", "green square", "blue triangle", "yellow cross")
 _TINY_TEMPLATES = ("a photo of a {c}.", "a drawing of a {c}.")
@@ -482,6 +565,26 @@ _SPECS: dict[str, _Spec] = {
         # The 7-template ensemble, which is also the official code's imagenet_template.
         templates=_OPEN_CLIP_IMAGENET_TEMPLATES,
     ),
+    "imagenet2k": _Spec(
+        "IN-2K (ImageNet-1k + 1,000 ImageNet-21k classes)",
+        names=_Source(
+            _imagenet2k_names,
+            lambda: (
+                f"open_clip_torch {_version('open_clip_torch')} IMAGENET_CLASSNAMES (as imagenet1k) + "
+                f"{IN2K_EXTRA} classes of timm {_version('timm')} imagenet12k_synsets.txt outside "
+                f"ImageNet-1k, drawn by blake2b rank (seed {IN2K_SEED}), named by their first free "
+                "WordNet lemma (imagenet_synset_to_lemma.txt)"
+            ),
+        ),
+        head_names=_Source(
+            _imagenet2k_heads, lambda: "open_clip's ImageNet-1k head text, then the added classes' lemmas"
+        ),
+        folders=_Source(
+            _imagenet2k_folders,
+            lambda: f"timm {_version('timm')} imagenet_synsets.txt + the drawn ImageNet-21k synsets",
+        ),
+        templates=_OPEN_CLIP_IMAGENET_TEMPLATES,
+    ),
     "imagenet_r": _Spec(
         "ImageNet-R (200 classes)",
         names=_Source(
@@ -518,6 +621,13 @@ _SPECS: dict[str, _Spec] = {
         templates=_from_clip_benchmark(_CB_TEMPLATES, "pets"),
         filter_template="a photo of a {c}, a type of pet.",
         filter_source=_ANALOGY_CF,
+    ),
+    "pascal_voc": _Spec(
+        "PASCAL VOC (20 classes)",
+        names=_inline([_VOC_WORDS.get(n, n) for n in VOC_CLASSES], "the VOC devkit's classes, in words"),
+        folders=_inline(VOC_CLASSES, "the VOC devkit's class names (Annotations <name>)"),
+        templates=_inline(("a photo of a {c}.",), "synthrec (no paper head for VOC)"),
+        filter_source=f"{_ANALOGY_CF} ('a photo of a {{c}}.')",
     ),
     "stanford_cars": _Spec(
         "Stanford Cars",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from synthrec.contract import artifacts
@@ -66,54 +67,88 @@ def build_report(uri: str, *, out: str | None = None, endpoint: str | None = Non
     ``out`` is a local folder or a folder URI (default: ``<uri>/report/``); returns where index.html is.
     """
     try:
-        found = artifacts.find_resources(uri, endpoint=endpoint)
+        scan = artifacts.scan_resources(uri, endpoint=endpoint)
     except artifacts.ArtifactError as exc:
         raise ReportError(str(exc)) from None
-    return write_report(found, out or default_target(uri), source=uri, endpoint=endpoint)
+    problems = [f"{u.uri}: {u.problem}" for u in scan.unreadable]
+    return write_report(
+        scan.found, out or default_target(uri), source=uri, endpoint=endpoint, problems=problems
+    )
 
 
 def build_report_for(roots: list[str], *, out_uri: str) -> str:
     """The report of several resource roots (``synthrec run --storage spec``)."""
-    found = []
+    found, problems = [], []
     for root in roots:
-        res = artifacts.read_resource(open_storage(root))
+        try:
+            res = artifacts.read_resource(open_storage(root))
+        except artifacts.ArtifactError as exc:
+            problems.append(f"{root}: {exc}")
+            continue
         if res is not None:
             found.append(res)
-    if not found:
+    if not found and not problems:
         raise ReportError(f"none of {', '.join(roots)} holds a spec.json yet; nothing to report")
-    return write_report(found, out_uri, source=", ".join(roots))
+    return write_report(found, out_uri, source=", ".join(roots), problems=problems)
 
 
 def write_report(
-    found: list[artifacts.FoundResource], target: str, *, source: str, endpoint: str | None = None
+    found: list[artifacts.FoundResource],
+    target: str,
+    *,
+    source: str,
+    endpoint: str | None = None,
+    problems: Sequence[str] = (),
 ) -> str:
-    """Render into ``target`` (local folder or s3:// folder: rendered locally, then uploaded)."""
+    """Render into ``target`` (local folder or s3:// folder: rendered locally, then uploaded).
+    ``problems``: resources that could not be read, noted on the page."""
     if "://" not in target:
         target = Path(target).resolve().as_uri()
     if target.startswith("file://"):
         folder = Path(target[len("file://") :])
-        _render_into(found, folder, source)
+        _render_into(found, folder, source, problems)
         return str(folder / "index.html")
     storage = open_storage(target, endpoint=endpoint)
     with tempfile.TemporaryDirectory(prefix="synthrec-report-") as tmp:
-        _render_into(found, Path(tmp), source)
+        _render_into(found, Path(tmp), source, problems)
         upload_tree(storage, tmp)
     return storage.url("index.html")
 
 
-def _render_into(found: list[artifacts.FoundResource], folder: Path, source: str) -> None:
+# Left in every report folder: a folder that holds it (or only what reports hold) may be replaced.
+REPORT_MARKER = ".synthrec-report"
+_REPORT_ENTRIES = {"index.html", "img", "plots", "results.csv", "table.csv", REPORT_MARKER}
+
+
+def _render_into(
+    found: list[artifacts.FoundResource], folder: Path, source: str, problems: Sequence[str] = ()
+) -> None:
     """Render in a fresh sibling folder, then swap it in, so a failed render leaves the old report.
+    An existing ``folder`` is only replaced when it is empty or an earlier report.
 
     The folder is made with the user's umask (mkdtemp would make it 0700): on a shared filesystem the
     report is for others to open too, as every other file synthrec writes.
     """
+    if folder.exists() and not _replaceable(folder):
+        raise ReportError(
+            f"{folder} exists and is not a synthrec report (no {REPORT_MARKER} in it); the report replaces "
+            "its folder as a whole, so choose a new or empty folder for --out"
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".report-{secrets.token_hex(8)}"
     staging.mkdir()
     try:
-        Renderer(staging).render(found, source)
+        Renderer(staging).render(found, source, problems)
+        (staging / REPORT_MARKER).write_text("a synthrec report; `synthrec report` replaces this folder\n")
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replaceable(folder: Path) -> bool:
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return REPORT_MARKER in names or names <= _REPORT_ENTRIES

@@ -6,7 +6,6 @@ shards that hold grid images are read)."""
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import tarfile
@@ -18,14 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from synthrec.contract.kept import parse_kept_row
 from synthrec.contract.layout import DatasetLayout
 from synthrec.contract.manifest import ClassCounts, DatasetManifest
-from synthrec.storage import FileStorage, ObjectNotFound, Storage, StorageError
+from synthrec.contract.samples import parse_sample_meta
+from synthrec.limits import MAX_IMAGE_BYTES, MAX_JSON_MEMBER_BYTES, MemberTooLarge, read_member
+from synthrec.report.files import ReportFiles
+from synthrec.report.inputs import read_lines
+from synthrec.storage import FileStorage, ObjectNotFound, ObjectTooLarge, Storage, StorageError
 
 MAX_GRID_CLASSES = 24  # classes with image grids (the accept-rate table and plot show every class)
 GRID_IMAGES = 8  # images shown per class and group (kept, passed but not kept, below the threshold)
 GRID_SHARDS = 4  # shards whose features a class's not-kept images are looked for in
 THUMBNAIL_PX = 128
+MAX_FEATURES_BYTES = 1024 * 1024 * 1024  # a features file of a 10,000-image shard is ~50 MB
+_KEYS = TypeAdapter(list[str])  # the sample keys in a features file's metadata
 
 
 @dataclass
@@ -53,40 +61,44 @@ class ClassGrid:
         return self.kept + self.not_chosen + self.below
 
 
-def read_jsonl(storage: Storage, key: str) -> list[dict[str, Any]]:
-    try:
-        data = storage.read_bytes(key)
-    except ObjectNotFound:
-        return []
-    rows = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        if line.strip():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                rows.append(value)
-    return rows
-
-
 def safetensors_header(data: bytes) -> dict[str, Any]:
     """The JSON header of a safetensors file (tensor dtypes, shapes, offsets and __metadata__)."""
     (length,) = struct.unpack("<Q", data[:8])
     return json.loads(data[8 : 8 + length])
 
 
+_FLOAT_CODES = {"F32": "f", "F16": "e"}
+
+
 def safetensors_matrix(data: bytes, name: str) -> list[list[float]]:
-    """A 2-D float32 tensor of a safetensors file as rows, without numpy or torch."""
+    """A 2-D float32 or float16 tensor of a safetensors file as rows, without numpy or torch."""
     header = safetensors_header(data)
     info = header[name]
-    if info["dtype"] != "F32" or len(info["shape"]) != 2:
-        raise ValueError(f"tensor {name} is {info['dtype']} {info['shape']}, expected a 2-D F32 tensor")
+    code = _FLOAT_CODES.get(info["dtype"])
+    if code is None or len(info["shape"]) != 2:
+        raise ValueError(f"tensor {name} is {info['dtype']} {info['shape']}, expected a 2-D F32/F16 tensor")
     (length,) = struct.unpack("<Q", data[:8])
     start, end = (8 + length + o for o in info["data_offsets"])
     rows, cols = info["shape"]
-    values = struct.unpack(f"<{rows * cols}f", data[start:end])
+    values = struct.unpack(f"<{rows * cols}{code}", data[start:end])
     return [list(values[r * cols : (r + 1) * cols]) for r in range(rows)]
+
+
+def filter_scores(data: bytes) -> list[list[float]]:
+    """Per row of a features file, the CLIP Filter's probabilities: the softmax of its float16 logits
+    (``filter_logits``, else ``logits``: format 2), or the stored ``probs`` (format 1)."""
+    import math
+
+    header = safetensors_header(data)
+    if "probs" in header:
+        return safetensors_matrix(data, "probs")
+    out = []
+    for row in safetensors_matrix(data, "filter_logits" if "filter_logits" in header else "logits"):
+        top = max(row, default=0.0)
+        e = [math.exp(v - top) for v in row]
+        total = sum(e)
+        out.append([v / total for v in e])
+    return out
 
 
 @contextmanager
@@ -103,9 +115,9 @@ def local_copy(storage: Storage, key: str) -> Iterator[Path]:
 
 def dataset_grids(
     storage: Storage, manifest: DatasetManifest, max_classes: int = MAX_GRID_CLASSES
-) -> list[ClassGrid]:
+) -> tuple[list[ClassGrid], str | None]:
     """Per class (the first ``max_classes``) up to GRID_IMAGES kept samples, and as many of each kind of
-    not-kept sample, with scores.
+    not-kept sample, with scores; and a note on index rows that could not be read.
 
     Kept samples come from index/kept.jsonl. The others are the remaining images of the shards holding
     the class's kept images (the first GRID_SHARDS of them), scored from those shards' features files and
@@ -113,21 +125,20 @@ def dataset_grids(
     """
     classes = manifest.labels.classes
     threshold = manifest.filter.threshold
-    kept_rows = read_jsonl(storage, DatasetLayout.index)
+    lines, problem = read_lines(storage, DatasetLayout.index, parse_kept_row)
     grids = {i: ClassGrid(i, str(name)) for i, name in enumerate(classes[:max_classes])}
-    kept_keys = {(int(r["shard"]), str(r["key"])) for r in kept_rows if "shard" in r and "key" in r}
+    kept_keys = {(r.shard, r.key) for r in lines.rows}
     shards: dict[int, list[int]] = defaultdict(list)  # class -> shards of its kept images, in order
-    for row in kept_rows:
-        c, shard = int(row.get("class", -1)), int(row.get("shard", -1))
+    for row in lines.rows:
+        c, shard = row.class_index, row.shard
         if c not in grids:
             continue
         if shard not in shards[c]:
             shards[c].append(shard)
         if len(grids[c].kept) < GRID_IMAGES:
-            passed = row.get("passed") if isinstance(row.get("passed"), bool) else None
-            grids[c].kept.append(Sample(str(row["key"]), shard, c, number(row.get("score")), True, passed))
+            grids[c].kept.append(Sample(row.key, shard, c, row.score, True, row.passed))
     if not manifest.filter.enabled:
-        return [grids[i] for i in sorted(grids)]
+        return [grids[i] for i in sorted(grids)], problem
     features: dict[int, _ShardScores | None] = {}
     for c in sorted(shards):
         grid = grids[c]
@@ -142,7 +153,7 @@ def dataset_grids(
                     group.append(sample)
             if len(grid.not_chosen) >= GRID_IMAGES and len(grid.below) >= GRID_IMAGES:
                 break
-    return [grids[i] for i in sorted(grids)]
+    return [grids[i] for i in sorted(grids)], problem
 
 
 @dataclass(frozen=True)
@@ -194,12 +205,12 @@ class _ShardScores:
 
 def _shard_scores(storage: Storage, shard: int) -> _ShardScores | None:
     try:
-        data = storage.read_bytes(DatasetLayout.features(shard))
+        data = storage.read_bytes(DatasetLayout.features(shard), max_bytes=MAX_FEATURES_BYTES)
         meta = safetensors_header(data).get("__metadata__") or {}
-        keys = [str(k) for k in json.loads(meta.get("keys", "[]"))]
-        probs = safetensors_matrix(data, "probs")
-    except (ObjectNotFound, ValueError, KeyError, TypeError, struct.error):
-        return None
+        keys = _KEYS.validate_json(meta.get("keys", "[]"))
+        probs = filter_scores(data)  # format 2: the softmax of the fp16 logits; format 1: stored probs
+    except (ObjectNotFound, ObjectTooLarge, ValueError, KeyError, TypeError, AttributeError, struct.error):
+        return None  # a missing, damaged or planted features file: no not-kept samples to show
     return _ShardScores(shard, keys, _class_column(data, len(keys)), probs)
 
 
@@ -213,7 +224,7 @@ def _class_column(data: bytes, n: int) -> list[int] | None:
         (length,) = struct.unpack("<Q", data[:8])
         start, end = (8 + length + o for o in info["data_offsets"])
         return list(struct.unpack(f"<{n}q", data[start:end]))
-    except (KeyError, ValueError, struct.error):
+    except (KeyError, ValueError, TypeError, AttributeError, struct.error):
         return None
 
 
@@ -225,17 +236,13 @@ def _class_of_key(key: str) -> int:
         return -1
 
 
-def number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def attach_images(storage: Storage, grids: list[ClassGrid], out_dir: Path, prefix: str) -> None:
-    """Copy the grids' images (thumbnails) into ``out_dir/prefix`` and fill in prompts from the tars."""
+def attach_images(storage: Storage, grids: list[ClassGrid], files: ReportFiles, resource: str) -> None:
+    """Write the grids' images as thumbnails (``img/<resource>/<key>.jpg``, names made by ``files``) and
+    fill in prompts from the tars. Members are read with a size cap; images are decoded and re-encoded."""
     by_shard: dict[int, list[Sample]] = defaultdict(list)
     for grid in grids:
         for sample in grid.samples:
             by_shard[sample.shard].append(sample)
-    (out_dir / prefix).mkdir(parents=True, exist_ok=True)
     for shard, samples in sorted(by_shard.items()):
         wanted = {s.key: s for s in samples}
         try:
@@ -245,28 +252,17 @@ def attach_images(storage: Storage, grids: list[ClassGrid], out_dir: Path, prefi
                     sample = wanted.get(stem)
                     if sample is None or not member.isfile():
                         continue
-                    handle = tar.extractfile(member)
-                    if handle is None:
-                        continue
-                    data = handle.read()
                     if ext == "json":
-                        with suppress(ValueError, AttributeError):
-                            sample.prompt = str(json.loads(data).get("prompt", ""))
+                        with suppress(ValueError):
+                            sample.prompt = parse_sample_meta(
+                                read_member(tar, member, MAX_JSON_MEMBER_BYTES)
+                            ).prompt
                     elif ext in ("jpg", "jpeg", "png", "webp"):
-                        rel = f"{prefix}/{stem}.jpg"
-                        _write_thumbnail(data, out_dir / rel)
-                        sample.image = rel
+                        with suppress(MemberTooLarge):
+                            rel = files.name("img", resource, stem, ext="jpg")
+                            if files.write_thumbnail(
+                                rel, read_member(tar, member, MAX_IMAGE_BYTES), THUMBNAIL_PX
+                            ):
+                                sample.image = rel
         except (StorageError, OSError, tarfile.TarError):
             continue  # a missing or damaged shard: its samples show without a picture
-
-
-def _write_thumbnail(data: bytes, path: Path) -> None:
-    try:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            im.save(path, format="JPEG", quality=90)
-    except Exception:  # no Pillow or an undecodable image: keep the original bytes
-        path.write_bytes(data)

@@ -124,6 +124,41 @@ def top1_figure(table: ResultTable, title: str) -> Any | None:
     return fig
 
 
+def transfer_figure(
+    rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...], title: str
+) -> Any | None:
+    """Each evaluation's result (``columns``: row key, title) against the synthetic data size, one line per
+    initialisation (and objective and label space when they vary): the paper's Tables 8-11 as curves.
+    ``rows`` are the transfer table's (synthrec.contract.artifacts.pretrain_rows); None when no run has a
+    result at a stated size yet."""
+    panels = [(key, label) for key, label in columns if any(r[key] is not None for r in rows)]
+    sizes = sorted({r["size"] for r in rows if r["size"] is not None})
+    if not panels or not sizes:
+        return None
+    varies = [k for k in ("objective", "label_space") if len({r[k] for r in rows}) > 1]
+    fig = _figure(5.5 * len(panels), 4)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    positions = {s: i for i, s in enumerate(sizes)}  # evenly spaced: 0, 1.2M, 2.4M, 3.6M
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        lines: dict[str, list[tuple[int, float]]] = {}
+        for r in rows:
+            if r[key] is not None and r["size"] is not None:
+                name = " / ".join([r["init"], *(str(r[k]) for k in varies)])
+                lines.setdefault(name, []).append((positions[r["size"]], r[key]))
+        for name, points in sorted(lines.items()):
+            points.sort()
+            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+        ax.set_xticks(range(len(sizes)), [f"{s / 1e6:g}M" if s >= 100_000 else str(s) for s in sizes])
+        ax.set_xlabel("synthetic images (0: no synthetic pre-training)")
+        ax.set_ylabel(label)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        legend = " / ".join(["initialisation", *(k.replace("_", " ") for k in varies)])
+        ax.legend(fontsize=8, title=legend, title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 @dataclass
 class LossCurves:
     """One run's recorded objectives against (fractional) epochs, or steps when the phases are unknown."""

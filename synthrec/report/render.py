@@ -5,14 +5,21 @@ from __future__ import annotations
 import html
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from synthrec.contract import artifacts, confusion
+from synthrec.contract.confusion import parse_confusion
+from synthrec.contract.curve import parse_curve
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.contract.manifest import DatasetManifest
-from synthrec.report.images import MAX_GRID_CLASSES, NotKept, attach_images, dataset_grids, read_jsonl
+from synthrec.contract.prompts import PromptRow
+from synthrec.limits import bounded
+from synthrec.report.files import ReportFiles
+from synthrec.report.images import MAX_GRID_CLASSES, NotKept, attach_images, dataset_grids
+from synthrec.report.inputs import read_document, read_lines
 from synthrec.report.plots import (
     accept_rates_figure,
     confusion_figure,
@@ -20,12 +27,15 @@ from synthrec.report.plots import (
     losses_figure,
     png,
     top1_figure,
+    transfer_figure,
 )
 from synthrec.report.results import (
     RESULT_FIELDS,
     RESULTS_CSV,
     TABLE_CSV,
     TABLE_FIELDS,
+    TRANSFER_CSV,
+    TRANSFER_FIELDS,
     ResultTable,
     Stats,
     result_rows,
@@ -35,10 +45,12 @@ from synthrec.report.results import (
     table_rows,
     tensorboard_dir,
     to_csv,
+    transfer_rows,
 )
-from synthrec.storage import ObjectNotFound, Storage
+from synthrec.storage import Storage
 from synthrec.tiny.layout import references_random_tiny, references_toy_world
 
+INDEX = "index.html"
 PROMPTS_PER_CLASS = 3
 WEAKEST_CLASSES = 20  # rows of the best run's per-class table
 CONFUSED_PAIRS = 10
@@ -92,17 +104,21 @@ def _rate(value: Any) -> str:
 class Renderer:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        (folder / "plots").mkdir(parents=True, exist_ok=True)
-        (folder / "img").mkdir(parents=True, exist_ok=True)
+        self.files = ReportFiles(folder)  # every file of the report is named and opened through it
+        # the page's own names (constants the page links to)
+        for own in (INDEX, RESULTS_CSV, TABLE_CSV, TRANSFER_CSV):
+            self.files.reserve(own)
         self.results: list[dict[str, Any]] = []  # results.csv: every run of every experiment
         self.table: list[dict[str, Any]] = []  # table.csv: per experiment, series and shots
+        self.transfer: list[dict[str, Any]] = []  # transfer.csv: every pre-training run
 
     def write(self, rel: str, data: str | bytes) -> None:
-        """Write one file of the report, ``rel`` to its folder: the page, the CSVs, the plots."""
-        path = self.folder / rel
-        path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        """Write one file of the report (the page, the CSVs, the plots): ``rel`` is a name ``self.files``
+        made, never a stored string."""
+        self.files.write(rel, data)
 
-    def render(self, found: list[artifacts.FoundResource], source: str) -> None:
+    def render(self, found: list[artifacts.FoundResource], source: str, problems: Sequence[str] = ()) -> None:
+        """The page; ``problems``: what could not be read at all (one warning line each)."""
         notes = [TINY_NOTE] if any(references_random_tiny(res.spec) for res in found) else []
         if any(references_toy_world(res.spec) for res in found):
             notes.append(TOY_WORLD_NOTE)
@@ -110,11 +126,19 @@ class Renderer:
         experiments = [r for r in found if r.kind == "RecognitionExperiment"]
         body = [f"<h1>synthrec report</h1><p class='note'>{_e(source)} &middot; {_e(_now())}</p>"]
         body += [f"<p class='warn'>{_e(note)}</p>" for note in notes]
-        if experiments:
-            body.append(
-                f"<p>All results as CSV: <a href='{RESULTS_CSV}'>{RESULTS_CSV}</a> (every run) and "
-                f"<a href='{TABLE_CSV}'>{TABLE_CSV}</a> (top-1 over seeds per variant and shots).</p>"
+        body.extend(_problem(p) for p in problems)
+        pretraining = [r for r in experiments if getattr(r.spec.method, "pretrain", None) is not None]
+        few_shot = [r for r in experiments if r not in pretraining]
+        csvs = []
+        if few_shot:
+            csvs.append(
+                f"<a href='{RESULTS_CSV}'>{RESULTS_CSV}</a> (every run) and "
+                f"<a href='{TABLE_CSV}'>{TABLE_CSV}</a> (top-1 over seeds per variant and shots)"
             )
+        if pretraining:
+            csvs.append(f"<a href='{TRANSFER_CSV}'>{TRANSFER_CSV}</a> (pre-training runs and their transfer)")
+        if csvs:
+            body.append(f"<p>All results as CSV: {'; '.join(csvs)}.</p>")
         body.append("<ul>")
         for res in datasets + experiments:
             body.append(f"<li><a href='#{_e(_anchor(res))}'>{_e(res.kind)} {_e(res.name)}</a></li>")
@@ -131,10 +155,12 @@ class Renderer:
             + "\n".join(body)
             + "</body></html>\n"
         )
-        if experiments:
+        if few_shot:
             self.write(RESULTS_CSV, to_csv(RESULT_FIELDS, self.results))
             self.write(TABLE_CSV, to_csv(TABLE_FIELDS, self.table))
-        self.write("index.html", page)
+        if pretraining:
+            self.write(TRANSFER_CSV, to_csv(TRANSFER_FIELDS, self.transfer))
+        self.write(INDEX, page)
 
     # ---- datasets
 
@@ -156,6 +182,8 @@ class Renderer:
         out.append("</table>")
         stages = ", ".join(f"{s.stage} {len(s.committed)}/{s.shards}" for s in state.stages if s.enabled)
         if state.manifest is None:
+            if state.manifest_problem:
+                out.append(_problem(state.manifest_problem))
             out.append(
                 f"<p class='warn'>Not complete yet (no manifest.json); committed shards: {_e(stages)}</p>"
             )
@@ -186,7 +214,7 @@ class Renderer:
             )
         out.append("</table>")
         if per_class:
-            rel = f"plots/{res.name}-accept-rates.png"
+            rel = self.files.name("plots", f"{res.name}-accept-rates", ext="png")
             self.write(rel, png(accept_rates_figure(per_class, f"{res.name}: CLIP filter per class")))
             out.append(f"<img src='{_e(rel)}' alt='accept rates per class'>")
         out.append(self.prompt_samples(res.storage, manifest))
@@ -194,25 +222,26 @@ class Renderer:
         return "\n".join(out)
 
     def prompt_samples(self, storage: Storage, manifest: DatasetManifest | None) -> str:
-        rows = read_jsonl(storage, DatasetLayout.prompts)
+        lines, problem = read_lines(storage, DatasetLayout.prompts, PromptRow.from_json)
+        rows = lines.rows
         if not rows:
-            return "<p class='note'>No prompts yet.</p>"
-        per_class: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            return (_problem(problem) if problem else "") + "<p class='note'>No prompts yet.</p>"
+        per_class: dict[int, list[PromptRow]] = defaultdict(list)
         totals: dict[int, int] = defaultdict(int)
         for row in rows:
-            c = int(row.get("class", -1))
+            c = row.class_index
             totals[c] += 1
             if len(per_class[c]) < PROMPTS_PER_CLASS:
                 per_class[c].append(row)
-        out = [f"<h3>Prompt samples</h3><p class='note'>{len(rows)} prompts in prompts.jsonl.</p><table>"]
+        out = [_problem(problem)] if problem else []
+        out += [f"<h3>Prompt samples</h3><p class='note'>{len(rows)} prompts in prompts.jsonl.</p><table>"]
         out.append("<tr><th class='l'>class</th><th>prompts</th><th class='l'>samples</th></tr>")
         for c in sorted(per_class)[:MAX_GRID_CLASSES]:
             samples = "<br>".join(
-                f"{_e(r.get('prompt'))} <span class='note'>({_e(r.get('source'))}, "
-                f"{_e(r.get('images'))} images)</span>"
+                f"{_e(r.prompt)} <span class='note'>({_e(r.source)}, {_e(r.images)} images)</span>"
                 for r in per_class[c]
             )
-            name = per_class[c][0].get("class_name", c)
+            name = per_class[c][0].class_name
             out.append(
                 f"<tr><td class='l'>{_e(name)}</td><td>{totals[c]}</td><td class='l'>{samples}</td></tr>"
             )
@@ -248,10 +277,12 @@ class Renderer:
         return text + "."
 
     def grids(self, res: artifacts.FoundResource, manifest: DatasetManifest) -> str:
-        grids = dataset_grids(res.storage, manifest)
-        attach_images(res.storage, grids, self.folder, f"img/{res.name}")
+        grids, problem = dataset_grids(res.storage, manifest)
+        attach_images(res.storage, grids, self.files, res.name)
         filt = manifest.filter
         out = ["<h3>Kept and not kept images</h3>"]
+        if problem:
+            out.append(_problem(problem))
         why = (
             "the K kept are drawn at random from those that passed, so these can score as high as kept ones"
             if filt.selection == "random"
@@ -305,6 +336,8 @@ class Renderer:
 
     def experiment(self, res: artifacts.FoundResource) -> str:
         state = res.experiment_state()
+        if state.spec.method.pretrain is not None:
+            return self.pretraining(res, state)
         out = [f"<h2 id='{_e(_anchor(res))}'>RecognitionExperiment {_e(res.name)}</h2>"]
         out.append(f"<p class='note'>{_e(res.uri)}</p>")
         out.append(f"<p>Backbone: <code>{_e(json.dumps(state.spec.backbone.wire()))}</code>. ")
@@ -313,7 +346,7 @@ class Renderer:
         self.results += result_rows(res, state)
         self.table += table_rows(res.name, table)
         out.append(self.seeds_table(table, "Top-1 over seeds"))
-        out.append(self.top1_plot(table, f"plots/{res.name}-top1-vs-shots.png", f"{res.name}: top-1"))
+        out.append(self.top1_plot(table, f"{res.name}-top1-vs-shots", f"{res.name}: top-1"))
         if any(r.top1_best_validation is not None for r in state.runs):
             # both selections, never the test set: the best-validation models next to the reported ones
             best = result_table(state.runs, best_validation=True)
@@ -324,17 +357,19 @@ class Renderer:
                 "one model (zero-shot CLIP, Tip-Adapter, no validation set) count with it. Per run in the "
                 "<i>last epoch</i> and <i>best validation</i> columns below.</p>"
             )
-            rel = f"plots/{res.name}-top1-best-validation-vs-shots.png"
-            out.append(self.top1_plot(best, rel, f"{res.name}: top-1, best-validation models"))
+            stem = f"{res.name}-top1-best-validation-vs-shots"
+            out.append(self.top1_plot(best, stem, f"{res.name}: top-1, best-validation models"))
         out.append(self.runs_table(res, state))
         out.append(self.losses(res, state))
         out.append(self.best_run(res, state))
         return "\n".join(out)
 
-    def top1_plot(self, table: ResultTable, rel: str, title: str) -> str:
+    def top1_plot(self, table: ResultTable, stem: str, title: str) -> str:
+        """The plot of ``table`` as ``plots/<stem>.png`` (a slug of it: ``stem`` holds a stored name)."""
         fig = top1_figure(table, f"{title} against shots")
         if fig is None:
             return ""
+        rel = self.files.name("plots", stem, ext="png")
         self.write(rel, png(fig))
         return f"<img src='{_e(rel)}' alt='{_e(title)} against shots'>"
 
@@ -387,31 +422,97 @@ class Renderer:
                 f"<td class='l uri'>{_tracking_links(r)}</td></tr>"
             )
         out.append("</table>")
+        out.append("</table>")
+        out.extend(_problem(r.problem) for r in state.runs if r.problem)
         return "\n".join(out)
 
     def losses(self, res: artifacts.FoundResource, state: artifacts.ExperimentState) -> str:
-        curves = {}
+        curves, notes = {}, []
         for r in state.runs:
             if r.done:
-                try:
-                    curve = res.storage.read_json(ExperimentLayout.run(r.name, "curve.json"))
-                except (ObjectNotFound, ValueError):
-                    continue
-                if isinstance(curve, dict):
-                    curves[r.name] = loss_curves(curve)
+                curve, problem = read_document(
+                    res.storage, ExperimentLayout.run(r.name, "curve.json"), parse_curve
+                )
+                if problem:
+                    notes.append(_problem(problem))
+                if curve is not None:
+                    curves[r.name] = loss_curves(curve.document())
         series = {r.name: series_of(r) for r in state.runs}
         fig = losses_figure(curves, series, f"{res.name}: training curves")
         if fig is None:
             if state.runs:
-                return "<p class='note'>No training curves (no run trained a head, e.g. zero-shot only).</p>"
-            return ""
-        rel = f"plots/{res.name}-curves.png"
+                notes.append(
+                    "<p class='note'>No training curves (no run trained a head, e.g. zero-shot only).</p>"
+                )
+            return "\n".join(notes)
+        rel = self.files.name("plots", f"{res.name}-curves", ext="png")
         self.write(rel, png(fig))
-        return (
-            "<h3>Training curves</h3><p class='note'>Each objective on its own axes: they are different "
-            "losses on different scales. Per step, at its place in the epochs.</p>"
-            f"<img src='{_e(rel)}' alt='training curves'>"
+        return "\n".join(
+            [
+                *notes,
+                "<h3>Training curves</h3><p class='note'>Each objective on its own axes: they are different "
+                "losses on different scales. Per step, at its place in the epochs.</p>"
+                f"<img src='{_e(rel)}' alt='training curves'>",
+            ]
         )
+
+    def pretraining(self, res: artifacts.FoundResource, state: artifacts.ExperimentState) -> str:
+        """A pre-training experiment as the paper's Tables 8-11: per evaluation, the result against the
+        synthetic data size for each initialisation (objective, label space), a plot of the same, and
+        every run with its pre-training numbers."""
+        method = state.spec.method.pretrain
+        assert method is not None
+        rows = artifacts.pretrain_rows(state)
+        self.transfer += transfer_rows(res.name, state)
+        out = [f"<h2 id='{_e(_anchor(res))}'>RecognitionExperiment {_e(res.name)} (pre-training)</h2>"]
+        out.append(f"<p class='note'>{_e(res.uri)}</p>")
+        out.append(
+            f"<p>Backbone <code>{_e(method.backbone)}</code>, global batch {method.batch_size}, "
+            f"{_e(method.epochs or 'recipe')} epochs, {method.distributed.nodes} node(s); "
+            f"{sum(r.done for r in state.pretraining)} of {len(state.pretraining)} runs done. Data size 0: "
+            "no synthetic pre-training (the init is transferred as it is).</p>"
+        )
+        for key, title in TRANSFER_COLUMNS:
+            if all(row[key] is None for row in rows):
+                continue
+            sizes = sorted({row["size"] for row in rows}, key=lambda s: -1 if s is None else s)
+            groups: dict[tuple[str, str, str], dict[int | None, float | None]] = defaultdict(dict)
+            for row in rows:
+                groups[row["label_space"] or "-", row["objective"], row["init"]][row["size"]] = row[key]
+            out.append(f"<h3>{_e(title)}</h3><table><tr><th class='l'>label space</th>")
+            out.append("<th class='l'>objective</th><th class='l'>init</th>")
+            out.extend(f"<th>{_e(_size(size))}</th>" for size in sizes)
+            out.append("</tr>")
+            for (space, objective, init), cells in groups.items():
+                out.append(
+                    f"<tr><td class='l'>{_e(space)}</td><td class='l'>{_e(objective)}</td>"
+                    f"<td class='l'>{_e(init)}</td>"
+                    + "".join(f"<td>{_pct(cells.get(size))}</td>" for size in sizes)
+                    + "</tr>"
+                )
+            out.append("</table>")
+        out.append(
+            f"<p class='note'>The same numbers, unrounded, with each run's pre-training steps and loss: "
+            f"<a href='{TRANSFER_CSV}'>{TRANSFER_CSV}</a>.</p>"
+        )
+        rel = self.files.name("plots", f"{res.name}-transfer-vs-size", ext="png")
+        fig = transfer_figure(rows, TRANSFER_AXES, f"{res.name}: transfer")
+        if fig is not None:
+            self.write(rel, png(fig))
+            out.append(f"<img src='{_e(rel)}' alt='transfer results against synthetic data size'>")
+        out.append("<h3>Runs</h3><table><tr><th class='l'>run</th><th class='l'>stage</th>")
+        out.append("<th>steps</th><th>final loss</th><th>fine-tune top-1</th><th>linear probe</th>")
+        out.append("<th>AP50 (VOC07)</th></tr>")
+        for row in rows:
+            loss = "-" if row["pretrain_loss"] is None else f"{row['pretrain_loss']:.3f}"
+            out.append(
+                f"<tr><td class='l'>{_e(row['name'])}</td><td class='l'>{_e(row['stage'])}</td>"
+                f"<td>{_e(row['pretrain_steps'] or '-')}</td><td>{loss}</td>"
+                f"<td>{_pct(row['classification_top1'])}</td><td>{_pct(row['linear_probe_top1'])}</td>"
+                f"<td>{_pct(row['ap50'])}</td></tr>"
+            )
+        out.append("</table>")
+        return "\n".join(out)
 
     def best_run(self, res: artifacts.FoundResource, state: artifacts.ExperimentState) -> str:
         """Where the best finished run errs: its weakest classes, its most confused pairs, its matrix."""
@@ -435,13 +536,15 @@ class Renderer:
             out.append("</table>")
             if len(per_class) > len(weakest):
                 out.append(f"<p class='note'>The {len(weakest)} weakest of {len(per_class)} classes.</p>")
-        try:
-            doc = res.storage.read_json(ExperimentLayout.run_confusion(best.name))
-        except (ObjectNotFound, ValueError):
-            doc = None
-        if not (isinstance(doc, dict) and isinstance(doc.get("classes"), list) and "test" in doc):
+        parsed, problem = read_document(
+            res.storage, ExperimentLayout.run_confusion(best.name), parse_confusion
+        )
+        if parsed is None:
             out.append("<p class='note'>No readable confusion matrix for this run (confusion.json).</p>")
+            if problem:
+                out.append(_problem(problem))
             return "\n".join(out)
+        doc = parsed.document()
         pairs = confusion.most_confused(doc, CONFUSED_PAIRS)
         if pairs:
             out.append("<table><tr><th class='l'>true class</th><th class='l'>predicted as</th>")
@@ -453,11 +556,32 @@ class Renderer:
                 )
             out.append("</table>")
         if len(doc["classes"]) <= HEATMAP_MAX_CLASSES:
-            rel = f"plots/{res.name}-confusion.png"
+            rel = self.files.name("plots", f"{res.name}-confusion", ext="png")
             self.write(rel, png(confusion_figure(doc, f"{best.name}: confusion on the test split")))
             out.append(f"<img src='{_e(rel)}' alt='confusion matrix of {_e(best.name)}'>")
             out.append("<p class='note'>Numbers: test images; colour: their share of the true class.</p>")
         return "\n".join(out)
+
+
+# The transfer table's evaluations (artifacts.pretrain_rows keys) and their titles.
+TRANSFER_COLUMNS = (
+    ("classification_top1", "Fine-tuning top-1 (%) by synthetic data size"),
+    ("linear_probe_top1", "Linear probe top-1 (%) by synthetic data size"),
+    ("ap50", "Detection AP50 (VOC07 11-point, %) by synthetic data size"),
+)
+
+
+# The plot's axes: the same evaluations, titled as a y axis.
+TRANSFER_AXES = tuple((key, title.split(" by ")[0]) for key, title in TRANSFER_COLUMNS)
+
+
+def _size(size: int | None) -> str:
+    return "all" if size is None else f"{size:,}"
+
+
+def _problem(text: str) -> str:
+    """A note on something stored that could not be read (the rest of the report goes on)."""
+    return f"<p class='warn'>Could not read: {_e(bounded(text, 600))}</p>"
 
 
 def _cell(stats: Stats | None) -> str:

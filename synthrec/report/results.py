@@ -142,6 +142,34 @@ RESULT_FIELDS = (
 TABLE_FIELDS = ("experiment", "series", "shots", "runs_done", "runs_planned", "mean", "std", "min", "max")
 
 
+TRANSFER_CSV = "transfer.csv"  # every pre-training run of every experiment with its transfer results
+TRANSFER_FIELDS = (
+    "experiment",
+    "run",
+    "objective",
+    "label_space",
+    "size",
+    "init",
+    "seed",
+    "stage",
+    "state",
+    "pretrain_steps",
+    "pretrain_loss",
+    "classification_top1",
+    "linear_probe_top1",
+    "ap50",
+)
+
+
+def transfer_rows(experiment: str, state: artifacts.ExperimentState) -> list[dict[str, Any]]:
+    """The transfer table (artifacts.pretrain_rows) as rows of transfer.csv: sizes as numbers (empty:
+    all images), percentages unrounded."""
+    return [
+        {"experiment": experiment, "run": row["name"], **{k: row[k] for k in TRANSFER_FIELDS[2:]}}
+        for row in artifacts.pretrain_rows(state)
+    ]
+
+
 def run_state(run: artifacts.RunState) -> str:
     if run.done:
         return "done"
@@ -212,11 +240,27 @@ def table_rows(experiment: str, table: ResultTable) -> list[dict[str, Any]]:
     ]
 
 
+# A text cell starting with one of these is a formula to a spreadsheet (CSV injection): names, messages and
+# URIs come from users' specs and storage, and a report is opened by people who did not write them.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: None is empty, numbers stay numbers, text a spreadsheet would run as a formula
+    is prefixed with ``'`` (OWASP's advice), so it shows as the text it is."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def to_csv(fields: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> str:
-    """RFC 4180 CSV with a header; None is an empty cell, floats keep their full precision."""
+    """RFC 4180 CSV with a header; None is an empty cell, floats keep their full precision, formula-like
+    text is defused (:func:`csv_cell`)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
     return out.getvalue()

@@ -2,7 +2,9 @@
 
 - ``base``: the ``Storage`` interface and key validation; ``errors``: what can go wrong, said to the user;
 - ``files``: ``file://`` and the local file helpers; ``s3``: ``s3://`` with retries;
-- ``commit``: commit markers, ``commit_file`` and ``existing_commit`` (the one "already done?" check);
+- ``commit``: commit markers, ``commit_file`` / ``commit_staged`` and ``existing_commit`` (the one "already
+  done?" check); ``staged``: data a commit publishes (a local file, an upload in parts); ``streaming``:
+  a file uploaded in parts while it is written;
 - ``uris``: the syntax of storage URIs and model references.
 
 ``open_storage(uri)`` opens a folder URI. It has no side effects beyond the connection: ``tiny://`` data is
@@ -13,12 +15,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synthrec.storage.base import CHUNK, MiB, ObjectInfo, Storage, clean_key
-from synthrec.storage.commit import commit_file, existing_commit, read_marker, upload_tree, write_marker
+from synthrec.storage.base import CHUNK, MAX_JSON_BYTES, MiB, ObjectInfo, Storage, clean_key
+from synthrec.storage.commit import (
+    commit_file,
+    commit_staged,
+    existing_commit,
+    read_marker,
+    upload_tree,
+    write_marker,
+)
 from synthrec.storage.errors import (
     CorruptObject,
     InvalidKey,
     ObjectNotFound,
+    ObjectTooLarge,
     StorageConfigError,
     StorageConflict,
     StorageError,
@@ -64,6 +74,7 @@ def open_storage(
 
 __all__ = [
     "CHUNK",
+    "MAX_JSON_BYTES",
     "TMP_SUFFIX",
     "CorruptObject",
     "FileStorage",
@@ -71,6 +82,7 @@ __all__ = [
     "MiB",
     "ObjectInfo",
     "ObjectNotFound",
+    "ObjectTooLarge",
     "RecordingStorage",
     "RetryPolicy",
     "S3Storage",
@@ -85,6 +97,7 @@ __all__ = [
     "atomic_output",
     "clean_key",
     "commit_file",
+    "commit_staged",
     "exclusive_lock",
     "existing_commit",
     "open_storage",

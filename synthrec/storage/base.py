@@ -10,12 +10,18 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from synthrec.storage.errors import CorruptObject, InvalidKey
+from synthrec.storage.errors import CorruptObject, InvalidKey, ObjectTooLarge
+
+if TYPE_CHECKING:
+    from synthrec.storage.staged import PartUpload
 
 MiB = 1024 * 1024
 CHUNK = MiB
+# The largest JSON document read whole (manifests of big datasets are a few MiB): a planted or damaged
+# object must not take the reader's memory.
+MAX_JSON_BYTES = 64 * MiB
 
 
 @dataclass(frozen=True)
@@ -35,28 +41,51 @@ def clean_key(key: str, *, folder: bool = False) -> str:
     """
     if not isinstance(key, str):
         raise InvalidKey(f"storage keys are strings, got {type(key).__name__}")
+    problem = key_problem(key, folder=folder)
+    if problem:
+        raise InvalidKey(f"invalid storage key {key!r}: {problem}")
+    if folder and key == "":
+        return ""
+    body = key[:-1] if folder and key.endswith("/") else key
+    return body + "/" if folder else body
+
+
+def key_problem(key: str, *, folder: bool = False) -> str | None:
+    """What is wrong with ``key`` as a storage key (``clean_key``'s rules), or None. The storage URI
+    syntax (synthrec.storage.uris) applies the same rules to a URI's path, so that a URI that validates
+    opens, and one that would not open does not validate."""
     if folder:
         if key == "":
-            return ""
+            return None
         body = key[:-1] if key.endswith("/") else key
     else:
         body = key
-    problem = None
     if not body:
-        problem = "it is empty" if not folder else "it is only '/'"
-    elif body.startswith("/"):
-        problem = "it is absolute; keys are relative to the storage root"
-    elif "\\" in body:
-        problem = "it contains a backslash; use '/' between folders"
-    elif any(ord(c) < 32 or c == "\x7f" for c in body):
-        problem = "it contains a control character (NUL, newline, ...)"
-    elif body.endswith("/") or "//" in body:
-        problem = "it has an empty path segment ('//' or a trailing '/')"
-    elif any(part in ("..", ".") for part in body.split("/")):
-        problem = "it has a '.' or '..' segment"
-    if problem:
-        raise InvalidKey(f"invalid storage key {key!r}: {problem}")
-    return body + "/" if folder else body
+        return "it is empty" if not folder else "it is only '/'"
+    if body.startswith("/"):
+        return "it is absolute; keys are relative to the storage root"
+    if "\\" in body:
+        return "it contains a backslash; use '/' between folders"
+    if any(ord(c) < 32 or c == "\x7f" for c in body):
+        return "it contains a control character (NUL, newline, ...)"
+    if body.endswith("/") or "//" in body:
+        return "it has an empty path segment ('//' or a trailing '/')"
+    if any(part in ("..", ".") for part in body.split("/")):
+        return "it has a '.' or '..' segment"
+    return None
+
+
+def json_bytes(obj: Any) -> bytes:
+    """JSON with sorted keys, so the same object always gives the same bytes."""
+    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def too_large(target: str, size: int | None, limit: int) -> ObjectTooLarge:
+    found = f"{size} bytes" if size is not None else "more"
+    return ObjectTooLarge(
+        f"{target} is {found}, more than the {limit} bytes synthrec reads of such an object; it was not "
+        "written by synthrec or is damaged: delete it and re-run the step that writes it"
+    )
 
 
 def missing_message(target: str) -> str:
@@ -82,7 +111,14 @@ class Storage(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def read_bytes(self, key: str) -> bytes: ...
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """The object's content; with ``max_bytes``, ``ObjectTooLarge`` for a larger object (nothing more
+        than ``max_bytes`` + 1 bytes is read)."""
+
+    @abstractmethod
+    def open_stream(self, key: str) -> BinaryIO:
+        """An object read front to back as a buffered binary stream, without holding it in memory (a
+        streaming reader of a large shard). ObjectNotFound when it is missing."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...
@@ -106,8 +142,58 @@ class Storage(ABC):
     def sha256(self, key: str) -> str:
         """Hex sha256 of an object's content, streamed."""
 
-    def read_json(self, key: str) -> Any:
-        data = self.read_bytes(key)
+    # -- write-if-absent (the commit protocol's building block, synthrec.storage.commit)
+
+    @property
+    def atomic_creates(self) -> bool:
+        """Whether ``create_bytes``/``create_file`` are atomic (of two racing creators exactly one wins).
+        Without, they check then write, and the commit protocol verifies and repairs afterwards."""
+        return False
+
+    def create_bytes(self, key: str, data: bytes, *, sha256: str | None = None) -> bool:
+        """Write ``data`` only if ``key`` does not exist: True when written, False when it existed.
+
+        ``sha256`` (hex) is recorded with the object where the backend can, for ``content_tag``.
+        This default checks, then writes (not atomic; ``atomic_creates`` is False)."""
+        if self.exists(key):
+            return False
+        self.write_bytes(key, data)
+        return True
+
+    def create_file(self, local_path: str | os.PathLike[str], key: str, *, sha256: str | None = None) -> bool:
+        """``create_bytes`` for a local file (streamed, multipart on S3)."""
+        if self.exists(key):
+            return False
+        self.upload_file(local_path, key)
+        return True
+
+    def replace_file(
+        self, local_path: str | os.PathLike[str], key: str, *, current_tag: str | None, sha256: str
+    ) -> bool:
+        """Overwrite ``key`` with a local file only if its ``content_tag`` is still ``current_tag``
+        (compare-and-swap): True when replaced, False when it changed or vanished meanwhile. This default
+        checks, then writes (not atomic)."""
+        if not self.exists(key) or self.content_tag(key) != current_tag:
+            return False
+        self.upload_file(local_path, key)
+        return True
+
+    def content_tag(self, key: str) -> str | None:
+        """What identifies an object written by ``create_*`` or an upload (synthrec.storage.staged): the
+        sha256 recorded with it (S3 metadata) or computed (file://), or the token of an S3 upload in parts;
+        None when the backend has no record (an object written otherwise)."""
+        return self.sha256(key)
+
+    def open_upload(self, key: str) -> PartUpload:
+        """An upload of ``key`` in parts, invisible until the commit protocol publishes it
+        (synthrec.storage.staged). This default spools the parts to a local file."""
+        from synthrec.storage.staged import SpooledUpload
+
+        return SpooledUpload(self, key)
+
+    def read_json(self, key: str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+        """A JSON document, at most ``max_bytes`` long (``ObjectTooLarge`` otherwise)."""
+        data = self.read_bytes(key, max_bytes=max_bytes)
         try:
             return json.loads(data)
         except ValueError as e:
@@ -118,7 +204,11 @@ class Storage(ABC):
 
     def write_json(self, key: str, obj: Any) -> None:
         """Write JSON with sorted keys, so the same object always gives the same bytes."""
-        self.write_bytes(key, (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode())
+        self.write_bytes(key, json_bytes(obj))
+
+    def create_json(self, key: str, obj: Any) -> bool:
+        """``write_json`` only if ``key`` does not exist (``create_bytes``)."""
+        return self.create_bytes(key, json_bytes(obj))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"

@@ -68,6 +68,13 @@ class InvalidKey(StorageError, ValueError):
     failure: ClassVar[Failure] = "data"
 
 
+class ObjectTooLarge(StorageError):
+    """An object larger than the reader's cap; nothing beyond the cap was read (bad input: the index
+    fails)."""
+
+    failure: ClassVar[Failure] = "data"
+
+
 def local_error(e: OSError, message: str) -> StorageError:
     """A StorageError for an OSError on the local side: StorageFull when the disk is full."""
     if e.errno in NO_SPACE:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from synthrec.storage.base import ObjectInfo, Storage, clean_key
+from synthrec.storage.staged import PartUpload
 
 _WRITING = ("write", "upload", "put", "copy", "commit", "move", "rename")
 
@@ -70,6 +72,37 @@ class RecordingStorage(Storage):
         self._record(key)
         self.inner.upload_file(local_path, key)
 
+    # The conditional writes of the commit protocol (synthrec.storage.commit) keep the backend's own,
+    # atomic implementation: the base class's defaults would check, then write.
+
+    def create_bytes(self, key: str, data: bytes, *, sha256: str | None = None) -> bool:
+        self._record(key)
+        return self.inner.create_bytes(key, data, sha256=sha256)
+
+    def create_file(self, local_path: str | os.PathLike[str], key: str, *, sha256: str | None = None) -> bool:
+        self._record(key)
+        return self.inner.create_file(local_path, key, sha256=sha256)
+
+    def replace_file(
+        self, local_path: str | os.PathLike[str], key: str, *, current_tag: str | None, sha256: str
+    ) -> bool:
+        self._record(key)
+        return self.inner.replace_file(local_path, key, current_tag=current_tag, sha256=sha256)
+
+    def open_upload(self, key: str) -> PartUpload:
+        self._record(key)  # before any part: the upload may be published without passing through here
+        return self.inner.open_upload(key)
+
+    @property
+    def atomic_creates(self) -> bool:
+        return self.inner.atomic_creates
+
+    def content_tag(self, key: str) -> str | None:
+        return self.inner.content_tag(key)
+
+    def open_stream(self, key: str) -> BinaryIO:
+        return self.inner.open_stream(key)
+
     def child(self, prefix: str) -> RecordingStorage:
         folder = clean_key(prefix, folder=True)
         return RecordingStorage(
@@ -85,8 +118,8 @@ class RecordingStorage(Storage):
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 
-    def read_bytes(self, key: str) -> bytes:
-        return self.inner.read_bytes(key)
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        return self.inner.read_bytes(key, max_bytes=max_bytes)
 
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         self.inner.download_file(key, local_path)

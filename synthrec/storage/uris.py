@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Literal
+
+from synthrec.storage.base import key_problem
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -24,13 +25,19 @@ _HF_REVISION = re.compile(r"^[A-Za-z0-9_.\-/]{1,200}$")
 TINY_MODELS = ("sd", "clip", "t5")
 TOY_WORLD_PREFIX = "world/"
 
-# Used by the CRD schema (and by pydantic) so that both layers reject the same strings.
-OUTPUT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*)$"
-STORAGE_URI_PATTERN = (
-    r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*|tiny://(world/)?real(/.*)?)$"
-)
+# Used by the CRD schema (and by pydantic) so that both layers reject the same strings. A path is
+# segments that storage keys accept (synthrec.storage.base.key_problem): no '.', '..' or empty segment,
+# no backslash or control character; leading slashes are dropped. RE2 syntax (the API server's), so no
+# look-arounds: a segment starts with a character other than '.', or '.' and another, or '..' and a third.
+_CHAR = r"[^/\x00-\x1f\x7f\\]"
+_SEGMENT = rf"(?:[^/.\x00-\x1f\x7f\\]|\.[^/.\x00-\x1f\x7f\\]|\.\.{_CHAR}){_CHAR}*"
+_PATH = rf"/+(?:{_SEGMENT}/)*(?:{_SEGMENT})?"
+_S3 = rf"s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9](?:{_PATH})?"
+_FILE = rf"file://{_PATH}"
+OUTPUT_URI_PATTERN = rf"^(?:{_S3}|{_FILE})$"
+STORAGE_URI_PATTERN = rf"^(?:{_S3}|{_FILE}|tiny://(?:world/)?real(?:{_PATH})?)$"
 MODEL_REF_PATTERN = (
-    r"^(hf://[^\s@]+(@[^\s]+)?|s3://[^\s]+|file:///[^\s]*|tiny://(world/)?(sd|clip|t5)/?"
+    rf"^(?:hf://[^\s@]+(@[^\s]+)?|{_S3}|{_FILE}|tiny://(world/)?(sd|clip|t5)/?"
     r"|[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+)$"
 )
 
@@ -90,8 +97,10 @@ def parse_storage_uri(uri: str, *, allow_tiny: bool = True) -> StorageURI:
 
 
 def _check_segments(uri: str, path: str) -> None:
-    if any(part == ".." for part in PurePosixPath(path).parts):
-        raise URIError(f"{uri!r}: '..' is not allowed in a storage path")
+    """The path of a URI obeys the storage key rules: what validates here opens at run time."""
+    problem = key_problem(path.lstrip("/"), folder=True)
+    if problem:
+        raise URIError(f"{uri!r}: its path {problem.removeprefix('it ')}")
 
 
 def join(uri: str, *parts: str) -> str:

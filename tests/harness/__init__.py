@@ -10,6 +10,8 @@
 - ``toyworld``: the toy world (trained tiny models and drawn data, ``synthrec.toyworld``), built once;
 - ``stages``: a small drawn dataset and stages run in-process; ``fake_worker``: an instant stand-in for
   ``python -m synthrec.workers`` for the local runner's tests;
+- ``pretraining``: drawn data for pre-training and transfer (a reduced dataset written by the real
+  shard writer and reduce stage, an ImageFolder, a VOC folder);
 - ``artifacts``: valid manifests and run metrics for tests that need them without the workers;
 - ``chart``, ``pss``: the Helm chart rendered, and the "restricted" Pod Security Standard.
 """

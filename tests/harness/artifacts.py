@@ -83,6 +83,12 @@ def dataset_manifest(
             "templates": ["a photo of a {c}."],
         },
         "models": {"prompts": {"strategy": "basic"}, "generator": {"model": "file:///models/sd"}},
+        "generation": {
+            "steps": 50,
+            "guidance_scale": 2.0,
+            "generation_resolution_source": "the pipeline's native size",
+            "resolution": 64,
+        },
         "filter": {"enabled": filter_enabled, "seed": 0},
         "counts": {
             "generated": generated * n,
@@ -158,3 +164,69 @@ def run_metrics(
     }
     document.update(fields)
     return RunMetrics.model_validate(document)
+
+
+def write_pretraining_spec(storage: Storage, name: str, spec: dict[str, Any]) -> list[Any]:
+    """spec.json of a pre-training RecognitionExperiment ``name`` (``method.pretrain``) at the root of
+    ``storage``, as its pretrain and transfer workers write it; returns its runs (synthrec.plan)."""
+    from synthrec.workers.runtime import spec_document
+
+    res = api.parse_resource(_body("RecognitionExperiment", name, spec))
+    runs = plan.pretrain_runs(res.spec)
+    ref = ResourceRef(kind="RecognitionExperiment", name=name)
+    task = plan.stage_task(res.spec, runs[0], plan.run_stages(res.spec, runs[0])[0], [], ref, cluster=False)
+    storage.write_json(DatasetLayout.spec, spec_document(task))
+    return runs
+
+
+def pretrain_metrics(run: str, *, steps: int, final_loss: float) -> dict[str, Any]:
+    """A pretrain stage's metrics.json (synthrec.contract.pretraining.PretrainMetrics), small numbers."""
+    from synthrec.contract.pretraining import DataUse, PretrainMetrics
+
+    data = DataUse(
+        images="kept",
+        available=100,
+        selected=100,
+        cap_seed=0,
+        shards=1,
+        classes=2,
+        epoch_samples=100,
+        manifest_digests=["a" * 64],
+    )
+    metrics = PretrainMetrics(
+        run=run,
+        objective="supervised",
+        backbone="resnet50",
+        steps=steps,
+        steps_per_epoch=steps,
+        epochs=1,
+        images_seen=100,
+        first_loss=final_loss + 1,
+        final_loss=final_loss,
+        seconds_training=1.0,
+        world_size=1,
+        precision="fp32",
+        device="cpu",
+        recipe={},
+        data=data,
+    )
+    return metrics.document()
+
+
+def transfer_metrics(run: str, kind: str, **numbers: float) -> dict[str, Any]:
+    """One transfer evaluation's metrics.json (TransferMetrics): top1, or ap50 and ap50_voc07."""
+    from synthrec.contract.pretraining import TransferMetrics
+
+    metrics = TransferMetrics(
+        run=run,
+        kind=kind,  # type: ignore[arg-type]
+        spec_hash="h",
+        world_size=1,
+        classes=["cat", "dog"],
+        per_class=[None, None],
+        counts={},
+        settings={},
+        source={},
+        **numbers,
+    )
+    return metrics.document()

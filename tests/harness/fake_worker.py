@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from synthrec.api.labels import resolve_labels
 from synthrec.contract.layout import DatasetLayout, ExperimentLayout
 from synthrec.contract.summaries import (
     FilterSummary,
@@ -113,7 +114,10 @@ def _commit(ctx: StageContext) -> None:
     if task.stage == "train":
         name = task.run.name
         top1 = 40.0 + task.run.shots
-        metrics = run_metrics(name, top1=top1, zero_shot_top1=30.0, shots=task.run.shots, seed=task.run.seed)
+        classes = resolve_labels(task.experiment.labels).names
+        metrics = run_metrics(
+            name, top1=top1, zero_shot_top1=30.0, classes=classes, shots=task.run.shots, seed=task.run.seed
+        )
         storage.write_json(ExperimentLayout.run_metrics(name), metrics.document())
         storage.write_json(
             ExperimentLayout.run(name, "curve.json"), {"epochs": [{"epoch": 1, "loss": 2.0}], "steps": []}
@@ -121,6 +125,7 @@ def _commit(ctx: StageContext) -> None:
         write_marker(storage, ExperimentLayout.run_marker(name), spec_hash=task.spec_hash)
         return
     hashes = task.hashes
+    names = resolve_labels(task.dataset.labels).names  # the spec's, so what the user wrote shows up
     if task.stage == "prompts":
         storage.write_bytes(DatasetLayout.prompts, b'{"class": 0, "prompt": "a photo of a cat."}\n')
         write_marker(storage, DatasetLayout.prompts_marker, spec_hash=hashes["prompts"])
@@ -139,7 +144,7 @@ def _commit(ctx: StageContext) -> None:
         storage.write_bytes(DatasetLayout.features(ctx.shard), b"features")
         write_marker(storage, DatasetLayout.features_marker(ctx.shard), spec_hash=hashes["filter"])
     elif task.stage == "reduce":
-        manifest = dataset_manifest(hashes["reduce"], ["cat"], generated=4, passed=2, kept=2)
+        manifest = dataset_manifest(hashes["reduce"], names, generated=4, passed=2, kept=2)
         storage.write_json(DatasetLayout.manifest, manifest.document())
 
 

@@ -72,8 +72,8 @@ OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
 
 @attrs.define(kw_only=True)
 class RecordingEmulator(RealisticEmulator):
-    """The RealisticEmulator, also keeping what the operator alone (by User-Agent) sent: the Jobs and
-    ConfigMaps it created (to validate them as sent) and when it made each call (for rates)."""
+    """The RealisticEmulator, also keeping what the operator alone (by User-Agent) sent: the Jobs,
+    ConfigMaps and Services it created (to validate them as sent) and when it made each call (for rates)."""
 
     created: list[dict[str, Any]] = attrs.field(factory=list, init=False)  # bodies the operator POSTed
     timeline: list[tuple[float, ApiCall]] = attrs.field(factory=list, init=False)  # (monotonic s, call)
@@ -100,7 +100,7 @@ class RecordingEmulator(RealisticEmulator):
                 request.namespace,
             )
             self.timeline.append((time.monotonic(), call))
-            if call.verb == "create" and call.resource in ("jobs", "configmaps"):
+            if call.verb == "create" and call.resource in ("jobs", "configmaps", "services"):
                 self.created.append(json.loads(request.body or b"{}"))
         return await super()._serve(request)
 

@@ -6,6 +6,7 @@ every request unchanged, except the ones a test told it to break:
     proxy.fail(2, status=503, code="SlowDown")           # the next 2 requests get 503 SlowDown
     proxy.fail(1, status=500, code="InternalError", method="PUT", path="shards/")
     proxy.fail(None, status=503)                          # every matching request, until reset()
+    proxy.fail(None, status=501, code="NotImplemented", header="If-None-Match")  # requests carrying it
     proxy.drop(1, method="GET")                           # read the request, close without answering
     proxy.count(method="GET", path="model/")              # requests seen (faulted ones included)
     proxy.seen                                            # each: method, path, status, signing access key
@@ -23,6 +24,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,15 @@ class Rule:
     code: str = "SlowDown"
     method: str | None = None
     path: str | None = None
+    header: str | None = None  # only requests that carry this header
     hits: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, headers: Any = None) -> bool:
         if self.remaining is not None and self.remaining <= 0:
             return False
         if self.method and self.method.upper() != method:
+            return False
+        if self.header and (headers is None or self.header not in headers):
             return False
         return not (self.path and self.path not in path)
 
@@ -108,9 +113,10 @@ class FaultProxy:
         code: str = "SlowDown",
         method: str | None = None,
         path: str | None = None,
+        header: str | None = None,
     ) -> Rule:
         """Answer the next ``times`` matching requests (None: all of them) with an S3 error document."""
-        return self._add(Rule(times, "fail", status, code, method, path))
+        return self._add(Rule(times, "fail", status, code, method, path, header))
 
     def drop(self, times: int | None = 1, *, method: str | None = None, path: str | None = None) -> Rule:
         """Read the next ``times`` matching requests and close the connection without an answer."""
@@ -129,10 +135,10 @@ class FaultProxy:
             self._rules.append(rule)
         return rule
 
-    def _take_rule(self, method: str, path: str) -> Rule | None:
+    def _take_rule(self, method: str, path: str, headers: Any = None) -> Rule | None:
         with self._lock:
             for rule in self._rules:
-                if rule.matches(method, path):
+                if rule.matches(method, path, headers):
                     if rule.remaining is not None:
                         rule.remaining -= 1
                     rule.hits += 1
@@ -183,7 +189,7 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             body = self._read_body()
             signed = re.search(r"Credential=([^/,\s]+)/", self.headers.get("Authorization", ""))
             key = signed.group(1) if signed else ""
-            rule = proxy._take_rule(method, path)
+            rule = proxy._take_rule(method, path, self.headers)
             if rule is not None and rule.action == "drop":
                 proxy._record(method, path, 0, key)
                 self.close_connection = True

@@ -7,6 +7,7 @@ import io
 import json
 import random
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def write_shard(
                     "model": "tiny://sd",
                     "revision": "r0",
                 }
-                for ext, data in (("jpg", jpg), ("json", json.dumps(meta).encode())):
+                for ext, data in (("jpg", jpg), ("json", json.dumps(meta).encode()), ("cls", b"%d" % cls)):
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -171,3 +172,52 @@ def make_dataset(
     for shard in range(2):
         write_shard(storage, shard, task.hashes["generate"], per_class, tmp_path, corrupt=corrupt)
     return spec, storage
+
+
+def write_scored_shards(
+    storage: Any,
+    hashes: dict[str, str],
+    shards: range,
+    per_shard: int,
+    classes: int,
+    *,
+    dim: int = 4,
+    seed: int = 0,
+) -> None:
+    """Features files (format 2) with random logits, and their generate and filter markers, for
+    ``per_shard`` images of ``classes`` classes in each shard: what reduce reads, without any model."""
+    import numpy as np
+
+    from synthrec.storage import write_marker
+    from synthrec.workers.shards import FEATURES_FORMAT, write_features
+
+    for shard in shards:
+        rng = np.random.default_rng(seed * 100_003 + shard)
+        cls = rng.integers(0, classes, per_shard)
+        local = Path(tempfile.mkdtemp()) / "f.safetensors"
+        write_features(
+            local,
+            {
+                "features": rng.standard_normal((per_shard, dim)).astype(np.float16),
+                "logits": (rng.standard_normal((per_shard, classes)) * 3).astype(np.float16),
+                "class_index": cls.astype(np.int64),
+            },
+            {
+                "format": FEATURES_FORMAT,
+                "keys": [f"c{c:05d}-p{shard:05d}-i{i:05d}" for i, c in enumerate(cls.tolist())],
+                "corrupt": [],
+                "classes": str(classes),
+                "logit_scale": "100.0",
+                "clip": {"model": "RN50", "revision": "r"},
+                "generator": {"model": "m", "revision": "g"},
+            },
+        )
+        commit_file(
+            storage,
+            local,
+            DatasetLayout.features(shard),
+            DatasetLayout.features_marker(shard),
+            spec_hash=hashes["filter"],
+        )
+        local.unlink()
+        write_marker(storage, DatasetLayout.shard_marker(shard), spec_hash=hashes["generate"], sha256="x")

@@ -18,6 +18,7 @@ from synthrec.contract.written import parse_written
 from synthrec.plan import dataset_task
 from synthrec.plan.tasks import ResourceRef, StorageTarget, cleanup_task
 from synthrec.storage import RecordingStorage, Storage, StorageError, open_storage
+from synthrec.storage.commit import COMMITS_DIR
 from tests.harness.stages import run_task
 
 UID = "0b9c4a52-5b3e-4c39-9d2e-1f4f6b0a7c11"
@@ -76,11 +77,18 @@ def test_a_cleanup_deletes_what_the_resource_wrote_and_nothing_else(
     (ledger,) = [k for k in written if k.startswith(WRITTEN_KEYS)]
     doc = parse_written(storage.read_bytes(ledger), ledger)
     assert doc.resource.uid == UID and doc.stage == "prompts"
-    assert doc.keys == ["prompts.done.json", "prompts.jsonl", "spec.json"]
+    # The marker's commit also wrote its pending record (synthrec.storage.commit), gone once committed.
+    pending = [k for k in doc.keys if k.startswith(COMMITS_DIR)]
+    # On S3 the prompts stage also records the model mirror (synthrec.workers.mirror); file:// models are
+    # pinned in place.
+    mirror = ["models/mirror.json"] if uri.startswith("s3://") else []
+    artifacts = sorted(["prompts.done.json", "prompts.jsonl", "spec.json", *mirror])
+    assert [k for k in doc.keys if k not in pending] == artifacts
+    assert len(pending) == 1 and not set(pending) & written
 
     code, summary = clean(uri, tmp_path, monkeypatch)
     assert code == contract.EXIT_OK, summary
-    assert (summary.deleted, summary.ledgers, summary.kept) == (3, 1, 2)
+    assert (summary.deleted, summary.ledgers, summary.kept) == (len(artifacts), 1, 2)
     assert keys(uri) == {"notes.txt", "shards/by-hand.tar"}
     assert keys(root) == {"ds/notes.txt", "ds/shards/by-hand.tar", "elsewhere.txt"}
     # Run again (a retried pod): nothing left to delete, nothing else touched.
@@ -124,7 +132,7 @@ def test_credentials_that_may_not_list_an_enclosing_folder_still_clean_up_their_
     s3_faults.proxy.fail(None, status=403, code="AccessDenied", method="GET", path=listing_the_bucket_root)
     code, summary = clean(uri, tmp_path, monkeypatch)
     assert code == contract.EXIT_OK, summary
-    assert summary.deleted == 3 and keys(uri) == set()
+    assert summary.deleted == 4 and keys(uri) == set()  # prompts' three artifacts and models/mirror.json
     assert s3_faults.proxy.count(method="GET", path=listing_the_bucket_root) == 1
     assert s3_faults.proxy.count(method="GET", path="prefix=team%2F.synthrec%2Fwritten") == 1
 
@@ -169,8 +177,11 @@ class FailingWrites(Storage):
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 
-    def read_bytes(self, key: str) -> bytes:
-        return self.inner.read_bytes(key)
+    def read_bytes(self, key: str, **kw: Any) -> bytes:
+        return self.inner.read_bytes(key, **kw)
+
+    def open_stream(self, key: str) -> Any:
+        return self.inner.open_stream(key)
 
     def download_file(self, key: str, local_path: Any) -> None:
         self.inner.download_file(key, local_path)
@@ -199,6 +210,8 @@ def test_keys_are_recorded_before_they_are_written_also_through_child_storages(t
     recording.write_bytes("a.json", b"2")  # a key is recorded once
     assert inner.read_bytes(ledger) == b"a.json\nruns/r1/metrics.json"
     assert inner.read_bytes("runs/r1/metrics.json") == b"{}"
+    with recording.open_stream("runs/r1/metrics.json") as stream:  # reads pass through (a streamed shard)
+        assert stream.read() == b"{}"
     # Backend specifics read through, but a way of writing it does not record is never passed through.
     assert recording.root == inner.root  # type: ignore[attr-defined]
     inner.write_if_absent = inner.write_bytes  # type: ignore[attr-defined]  # a backend's own writer

@@ -104,7 +104,7 @@ def test_the_cluster_guide_and_the_chart_readme_link_to_files_that_exist() -> No
 
 def test_the_cluster_guide_names_resources_the_examples_define() -> None:
     guide = (ROOT / "docs" / "cluster.md").read_text()
-    names = {(d["kind"], d["metadata"]["name"]) for p in (ROOT / "examples").glob("*.yaml") for d in docs(p)}
+    names = {(d["kind"], d["metadata"]["name"]) for p in (ROOT / "examples").rglob("*.yaml") for d in docs(p)}
     short = {"sds": "SyntheticDataset", "rexp": "RecognitionExperiment"}
     used = set(re.findall(r"\b(sds|rexp)[/ ]([a-z0-9][-a-z0-9]*)", guide))
     assert used, "the guide shows kubectl commands on example resources"

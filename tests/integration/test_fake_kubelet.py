@@ -393,6 +393,89 @@ async def test_env_refs_and_volumes_are_materialised(k8s: RealisticEmulator, kub
     }
 
 
+@pytest.mark.parametrize(
+    ("service", "resolved"),
+    [
+        ({"clusterIP": "None", "selector": {"batch.kubernetes.io/job-name": "gang"}}, True),
+        (None, False),  # no Service: no DNS name for the pods
+        ({"clusterIP": "None", "selector": {"batch.kubernetes.io/job-name": "other"}}, False),  # misses
+        ({"selector": {"batch.kubernetes.io/job-name": "gang"}}, False),  # not headless: no pod records
+    ],
+    ids=["headless", "no-service", "selector-misses", "cluster-ip"],
+)
+async def test_a_pod_name_behind_a_headless_service_resolves_like_cluster_dns(
+    k8s: RealisticEmulator, kubelet: FakeKubelet, service: dict[str, Any] | None, resolved: bool
+) -> None:
+    if service is not None:
+        ports = [{"name": "rendezvous", "port": 29400}]
+        await k8s.api.create(
+            "v1/services",
+            {"metadata": {"name": "gang", "namespace": "default"}, "spec": {**service, "ports": ports}},
+        )
+    script = "import os\nopen('/dev/termination-log', 'w').write(os.environ['PEER'])\n"
+    container = {
+        "name": "main",
+        "image": "synthrec:test",
+        "command": ["python", "-c", script],
+        "env": [{"name": "PEER", "value": "gang-0.gang:29400 gang-1.gang.default.svc.cluster.local"}],
+    }
+    pod = {"restartPolicy": "Never", "subdomain": "gang", "containers": [container]}
+    job = {
+        "metadata": {"name": "gang", "namespace": "default"},
+        "spec": {**indexed(2, 2), "template": {"spec": pod}},
+    }
+    await k8s.api.create("batch/v1/jobs", job)
+    await finished(k8s, "gang", "Complete")
+    said = {
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["message"] for p in pods_of(k8s, "gang")
+    }
+    if resolved:  # the kubelet's pods all run here: index 0's and index 1's names are this machine
+        assert said == {"127.0.0.1:29400 127.0.0.1"}
+    else:
+        assert said == {"gang-0.gang:29400 gang-1.gang.default.svc.cluster.local"}
+
+
+async def test_the_api_server_checks_services_and_pod_dns_names(k8s: RealisticEmulator) -> None:
+    from tests.k8s.client import ApiError
+
+    bad = [
+        ({"name": "1gang"}, {"clusterIP": "None"}, "a DNS-1035 label"),
+        ({"name": "gang"}, {"clusterIP": "None", "type": "NodePort"}, 'may only be set to "None"'),
+        ({"name": "gang"}, {"ports": [{"port": 70000}]}, "between 1 and 65535"),
+        ({"name": "gang"}, {"ports": [{"port": 1}, {"port": 2}]}, "spec.ports[0].name: Required value"),
+    ]
+    for meta, spec, words in bad:
+        with pytest.raises(ApiError) as err:
+            await k8s.api.create("v1/services", {"metadata": {**meta, "namespace": "default"}, "spec": spec})
+        assert err.value.status == 422 and words in str(err.value), str(err.value)
+    made = await k8s.api.create(
+        "v1/services",
+        {
+            "metadata": {"name": "gang", "namespace": "default"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]},
+        },
+    )
+    assert made["spec"]["type"] == "ClusterIP" and made["spec"]["ports"][0] == {
+        "port": 80,
+        "protocol": "TCP",
+        "targetPort": 80,
+    }
+    container = {"name": "main", "image": "synthrec:test", "command": ["true"]}
+    with pytest.raises(ApiError) as err:
+        await k8s.api.create(
+            "batch/v1/jobs",
+            {
+                "metadata": {"name": "j", "namespace": "default"},
+                "spec": {
+                    "template": {
+                        "spec": {"restartPolicy": "Never", "subdomain": "Gang_1", "containers": [container]}
+                    }
+                },
+            },
+        )
+    assert err.value.status == 422 and "spec.template.spec.subdomain" in str(err.value)
+
+
 async def test_active_deadline_fails_the_job(
     k8s: RealisticEmulator, kubelet: FakeKubelet, state: Path
 ) -> None:

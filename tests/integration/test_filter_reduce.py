@@ -3,10 +3,14 @@ with the documented json fields and a generate marker), with the tiny open_clip 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from synthrec import contract
@@ -28,12 +32,19 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
         assert summary.images == (20 if shard == 0 else 19) and summary.skipped is False
     assert summary.corrupt == 1
 
-    # the features file: one row per decodable image, logits = 100 * cos, probs = softmax(logits)
+    # the features file (format 2): one row per decodable image, float16 logits = 100 * cos, nothing
+    # derived from them (scores and soft targets are their softmax, taken where they are used)
     local = tmp_path / "f1.safetensors"
     storage.download_file(DatasetLayout.features(1), local)
     feats = read_features(local)
+    assert feats.meta["format"] == "2"
     assert feats.features.shape == (19, 32) and str(feats.features.dtype) == "float16"
-    assert feats.logits.shape == feats.probs.shape == (19, 4)
+    assert feats.logits.shape == feats.filter_logits.shape == (19, 4) and feats.probs is None
+    assert str(feats.logits.dtype) == str(feats.filter_logits.dtype) == "float16"
+    from safetensors import safe_open
+
+    with safe_open(str(local), framework="numpy") as f:
+        assert set(f.keys()) == {"features", "logits", "filter_logits", "class_index"}
     assert bad not in feats.keys and feats.corrupt == [
         {"key": bad, "class": 2, "reason": "undecodable image"}
     ]
@@ -73,13 +84,37 @@ def test_filter_and_reduce_end_to_end(tiny_models, tmp_path: Path, monkeypatch: 
     storage.download_file(row["features"], local)
     f = read_features(local)
     assert f.keys[row["row"]] == row["key"]
-    assert abs(float(f.probs[row["row"], row["class"]]) - row["score"]) < 1e-5
+    z = f.filter_logits[row["row"]].astype(np.float64)
+    assert abs(float(np.exp(z[row["class"]] - z.max()) / np.exp(z - z.max()).sum()) - row["score"]) < 1e-5
     assert (
         manifest["soft_targets"]["temperature"] is None
         and "softTarget.temperature" in (manifest["soft_targets"]["formula"])
     )
     target = soft_targets(f.logits[row["row"]], 2.0)
     assert abs(float(target.sum()) - 1) < 1e-5
+
+    # every shard has its index: each decodable sample in tar order with its kept flag, and its counts
+    kept_keys = {r["key"] for r in rows}
+    for record in manifest["shards"]:
+        shard = record["shard"]
+        assert record["index"] == DatasetLayout.shard_index(shard)
+        raw = storage.read_bytes(record["index"])
+        assert record["index_sha256"] == hashlib.sha256(raw).hexdigest()
+        lines = [json.loads(line) for line in raw.decode().splitlines()]
+        assert [r["key"] for r in lines] == [k for k in tar_keys(storage, shard) if k != bad]
+        assert all(set(r) == {"key", "class", "kept"} for r in lines)
+        assert {r["key"] for r in lines if r["kept"]} == {r["key"] for r in rows if r["shard"] == shard}
+        assert record["kept"] == sum(r["kept"] for r in lines)
+        assert sum(record["classes"].values()) == len(lines) == record["images"]
+        assert record["kept_classes"] == {
+            str(c): n for c in range(4) if (n := sum(r["kept"] and r["class"] == c for r in lines))
+        }
+
+    # the documented few lines read exactly the kept set with the webdataset library
+    kept, samples = read_kept_set_as_documented(storage.uri.removeprefix("file://").rstrip("/"))
+    assert kept == kept_keys
+    assert sorted(cls for _, cls in samples) == sorted(r["class"] for r in rows)
+    assert all(image.size == (64, 64) for image, _ in samples)
 
     # reduce again: the committed manifest is the answer
     code, again = run_worker(tmp_path, monkeypatch, spec, "reduce")
@@ -111,8 +146,11 @@ def test_the_filter_scores_with_its_prompts_and_soft_targets_come_from_the_head(
     scorer = official if prompts == "filter-template" else head
     expected = np.exp(100 * image @ scorer.T)
     expected /= expected.sum(axis=1, keepdims=True)
-    assert np.allclose(feats.probs, expected, atol=2e-3)
-    assert np.allclose(feats.logits, 100 * image @ head.T, atol=0.2)  # soft targets: always the head
+    rows = np.arange(len(feats.keys))
+    assert np.allclose(feats.scores(), expected[rows, feats.class_index], atol=2e-3)
+    assert np.allclose(feats.logits.astype(np.float32), 100 * image @ head.T, atol=0.2)  # soft targets
+    # the head's own prompts score with the head's logits: stored once
+    assert (feats.filter_logits is feats.logits) == (prompts == "head-templates")
     assert not np.allclose(official, head, atol=1e-3)  # the two modes do score differently
 
     assert run_worker(tmp_path, monkeypatch, spec, "filter", 1)[0] == 0
@@ -128,6 +166,25 @@ def test_the_filter_scores_with_its_prompts_and_soft_targets_come_from_the_head(
     else:
         assert card["mode"] == "head-templates" and card["names"] == "head names"
         assert card["templates"] == ["a photo of a {c}.", "a drawing of a {c}."]
+
+
+def tar_keys(storage: Any, shard: int) -> list[str]:
+    """The sample keys of a shard tar, in tar order."""
+    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(DatasetLayout.shard(shard)))) as tar:
+        return list(dict.fromkeys(m.name.partition(".")[0] for m in tar.getmembers()))
+
+
+def read_kept_set_as_documented(root: str) -> tuple[set[str], list[tuple[Any, int]]]:
+    """Run the snippet of docs/datasets.md with its root replaced; returns its kept keys and what its
+    dataset yields."""
+    doc = (Path(__file__).parents[2] / "docs" / "datasets.md").read_text()
+    block = doc.split("<!-- kept-set-snippet -->")[1].split("<!-- /kept-set-snippet -->")[0]
+    code = block.strip().removeprefix("```python").removesuffix("```")
+    assert 'root = "/data/eurosat-le-cf"' in code
+    code = code.replace('root = "/data/eurosat-le-cf"', f"root = {root!r}")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/datasets.md", "exec"), namespace)
+    return namespace["kept"], list(namespace["dataset"])
 
 
 def test_filter_refuses_a_shard_of_another_spec(

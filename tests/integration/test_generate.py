@@ -188,6 +188,7 @@ def test_each_shard_is_a_webdataset_with_every_field(basic_dataset: dict[str, An
             assert sample["jpg"].size == (64, 64) and sample["jpg"].mode == "RGB"
             meta = sample["json"]
             assert meta["class_name"] == labels.classes[meta["class"]].name
+            assert sample["cls"] == meta["class"]  # the webdataset library decodes .cls to an int
             assert meta["prompt"] in (
                 f"a photo of a {meta['class_name']}.",
                 f"a drawing of a {meta['class_name']}.",
@@ -229,7 +230,7 @@ def test_images_are_generated_at_the_pipelines_size_and_stored_at_the_resolution
 
     def recording_call(self: Any, *args: Any, **kwargs: Any) -> Any:  # a spy: the real pipeline still runs
         out = original(self, *args, **kwargs)
-        sizes.extend(image.shape[:2] for image in out.images)
+        sizes.extend(tuple(image.shape[-2:]) for image in out.images)  # CHW tensors on the device
         return out
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", recording_call)
@@ -507,6 +508,31 @@ def test_an_unreadable_shot_is_replaced_by_the_next_image_or_fails_the_shard(
     assert not (tmp_path / "fail" / "shards").exists()
 
 
+# ----------------------------------------------------------------------------------- batch size search
+
+
+def test_the_batch_size_is_measured_by_the_first_pod_and_reused_by_the_next(
+    tiny_models: TinyModels, tmp_path: Path, termination_log: Path
+) -> None:
+    out = tmp_path / "out"
+    spec = make_spec(
+        tiny_models,
+        out.as_uri() + "/",
+        generator={"batchSize": 4, "batchSizeSearch": True, "imagesPerPrompt": 4},  # 16 images a shard
+    )
+    first, second = run_both(spec, tmp_path / "tasks", [0, 1])
+    assert (first.batch_size_source, second.batch_size_source) == ("searched", "stored")
+    assert first.images == second.images == 16
+    (record,) = [o for o in open_storage(out.as_uri() + "/").list("models/batch-size/")]
+    stored = json.loads((out / record.key).read_text())
+    assert set(stored["images_per_s"]) <= {"1", "2", "4"} and stored["batch_size"] in (1, 2, 4)
+    assert first.batch_size == second.batch_size == stored["batch_size"]
+    # every item made once, whatever batches the search ran
+    items = [m["item"] for _, _, m in read_samples((out / "shards/gen-00000.tar").read_bytes())]
+    assert len(items) == len(set(items)) == 16
+    assert first.seconds_startup is not None and first.steady_images_per_s is not None
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 
@@ -528,7 +554,7 @@ def test_awkward_class_names_stay_inside_the_json(
     assert summary.images == len(AWKWARD_NAMES)
     with tarfile.open(tmp_path / "out" / "shards" / "gen-00000.tar") as tar:
         names = tar.getnames()
-    assert all(re.fullmatch(r"c\d{5}-p00000-i00000\.(jpg|json)", n) for n in names)
+    assert all(re.fullmatch(r"c\d{5}-p00000-i00000\.(jpg|json|cls)", n) for n in names)
     samples = read_samples((tmp_path / "out" / "shards" / "gen-00000.tar").read_bytes())
     assert [m["class_name"] for _, _, m in samples] == AWKWARD_NAMES
     assert [m["prompt"] for _, _, m in samples] == AWKWARD_NAMES
@@ -621,6 +647,8 @@ def test_real_guidance_with_less_than_one_denoising_step_is_a_configuration_erro
 def test_the_native_size_is_the_denoisers_sample_size_times_the_vae_factor() -> None:
     from types import SimpleNamespace
 
+    import torch
+
     from synthrec.workers.diffusion import generation_size
     from synthrec.workers.runtime import ConfigError
 
@@ -633,3 +661,9 @@ def test_the_native_size_is_the_denoisers_sample_size_times_the_vae_factor() -> 
     assert (generation_size(sd21_base), generation_size(sdxl), generation_size(pixart)) == (512, 1024, 512)
     with pytest.raises(ConfigError, match=r"set generator\.generationResolution"):
         generation_size(SimpleNamespace(unet=config(64)))  # no VAE scale factor: cannot tell
+
+    class Denoiser(torch.nn.Module):
+        config = SimpleNamespace(sample_size=64)
+
+    compiled = torch.compile(Denoiser())  # generator.compile: the pipeline holds the compiled wrapper
+    assert generation_size(SimpleNamespace(unet=compiled, vae_scale_factor=8)) == 512

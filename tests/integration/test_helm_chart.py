@@ -85,6 +85,7 @@ OPERATOR_GRANTS = {
     *{("update", "synthrec.io", r, "finalizers") for r in ("syntheticdatasets", "recognitionexperiments")},
     *{(v, "batch", "jobs", "") for v in ("get", "list", "watch", "create", "patch", "delete")},
     *{(v, "", "configmaps", "") for v in ("get", "create", "update", "delete")},
+    *{(v, "", "services", "") for v in ("create", "delete")},  # headless Services of multi-node Jobs
     *{(v, "", "pods", "") for v in ("list", "watch")},
     ("create", "", "events", ""),
 }

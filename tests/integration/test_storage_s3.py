@@ -14,6 +14,7 @@ from synthrec.storage import (
     InvalidKey,
     ObjectInfo,
     ObjectNotFound,
+    ObjectTooLarge,
     RetryPolicy,
     S3Tuning,
     Storage,
@@ -90,8 +91,19 @@ def test_missing_objects_raise_object_not_found_naming_the_uri(storage: Storage,
     ):
         with pytest.raises(ObjectNotFound, match=r"root/missing\.json does not exist"):
             call()
+    with pytest.raises(ObjectNotFound, match=r"root/missing\.json does not exist"):
+        storage.open_stream("missing.json")
     assert not (tmp_path / "out").exists()
     storage.delete("missing.json")  # deleting a missing object is fine
+
+
+def test_a_stream_reads_an_object_front_to_back(storage: Storage) -> None:
+    data = os.urandom(3 * MiB + 17)
+    storage.write_bytes("blobs/big.tar", data)
+    with storage.open_stream("blobs/big.tar") as stream:
+        head = stream.read(1000)
+        rest = b"".join(iter(lambda: stream.read(65536), b""))
+    assert head + rest == data
 
 
 def test_list_is_recursive_sorted_and_filtered_by_prefix(storage: Storage) -> None:
@@ -237,6 +249,18 @@ def test_uncommitted_data_is_overwritten_by_the_next_commit(storage: Storage, tm
     assert storage.read_bytes("d.tar") == b"complete"
 
 
+def test_capped_reads_refuse_larger_objects_without_reading_them(storage: Storage) -> None:
+    document = b"[" + b"1," * 1000 + b"1]"
+    storage.write_bytes("big.json", document)
+
+    with pytest.raises(ObjectTooLarge, match=r"big\.json is 2003 bytes, more than the 100 bytes"):
+        storage.read_bytes("big.json", max_bytes=100)
+    with pytest.raises(ObjectTooLarge):
+        storage.read_json("big.json", max_bytes=100)
+    assert storage.read_bytes("big.json", max_bytes=len(document)) == document
+    assert len(storage.read_json("big.json")) == 1001
+
+
 def test_upload_tree_mirrors_a_folder(storage: Storage, tmp_path: Path) -> None:
     _local(tmp_path, "model/config.json", b"{}")
     _local(tmp_path, "model/unet/weights.bin", b"w" * 10)
@@ -320,6 +344,18 @@ def test_s3_dropped_connections_are_retried(s3_faults, tmp_path: Path) -> None:
     s3_faults.proxy.drop(1, method="HEAD")
     storage.download_file("k", tmp_path / "k")
     assert (tmp_path / "k").read_bytes() == b"v" * 1000
+
+
+def test_s3_a_stream_resumes_from_the_byte_it_had_read_when_the_connection_drops(s3_faults) -> None:
+    data = os.urandom(5 * MiB)
+    s3_faults.client.put_object(Bucket=s3_faults.name, Key="x/blob.tar", Body=data)
+    stream = open_storage(s3_faults.uri + "x/", retry=FAST).open_stream("blob.tar")
+    head = stream.read(100_000)  # the buffer holds the first MiB, the body has the rest
+    assert 0 < stream.raw.pos < len(data)
+    stream.raw.body._raw_stream.close()  # the connection drops in the middle of the body
+    rest = b"".join(iter(lambda: stream.read(65536), b""))
+    assert head + rest == data
+    assert s3_faults.proxy.count(method="GET", path="x/blob.tar") == 2  # one ranged GET resumed it
 
 
 def test_s3_a_failed_multipart_part_is_retried(s3_faults, tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
-"""Server-side defaulting and validation of the builtins the operator writes (Job, Pod, Secret).
+"""Server-side defaulting and validation of the builtins the operator writes (Job, Pod, Secret, Service).
 
 Only what a real API server does and a controller would trip over: Job defaults (parallelism,
 completions, backoffLimit, podReplacementPolicy, selector and template labels), the Job validation
 rules around Indexed Jobs and podFailurePolicy, immutable Job fields, container defaults, and
-``Secret.stringData`` folded into ``data``. Objects are mutated in place (callers pass copies).
+``Secret.stringData`` folded into ``data``, pod ``hostname``/``subdomain`` as DNS labels, and Service
+defaults and validation (a DNS-1035 name, headless ``clusterIP: None`` only for ClusterIP Services, ports,
+selectors, an immutable clusterIP). Objects are mutated in place (callers pass copies).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from typing import Any
 
 MAX_INT32 = 2147483647
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # <= 15 chars, a letter, no '--'
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 JOB_LABELS = (
     "batch.kubernetes.io/controller-uid",
     "batch.kubernetes.io/job-name",
@@ -52,8 +58,11 @@ def admit(resource: str, obj: dict[str, Any], old: dict[str, Any] | None) -> Non
     elif resource == "v1/pods":
         for container in _containers(obj.get("spec") or {}):
             _default_container(container)
+        _validate_pod_names(obj.get("spec") or {}, "spec", errors)
     elif resource == "v1/secrets":
         _admit_secret(obj)
+    elif resource == "v1/services":
+        _admit_service(obj, old, errors)
     elif resource == "coordination.k8s.io/v1/leases":
         _admit_lease(obj, errors)
     if errors:
@@ -124,6 +133,7 @@ def _admit_job(job: dict[str, Any], old: dict[str, Any] | None, errors: list[str
         )
     _default_job(job)
     template_spec = spec.get("template", {}).get("spec") or {}
+    _validate_pod_names(template_spec, "spec.template.spec", errors)
     indexed = spec["completionMode"] == "Indexed"
     restart = template_spec.get("restartPolicy")
     if restart not in ("Never", "OnFailure"):
@@ -230,4 +240,87 @@ def _validate_job_update(spec: dict[str, Any], old_spec: dict[str, Any], errors:
             errors.append(
                 "spec.completions: Invalid value: field is immutable "
                 "(except for Indexed Jobs changing completions and parallelism together)"
+            )
+
+
+def _validate_pod_names(pod_spec: dict[str, Any], where: str, errors: list[str]) -> None:
+    """A pod's hostname and subdomain are RFC 1123 labels (its DNS name is <hostname>.<subdomain>...)."""
+    for field in ("hostname", "subdomain"):
+        value = pod_spec.get(field)
+        if value is not None and (len(value) > 63 or not DNS_LABEL.match(value)):
+            errors.append(
+                f"{where}.{field}: Invalid value: {json.dumps(value)}: a lowercase RFC 1123 label must "
+                "consist of lower case alphanumeric characters or '-', and must start and end with an "
+                "alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
+                "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+            )
+
+
+def _admit_service(svc: dict[str, Any], old: dict[str, Any] | None, errors: list[str]) -> None:
+    name = svc["metadata"].get("name", "")
+    if old is None and (len(name) > 63 or not DNS_1035_LABEL.match(name)):
+        errors.append(
+            f"metadata.name: Invalid value: {json.dumps(name)}: a DNS-1035 label must consist of lower case "
+            "alphanumeric characters or '-', start with an alphabetic character, and end with an "
+            "alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is "
+            "'[a-z]([-a-z0-9]*[a-z0-9])?')"
+        )
+    spec = svc.setdefault("spec", {})
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    kind = spec["type"]
+    if kind not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+        errors.append(f"spec.type: Unsupported value: {json.dumps(kind)}")
+    headless = spec.get("clusterIP") == "None"
+    if headless and kind != "ClusterIP":
+        errors.append('spec.clusterIPs[0]: Invalid value: ["None"]: may only be set to "None" for ClusterIP')
+    ports = spec.get("ports") or []
+    if not ports and not headless and kind != "ExternalName":
+        errors.append("spec.ports: Required value")
+    names: set[str] = set()
+    seen: set[tuple[int, str]] = set()
+    for i, port in enumerate(ports):
+        where = f"spec.ports[{i}]"
+        port.setdefault("protocol", "TCP")
+        name = port.get("name")
+        if len(ports) > 1 and not name:
+            errors.append(f"{where}.name: Required value")
+        if name:
+            if (
+                len(name) > 15
+                or not IANA_SVC_NAME.match(name)
+                or "--" in name
+                or not re.search("[a-z]", name)
+            ):
+                errors.append(f"{where}.name: Invalid value: {json.dumps(name)}: must be an IANA_SVC_NAME")
+            if name in names:
+                errors.append(f"{where}.name: Duplicate value: {json.dumps(name)}")
+            names.add(name)
+        number = port.get("port")
+        if not isinstance(number, int) or not 1 <= number <= 65535:
+            errors.append(f"{where}.port: Invalid value: {json.dumps(number)}: must be between 1 and 65535")
+        if port["protocol"] not in ("TCP", "UDP", "SCTP"):
+            errors.append(f"{where}.protocol: Unsupported value: {json.dumps(port['protocol'])}")
+        target = port.setdefault("targetPort", number)
+        if isinstance(target, int) and not 1 <= target <= 65535:
+            errors.append(f"{where}.targetPort: Invalid value: {target}: must be between 1 and 65535")
+        if (number, port["protocol"]) in seen:
+            errors.append(
+                f"{where}: Duplicate value: {json.dumps({'port': number, 'protocol': port['protocol']})}"
+            )
+        seen.add((number, port["protocol"]))
+    for key, value in (spec.get("selector") or {}).items():
+        if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
+            errors.append(
+                f"spec.selector: Invalid value: {json.dumps(value)}: not a valid label value ({key})"
+            )
+    if kind == "ClusterIP" and not spec.get("clusterIP"):
+        spec["clusterIP"] = "10.96.0.10"  # an allocated address; tests do not route to it
+    spec.setdefault("clusterIPs", [spec["clusterIP"]] if kind != "ExternalName" else [])
+    spec.setdefault("internalTrafficPolicy", "Cluster")
+    if old is not None:
+        previous = (old.get("spec") or {}).get("clusterIP")
+        if spec.get("clusterIP") != previous:
+            errors.append(
+                f"spec.clusterIPs[0]: Invalid value: {json.dumps(spec.get('clusterIP'))}: field is immutable"
             )

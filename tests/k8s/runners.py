@@ -2,8 +2,10 @@
 
 ``SubprocessRunner`` maps the container onto the local machine: ``command + args`` (``$(VAR)``
 expanded), env from values, Secrets, ConfigMaps and the downward API, volumes materialised into
-folders (every occurrence of a mount path in command/args/env is rewritten to its folder), and the
-termination-message file mapped to a temp file whose path is exported in an env var.
+folders (every occurrence of a mount path in command/args/env is rewritten to its folder), the
+termination-message file mapped to a temp file whose path is exported in an env var, and cluster DNS:
+a pod's name behind a headless Service (``<hostname>.<subdomain>``) in the env resolves to this machine,
+where every pod of the fake kubelet runs (``resolve_cluster_dns``).
 ``FakeRunner`` calls ``fn(job, index, attempt)`` instead: no process, for fast runs with many shards.
 """
 
@@ -107,7 +109,7 @@ class SubprocessRunner:
         container = launch.container
         name = container["name"]
         launch.pod_dir.mkdir(parents=True, exist_ok=True)
-        env = await resolve_env(launch)
+        env = await resolve_cluster_dns(launch, await resolve_env(launch))
         mounts = await materialise_volumes(launch)
         termination_log = launch.pod_dir / f"{name}.termination-log"
         termination_log.write_bytes(b"")
@@ -338,6 +340,55 @@ async def resolve_env(launch: ContainerLaunch) -> dict[str, str]:
         if value is not None:
             env[var["name"]] = value
     return env
+
+
+_POD_DNS_NAME = re.compile(
+    r"(?<![-.a-z0-9])([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.([a-z](?:[-a-z0-9]*[a-z0-9])?)"
+    r"((?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.svc(?:\.cluster\.local)?)?(?![-a-z0-9]|\.[a-z0-9])"
+)
+NODE_ADDRESS = "127.0.0.1"  # every pod of the fake kubelet runs on this machine
+
+
+async def resolve_cluster_dns(launch: ContainerLaunch, env: dict[str, str]) -> dict[str, str]:
+    """kube-dns for the pods of this machine: ``<hostname>.<subdomain>[.<namespace>.svc[.cluster.local]]``
+    resolves to a pod when a headless Service named ``<subdomain>`` exists in the namespace and selects a
+    pod whose ``spec.hostname`` and ``spec.subdomain`` are those; such a name in an env value becomes this
+    machine's address (the pod's IP on a cluster). Any other name is left alone: it would not resolve on a
+    cluster either (no Service, not headless, a selector that misses the pod, no such pod)."""
+    namespace = launch.namespace
+    known: dict[tuple[str, str], bool] = {}
+
+    async def names_a_pod(host: str, subdomain: str) -> bool:
+        if (host, subdomain) not in known:
+            known[host, subdomain] = await _headless_pod(launch.api, namespace, host, subdomain)
+        return known[host, subdomain]
+
+    out = {}
+    for key, value in env.items():
+        pieces, last = [], 0
+        for match in _POD_DNS_NAME.finditer(value):
+            host, subdomain, suffix = match.groups()
+            if suffix and not suffix.startswith(f".{namespace}.svc"):
+                continue
+            if await names_a_pod(host, subdomain):
+                pieces += [value[last : match.start()], NODE_ADDRESS]
+                last = match.end()
+        out[key] = "".join(pieces) + value[last:] if pieces else value
+    return out
+
+
+async def _headless_pod(api: K8sClient, namespace: str, host: str, subdomain: str) -> bool:
+    service = await api.get_or_none("v1/services", subdomain, namespace)
+    spec = (service or {}).get("spec") or {}
+    selector = spec.get("selector") or {}
+    if spec.get("clusterIP") != "None" or not selector:
+        return False
+    labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    for pod in await api.list("v1/pods", namespace, label_selector=labels):
+        pod_spec = pod.get("spec") or {}
+        if pod_spec.get("hostname") == host and pod_spec.get("subdomain") == subdomain:
+            return True
+    return False
 
 
 async def materialise_volumes(launch: ContainerLaunch) -> dict[str, Path]:

@@ -43,6 +43,17 @@ def test_plan_shows_stages_and_runs() -> None:
     assert "shots4-seed1-ct-syn" in proc.stdout
 
 
+def test_plan_shows_a_pretraining_experiments_runs_with_their_stages_and_world() -> None:
+    proc = _run("plan", "examples/pretraining/table8-cifar100-resnet50.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert "8 runs of resnet50, global batch 1024 (2 node(s) x 8 process(es) on a cluster" in proc.stdout
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:] if line.startswith("  sup-")}
+    assert "[transfer]" in lines["sup-0-tv-in1k"] and "data: none" in lines["sup-0-tv-in1k"]
+    assert (
+        "[pretrain + transfer]" in lines["sup-3.6m-scratch"] and "size=3,600,000" in lines["sup-3.6m-scratch"]
+    )
+
+
 def test_plan_shows_the_filter_prompts_the_generation_size_and_real_guidances_strength(
     tiny_models, tmp_path
 ) -> None:

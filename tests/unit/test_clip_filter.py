@@ -16,8 +16,8 @@ from synthrec.plan import dataset_task
 from synthrec.plan.tasks import ResourceRef, dump_task
 from synthrec.storage import open_storage, write_marker
 from synthrec.workers import reduce as reduce_stage
-from synthrec.workers.reduce import clip_filter, real_filter_keep
 from synthrec.workers.runtime import run_stage
+from synthrec.workers.selection import clip_filter, real_filter_keep
 from synthrec.workers.shards import write_features
 
 # ---------------------------------------------------------------------------------------- CLIP Filter
@@ -190,3 +190,41 @@ def test_text_head_is_the_renormalised_mean_of_normalised_template_embeddings(ti
     assert torch.allclose(head.norm(dim=-1), torch.ones(2), atol=1e-6)
     assert abs(clip.logit_scale - 100.0) < 1e-3
     assert clip.revision.startswith("sha256:")  # a file:// folder's revision is its content digest
+
+
+# ------------------------------------------------------------------------------- partial selection
+# The rules above select with partitions (O(n)) instead of sorts; these pin them to the sort they replace,
+# ties included.
+
+
+def test_top_k_by_partition_is_the_stable_sort_it_replaces() -> None:
+    from synthrec.workers.selection import top_positions
+
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 50, 400):
+        scores = rng.integers(0, 8, n) / 8.0  # few distinct values: many ties at the k-th score
+        for k in (0, 1, 3, n - 1, n, n + 2):
+            stable = sorted(sorted(range(n), key=lambda i: (-scores[i], i))[: max(k, 0)])
+            assert top_positions(scores, k).tolist() == stable
+
+
+def test_the_random_draw_over_positions_picks_what_the_official_sample_picks() -> None:
+    from synthrec.workers.selection import select_class
+
+    rng = np.random.default_rng(1)
+    for n, keep in ((30, 5), (1000, 40), (5000, 4900)):  # both of random.sample's algorithms
+        scores = rng.random(n)
+        kept, _ = select_class(scores, 0.3, keep, "random", seed=7, class_index=2)
+        passing = [i for i in range(n) if scores[i] > 0.3]
+        if len(passing) >= keep:
+            assert kept.tolist() == sorted(random.Random("synthrec-cf:7:2").sample(passing, keep))
+
+
+def test_nearest_shots_by_partition_match_a_stable_argsort_with_ties() -> None:
+    from synthrec.workers.selection import nearest_shots
+
+    rng = np.random.default_rng(2)
+    sim = (rng.integers(0, 5, (300, 12)) / 4.0).astype(np.float32)  # ties everywhere
+    for k in range(1, 13):
+        expected = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(nearest_shots(sim, k), expected), k

@@ -133,6 +133,34 @@ def test_pods_follow_the_restricted_pod_security_standard() -> None:
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
 
 
+def test_dev_shm_is_sized_for_the_stage_image_loaders_by_default() -> None:
+    from synthrec.plan.shm import stage_shared_memory
+
+    s = spec(
+        resources={"gpus": 1, "cpu": "8", "memory": "64Gi"},
+        filter={"batchSize": 512, "clip": {"model": "ViT-B-16"}},
+    )
+
+    def shm_of(stage: str) -> dict[str, Any]:
+        job = render_job(
+            OWNER,
+            name=f"ds-{stage}-a1",
+            stage=stage,
+            labels=child_labels(OWNER, stage, 1),
+            shape=JobShape(completions=2, parallelism=2, retries_per_index=1, max_failed_indexes=0),
+            spec=s,
+            defaults=WorkerDefaults(),
+        )
+        kubernetes_validate.validate(job, K8S, strict=True)
+        pod = job["spec"]["template"]["spec"]
+        return next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]
+
+    # 7 loader workers x 2 batches x 512 uint8 images of 224 px, with headroom: not the old fixed 2Gi
+    assert shm_of("filter") == {"medium": "Memory", "sizeLimit": stage_shared_memory(s, "filter")}
+    assert stage_shared_memory(s, "filter") == "1351Mi"
+    assert shm_of("generate")["sizeLimit"] == "256Mi"
+
+
 def test_scheduling_knobs_reach_the_pod_and_the_kueue_label_the_job() -> None:
     job = render(spec(**FULL))
     pod = job["spec"]["template"]["spec"]
@@ -251,3 +279,76 @@ def test_jobs_and_their_pods_carry_the_recommended_labels() -> None:
     }
     assert expected.items() <= job["metadata"]["labels"].items()
     assert expected.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_a_multi_node_stage_is_an_indexed_gang_with_a_headless_service_for_its_rendezvous() -> None:
+    from synthrec.operator.jobs import Gang, gang_service_name, render_service
+    from synthrec.operator.observed import ANNOTATION_SERVICE
+
+    owner = Owner("RecognitionExperiment", "t8", "team-a", "0b5e0c1e-0000-4000-8000-000000000002")
+    experiment = api.RecognitionExperimentSpec.model_validate(
+        {
+            "labels": {"preset": "cifar100"},
+            "data": {
+                "synthetic": [{"datasetRef": "c100"}],
+                "realTrain": {"uri": "s3://bucket/c100/train/"},
+                "test": {"uri": "s3://bucket/c100/test/"},
+            },
+            "method": {"pretrain": {"batchSize": 1024, "transfer": {"classification": {}}}},
+            "resources": {"gpus": 8, "sharedMemory": None},
+            "scheduling": {"queueName": "gpu"},
+            "output": {"uri": "s3://bucket/t8/"},
+        }
+    )
+    name = run_job_name(owner.name, 3, 1, "pretrain")
+    assert name == "t8-r3-pretrain-a1" and gang_service_name(name) == name
+    assert (
+        gang_service_name("8x-r3-pretrain-a1") == "s8x-r3-pretrain-a1"
+    )  # a Service name starts with a letter
+    gang = Gang(nodes=4, port=29400, grace_seconds=600, service=name)
+    labels = child_labels(owner, "pretrain", 1, run="sup-1.2m-scratch")
+    job = render_job(
+        owner,
+        name=name,
+        stage="pretrain",
+        labels=labels,
+        shape=JobShape(completions=4, parallelism=4, retries_per_index=2, max_failed_indexes=0),
+        spec=experiment,
+        defaults=WorkerDefaults(),
+        run_index=3,
+        gang=gang,
+    )
+    service = render_service(owner, name, labels, name, 29400)
+    for body in (job, service):
+        kubernetes_validate.validate(body, K8S, strict=True)
+    spec_, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert (spec_["completions"], spec_["parallelism"], spec_["maxFailedIndexes"]) == (4, 4, 0)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"  # Kueue admits the 4 pods as one
+    assert job["metadata"]["annotations"][ANNOTATION_SERVICE] == name
+    assert pod["subdomain"] == name and pod["terminationGracePeriodSeconds"] == 600
+    container = pod["containers"][0]
+    assert {"name": "SYNTHREC_RDZV_ENDPOINT", "value": f"{name}-0.{name}:29400"} in container["env"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]  # NCCL needs /dev/shm
+    assert service["spec"] == {
+        "clusterIP": "None",
+        "selector": {"batch.kubernetes.io/job-name": name},
+        "publishNotReadyAddresses": True,
+        "ports": [{"name": "rendezvous", "port": 29400, "targetPort": 29400, "protocol": "TCP"}],
+    }
+    assert service["metadata"]["ownerReferences"][0]["uid"] == owner.uid
+    # a one-node stage: no Service, no rendezvous address, torchrun runs standalone in the pod
+    single = render_job(
+        owner,
+        name="t8-r0-transfer-a1",
+        stage="transfer",
+        labels=labels,
+        shape=JobShape(completions=1, parallelism=1, retries_per_index=2, max_failed_indexes=0),
+        spec=experiment,
+        defaults=WorkerDefaults(),
+        run_index=0,
+        gang=Gang(nodes=1, port=29400, grace_seconds=600),
+    )
+    pod = single["spec"]["template"]["spec"]
+    assert "subdomain" not in pod and ANNOTATION_SERVICE not in single["metadata"]["annotations"]
+    assert not any(e["name"] == "SYNTHREC_RDZV_ENDPOINT" for e in pod["containers"][0]["env"])

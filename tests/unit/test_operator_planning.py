@@ -87,7 +87,8 @@ def job(
         conditions=conditions,
         ttl=ttl,
         deleting=deleting,
-        controller_uid="uid-exp" if stage == "train" else "uid-ds",  # controlled by the resource
+        # controlled by the resource: the experiment's stages, or the dataset's
+        controller_uid="uid-exp" if stage in ("train", "pretrain", "transfer") else "uid-ds",
     )
 
 
@@ -564,6 +565,31 @@ def test_all_runs_failing_fails_the_experiment() -> None:
     assert condition(actions.status, "Failed")["reason"] == "AllRunsFailed"
 
 
+def test_a_failed_run_says_why_in_its_status_row() -> None:
+    spec = dict(matrix={"shots": [0], "seeds": [1, 2]}, data={"test": {"uri": "s3://bucket/test/"}})
+    r0 = job("exp-r0-a1", "train", final="Failed", reason="BackoffLimitExceeded", run_index=0)
+    pods = [pod(r0, 0, exit_code=1, message="CUDA error: out of memory")]
+    actions = plan(experiment(**spec), Observed(jobs=[r0], pods=pods), CTX)
+    failed, other = actions.status["results"]
+    assert failed["state"] == "Failed" and failed["message"].startswith("BackoffLimitExceeded: pod ")
+    assert "CUDA error: out of memory" in failed["message"]
+    assert other.get("message") is None
+
+
+def test_a_failed_pretraining_run_names_the_stage_and_the_error_in_its_status_row() -> None:
+    first = plan(pretraining(), Observed(datasets={"ds": ds_view()}), CTX)
+    broken = job("exp-r1-pretrain-a1", "pretrain", final="Failed", reason="BackoffLimitExceeded", run_index=1)
+    failing = pod(broken, 0, exit_code=1, message="NCCL timeout " + "x" * 3000)
+    actions = plan(
+        with_status(pretraining(), first.status),
+        Observed(jobs=[broken], pods=[failing], datasets={"ds": ds_view()}),
+        CTX,
+    )
+    row = next(r for r in actions.status["results"] if r["name"] == "sup-1k-scratch")
+    assert row["state"] == "Failed" and row["message"].startswith("pretrain BackoffLimitExceeded: pod ")
+    assert "NCCL timeout" in row["message"] and len(row["message"]) == 1024  # the status field's bound
+
+
 @pytest.mark.parametrize(
     ("view", "reason"),
     [(ds_view(complete=False, failed=True), "DatasetFailed"), (ds_view(complete=False), None)],
@@ -609,3 +635,101 @@ def test_pods_queued_longer_than_the_startup_deadline_fail_the_run() -> None:
     failed = condition(actions.status, "Failed")
     assert failed["reason"] == "StartupDeadlineExceeded" and "0/3 nodes are available" in failed["message"]
     assert actions.delete_jobs == ["ds-prompts-a1"]
+
+
+# ----------------------------------------------------------------------------------- pre-training
+
+
+def pretraining(**matrix: Any) -> dict[str, Any]:
+    """A pre-training experiment: data size 0 (transfer only) and 1000 (pretrain, transfer), 2 nodes."""
+    return experiment(
+        data={
+            "synthetic": [{"datasetRef": "ds"}],
+            "realTrain": {"uri": "s3://bucket/train/"},
+            "test": {"uri": "s3://bucket/test/"},
+        },
+        method={
+            "pretrain": {
+                "backbone": "resnet50",
+                "batchSize": 16,
+                "distributed": {"nodes": 2},
+                "transfer": {"linearProbe": {}},
+            }
+        },
+        matrix={"dataSizes": [0, 1000], **matrix},
+        resources={"gpus": 2},
+    )
+
+
+def test_a_pretraining_run_goes_through_its_stages_and_its_jobs_expire_once_folded() -> None:
+    first = plan(pretraining(), Observed(datasets={"ds": ds_view()}), CTX)
+    # size 0 only transfers its init; size 1000 pre-trains first; both on 2-pod gangs with a Service
+    assert [c.name for c in first.create] == ["exp-r0-transfer-a1", "exp-r1-pretrain-a1"]
+    assert [c.service["metadata"]["name"] for c in first.create] == [c.name for c in first.create]
+    assert first.create[1].job["spec"]["completions"] == first.create[1].job["spec"]["parallelism"] == 2
+    task = json.loads(first.create[1].configmap["data"]["task.json"])
+    assert (task["stage"], task["data"]["size"], task["distributed"]["nnodes"]) == ("pretrain", 1000, 2)
+    assert task["data"]["synthetic"][0]["digest"] == DIGEST
+    rows = {r["name"]: r for r in first.status["results"]}
+    assert rows["sup-1k-scratch"]["stage"] == "pretrain" and rows["sup-0-scratch"]["stage"] == "transfer"
+
+    # the pretrain Job completes: the run moves to its transfer stage, which starts
+    pretrain = job("exp-r1-pretrain-a1", "pretrain", final="Complete", completed="0-1", run_index=1)
+    pretrain = JobView(**{**pretrain.__dict__, "service": "exp-r1-pretrain-a1"})
+    done = pod(pretrain, 0, run="sup-1k-scratch", steps=62, loss=1.5, card="s3://bucket/exp/c.json")
+    transfer0 = job("exp-r0-transfer-a1", "transfer", run_index=0)
+    second = plan(
+        with_status(pretraining(), first.status),
+        Observed(jobs=[transfer0, pretrain], pods=[done], datasets={"ds": ds_view()}),
+        CTX,
+    )
+    rows = {r["name"]: r for r in second.status["results"]}
+    assert rows["sup-1k-scratch"]["stage"] == "transfer" and rows["sup-1k-scratch"]["state"] == "Running"
+    # the pre-training's own numbers stay in the row: steps, last loss, the card transfer reads
+    pretrained = rows["sup-1k-scratch"]
+    assert (pretrained["pretrainSteps"], pretrained["pretrainLoss"]) == (62, 1.5)
+    assert pretrained["card"] == "s3://bucket/exp/c.json"
+    assert [c.name for c in second.create] == ["exp-r1-transfer-a1"]
+    assert not second.patch_jobs  # not folded in the persisted status yet: the pretrain Job stays
+    third = plan(
+        with_status(pretraining(), second.status),
+        Observed(jobs=[transfer0, pretrain], pods=[done], datasets={"ds": ds_view()}),
+        CTX,
+    )
+    assert [name for name, _ in third.patch_jobs] == ["exp-r1-pretrain-a1"]
+    assert third.delete_configmaps == third.delete_services == ["exp-r1-pretrain-a1"]
+
+    # the transfer results make the transfer table: linear probe top-1, the best run
+    transfer1 = job("exp-r1-transfer-a1", "transfer", final="Complete", completed="0-1", run_index=1)
+    transfer0 = job("exp-r0-transfer-a1", "transfer", final="Complete", completed="0-1", run_index=0)
+    pods = [
+        pod(transfer0, 0, run="sup-0-scratch", linear_probe_top1=40.0),
+        pod(transfer1, 0, run="sup-1k-scratch", linear_probe_top1=55.0),
+    ]
+    last = plan(
+        with_status(pretraining(), third.status),
+        Observed(jobs=[transfer0, transfer1, pretrain], pods=pods, datasets={"ds": ds_view()}),
+        CTX,
+    )
+    rows = {r["name"]: r for r in last.status["results"]}
+    assert rows["sup-1k-scratch"]["linearProbeTop1"] == 55.0 and rows["sup-0-scratch"]["top1"] == 40.0
+    assert rows["sup-1k-scratch"]["metrics"] == "s3://bucket/exp/runs/sup-1k-scratch/transfer/"
+    assert rows["sup-1k-scratch"]["card"] == "s3://bucket/exp/c.json" and "card" not in rows["sup-0-scratch"]
+    assert rows["sup-1k-scratch"]["pretrainSteps"] == 62 and "pretrainSteps" not in rows["sup-0-scratch"]
+    assert last.status["best"] == {"name": "sup-1k-scratch", "top1": 55.0}
+    assert condition(last.status, "Complete")["status"] == "True"
+    assert (rows["sup-1k-scratch"]["dataSize"], rows["sup-0-scratch"]["init"]) == (1000, "scratch")
+
+
+def test_a_config_error_of_a_pretrain_stage_fails_the_experiment_with_the_run_and_stage_named() -> None:
+    first = plan(pretraining(), Observed(datasets={"ds": ds_view()}), CTX)
+    broken = job("exp-r1-pretrain-a1", "pretrain", final="Failed", reason="PodFailurePolicy", run_index=1)
+    failing = pod(broken, 0, exit_code=3, error="config", message="backbone 'resnet5' is not a timm model")
+    actions = plan(
+        with_status(pretraining(), first.status),
+        Observed(jobs=[broken], pods=[failing], datasets={"ds": ds_view()}),
+        CTX,
+    )
+    failed = condition(actions.status, "Failed")
+    assert failed["reason"] == "ConfigError" and "run sup-1k-scratch pretrain" in failed["message"]
+    assert "not a timm model" in failed["message"]

@@ -95,5 +95,6 @@ def test_wheel_has_the_mapped_packages(tmp_path: Path) -> None:
     assert packages and all(f"synthrec/{pkg}/__init__.py" in names for pkg in packages), packages
     assert any(n.startswith("synthrec/operator/") for n in names)
     assert "synthrec/workers/__init__.py" in names
+    assert "synthrec/workers/pretrain/stage.py" in names  # subpackages of the mapped folders too
     assert any(n.startswith("synthrec/presets/") and n.endswith(".txt") for n in names)
     assert not any(n.startswith(("operator/", "workers/", "tests/")) for n in names)

@@ -34,9 +34,11 @@ CLASS_COUNTS = {
     "flowers102": 102,
     "food101": 101,
     "imagenet1k": 1000,
+    "imagenet2k": 2000,
     "imagenet_r": 200,
     "imagenet_sketch": 1000,
     "oxford_pets": 37,
+    "pascal_voc": 20,
     "stanford_cars": 196,
     "sun397": 397,
     "tiny": 4,
@@ -63,7 +65,9 @@ def _clip_benchmark(filename: str) -> dict:
 def test_preset_names_are_exactly_the_papers_datasets_plus_tiny():
     assert set(PRESET_NAMES) == set(CLASS_COUNTS)
     assert list(PRESET_NAMES) == sorted(PRESET_NAMES)
-    assert {row[0] for row in TABLE1} == set(PRESET_NAMES) - {"tiny"} and len(TABLE1) == 17
+    # Table 1's 17 datasets, the pre-training study's IN-2K and VOC (Tables 9-11) and the offline demo
+    others = {"tiny", "imagenet2k", "pascal_voc"}
+    assert {row[0] for row in TABLE1} == set(PRESET_NAMES) - others and len(TABLE1) == 17
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -83,7 +87,8 @@ def test_head_names_are_unique_except_where_imagenets_source_repeats_one(name):
     heads = get_preset(name).head_names
     repeated = sorted({h for h in heads if heads.count(h) > 1})
     # open_clip, CLIP's notebook and the official code all name 657/744 and 836/837 alike.
-    assert repeated == (["missile", "sunglasses"] if name in ("imagenet1k", "imagenet_sketch") else [])
+    imagenets = ("imagenet1k", "imagenet2k", "imagenet_sketch")
+    assert repeated == (["missile", "sunglasses"] if name in imagenets else [])
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -135,6 +140,7 @@ def test_filter_templates_are_the_official_filters_prompt_per_dataset():
         "cifar10": "a photo of a {c}.",
         "cifar100": "a photo of a {c}.",
         "imagenet1k": "a photo of a {c}.",
+        "imagenet2k": "a photo of a {c}.",  # ImageNet's: IN-2K extends it
     }
     for name, template in official.items():
         preset = get_preset(name)
@@ -173,6 +179,7 @@ def test_other_presets_use_the_plain_prompt_and_no_wrapper():
     own_head = {
         "eurosat",
         "imagenet1k",
+        "imagenet2k",
         "imagenet_sketch",
         "sun397",
         "stanford_cars",
@@ -374,7 +381,37 @@ def test_without_the_workers_extra_presets_that_need_it_say_what_to_install():
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "18 4"
+    assert lines[0] == "20 4"
     assert [line.split()[0] for line in lines[1:]] == ["imagenet1k", "cifar10", "eurosat"]
     assert "'open_clip'" in lines[1] and "'clip_benchmark'" in lines[2]
     assert all("synthrec[workers]" in line for line in lines[1:])
+
+
+def test_in2k_is_imagenet1k_plus_1000_imagenet21k_classes_drawn_reproducibly_from_timms_lists():
+    info = _package_file("timm", "data", "_info")
+    in1k_synsets = (info / "imagenet_synsets.txt").read_text().split()
+    in12k = set((info / "imagenet12k_synsets.txt").read_text().split())
+    lemmas = dict(
+        line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
+    )
+    in2k, in1k = get_preset("in2k"), get_preset("imagenet1k")
+    assert in2k.classes[:1000] == in1k.classes and in2k.templates == in1k.templates
+    extra = in2k.classes[1000:]
+    synsets = [c.folder for c in extra]
+    assert len(set(synsets)) == 1000 and set(synsets) <= in12k and not set(synsets) & set(in1k_synsets)
+    for label in extra:  # each named by one of its own WordNet lemmas, the head alike
+        assert label.name in [n.strip() for n in lemmas[label.folder].split(",")]
+        assert label.head_name == label.name
+    assert len(set(in2k.names)) == 2000
+    assert [c.folder for c in in1k.classes] == in1k_synsets == [c.folder for c in in2k.classes[:1000]]
+    assert "blake2b" in in2k.provenance["classes"] and "imagenet12k_synsets.txt" in in2k.provenance["classes"]
+    # the draw is fixed: the same first and last classes on every machine and version of synthrec
+    assert (extra[0].folder, extra[-1].folder) == ("n02752496", "n02882894")
+
+
+def test_pascal_voc_names_its_classes_in_words_with_the_devkits_spelling_as_folders():
+    voc = get_preset("voc")
+    folders = [c.folder for c in voc.classes]
+    assert len(folders) == 20 and folders[:4] == ["aeroplane", "bicycle", "bird", "boat"]  # devkit order
+    assert folders[-1] == "tvmonitor" and voc.names[-1] == "tv monitor"
+    assert voc.names[10] == "dining table" and folders[10] == "diningtable"

@@ -188,3 +188,15 @@ def test_safetensors_are_read_without_numpy_or_torch() -> None:
     assert safetensors_matrix(data, "probs") == [[0.25, 0.75]]
     with pytest.raises(KeyError):
         safetensors_matrix(data, "missing")
+
+
+def test_scores_of_a_format_2_features_file_are_the_softmax_of_its_float16_logits() -> None:
+    from synthrec.report.images import filter_scores
+
+    logits = np.array([[2.0, 0.0], [0.0, 1.5]], dtype=np.float16)
+    expected = np.exp(logits.astype(np.float64))
+    expected /= expected.sum(axis=1, keepdims=True)
+    for tensors in ({"logits": logits}, {"logits": -logits, "filter_logits": logits}):
+        assert np.allclose(filter_scores(save(tensors)), expected, atol=1e-6)
+    # format 1 stored the probabilities themselves
+    assert filter_scores(save({"probs": np.array([[0.25, 0.75]], dtype=np.float32)})) == [[0.25, 0.75]]

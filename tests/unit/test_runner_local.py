@@ -156,6 +156,32 @@ def test_runs_every_stage_in_order_then_the_experiment_and_a_rerun_runs_nothing(
     assert "3/3 shard(s) already committed, skipped" in ui.text
 
 
+def test_markup_in_class_names_is_printed_as_text_and_the_report_is_still_written(h: Harness) -> None:
+    """A class named ``[/bold]`` crashed the summary after every stage had finished: no report."""
+    import io
+
+    from rich.console import Console
+
+    from synthrec.local.ui import RichUI
+
+    hostile = '{name: "[/bold]"}, {name: "[red]dog[/red]"}'
+    h.file = h.write_file(text=FILE.replace("{name: cat}, {name: dog}", hostile))
+    ui = RichUI()
+    ui.console = Console(file=io.StringIO(), width=200, highlight=False)
+    ui.err = Console(file=io.StringIO(), width=200, highlight=False)
+    request = RunRequest(
+        file=str(h.file), storage=h.storage.as_uri(), parallel=3, worker_module=FAKE, grace_s=10
+    )
+
+    assert execute(request, ui) == 0, ui.err.file.getvalue()  # type: ignore[attr-defined]
+
+    out = ui.console.file.getvalue()  # type: ignore[attr-defined]
+    assert "[/bold]" in out and "[red]dog[/red]" in out and "done in" in out
+    index = h.storage / "report" / "index.html"
+    assert f"report: {index}" in out
+    assert "[/bold]" in index.read_text()
+
+
 def test_a_lost_marker_reruns_only_that_shard_through_the_task_shard_map(h: Harness) -> None:
     assert h.run(only=DATASET)[0] == 0
     h.calls()

@@ -240,6 +240,71 @@ def test_evaluate_reports_top1_per_class_and_the_confusion_matrix() -> None:
     assert [c["top1"] for c in out["per_class"]] == [100.0, 50.0, 100.0]
 
 
+# ------------------------------------------------------------------------------- the step loop's cost
+
+
+class _Reads:
+    """Counts the reads of tensor values that the tuning loop's own code makes (each one waits for the
+    device on a GPU; the optimiser's step counters live on the host and are not counted)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import sys
+
+        self.count = 0
+        for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor: torch.Tensor, *args: object, _original=original) -> object:
+                if sys._getframe(1).f_code.co_filename.endswith("workers/tuning.py"):
+                    self.count += 1
+                return _original(tensor, *args)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+def test_the_step_loop_reads_the_device_once_per_epoch_not_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    x_syn, y_syn = separable(20)  # 80 images, batch 8: 10 steps per epoch
+    x_real, y_real = separable(3, seed=2)
+    cfg = config(epochs=3, mixing="mixed", grad_clip=1.0)
+    head, teacher = LinearHead.random(4, 16, 0), LinearHead.random(4, 16, 1)
+    reads = _Reads(monkeypatch)
+    result = tune(head, teacher, CachedFeatures(x_syn, x_real), x_syn, y_syn, y_real, cfg, 0)
+    assert len(result.steps) == 30 and all({"loss", "syn", "real", "lr"} <= set(s) for s in result.steps)
+    assert reads.count <= 3  # one per epoch (the logging interval): 30 steps, at most 3 reads
+
+
+def test_the_fixed_teacher_is_applied_once_per_synthetic_example() -> None:
+    x, y = separable(10)  # 40 synthetic images
+    cfg = config(epochs=4, soft_weight=0.8)
+
+    class CountingTeacher(LinearHead):
+        rows = 0
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            CountingTeacher.rows += len(features)
+            return super().forward(features)
+
+    teacher = CountingTeacher(LinearHead.random(4, 16, 1).weight, torch.zeros(4))
+    result = tune(LinearHead.random(4, 16, 0), teacher, CachedFeatures(x, None), x, y, None, cfg, 0)
+    assert len(result.epochs) == 4
+    assert CountingTeacher.rows == len(x)  # not len(x) x epochs
+
+
+@pytest.mark.parametrize("pseudo_labels", ["soft", "hard"])
+def test_precomputed_teacher_targets_give_the_per_step_teacher_loss(pseudo_labels: str) -> None:
+    from synthrec.api import SoftTarget
+    from synthrec.workers.tuning import targets_loss, teacher_loss, teacher_targets
+
+    x, _ = separable(5)
+    teacher, student = LinearHead.random(4, 16, 1), LinearHead.random(4, 16, 2)
+    soft = SoftTarget(temperature=2.0, pseudo_labels=pseudo_labels)
+    targets = teacher_targets(teacher, x, soft, chunk=7)  # chunked: the same rows
+    batch = torch.tensor([3, 0, 17, 9])
+    with torch.no_grad():
+        per_step = teacher_loss(student(x[batch]), teacher(x[batch]), soft)
+        assert torch.allclose(targets_loss(student(x[batch]), targets[batch]), per_step, atol=1e-6)
+
+
 @pytest.mark.parametrize("selection", ["last", "best-validation"])
 def test_with_a_validation_set_both_models_are_kept(selection: str) -> None:
     x, y = separable(10)

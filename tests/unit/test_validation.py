@@ -48,6 +48,25 @@ def experiment(**spec: Any) -> dict[str, Any]:
     }
 
 
+def pretraining() -> dict[str, Any]:
+    """A valid pre-training experiment (Table 8's shape): 8 GPUs per pod, fine-tuning transfer."""
+    return experiment(
+        labels={"preset": "cifar100"},
+        data={
+            "synthetic": [{"datasetRef": "c100"}],
+            "realTrain": {"uri": "s3://bucket/c100/train/"},
+            "test": {"uri": "s3://bucket/c100/test/"},
+        },
+        method={"pretrain": {"batchSize": 1024, "transfer": {"classification": {}}}},
+        matrix={"dataSizes": [0, 1200000], "inits": ["scratch", "timm:tv_in1k"]},
+        resources={"gpus": 8},
+    )
+
+
+def test_a_pretraining_experiment_is_valid() -> None:
+    assert validate_resource(pretraining()) == []
+
+
 def with_(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """A copy of doc with the dotted path set (or removed when value is DELETE)."""
     out = copy.deepcopy(doc)
@@ -148,26 +167,31 @@ INVALID = [
     ("no-label-space", with_(dataset(), "spec.labels", {}), "spec.labels", "exactly one"),
     ("unknown-field", with_(dataset(), "spec.generator.stepz", 10), "spec.generator.stepz", "unknown field"),
     ("unknown-top-field", with_(dataset(), "spec.foo", 1), "spec.foo", "unknown field"),
-    ("http-output", with_(dataset(), "spec.output.uri", "http://x/y"), "spec.output.uri", "does not match"),
-    ("bad-bucket", with_(dataset(), "spec.output.uri", "s3://B_ad/x"), "spec.output.uri", "does not match"),
+    (
+        "http-output",
+        with_(dataset(), "spec.output.uri", "http://x/y"),
+        "spec.output.uri",
+        "unsupported storage",
+    ),
+    ("bad-bucket", with_(dataset(), "spec.output.uri", "s3://B_ad/x"), "spec.output.uri", "bucket name"),
     (
         "tiny-output",
         with_(dataset(), "spec.output.uri", "tiny://real/x"),
         "spec.output.uri",
-        "does not match",
+        "tiny:// is built-in read-only data",
     ),
     (
         "relative-file",
         with_(dataset(), "spec.output.uri", "file://out/x"),
         "spec.output.uri",
-        "does not match",
+        "need an absolute path",
     ),
     ("dotdot-output", with_(dataset(), "spec.output.uri", "s3://bucket/a/../b"), "spec.output.uri", "'..'"),
     (
         "bad-model-ref",
         with_(dataset(), "spec.generator.model", "not a ref!"),
         "spec.generator.model",
-        "match",
+        "not a model reference",
     ),
     ("missing-model", with_(dataset(), "spec.generator.model", DELETE), "spec.generator.model", "required"),
     (
@@ -234,7 +258,12 @@ INVALID = [
         "apiVersion",
         "synthrec.io/v1alpha1",
     ),
-    ("experiment-without-test", with_(experiment(), "spec.data.test", DELETE), "spec.data.test", "required"),
+    (
+        "experiment-without-test",
+        with_(experiment(), "spec.data.test", DELETE),
+        "spec.data.test",
+        "classifier tuning needs data.test",
+    ),
     (
         "few-shot-without-real-train",
         with_(experiment(), "spec.matrix", {"shots": [4]}),
@@ -280,6 +309,79 @@ INVALID = [
         with_(experiment(), "spec.method", {"classifierTuning": {"lr": -1}}),
         "spec.method.classifierTuning.lr",
         "minimum",
+    ),
+    # pre-training (method.pretrain): combinations that cannot run, each named by its field
+    (
+        "pretrain-batch-not-divisible-by-the-world",
+        with_(pretraining(), "spec.method.pretrain.batchSize", 250),
+        "spec.method.pretrain.batchSize",
+        "divisible by the world size",
+    ),
+    (
+        "pretrain-detection-with-a-vit",
+        with_(
+            with_(pretraining(), "spec.method.pretrain.backbone", "deit_small_patch16_224"),
+            "spec.method.pretrain.transfer",
+            {"detection": {"train": [{"uri": "s3://bucket/voc/"}], "test": {"uri": "s3://bucket/voc/"}}},
+        ),
+        "spec.method.pretrain.transfer.detection",
+        "hierarchical backbone",
+    ),
+    (
+        "pretrain-with-shots",
+        with_(pretraining(), "spec.matrix.shots", [4]),
+        "spec.matrix.shots",
+        "belong to classifier tuning",
+    ),
+    (
+        "pretrain-fine-tuning-without-real-train",
+        with_(pretraining(), "spec.data.realTrain", DELETE),
+        "spec.data.realTrain",
+        "set both",
+    ),
+    (
+        "pretrain-fp16-on-cpu",
+        with_(with_(pretraining(), "spec.method.pretrain.precision", "fp16"), "spec.resources", {"gpus": 0}),
+        "spec.method.pretrain.precision",
+        "needs GPUs",
+    ),
+    (
+        "pretrain-moco-queue-not-a-multiple-of-the-batch",
+        with_(
+            with_(pretraining(), "spec.method.pretrain.objective", "moco-v2"),
+            "spec.method.pretrain.batchSize",
+            384,
+        ),
+        "spec.method.pretrain.moco.queue",
+        "multiple of method.pretrain.batchSize",
+    ),
+    (
+        "pretrain-size-0-without-transfer",
+        with_(
+            with_(pretraining(), "spec.method.pretrain.transfer", DELETE), "spec.matrix.dataSizes", [0, 1000]
+        ),
+        "spec.matrix.dataSizes",
+        "set method.pretrain.transfer",
+    ),
+    (
+        "pretrain-axes-without-pretrain",
+        with_(experiment(), "spec.matrix.dataSizes", [1000]),
+        "spec.matrix",
+        "method.pretrain's axes",
+    ),
+    (
+        "pretrain-unknown-init",
+        with_(pretraining(), "spec.matrix.inits", ["imagenet"]),
+        "spec.matrix.inits",
+        "",
+    ),
+    (
+        "pretrain-label-spaces-and-synthetic",
+        with_(
+            pretraining(), "spec.matrix.labelSpaces", [{"name": "in2k", "synthetic": [{"datasetRef": "b"}]}]
+        ),
+        "spec.data.synthetic",
+        "set one of them",
     ),
     (
         "coop-at-zero-shots",

@@ -134,6 +134,10 @@ name, a resource after a 409). Writes are create, merge-patch, conditional updat
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "create", "update", "delete"]
+# The headless Service of a multi-node (torchrun) Job: its pods' stable DNS names for the rendezvous.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create", "delete"]
 # Pods are only watched: scheduling problems and the workers' termination messages.
 - apiGroups: [""]
   resources: ["pods"]
