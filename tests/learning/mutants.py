@@ -33,16 +33,17 @@ def shift_classes() -> None:
 
 
 def swap_kept() -> None:
+    import numpy as np
+
     from synthrec.workers import reduce
 
-    clip_filter = reduce.clip_filter
+    select_class = reduce.select_class
 
     def rejected_instead(scores, threshold, keep, selection, seed, class_index):  # type: ignore[no-untyped-def]
-        kept, passed = clip_filter(scores, threshold, keep, selection, seed, class_index)
-        chosen = set(kept)
-        return [i for i in range(len(scores)) if i not in chosen], passed
+        kept, passed = select_class(scores, threshold, keep, selection, seed, class_index)
+        return np.setdiff1d(np.arange(len(scores)), kept), passed
 
-    reduce.clip_filter = rejected_instead
+    reduce.select_class = rejected_instead
 
 
 MUTATIONS: dict[str, Callable[[], None]] = {"shift-classes": shift_classes, "swap-kept": swap_kept}
