@@ -32,13 +32,14 @@ constraints:
 	mv constraints.txt.new constraints.txt
 	rm -rf .constraints-venv build
 
-# The embedded default: build the tiny offline models (random weights, once), then run the whole quickstart
-# on this machine (`synthrec run`: prompts, generation, CLIP filter, classifier tuning) into $(DEMO_STORAGE)/;
-# it prints a summary and where the HTML report is. Re-running continues from the committed shards.
+# The embedded default: build the toy world (tiny models trained on drawn shapes, once, a few minutes, with a
+# progress bar), then run the whole quickstart on this machine (`synthrec run`: prompts, generation, CLIP
+# filter, classifier tuning) into $(DEMO_STORAGE)/; it prints a summary and where the HTML report is.
+# Re-running continues from the committed shards.
 DEMO_STORAGE ?= synthrec-out
 
 demo: $(STAMP)
-	$(BIN)/synthrec tiny-models
+	$(BIN)/synthrec toy-world
 	$(BIN)/synthrec run examples/quickstart.yaml --storage $(DEMO_STORAGE)
 
 test: $(STAMP)

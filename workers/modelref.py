@@ -39,7 +39,7 @@ from synthrec.storage import (
     sha256_file,
 )
 from synthrec.storage.errors import NO_SPACE, Failure
-from synthrec.storage.uris import ModelRef, URIError, parse_model_ref
+from synthrec.storage.uris import TOY_WORLD_PREFIX, ModelRef, URIError, parse_model_ref
 from synthrec.tiny.layout import BUILDER_VERSION
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,16 @@ def resolve_model(
         return ResolvedModel(parsed, None, None, parsed.location)
     if parsed.kind == "file":
         return ResolvedModel(parsed, _local_folder(ref, Path(parsed.location)), None, None)
-    if parsed.kind == "tiny":  # random weights, built offline by the worker runtime on first use
-        from synthrec.workers.runtime import tiny_models
+    if parsed.kind == "tiny":  # built offline by the worker runtime on first use
+        from synthrec.workers.runtime import tiny_models, toy_world
 
-        path = getattr(tiny_models(), parsed.location)
+        if parsed.location.startswith(TOY_WORLD_PREFIX):  # trained: the toy world
+            from synthrec.toyworld.builder import BUILDER_VERSION as WORLD_VERSION
+
+            world = toy_world()
+            path = getattr(world, parsed.location.removeprefix(TOY_WORLD_PREFIX))
+            return ResolvedModel(parsed, path, f"toy-world-v{WORLD_VERSION}-seed{world.seed}", None)
+        path = getattr(tiny_models(), parsed.location)  # random weights
         return ResolvedModel(parsed, path, f"tiny-v{BUILDER_VERSION}", None)
     if parsed.kind == "hf":
         path, revision = _snapshot(ref, parsed, Path(cache_dir) / "hf" if cache_dir else None)

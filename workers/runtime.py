@@ -28,6 +28,7 @@ from synthrec.contract.summaries import FailureSummary, Summary, summary_line
 from synthrec.plan.tasks import load_task
 from synthrec.storage import RecordingStorage, Storage, StorageError, open_storage
 from synthrec.tiny import TINY_SCHEME, TinyModels, build_tiny_models, default_tiny_dir, resolve_uri
+from synthrec.tiny.layout import references_toy_world
 
 log = logging.getLogger("synthrec.workers")
 
@@ -139,7 +140,9 @@ class StageContext:
 
 def open_location(uri: str, *, endpoint: str | None = None, region: str | None = None) -> Storage:
     """Open a folder a task reads; ``tiny://real/...`` is the built demo data (see ``tiny_models``)."""
-    if uri.startswith(TINY_SCHEME):
+    if references_toy_world(uri):
+        uri = resolve_uri(uri, world=toy_world().root)
+    elif uri.startswith(TINY_SCHEME):
         uri = resolve_uri(uri, tiny_models().root)
     return open_storage(uri, endpoint=endpoint, region=region)
 
@@ -154,6 +157,20 @@ def tiny_models() -> TinyModels:
     if root not in _TINY_BUILT:
         _TINY_BUILT[root] = build_tiny_models(root)
     return _TINY_BUILT[root]
+
+
+_TOY_WORLDS: dict[Path, Any] = {}
+
+
+def toy_world() -> Any:
+    """The toy world (trained tiny models, synthrec.toyworld) behind tiny://world/ references: built on first
+    use (minutes; ``synthrec run`` builds it first, with a progress bar), once per process and folder."""
+    from synthrec.toyworld.builder import build_toy_world, default_root
+
+    root = default_root()
+    if root not in _TOY_WORLDS:
+        _TOY_WORLDS[root] = build_toy_world(root)
+    return _TOY_WORLDS[root]
 
 
 def select_device() -> str:

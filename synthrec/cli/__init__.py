@@ -9,7 +9,18 @@ import sys
 from collections.abc import Sequence
 
 # Command modules of this package, in the order --help lists them.
-COMMANDS = ("run", "status", "report", "validate", "plan", "scaffold", "crds", "tiny_models", "operator")
+COMMANDS = (
+    "run",
+    "status",
+    "report",
+    "validate",
+    "plan",
+    "scaffold",
+    "crds",
+    "tiny_models",
+    "toy_world",
+    "operator",
+)
 
 EPILOG = """\
 examples:

@@ -31,10 +31,16 @@ def read_model_json(ref: str, relative: str, *, hub: bool = False) -> Found:
     if parsed.kind == "file":
         return _read(Path(parsed.location) / relative)
     if parsed.kind == "tiny":
-        from synthrec.tiny.layout import TinyModels, default_tiny_dir
+        from synthrec.tiny.layout import default_tiny_dir, references_toy_world, resolve_uri
 
-        path = TinyModels.at(default_tiny_dir()).root / parsed.location / relative
+        path = Path(parse_model_ref(resolve_uri(ref)).location) / relative
         if not path.is_file():
+            if references_toy_world(ref):
+                from synthrec.toyworld.builder import default_root
+
+                return Found(
+                    None, f"the toy world is not built yet at {default_root()} (python -m synthrec.toyworld)"
+                )
             return Found(
                 None, f"the tiny models are not built yet at {default_tiny_dir()} (synthrec tiny-models)"
             )

@@ -21,6 +21,7 @@ from synthrec.local.input import (
     select,
     storage_root,
     uses_tiny_models,
+    uses_toy_world,
 )
 from synthrec.local.ui import QuietUI, RichUI
 
@@ -44,4 +45,5 @@ __all__ = [
     "select",
     "storage_root",
     "uses_tiny_models",
+    "uses_toy_world",
 ]

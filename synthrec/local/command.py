@@ -17,6 +17,7 @@ from synthrec.local.input import (
     select,
     storage_root,
     uses_tiny_models,
+    uses_toy_world,
 )
 from synthrec.storage import StorageError
 
@@ -48,8 +49,13 @@ def execute(request: RunRequest, ui: Any, *, prepare: Callable[[list[Resource]],
         ui.error(str(exc))
         return 1
     tiny = uses_tiny_models(selected)
-    if tiny:
-        ui.banner(TINY_WARNING)
+    banners = [TINY_WARNING] if tiny else []
+    if uses_toy_world(selected):
+        from synthrec.toyworld.builder import NOTICE
+
+        banners.append(NOTICE)
+    for text in banners:
+        ui.banner(text)
     if prepare is not None:
         prepare(selected)
     runner = LocalRunner(
@@ -82,8 +88,8 @@ def execute(request: RunRequest, ui: Any, *, prepare: Callable[[list[Resource]],
         ui.error(f"the run did not complete; worker logs and task files are kept in {kept}")
     if request.report:
         _report(ui, root, selected, tiny)
-    if tiny:
-        ui.banner(TINY_WARNING)
+    for text in banners:
+        ui.banner(text)
     return 0 if outcome.ok else 1
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from synthrec import api
 from synthrec.contract.layout import StorageLayout
 from synthrec.storage import Storage, StorageError, open_storage
-from synthrec.tiny import references_tiny
+from synthrec.tiny.layout import references_random_tiny, references_toy_world
 
 Resource = api.SyntheticDataset | api.RecognitionExperiment
 
@@ -100,8 +100,13 @@ def select(resources: list[Resource], only: Sequence[str]) -> list[Resource]:
 
 
 def uses_tiny_models(resources: Sequence[Resource]) -> bool:
-    """Whether any model or data reference is a built-in tiny one (random weights)."""
-    return any(references_tiny(res.spec) for res in resources)
+    """Whether any model or data reference is a built-in tiny one with random weights (``tiny://sd``...)."""
+    return any(references_random_tiny(res.spec) for res in resources)
+
+
+def uses_toy_world(resources: Sequence[Resource]) -> bool:
+    """Whether any model or data reference is the trained toy world (``tiny://world/...``)."""
+    return any(references_toy_world(res.spec) for res in resources)
 
 
 def storage_of(output: Any) -> Storage:

@@ -62,8 +62,16 @@ class RichUI(QuietUI):
     # ---- set-up
 
     def prepare(self, resources: list[Any]) -> None:
-        from synthrec.local.input import uses_tiny_models
+        from synthrec.local.input import uses_tiny_models, uses_toy_world
 
+        if uses_toy_world(resources):
+            from synthrec.toyworld.__main__ import RichProgress
+            from synthrec.toyworld.builder import ToyWorld, build_toy_world, default_root
+
+            if not ToyWorld.at(default_root()).is_built():
+                self.note(f"building the toy world in {default_root()} (once, a few minutes)")
+            with RichProgress() as progress:
+                build_toy_world(default_root(), progress=progress)
         if uses_tiny_models(resources):
             from synthrec.tiny import TinyModels, default_tiny_dir, ensure_tiny_models
 

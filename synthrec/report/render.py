@@ -48,7 +48,7 @@ from synthrec.report.results import (
     transfer_rows,
 )
 from synthrec.storage import Storage
-from synthrec.tiny import references_tiny
+from synthrec.tiny.layout import references_random_tiny, references_toy_world
 
 INDEX = "index.html"
 PROMPTS_PER_CLASS = 3
@@ -59,6 +59,12 @@ TINY_NOTE = (
     "These results come from synthrec's built-in tiny models (tiny://), which have RANDOM weights: the "
     "images are coloured noise and every accuracy below is meaningless. The report shows the mechanics "
     "of the pipeline only; use real models (see the README) for real numbers."
+)
+TOY_WORLD_NOTE = (
+    "These results come from synthrec's TOY WORLD (tiny://world/): coloured shapes drawn by a program and "
+    "tiny models trained on them in a few CPU minutes. The paper's effects show in kind (synthetic data "
+    "helps an imperfect zero-shot CLIP, the CLIP Filter removes wrong drawings); the numbers are not the "
+    "paper's numbers and say nothing about real datasets."
 )
 
 
@@ -113,12 +119,13 @@ class Renderer:
 
     def render(self, found: list[artifacts.FoundResource], source: str, problems: Sequence[str] = ()) -> None:
         """The page; ``problems``: what could not be read at all (one warning line each)."""
-        tiny = any(references_tiny(res.spec) for res in found)
+        notes = [TINY_NOTE] if any(references_random_tiny(res.spec) for res in found) else []
+        if any(references_toy_world(res.spec) for res in found):
+            notes.append(TOY_WORLD_NOTE)
         datasets = [r for r in found if r.kind == "SyntheticDataset"]
         experiments = [r for r in found if r.kind == "RecognitionExperiment"]
         body = [f"<h1>synthrec report</h1><p class='note'>{_e(source)} &middot; {_e(_now())}</p>"]
-        if tiny:
-            body.append(f"<p class='warn'>{_e(TINY_NOTE)}</p>")
+        body += [f"<p class='warn'>{_e(note)}</p>" for note in notes]
         body.extend(_problem(p) for p in problems)
         pretraining = [r for r in experiments if getattr(r.spec.method, "pretrain", None) is not None]
         few_shot = [r for r in experiments if r not in pretraining]
@@ -140,8 +147,7 @@ class Renderer:
             body.append(self.dataset(res))
         for res in experiments:
             body.append(self.experiment(res))
-        if tiny:
-            body.append(f"<p class='warn'>{_e(TINY_NOTE)}</p>")
+        body += [f"<p class='warn'>{_e(note)}</p>" for note in notes]
         page = (
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"

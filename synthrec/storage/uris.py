@@ -20,7 +20,10 @@ _HF_REVISION = re.compile(r"^[A-Za-z0-9_.\-/]{1,200}$")
 # Built-in tiny random-weight models and a tiny drawn dataset (synthrec/tiny/), built offline on first
 # use: tiny://sd, tiny://clip, tiny://t5 as models and tiny://real/train, tiny://real/test as real data.
 # They make the quickstart run anywhere (a laptop, a cluster without a model hub); accuracy is meaningless.
+# Under tiny://world/ the same names are the TOY WORLD (synthrec/toyworld/): tiny models trained on drawn
+# coloured shapes, built once, in which synthetic data really helps (tiny://world/sd, .../real/test).
 TINY_MODELS = ("sd", "clip", "t5")
+TOY_WORLD_PREFIX = "world/"
 
 # Used by the CRD schema (and by pydantic) so that both layers reject the same strings. A path is
 # segments that storage keys accept (synthrec.storage.base.key_problem): no '.', '..' or empty segment,
@@ -32,9 +35,9 @@ _PATH = rf"/+(?:{_SEGMENT}/)*(?:{_SEGMENT})?"
 _S3 = rf"s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9](?:{_PATH})?"
 _FILE = rf"file://{_PATH}"
 OUTPUT_URI_PATTERN = rf"^(?:{_S3}|{_FILE})$"
-STORAGE_URI_PATTERN = rf"^(?:{_S3}|{_FILE}|tiny://real(?:{_PATH})?)$"
+STORAGE_URI_PATTERN = rf"^(?:{_S3}|{_FILE}|tiny://(?:world/)?real(?:{_PATH})?)$"
 MODEL_REF_PATTERN = (
-    rf"^(?:hf://[^\s@]+(@[^\s]+)?|{_S3}|{_FILE}|tiny://(sd|clip|t5)/?"
+    rf"^(?:hf://[^\s@]+(@[^\s]+)?|{_S3}|{_FILE}|tiny://(world/)?(sd|clip|t5)/?"
     r"|[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+)$"
 )
 
@@ -83,8 +86,11 @@ def parse_storage_uri(uri: str, *, allow_tiny: bool = True) -> StorageURI:
         path = uri[len("tiny://") :].strip("/")
         if not allow_tiny:
             raise URIError(f"{uri!r}: tiny:// is built-in read-only data; write to s3:// or file:// instead")
-        if path.split("/")[0] != "real":
-            raise URIError(f"{uri!r}: the built-in tiny data is tiny://real/train and tiny://real/test")
+        if path.removeprefix(TOY_WORLD_PREFIX).split("/")[0] != "real":
+            raise URIError(
+                f"{uri!r}: the built-in tiny data is tiny://real/train and tiny://real/test (random-weight "
+                "demo) or tiny://world/real/train and tiny://world/real/test (the toy world)"
+            )
         _check_segments(uri, path)
         return StorageURI("tiny", "", path)
     raise URIError(f"{uri!r}: unsupported storage URI; use s3://bucket/prefix/ or file:///abs/path/")
@@ -112,9 +118,8 @@ class ModelRef:
     """A parsed model reference. ``kind`` says how to fetch it; ``location`` is what to fetch."""
 
     kind: Literal["hf", "s3", "file", "name", "tiny"]
-    location: (
-        str  # hf: repo id; s3: s3:// folder URI; file: absolute path; name: builtin name; tiny: sd|clip|t5
-    )
+    # hf: repo id; s3: s3:// folder URI; file: absolute path; name: builtin name; tiny: sd, world/sd, ...
+    location: str
     revision: str | None = None
 
     def __str__(self) -> str:
@@ -155,9 +160,13 @@ def parse_model_ref(ref: str, *, allow_name: bool = False) -> ModelRef:
         return ModelRef("file", path.rstrip("/") or "/")
     if ref.startswith("tiny://"):
         name = ref[len("tiny://") :].strip("/")
-        if name not in TINY_MODELS:
+        if name.removeprefix(TOY_WORLD_PREFIX) not in TINY_MODELS:
             raise URIError(
-                f"{ref!r}: the built-in tiny models are " + ", ".join(f"tiny://{m}" for m in TINY_MODELS)
+                f"{ref!r}: the built-in tiny models are "
+                + ", ".join(f"tiny://{m}" for m in TINY_MODELS)
+                + " (random weights) and "
+                + ", ".join(f"tiny://{TOY_WORLD_PREFIX}{m}" for m in TINY_MODELS)
+                + " (the trained toy world)"
             )
         return ModelRef("tiny", name)
     if "://" in ref:

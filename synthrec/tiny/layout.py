@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from synthrec.contract.worker import ENV_TINY_MODELS, cache_root
+from synthrec.storage.uris import TOY_WORLD_PREFIX
 
 # Bump whenever the output of the builder changes, so that cached folders are rebuilt.
 BUILDER_VERSION = 1
@@ -76,23 +77,44 @@ def default_tiny_dir() -> Path:
     return Path(override) if override else cache_root() / "tiny-models"
 
 
-def resolve_uri(uri: str, root: Path | str | None = None) -> str:
+def resolve_uri(uri: str, root: Path | str | None = None, *, world: Path | str | None = None) -> str:
     """``tiny://real/test`` -> ``file:///<build>/real/test`` (likewise tiny://sd, tiny://clip, tiny://t5);
-    any other URI is returned as it is. Builds nothing: the folder may not exist yet."""
+    ``tiny://world/...`` -> the toy world build at ``world`` (default: the cached seed-0 build); any other
+    URI is returned as it is. Builds nothing: the folder may not exist yet."""
     if not uri.startswith(TINY_SCHEME):
         return uri
     rest = uri[len(TINY_SCHEME) :].strip("/")
+    if references_toy_world(uri):
+        from synthrec.toyworld.builder import ToyWorld, default_root
+
+        built = Path(world) if world is not None else ToyWorld.at(default_root()).root
+        folder = built / rest.removeprefix(TOY_WORLD_PREFIX)
+        return folder.as_uri() + ("/" if uri.endswith("/") else "")
     folder = TinyModels.at(root if root is not None else default_tiny_dir()).root / rest
     return folder.as_uri() + ("/" if uri.endswith("/") else "")
 
 
 def references_tiny(value: Any) -> bool:
-    """Whether a spec, task or any JSON-able value mentions a ``tiny://`` reference (random weights)."""
+    """Whether a spec, task or any JSON-able value mentions a ``tiny://`` reference (random weights or the
+    toy world)."""
+    return TINY_SCHEME in _text(value)
+
+
+def references_toy_world(value: Any) -> bool:
+    """Whether a spec, task or JSON-able value mentions the trained toy world (``tiny://world/...``)."""
+    return TINY_SCHEME + TOY_WORLD_PREFIX in _text(value)
+
+
+def references_random_tiny(value: Any) -> bool:
+    """Whether it mentions a random-weight tiny model or the tiny data (``tiny://`` but not the toy world)."""
+    text = _text(value)
+    return text.count(TINY_SCHEME) > text.count(TINY_SCHEME + TOY_WORLD_PREFIX)
+
+
+def _text(value: Any) -> str:
     if hasattr(value, "model_dump_json"):
-        text = value.model_dump_json()
-    else:
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return TINY_SCHEME in text
+        return str(value.model_dump_json())
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def _library_versions() -> dict[str, str]:

@@ -3,8 +3,9 @@
 kube-apiserver for synthrec's resources), the fake kubelet running the Jobs' pods with the real workers,
 the real operator, and S3 on moto.
 
-``kubectl apply --server-side -f crds/`` -> ``kubectl wait --for condition=established`` -> the
-quickstart applied with its storage on the bucket -> ``kubectl get sds,rexp`` (printer columns) ->
+``kubectl apply --server-side -f crds/`` -> ``kubectl wait --for condition=established`` -> the offline
+mechanics example (docs/cluster.md's smoke test) applied with its storage on the bucket ->
+``kubectl get sds,rexp`` (printer columns) ->
 ``kubectl wait --for=condition=Ready`` -> ``kubectl describe`` (conditions, events) -> invalid edits
 rejected with the field named -> ``kubectl delete`` cleaning up the children.
 """
@@ -71,10 +72,10 @@ class Kubectl:
 
 
 def quickstart_on(bucket_uri: str, endpoint: str, tiny: Any, path: Path) -> Path:
-    """examples/quickstart.yaml with its output on the bucket (what docs/cluster.md's sed does) and the
+    """examples/tiny-mechanics.yaml with its output on the bucket (what docs/cluster.md's sed does) and the
     tiny models from the test session's build (pods would otherwise build them themselves)."""
-    text = (ROOT / "examples" / "quickstart.yaml").read_text()
-    text = text.replace("file:///tmp/synthrec-quickstart/", bucket_uri + "quickstart/")
+    text = (ROOT / "examples" / "tiny-mechanics.yaml").read_text()
+    text = text.replace("file:///tmp/synthrec-tiny-mechanics/", bucket_uri + "tiny-mechanics/")
     for name in ("sd", "clip", "t5"):
         text = text.replace(f"tiny://{name}", getattr(tiny, name).as_uri())
     text = text.replace("tiny://real", tiny.real.as_uri())
@@ -125,7 +126,7 @@ async def test_the_readme_cluster_path_with_kubectl(k8s_op, tiny_models, s3_buck
         FakeKubelet(k8s_op.url, runner, workdir=tmp_path / "kubelet", grace_period=5.0) as kubelet,
         running_reconciler(config),
     ):
-        # 3. the quickstart, as a user applies it
+        # 3. the offline smoke test, as a user applies it
         manifest = quickstart_on(s3_bucket.uri, s3_bucket.endpoint, tiny_models, tmp_path / "quickstart.yaml")
         _, out, _ = await kubectl("apply", "-f", str(manifest))
         assert "syntheticdataset.synthrec.io/tiny-shapes created" in out, out

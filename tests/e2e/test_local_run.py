@@ -23,7 +23,7 @@ from synthrec.tiny import TinyModels
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-QUICKSTART = REPO / "examples" / "quickstart.yaml"
+QUICKSTART = REPO / "examples" / "tiny-mechanics.yaml"
 
 
 def synthrec(*args: str, env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@
   resource bodies, fake workers that write typed summaries, the recorded API calls;
 - ``s3``: a real S3 protocol server (moto) on 127.0.0.1 and a fault-injecting proxy (``s3proxy``);
 - ``models``: the tiny random-weight models, built once per session;
+- ``toyworld``: the toy world (trained tiny models and drawn data, ``synthrec.toyworld``), built once;
 - ``stages``: a small drawn dataset and stages run in-process; ``fake_worker``: an instant stand-in for
   ``python -m synthrec.workers`` for the local runner's tests;
 - ``pretraining``: drawn data for pre-training and transfer (a reduced dataset written by the real
@@ -15,4 +16,10 @@
 - ``chart``, ``pss``: the Helm chart rendered, and the "restricted" Pod Security Standard.
 """
 
-pytest_plugins = ["tests.harness.s3", "tests.harness.k8s", "tests.harness.models", "tests.harness.operator"]
+pytest_plugins = [
+    "tests.harness.s3",
+    "tests.harness.k8s",
+    "tests.harness.models",
+    "tests.harness.operator",
+    "tests.harness.toyworld",
+]

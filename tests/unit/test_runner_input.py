@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from synthrec.local import RunError, load_resources, select, storage_root, uses_tiny_models
+from synthrec.local import RunError, load_resources, select, storage_root, uses_tiny_models, uses_toy_world
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def test_unusable_storage_uris_are_refused(value: str, message: str) -> None:
 
 
 def test_duplicate_names_of_one_kind_are_refused(tmp_path: Path) -> None:
-    text = (REPO / "examples" / "quickstart.yaml").read_text()
+    text = (REPO / "examples" / "tiny-mechanics.yaml").read_text()
     first = text.split("---\n")[0]
     path = tmp_path / "twice.yaml"
     path.write_text(first + "---\n" + first)
@@ -36,8 +36,11 @@ def test_duplicate_names_of_one_kind_are_refused(tmp_path: Path) -> None:
         load_resources(path)
 
 
-def test_only_selects_by_name_and_the_quickstart_uses_tiny_models() -> None:
-    resources = load_resources(REPO / "examples" / "quickstart.yaml")
+def test_only_selects_by_name_and_the_examples_say_which_built_in_models_they_use() -> None:
+    resources = load_resources(REPO / "examples" / "tiny-mechanics.yaml")
     assert [r.metadata.name for r in select(resources, ["tiny-shapes-ct"])] == ["tiny-shapes-ct"]
-    assert uses_tiny_models(resources)
-    assert not uses_tiny_models(load_resources(REPO / "examples" / "eurosat-zero-shot.yaml"))
+    assert uses_tiny_models(resources) and not uses_toy_world(resources)
+    quickstart = load_resources(REPO / "examples" / "quickstart.yaml")
+    assert uses_toy_world(quickstart) and not uses_tiny_models(quickstart)  # trained, not random weights
+    eurosat = load_resources(REPO / "examples" / "eurosat-zero-shot.yaml")
+    assert not uses_tiny_models(eurosat) and not uses_toy_world(eurosat)

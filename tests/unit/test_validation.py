@@ -126,7 +126,9 @@ def test_examples_cover_the_papers_settings() -> None:
     }
     assert strategies == {"basic", "language-enhancement"}
     quick = {r.kind: r for r in kinds["quickstart.yaml"]}
-    assert quick["SyntheticDataset"].spec.generator.model == "tiny://sd"
+    assert quick["SyntheticDataset"].spec.generator.model == "tiny://world/sd"  # the trained toy world
+    mechanics = {r.kind: r for r in kinds["tiny-mechanics.yaml"]}
+    assert mechanics["SyntheticDataset"].spec.generator.model == "tiny://sd"  # random weights
 
 
 INVALID = [
