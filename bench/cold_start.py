@@ -4,7 +4,8 @@ Every pod is a fresh process with empty caches of its own (/cache, Inductor's, t
 where each pod's /cache is an emptyDir. The model's origin (the "hub") is a prefix of a local S3 server
 (moto, a subprocess) and the output another; the prompts pod mirrors the model into the output once
 (spec.modelMirror, synthrec.workers.mirror) and, with ``--compile``, the first generate pod compiles
-and stores the artifacts (models/compile-cache/), which later pods load instead of compiling.
+and stores its artifacts and the C++ kernels it built (models/compile-cache/), which later pods on the
+same CPU model load instead of compiling and building.
 
     python bench/cold_start.py                 # 4 generate pods, torch.compile on, 1 thread each
     python bench/cold_start.py --pods 6 --no-compile
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     "worker_startup_s": summary["seconds_startup"],
                     "fetch_s": summary["seconds_fetch"],
                     "load_s": summary["seconds_load"],
+                    "compile_cache": summary["compile_cache"],
                     "wall_s": round(time.perf_counter() - t, 2),
                 }
             )

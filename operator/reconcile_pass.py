@@ -336,8 +336,8 @@ def failed_pod_message(pods: list[PodView], code: int | None = None) -> str:
 def run_failure_message(reason: str, detail: str, stage: str | None = None) -> str:
     """A failed run's status message: where (the stage of a pre-training run), the Job's reason, and what
     its last failed pod said; cut to the status field's 1024 characters."""
-    where = f"{stage} " if stage else ""
-    return f"{where}{reason}: {detail}"[:1024] if detail else f"{where}{reason}"[:1024]
+    message = f"{stage} {reason}" if stage else reason
+    return (f"{message}: {detail}" if detail else message)[:1024]
 
 
 def stop_unfinished(actions: Actions, jobs: Iterable[JobView]) -> None:

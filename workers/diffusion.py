@@ -2,7 +2,8 @@
 generate stage runs it: the right dtype per device, an optional scheduler swap, SDPA attention (diffusers'
 default on torch 2), channels-last UNet and VAE decoder on CUDA and, with ``generator.compile``,
 torch.compile of the denoiser and of the VAE's decode (its artifacts shared through the output store:
-``CompileCache``), no safety checker (it would silently replace images with black ones), no progress bars.
+``synthrec.workers.compile_cache``), no safety checker (it would silently replace images with black
+ones), no progress bars.
 
 Images leave the pipeline as tensors on the device; ``HostImages`` turns them into uint8 there and copies
 them to pinned host memory without waiting, so the next batch starts while the writer thread encodes.
@@ -331,71 +332,3 @@ class ModelTimer:
                 self.pairs[-1][1].synchronize()
             return self.cpu_seconds + sum(a.elapsed_time(b) for a, b in self.pairs) / 1000
         return self.cpu_seconds
-
-
-# ---------------------------------------------------------------------------------------- compile cache
-
-
-class CompileCache:
-    """torch.compile's artifacts (Inductor's compiled graphs, AOTAutograd's, autotuning results) kept
-    in the output store under a key of what they depend on, so that only the first pods of a dataset
-    compile: ``load`` before the first compiled call, ``save`` after the shard when anything was compiled
-    that the stored artifacts did not hold."""
-
-    def __init__(self, storage: Any, key: str) -> None:
-        self.storage, self.key = storage, key
-        self.loaded = False
-
-    @staticmethod
-    def key_of(**facts: Any) -> str:
-        import hashlib
-
-        facts = {**facts, "torch": torch.__version__}
-        if torch.cuda.is_available():
-            facts["gpu"] = torch.cuda.get_device_name()
-        blob = json.dumps(facts, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-    def load(self) -> bool:
-        from synthrec.contract.layout import DatasetLayout
-        from synthrec.storage import ObjectNotFound, StorageError
-
-        try:
-            data = self.storage.read_bytes(DatasetLayout.compile_cache(self.key))
-        except ObjectNotFound:
-            return False
-        except StorageError as exc:
-            log.warning("cannot read the compile cache (%s); compiling", exc)
-            return False
-        try:
-            torch.compiler.load_cache_artifacts(data)
-        except Exception as exc:  # another torch's or a damaged cache: compile instead
-            log.warning("the stored compile cache does not load (%s); compiling", first_line(exc))
-            return False
-        self.loaded = True
-        log.info("compile cache %s loaded (%d bytes)", self.key, len(data))
-        return True
-
-    def save(self) -> bool:
-        from synthrec.contract.layout import DatasetLayout
-        from synthrec.storage import StorageError
-
-        if self.loaded and not _compiled_anything_new():
-            return False
-        saved = torch.compiler.save_cache_artifacts()
-        if not saved:
-            return False
-        data, _ = saved
-        try:
-            self.storage.write_bytes(DatasetLayout.compile_cache(self.key), data)
-        except StorageError as exc:  # an optimisation for later pods: never fail the shard over it
-            log.warning("cannot store the compile cache: %s", exc)
-            return False
-        log.info("compile cache %s stored (%d bytes)", self.key, len(data))
-        return True
-
-
-def _compiled_anything_new() -> bool:
-    from torch._dynamo.utils import counters
-
-    return any(counters["inductor"].get(name, 0) for name in ("fxgraph_cache_miss", "fxgraph_cache_bypass"))

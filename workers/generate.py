@@ -13,7 +13,8 @@ original) got there first, and the marker written last (synthrec.storage.commit_
 The batch size is ``generator.batchSize``, or with ``generator.batchSizeSearch`` the fastest size measured
 on the shard's first batches (workers/batching.py) or stored by an earlier pod. With ``generator.compile``
 the compiled artifacts are loaded from the output before the first batch and stored after the shard when
-new (diffusion.CompileCache), so later pods skip most of the compilation.
+new (compile_cache.CompileCache: the artifacts, and on a CPU the built kernels per CPU model), so later
+pods skip most of the compilation.
 
 Images are generated at ``generator.generationResolution``, by default the pipeline's native size (its
 denoiser's sample size x the VAE scale factor), and stored at ``generator.resolution``, resized with
@@ -141,7 +142,7 @@ class ShardGenerator:
         self.start: StartLevel | None = None  # Real Guidance's img2img start
         self.shots: RealShots | None = None
         self.timer: Any = None  # diffusion.ModelTimer once the pipeline is loaded
-        self.compile_cache: Any = None  # diffusion.CompileCache with generator.compile
+        self.compile_cache: Any = None  # compile_cache.CompileCache with generator.compile
         self.batch_size = self.gen.batch_size
         self.batch_size_source: str | None = None
         self.first_batch_done: float | None = None  # perf_counter when the first batch's images were ready
@@ -181,7 +182,8 @@ class ShardGenerator:
         compile_state = None
         if self.compile_cache is not None:
             stored = self.compile_cache.save()
-            compile_state = "stored" if stored else ("loaded" if self.compile_cache.loaded else "unchanged")
+            reused = self.compile_cache.loaded or self.compile_cache.kernels_loaded
+            compile_state = "stored" if stored else ("loaded" if reused else "unchanged")
         total = time.perf_counter() - self.started
         n = len(self.items)
         seconds_model = self.timer.total() if self.timer else 0.0
@@ -233,7 +235,7 @@ class ShardGenerator:
     def _load_compile_cache(self) -> None:
         if not self.pipes.compiled:
             return
-        from synthrec.workers.diffusion import CompileCache
+        from synthrec.workers.compile_cache import CompileCache
 
         self.compile_cache = CompileCache(self.ctx.storage, CompileCache.key_of(**self._facts()))
         self.compile_cache.load()

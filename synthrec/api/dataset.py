@@ -193,7 +193,8 @@ class Generator(ApiModel):
     compile: bool = Field(
         default=False,
         description="torch.compile the denoiser and the VAE decoder; the compiled artifacts are kept in the "
-        "output (models/compile-cache/) so later pods load instead of compiling.",
+        "output (models/compile-cache/), with the C++ kernels a CPU pod built (per CPU model), so later pods "
+        "load instead of compiling.",
     )
     jpeg_quality: int = Field(default=95, ge=50, le=100)
 

@@ -106,6 +106,11 @@ class DatasetLayout:
         return f"models/compile-cache/{key}.bin"
 
     @staticmethod
+    def compile_kernels(key: str, host: str) -> str:
+        """Native kernels built for one CPU model and instruction set (``host``)."""
+        return f"models/compile-cache/{key}.kernels-{host}.tar.gz"
+
+    @staticmethod
     def batch_choice(key: str) -> str:
         return f"models/batch-size/{key}.json"
 

@@ -230,3 +230,22 @@ def transfer_metrics(run: str, kind: str, **numbers: float) -> dict[str, Any]:
         **numbers,
     )
     return metrics.document()
+
+
+def tar_bytes(members: dict[str, bytes], *, links: dict[str, str] | None = None, mode: str = "w") -> bytes:
+    """A tar archive in memory: regular files ``members`` (name -> content) and symbolic ``links``
+    (name -> target); ``mode`` "w:gz" compresses it."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buffer.getvalue()

@@ -4,7 +4,6 @@ in a clear, short error (or is skipped), never in a traceback, a hang or a machi
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from synthrec.local.executor import DatasetOutcome, ExperimentOutcome, RunOutcom
 from synthrec.local.ui import RichUI
 from synthrec.storage import StorageError, open_storage
 from synthrec.storage.uris import OUTPUT_URI_PATTERN, URIError, parse_storage_uri
-from tests.harness.artifacts import dataset_manifest, run_metrics
+from tests.harness.artifacts import dataset_manifest, run_metrics, tar_bytes
 
 HEADER = "apiVersion: synthrec.io/v1alpha1\nkind: SyntheticDataset\nmetadata: {name: hostile}\n"
 SPEC = "spec:\n  labels: {classes: [{name: cat}]}\n  generator: {model: hf://org/sd}\n  output: {uri: 's3://bkt/x/'}\n"
@@ -212,18 +211,11 @@ def test_a_planted_oversized_marker_is_not_a_commit_and_is_not_read(tmp_path: Pa
 
 
 def test_a_huge_json_member_in_a_gzip_shard_counts_as_corrupt_without_being_read(tmp_path: Path) -> None:
-    import gzip
 
     from synthrec.workers.shards import scan_shard
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in {"k1.json": b" " * (64 * 1024 * 1024), "k1.jpg": b"jpg"}.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     path = tmp_path / "gen-00000.tar"
-    path.write_bytes(gzip.compress(buf.getvalue()))
+    path.write_bytes(tar_bytes({"k1.json": b" " * (64 * 1024 * 1024), "k1.jpg": b"jpg"}, mode="w:gz"))
     assert path.stat().st_size < 300 * 1024
 
     contents = scan_shard(path, classes=2)

@@ -22,7 +22,7 @@ from synthrec.plan.tasks import ResourceRef
 from synthrec.report import ReportError, build_report
 from synthrec.storage import FileStorage, write_marker
 from synthrec.workers.runtime import spec_document
-from tests.harness.artifacts import dataset_manifest, run_metrics
+from tests.harness.artifacts import dataset_manifest, run_metrics, tar_bytes
 
 CLASSES = ["cat", "dog"]
 SCRIPT = b"#!/bin/sh\necho owned > /tmp/owned\n"
@@ -33,16 +33,6 @@ def jpeg(color: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> bytes
     out = io.BytesIO()
     Image.new("RGB", size, color).save(out, format="JPEG")
     return out.getvalue()
-
-
-def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def write_dataset(
@@ -74,7 +64,7 @@ def write_dataset(
     storage.write_json(DatasetLayout.spec, doc)
     files = {f"{k}.jpg": jpeg((200, 0, 0)) for k in KEYS}
     files |= {f"{k}.json": json.dumps({"class": i, "prompt": f"p{i}"}).encode() for i, k in enumerate(KEYS)}
-    storage.write_bytes(DatasetLayout.shard(0), _tar(files | (members or {})))
+    storage.write_bytes(DatasetLayout.shard(0), tar_bytes(files | (members or {})))
     write_marker(storage, DatasetLayout.shard_marker(0), spec_hash=hashes["generate"])
     rows = (
         kept
@@ -196,7 +186,7 @@ def test_a_huge_member_in_a_small_gzip_tar_is_not_read(tmp_path: Path) -> None:
 
     from synthrec.limits import MAX_JSON_MEMBER_BYTES, MemberTooLarge, read_member
 
-    raw = _tar({"big.json": b" " * (64 * 1024 * 1024)})  # 64 MB of blanks: about 64 KB gzipped
+    raw = tar_bytes({"big.json": b" " * (64 * 1024 * 1024)})  # 64 MB of blanks: about 64 KB gzipped
     path = tmp_path / "small.tar.gz"
     path.write_bytes(gzip.compress(raw))
     assert path.stat().st_size < 300 * 1024
