@@ -129,6 +129,13 @@ class SupervisedSettings(ApiModel):
     randaugment: bool | None = None
     random_erasing: float | None = Field(default=None, ge=0, le=1)
     drop_path: float | None = Field(default=None, ge=0, lt=1)
+    repeated_augmentation: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="Copies of each image per batch, each augmented apart; an epoch keeps its steps, so it "
+        "reads 1/n of the images (DeiT's RASampler: 3 for transformers; 1: off).",
+    )
 
 
 class MocoSettings(ApiModel):

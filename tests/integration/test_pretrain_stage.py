@@ -182,6 +182,45 @@ def test_the_same_seed_gives_the_same_batches_and_a_resumed_epoch_continues_it(
     assert keys[0] == keys[1] != keys[2]
 
 
+def test_repeated_augmentation_puts_each_image_in_a_batch_n_times_each_copy_augmented_apart(
+    dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    task = pretrain_task(tmp_path, dataset["uri"])
+    config = _config(0, 1, 0, task, steps=4)
+    config.repeats = 3
+    stream = ShardStream(_plan(task), config)
+    read: list[str] = []
+    samples = stream._samples
+
+    def counted(reader: int) -> Any:
+        for sample in samples(reader):
+            read.append(sample["key"])
+            yield sample
+
+    stream._samples = counted  # type: ignore[method-assign]
+    batches = _batches(stream, 0, epoch=0)
+    size = config.local_batch
+    runs = [(start, min(start + 3, size)) for start in range(0, size, 3)]  # the last image's copies cut
+    assert len(batches) == 4 and all(len(labels) == size for _, labels in batches)
+    assert len(read) == 4 * len(runs) < 4 * size  # an epoch keeps its steps and reads a third of the images
+    for images, labels in batches:
+        for start, end in runs:
+            assert len(set(labels[start:end].tolist())) == 1
+            copies = images[start:end]
+            assert all(not torch.equal(copies[0], other) for other in copies[1:]), "each copy augmented apart"
+
+    # the copies are one image: without augmentation they are equal, and a resumed epoch continues it
+    stream.transform = lambda: lambda image: image[:, :32, :32]  # type: ignore[method-assign]
+    plain = _batches(stream, 0, epoch=0)
+    for images, _ in plain:
+        for start, end in runs:
+            assert all(torch.equal(images[start], other) for other in images[start + 1 : end])
+    resumed = _batches(stream, 0, epoch=0, first=2)
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain[2:], resumed, strict=True)
+    )
+
+
 def test_the_size_cap_takes_exactly_that_many_images_keeping_each_class_share(
     dataset: dict[str, Any], tmp_path: Path
 ) -> None:

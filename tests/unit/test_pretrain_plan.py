@@ -94,9 +94,15 @@ def test_recipes_default_to_the_official_values_scaled_by_batch() -> None:
         0.1,
     )
     assert deit.randaugment and not deit.decay_norm_and_bias and deit.interpolation == "bicubic"
+    assert deit.repeated_augmentation == 3  # DeiT's RASampler
     resnet = resolve_recipe("supervised", False, 256)
     assert (resnet.optimizer, resnet.lr, resnet.epochs, resnet.mixup) == ("sgd", 0.1, 90, 0.0)
-    task = pretrain(optimizer={"lr": 0.5, "weight_decay": 0.0}, supervised={"mixup": 0.2}, epochs=3)
+    assert resnet.repeated_augmentation == moco.repeated_augmentation == 1
+    task = pretrain(
+        optimizer={"lr": 0.5, "weight_decay": 0.0},
+        supervised={"mixup": 0.2, "repeated_augmentation": 1},
+        epochs=3,
+    )
     custom = resolve_recipe(
         "supervised", True, 256, epochs=task.epochs, optimizer=task.optimizer, supervised=task.supervised
     )
@@ -107,6 +113,7 @@ def test_recipes_default_to_the_official_values_scaled_by_batch() -> None:
         3,
         1.0,
     )
+    assert custom.repeated_augmentation == 1
 
 
 def test_the_schedule_warms_up_per_step_then_follows_the_cosine_per_epoch() -> None:

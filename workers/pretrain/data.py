@@ -441,6 +441,7 @@ class LoaderConfig:
     randaugment: bool = False
     interpolation: str = "bilinear"
     shuffle_buffer: int = 5000
+    repeats: int = 1  # repeated augmentation: copies of each image in a batch, each augmented apart
     open_shards: int = 16
     endpoint: str | None = None
     region: str | None = None
@@ -490,17 +491,21 @@ class ShardStream(IterableDataset):
 
         cfg = self.config
         samples = self._samples(reader)
-        for _ in range(skip_batches * cfg.local_batch):  # consumed before the restart: never decoded
+        # a batch reads ceil(batch / repeats) images, the last one's copies cut to fill it exactly
+        images_per_batch = -(-cfg.local_batch // cfg.repeats)
+        for _ in range(skip_batches * images_per_batch):  # consumed before the restart: never decoded
             next(samples)
         position = skip_batches * cfg.local_batch
         for _ in range(quota):
             batch: list[tuple[Any, ...]] = []
             while len(batch) < cfg.local_batch:
-                sample = next(samples)
-                item = self._prepare(sample, stable_hash("aug", cfg.seed, self.epoch, reader, position))
-                position += 1
-                if item is not None:
-                    batch.append(item)
+                copies = min(cfg.repeats, cfg.local_batch - len(batch))
+                seeds = [
+                    stable_hash("aug", cfg.seed, self.epoch, reader, p)
+                    for p in range(position, position + copies)
+                ]
+                position += copies
+                batch += self._prepare(next(samples), seeds)
             yield tuple(torch.stack(parts) for parts in zip(*batch, strict=True))
 
     def _samples(self, reader: int) -> Iterator[dict[str, Any]]:
@@ -564,7 +569,8 @@ class ShardStream(IterableDataset):
                 )
         return self._transform
 
-    def _prepare(self, sample: dict[str, Any], seed: int) -> tuple[Any, ...] | None:
+    def _prepare(self, sample: dict[str, Any], seeds: list[int]) -> list[tuple[Any, ...]]:
+        """The sample decoded once and augmented once per seed; nothing when it does not decode."""
         import torch
         from torchvision.io import ImageReadMode, decode_image
 
@@ -576,13 +582,17 @@ class ShardStream(IterableDataset):
             bad = self.config.stats["undecodable"] = self.config.stats.get("undecodable", 0) + 1
             if bad <= MAX_LOGGED_BAD:
                 log.warning("skipping undecodable image %s: %s", sample["key"], exc)
-            return None
-        torch.manual_seed(seed)
-        random.seed(seed)
+            return []
         transform = self.transform()
-        if self.config.objective == "moco-v2":
-            return transform(image), transform(image)
-        return transform(image), torch.tensor(sample["cls"], dtype=torch.int64)
+        items: list[tuple[Any, ...]] = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            random.seed(seed)
+            if self.config.objective == "moco-v2":
+                items.append((transform(image), transform(image)))
+            else:
+                items.append((transform(image), torch.tensor(sample["cls"], dtype=torch.int64)))
+        return items
 
 
 def list_real_tars(data: Any, endpoint: str | None, region: str | None) -> list[str]:

@@ -264,6 +264,7 @@ class Trainer:
             objective=task.objective,
             randaugment=recipe.randaugment,
             interpolation=recipe.interpolation,
+            repeats=recipe.repeated_augmentation,
             shuffle_buffer=task.data.shuffle_buffer,
             endpoint=task.output.endpoint,
             region=task.output.region,

@@ -8,8 +8,11 @@
     batch/512, wd 0.05 (not on biases and norms), 300 epochs, cosine per epoch to 1e-5 after 5 warmup
     epochs from 1e-6; RandAugment (torchvision's m9, 2 ops, for timm's rand-m9-mstd0.5-inc1), mixup 0.8,
     cutmix 1.0 (one of the two per batch), label smoothing 0.1, random erasing 0.25, drop path 0.1,
-    bicubic resizing. Left out: model EMA and repeated augmentation (a sampler over a fixed index, which a
-    streamed dataset does not have).
+    bicubic resizing, repeated augmentation x3 (``RASampler``: each image of an epoch three times, each
+    copy augmented apart, in the same step, and an epoch as many steps as without it, so it reads a third
+    of the images; here the copies share a rank's batch, which for a network without batch norm gives the
+    same gradient as DeiT's copies on three ranks). Left out: model EMA (main.py keeps it beside the model
+    but evaluates and reports the model itself).
   - ``resnet`` (every other backbone; pytorch/examples ``imagenet/main.py``): SGD lr 0.1 x batch/256,
     momentum 0.9, wd 1e-4, 90 epochs, with the common cosine variant per epoch and 5 warmup epochs
     (Goyal et al., for batches beyond 256); RandomResizedCrop + flip, bilinear.
@@ -46,6 +49,7 @@ class Recipe:
     randaugment: bool = False
     random_erasing: float = 0.0
     drop_path: float = 0.0
+    repeated_augmentation: int = 1  # copies of each image per epoch, each augmented apart
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
 
     def as_dict(self) -> dict[str, Any]:
@@ -97,6 +101,7 @@ _DEFAULTS: dict[Family, dict[str, Any]] = {
         randaugment=True,
         random_erasing=0.25,
         drop_path=0.1,
+        repeated_augmentation=3,
         interpolation="bicubic",
     ),
 }
@@ -133,7 +138,15 @@ def resolve_recipe(
             if value is not None:
                 values[key] = value
     if supervised is not None and family != "moco":
-        for name in ("label_smoothing", "mixup", "cutmix", "randaugment", "random_erasing", "drop_path"):
+        for name in (
+            "label_smoothing",
+            "mixup",
+            "cutmix",
+            "randaugment",
+            "random_erasing",
+            "drop_path",
+            "repeated_augmentation",
+        ):
             value = getattr(supervised, name)
             if value is not None:
                 values[name] = value
