@@ -4,7 +4,7 @@ the validated string types (URIs, model references, DNS labels, quantities) the 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -14,6 +14,7 @@ from synthrec.storage.uris import (
     MODEL_REF_PATTERN,
     OUTPUT_URI_PATTERN,
     STORAGE_URI_PATTERN,
+    VOC_URI_PATTERN,
     URIError,
     parse_model_ref,
     parse_storage_uri,
@@ -85,10 +86,12 @@ def _check_text(value: str | None, what: str) -> str | None:
     return value
 
 
-def _check_storage_uri(value: str | None, *, allow_tiny: bool = True) -> str | None:
+def _check_storage_uri(
+    value: str | None, *, allow_tiny: bool = True, tiny_set: Literal["real", "voc"] = "real"
+) -> str | None:
     if value is not None:
         try:
-            parse_storage_uri(value, allow_tiny=allow_tiny)
+            parse_storage_uri(value, allow_tiny=allow_tiny, tiny_set=tiny_set)
         except URIError as exc:
             raise ValueError(str(exc)) from None
     return value
@@ -110,6 +113,15 @@ StorageUri = Annotated[
         pattern=STORAGE_URI_PATTERN,
         description="A folder URI: s3://bucket/prefix/ or file:///absolute/path/ (tiny://real/... is the "
         "built-in demo data).",
+    ),
+]
+VocUri = Annotated[
+    str,
+    Field(
+        max_length=1024,
+        pattern=VOC_URI_PATTERN,
+        description="A PASCAL VOC folder: s3://bucket/prefix/ or file:///absolute/path/ (tiny://world/voc is "
+        "the toy world's).",
     ),
 ]
 OutputUri = Annotated[

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from synthrec.api.base import ApiModel, Rule, StorageUri, _check_storage_uri
+from synthrec.api.base import ApiModel, Rule, VocUri, _check_storage_uri
 from synthrec.api.common import RealData
 from synthrec.presets import VOC_CLASSES  # the detector's class order (index 1..20; 0 is background)
 from synthrec.storage.uris import URIError, parse_model_ref
@@ -215,10 +215,10 @@ class LinearProbeSettings(ApiModel):
 class VocData(ApiModel):
     """A PASCAL VOC folder: Annotations/<id>.xml, JPEGImages/<id>.jpg, ImageSets/Main/<split>.txt."""
 
-    uri: StorageUri
+    uri: VocUri
     split: str = Field(default="trainval", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
 
-    _v_uri = field_validator("uri")(lambda v: _check_storage_uri(v, allow_tiny=False))
+    _v_uri = field_validator("uri")(lambda v: _check_storage_uri(v, tiny_set="voc"))
 
 
 class DetectionTransfer(ApiModel):

@@ -242,6 +242,7 @@ def _pattern_message(value: str, pattern: str) -> str:
     parsers = {
         uris.OUTPUT_URI_PATTERN: lambda v: uris.parse_storage_uri(v, allow_tiny=False),
         uris.STORAGE_URI_PATTERN: uris.parse_storage_uri,
+        uris.VOC_URI_PATTERN: lambda v: uris.parse_storage_uri(v, tiny_set="voc"),
         uris.MODEL_REF_PATTERN: uris.parse_model_ref,
     }
     if pattern in parsers:

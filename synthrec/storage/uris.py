@@ -36,6 +36,7 @@ _S3 = rf"s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9](?:{_PATH})?"
 _FILE = rf"file://{_PATH}"
 OUTPUT_URI_PATTERN = rf"^(?:{_S3}|{_FILE})$"
 STORAGE_URI_PATTERN = rf"^(?:{_S3}|{_FILE}|tiny://(?:world/)?real(?:{_PATH})?)$"
+VOC_URI_PATTERN = rf"^(?:{_S3}|{_FILE}|tiny://world/voc/?)$"  # a PASCAL VOC folder (detection transfer)
 MODEL_REF_PATTERN = (
     rf"^(?:hf://[^\s@]+(@[^\s]+)?|{_S3}|{_FILE}|tiny://(world/)?(sd|clip|t5)/?"
     r"|[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+)$"
@@ -61,8 +62,11 @@ class StorageURI:
         return f"file://{self.path}"
 
 
-def parse_storage_uri(uri: str, *, allow_tiny: bool = True) -> StorageURI:
-    """Parse ``s3://bucket/prefix`` or ``file:///abs/path`` (or read-only ``tiny://real/...``)."""
+def parse_storage_uri(
+    uri: str, *, allow_tiny: bool = True, tiny_set: Literal["real", "voc"] = "real"
+) -> StorageURI:
+    """Parse ``s3://bucket/prefix`` or ``file:///abs/path`` (or read-only built-in data: ``tiny://real/...``,
+    or with ``tiny_set="voc"`` the toy world's detection set ``tiny://world/voc``)."""
     if not isinstance(uri, str) or not uri.strip():
         raise URIError("a storage URI is required, e.g. s3://bucket/prefix/ or file:///abs/path/")
     uri = uri.strip()
@@ -86,7 +90,13 @@ def parse_storage_uri(uri: str, *, allow_tiny: bool = True) -> StorageURI:
         path = uri[len("tiny://") :].strip("/")
         if not allow_tiny:
             raise URIError(f"{uri!r}: tiny:// is built-in read-only data; write to s3:// or file:// instead")
-        if path.removeprefix(TOY_WORLD_PREFIX).split("/")[0] != "real":
+        if tiny_set == "voc":
+            if path != TOY_WORLD_PREFIX + "voc":
+                raise URIError(
+                    f"{uri!r}: the built-in detection set is tiny://world/voc (the toy world's PASCAL VOC "
+                    "folder; the random-weight demo has none)"
+                )
+        elif path.removeprefix(TOY_WORLD_PREFIX).split("/")[0] != "real":
             raise URIError(
                 f"{uri!r}: the built-in tiny data is tiny://real/train and tiny://real/test (random-weight "
                 "demo) or tiny://world/real/train and tiny://world/real/test (the toy world)"

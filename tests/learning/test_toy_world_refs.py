@@ -61,3 +61,28 @@ def test_world_refs_resolve_through_the_worker_runtime(world_env: ToyWorld) -> N
     storage = open_location("tiny://world/real/test")
     assert storage.uri == (world_env.real / "test").as_uri() + "/"
     assert any(o.key.startswith("red_circle/") for o in storage.list())
+
+
+def test_the_toy_worlds_detection_set_is_tiny_world_voc_and_only_where_a_voc_folder_is_read(
+    world_env: ToyWorld,
+) -> None:
+    from synthrec.api.pretraining import VocData
+    from synthrec.toyworld.world import WORLD_CLASSES
+    from synthrec.workers.pretrain.voc import read_voc
+    from synthrec.workers.runtime import open_location
+
+    assert parse_storage_uri("tiny://world/voc/", tiny_set="voc").path == "world/voc"
+    assert VocData.model_validate({"uri": "tiny://world/voc", "split": "test"}).split == "test"
+    with pytest.raises(URIError, match="the random-weight demo has none"):
+        parse_storage_uri("tiny://voc", tiny_set="voc")
+    with pytest.raises(URIError, match="tiny://world/voc"):
+        parse_storage_uri("tiny://world/real/train", tiny_set="voc")  # images without boxes
+    with pytest.raises(URIError, match="tiny://world/real/train"):
+        parse_storage_uri("tiny://world/voc")  # not an image folder of real data
+
+    storage = open_location("tiny://world/voc")
+    assert storage.uri == world_env.voc.as_uri() + "/"
+    trainval = read_voc(storage, "trainval", list(WORLD_CLASSES))
+    test = read_voc(storage, "test", list(WORLD_CLASSES))
+    assert len(trainval.images) == 200 and len(test.images) == 100
+    assert all(image.objects for image in trainval.images) and trainval.skipped == {"unknown_class": 0}
