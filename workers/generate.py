@@ -77,7 +77,12 @@ def run(ctx: StageContext) -> GenerateSummary:
     rg = spec.real_guidance
     items = list(
         shard_items(
-            rows, shard=shard, shards=task.shards, stage_hash=stage_hash, shots=rg.shots if rg else None
+            rows,
+            shard=shard,
+            shards=task.shards,
+            stage_hash=stage_hash,
+            shots=rg.shots if rg else None,
+            interleaved=spec.sharding.order == "interleaved",
         )
     )
     if rg is not None and rg.strength is not None:

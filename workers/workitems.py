@@ -81,13 +81,18 @@ def shard_items(
     shards: int,
     stage_hash: str,
     shots: int | None = None,
+    interleaved: bool = False,
 ) -> Iterator[WorkItem]:
-    """The work items of ``shard``, in global order, built without materialising the other shards.
+    """The work items of ``shard``, in global order, built without materialising the other shards: a
+    contiguous range of the class-major order, or with ``interleaved`` every ``shards``-th item from
+    ``shard`` on, so that every shard holds every class evenly (``sharding.order``). Keys and seeds do not
+    depend on the shard, so both orders make the same images.
 
     With ``shots`` (Real Guidance), each class's images are spread evenly over its shots in order:
     images_per_class / shots per real image, as in the paper.
     """
-    lo, hi = shard_range(total_items(rows), shard, shards)
+    total = total_items(rows)
+    lo, hi = (0, total) if interleaved else shard_range(total, shard, shards)
     per_class: dict[int, int] = {}
     for r in rows:
         per_class[r.class_index] = per_class.get(r.class_index, 0) + r.images
@@ -100,7 +105,12 @@ def shard_items(
         if start <= lo or first >= hi:
             continue
         bounds = _shot_bounds(per_class[row.class_index], shots) if shots else None
-        for image in range(max(0, lo - first), min(row.images, hi - first)):
+        images = (
+            range((shard - first) % shards, row.images, shards)
+            if interleaved
+            else range(max(0, lo - first), min(row.images, hi - first))
+        )
+        for image in images:
             key = item_key(row.class_index, row.index, image)
             shot = _shot_of(offset + image, bounds) if bounds else None
             yield WorkItem(

@@ -365,6 +365,14 @@ class Sharding(ApiModel):
     )
 
     shards: int = Field(default=1, ge=1, le=10_000, description="Number of shards (Indexed Job completions).")
+    order: Literal["class", "interleaved"] = Field(
+        default="class",
+        description="Which images a shard holds. class: a contiguous run of the class-major order, so a "
+        "shard holds one or a few classes (fine for classifier tuning, which reads every shard). "
+        "interleaved: every shards-th image, so every shard holds every class evenly; use it for "
+        "pre-training data, whose loader reads a few shards at a time and would otherwise see a few "
+        "classes per batch. The images are the same either way.",
+    )
     parallelism: int | None = Field(
         default=None, ge=1, le=10_000, description="Shards at once (default: all)."
     )

@@ -52,6 +52,8 @@ def dataset_hashes(spec: SyntheticDatasetSpec) -> dict[str, str]:
             "generator": w["generator"],
             "realGuidance": w.get("realGuidance"),
             "shards": w["sharding"]["shards"],
+            # only when set, so that every dataset made before the field keeps its hash
+            **({"order": order} if (order := w["sharding"].get("order", "class")) != "class" else {}),
         }
     )
     filt = digest({"generate": generate, "filter": w["filter"], "v": FILTER_VERSION})

@@ -20,6 +20,7 @@ from synthrec.workers.pretrain.data import (
     allocate,
     assign,
     batches_of,
+    class_mixing_warning,
     plan_data,
     select_keys,
     units,
@@ -192,6 +193,23 @@ def test_the_plan_takes_kept_or_all_images_and_caps_keeping_each_class_share() -
     )
     with pytest.raises(DataError, match="older synthrec without per-shard index files"):
         plan_data(pretrain(data=kept_only), [(old, "d", _storage())], [])
+
+
+def test_the_loader_warns_when_its_open_shards_hold_few_of_the_classes() -> None:
+    """Class-ordered shards of many classes (one class each here): 16 open shards see 16 of 100 classes."""
+    everything = {"synthetic": [{"uri": "file:///d/"}], "images": "all"}
+
+    def plan(shards: list[dict[int, tuple[int, int]]], classes: int) -> Any:
+        return plan_data(pretrain(data=everything), [(_manifest(shards, classes), "d", _storage())], [])
+
+    class_ordered = plan([{s: (10, 10)} for s in range(100)], classes=100)
+    warning = class_mixing_warning(class_ordered, open_shards=16)
+    assert warning is not None and "1.0 of the 100 classes" in warning and "about 16 classes" in warning
+    assert "sharding.order: interleaved" in warning
+    interleaved = plan([{c: (1, 1) for c in range(100)} for _ in range(10)], classes=100)
+    assert class_mixing_warning(interleaved, open_shards=16) is None
+    few_classes = plan([{s % 4: (10, 10)} for s in range(8)], classes=4)  # 16 open shards hold all 4
+    assert class_mixing_warning(few_classes, open_shards=16) is None
 
 
 def test_a_shard_selects_its_kept_keys_and_the_cap_ranks_keys_by_seed() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections import Counter
 
 import pytest
 
@@ -162,6 +163,58 @@ def test_real_guidance_spreads_a_class_images_evenly_over_its_shots() -> None:
     for i in items:
         per_shot[(i.class_index, i.shot)] = per_shot.get((i.class_index, i.shot), 0) + 1
     assert per_shot == {(0, 0): 3, (0, 1): 3, (0, 2): 2, (0, 3): 2, (1, 0): 1, (1, 1): 1, (1, 2): 1}
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3, 7, 40])
+def test_interleaved_shards_make_the_same_items_and_each_holds_every_class_evenly(shards: int) -> None:
+    rows = rows_for([[3, 2], [0, 4], [5], [6]])  # 20 images of 4 classes
+    by_class = {
+        i.key: i for s in range(shards) for i in shard_items(rows, shard=s, shards=shards, stage_hash="h")
+    }
+    parts = [
+        list(shard_items(rows, shard=s, shards=shards, stage_hash="h", interleaved=True))
+        for s in range(shards)
+    ]
+    items = [i for part in parts for i in part]
+    assert sorted(i.index for i in items) == list(range(20))
+    assert {i.key: i for i in items} == by_class  # the same keys, seeds and prompts: the same images
+    assert [i.index for i in parts[0]] == list(range(0, 20, shards))  # every shards-th item, in order
+    sizes = [len(part) for part in parts]
+    assert max(sizes) - min(sizes) <= 1
+    if shards == 2:  # 5 images per class: each class in both shards, 2 or 3 each
+        for part in parts:
+            counts = Counter(i.class_index for i in part)
+            assert set(counts) == {0, 1, 2, 3} and set(counts.values()) <= {2, 3}, counts
+    rg = [
+        i
+        for s in range(shards)
+        for i in shard_items(rows, shard=s, shards=shards, stage_hash="h", shots=2, interleaved=True)
+    ]
+    one = {i.key: i.shot for i in shard_items(rows, shard=0, shards=1, stage_hash="h", shots=2)}
+    assert {i.key: i.shot for i in rg} == one  # Real Guidance's shot per image does not move with its shard
+
+
+def test_the_shard_order_changes_the_generate_hash_only_when_interleaved() -> None:
+    from synthrec.api import SyntheticDatasetSpec
+    from synthrec.plan import dataset_hashes
+
+    base = {
+        "labels": {"preset": "tiny"},
+        "generator": {"model": "tiny://sd"},
+        "output": {"uri": "file:///tmp/o/"},
+        "sharding": {"shards": 4},
+    }
+    hashes = {
+        order: dataset_hashes(
+            SyntheticDatasetSpec.model_validate(
+                {**base, "sharding": {"shards": 4, **({"order": order} if order else {})}}
+            )
+        )
+        for order in (None, "class", "interleaved")
+    }
+    assert hashes[None] == hashes["class"]  # datasets made before the field keep their hash and images
+    assert hashes["interleaved"]["generate"] != hashes["class"]["generate"]
+    assert hashes["interleaved"]["prompts"] == hashes["class"]["prompts"]
 
 
 def test_even_split() -> None:

@@ -21,8 +21,9 @@ Reading (``ShardStream``, an IterableDataset; one reader = one DataLoader worker
   S3 (``open_stream``: ranged GETs resume a dropped connection) through webdataset's
   ``tar_file_expander`` and ``group_by_keys``, and other members are skipped before they are read into
   memory;
-- ``open_shards`` units are read at once and interleaved at random (generated shards hold a few classes
-  each, in class order), then webdataset's shuffle buffer (seeded by (seed, epoch, reader)) mixes them;
+- ``open_shards`` units are read at once and interleaved at random (a shard of ``sharding.order: class``
+  holds a few classes, one of ``interleaved`` every class), then webdataset's shuffle buffer (seeded by
+  (seed, epoch, reader)) mixes them;
 - optional real data: the real shards dealt to readers the same way, drawn with probability
   ``fraction``; both streams start over when exhausted, so every reader yields exactly its quota;
 - after the shuffle, a resumed epoch skips the samples its batches already used (nothing is decoded for
@@ -248,6 +249,24 @@ def plan_data(
     )
 
 
+def class_mixing_warning(plan: DataPlan, open_shards: int) -> str | None:
+    """What to tell the user when the shards a reader keeps open hold few of the classes, so that its
+    batches mix few classes whatever the shuffle buffer does (class-ordered shards, ``sharding.order``);
+    None when ``open_shards`` shards hold at least half of the classes."""
+    if len(plan.classes) < 2 or not plan.shards:
+        return None
+    per_shard = sum(len(s.take) for s in plan.shards) / len(plan.shards)
+    seen = min(float(len(plan.classes)), open_shards * per_shard)
+    if seen >= len(plan.classes) / 2:
+        return None
+    return (
+        f"the synthetic shards hold {per_shard:.1f} of the {len(plan.classes)} classes each on average, so "
+        f"a reader with {open_shards} shards open draws from about {seen:.0f} classes at a time and its "
+        "batches mix few classes; generate pre-training data with sharding.order: interleaved (every class "
+        "in every shard, the same images)"
+    )
+
+
 def units(plan: DataPlan, readers: int) -> list[Unit]:
     """Shards as read units; with fewer shards than readers each shard is split into parts."""
     parts = max(1, math.ceil(readers / len(plan.shards)))
@@ -462,6 +481,8 @@ class ShardStream(IterableDataset):
         self.config = config
         self.readers = config.world * config.readers_per_rank
         self.units = units(plan, self.readers)
+        if (warning := class_mixing_warning(plan, config.open_shards)) is not None:
+            log.warning(warning)
         self.epoch = 0
         self.first_batch = 0  # batches of this epoch already consumed (resume)
         self._transform: Any = None
