@@ -31,10 +31,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", RANDOM_WEIGHTS_MARK)
 
 
+# The first test that asks for the toy world builds it in its setup (about 8 minutes on 2 free cores), so
+# those tests get a hang guard far above that instead of the suite's 600 s, which a slower or busier
+# machine would otherwise turn into a failure that says nothing about the code.
+TOY_WORLD_TIMEOUT_S = 3600
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tiny_models" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "tiny_models" in fixtures:
             item.add_marker(pytest.mark.random_weights)
+        if "toy_world" in fixtures and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TOY_WORLD_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")
