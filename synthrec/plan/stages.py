@@ -53,7 +53,7 @@ def dataset_hashes(spec: SyntheticDatasetSpec) -> dict[str, str]:
             "realGuidance": w.get("realGuidance"),
             "shards": w["sharding"]["shards"],
             # only when set, so that every dataset made before the field keeps its hash
-            **({"order": order} if (order := w["sharding"].get("order", "class")) != "class" else {}),
+            **({"order": order} if (order := w["sharding"]["order"]) != "class" else {}),
         }
     )
     filt = digest({"generate": generate, "filter": w["filter"], "v": FILTER_VERSION})

@@ -199,9 +199,10 @@ class FileStorage(Storage):
         with self._errors(key, "read"), open(path, "rb") as f:
             if max_bytes is None:
                 return f.read()
-            data = base.read_at_most(f.read, max_bytes, os.fstat(f.fileno()).st_size)
+            size = os.fstat(f.fileno()).st_size
+            data = base.read_at_most(f.read, max_bytes, size)
             if len(data) > max_bytes:
-                raise too_large(self.uri + key, os.fstat(f.fileno()).st_size, max_bytes)
+                raise too_large(self.uri + key, size, max_bytes)
             return data
 
     def open_stream(self, key: str) -> BinaryIO:
